@@ -1,0 +1,207 @@
+/* strata: every on-disk structure, in one place.
+ *
+ * Design notes
+ * ------------
+ * A device of a pool looks like this:
+ *
+ *   0          superblock (4 KiB block; struct format_sb_disk at its start)
+ *   4 KiB      reserved up to 1 MiB (never written; init checks it)
+ *   1 MiB      metadata area, meta_size bytes (journal; see below)
+ *   data_off   extent 0, extent 1, ... extent_count-1, each extent_size bytes
+ *
+ * Every device has a metadata area, so any device can become a metadata
+ * replica; only the devices flagged FORMAT_SB_META hold a live journal.
+ *
+ * The metadata area:
+ *
+ *   +0         header slot 0 (4 KiB)   two alternating headers; the valid
+ *   +4 KiB     header slot 1 (4 KiB)   one with the higher seq wins (LMDB)
+ *   +8 KiB     checkpoint slot 0       ckpt_size bytes each
+ *   ...        checkpoint slot 1
+ *   ...        log region              log records, 4 KiB aligned
+ *
+ * Commit point of a checkpoint: write the checkpoint to the slot the
+ * current header does not name, flush, then write the other header slot
+ * with seq+1 and FUA.  Log records written after that carry the new
+ * header's log_id; records of older generations are ignored on replay.
+ *
+ * All fields are little-endian and fixed width.  In-memory structures are
+ * separate (struct format_sb and friends) and converted by the
+ * encode/decode functions below; an in-memory struct is never written.
+ */
+#ifndef STRATA_FORMAT_H
+#define STRATA_FORMAT_H
+
+#include <assert.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FORMAT_VERSION 1
+#define FORMAT_SB_MAGIC "STRATASB"
+#define FORMAT_MH_MAGIC "STRATAMH"
+#define FORMAT_CK_MAGIC "STRATACK"
+#define FORMAT_LR_MAGIC "STRATALR"
+
+#define FORMAT_SB_OFFSET 0
+#define FORMAT_META_OFFSET (1024 * 1024)	/* start of metadata area */
+#define FORMAT_RESERVED_END FORMAT_META_OFFSET
+#define FORMAT_HDR_SLOT 4096
+#define FORMAT_MIN_META_SIZE (4 * 1024 * 1024)
+#define FORMAT_DEFAULT_META_SIZE (64 * 1024 * 1024)
+
+#define FORMAT_SB_META 0x1	/* device holds a metadata replica */
+
+#define FORMAT_NAME_MAX 64	/* names, including the NUL */
+
+/* Superblock, at offset 0 of every device. */
+struct format_sb_disk {
+  char magic[8];
+  uint32_t version;
+  uint32_t flags;
+  uint8_t pool_uuid[16];
+  uint8_t dev_uuid[16];
+  uint32_t dev_index;
+  uint32_t meta_replicas;	/* how many devices hold the journal */
+  uint64_t dev_size;
+  uint64_t extent_size;
+  uint64_t meta_offset;
+  uint64_t meta_size;
+  uint64_t data_offset;
+  uint64_t extent_count;
+  uint64_t created;
+  char pool_name[FORMAT_NAME_MAX];
+  char dev_name[FORMAT_NAME_MAX];
+  uint8_t reserved[268];
+  uint32_t crc;			/* crc32c of every byte before it */
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_sb_disk) == 512, "superblock size");
+
+/* Metadata header, in each of the two header slots. */
+struct format_mh_disk {
+  char magic[8];
+  uint32_t version;
+  uint32_t ckpt_slot;		/* 0 or 1 */
+  uint8_t pool_uuid[16];
+  uint64_t seq;			/* the valid slot with the higher seq wins */
+  uint64_t term;		/* term of the writer */
+  uint64_t ckpt_index;		/* last journal index in the checkpoint */
+  uint64_t ckpt_term;		/* term of that entry */
+  uint64_t ckpt_len;		/* payload bytes */
+  uint64_t log_id;		/* generation of the log that follows */
+  uint32_t ckpt_crc;		/* crc32c of the checkpoint payload */
+  uint8_t reserved[168];
+  uint32_t crc;
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_mh_disk) == 256, "meta header size");
+
+/* Checkpoint header, at the start of a checkpoint slot; payload follows. */
+struct format_ck_disk {
+  char magic[8];
+  uint64_t index;
+  uint64_t term;
+  uint64_t log_id;
+  uint64_t len;
+  uint32_t payload_crc;
+  uint8_t reserved[16];
+  uint32_t crc;
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_ck_disk) == 64, "checkpoint header size");
+
+/* A log record: one group commit.  Entries follow, then zero padding to
+ * a 4 KiB boundary. */
+struct format_lr_disk {
+  char magic[8];
+  uint64_t log_id;
+  uint64_t first_index;
+  uint64_t term;		/* term of the writer */
+  uint32_t nentries;
+  uint32_t payload_len;		/* bytes of entries after this header */
+  uint32_t payload_crc;
+  uint8_t reserved[16];
+  uint32_t crc;
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_lr_disk) == 64, "log record size");
+
+/* One journal entry inside a record: header, payload, then a crc32c of
+ * header and payload, padded to 8 bytes. */
+struct format_le_disk {
+  uint64_t index;
+  uint64_t term;
+  uint16_t type;
+  uint16_t reserved;
+  uint32_t len;
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_le_disk) == 24, "log entry size");
+
+/* In-memory superblock. */
+struct format_sb {
+  uint32_t version;
+  uint32_t flags;
+  uint8_t pool_uuid[16];
+  uint8_t dev_uuid[16];
+  uint32_t dev_index;
+  uint32_t meta_replicas;
+  uint64_t dev_size;
+  uint64_t extent_size;
+  uint64_t meta_offset;
+  uint64_t meta_size;
+  uint64_t data_offset;
+  uint64_t extent_count;
+  uint64_t created;
+  char pool_name[FORMAT_NAME_MAX];
+  char dev_name[FORMAT_NAME_MAX];
+};
+
+/* In-memory metadata header. */
+struct format_mh {
+  uint8_t pool_uuid[16];
+  uint32_t ckpt_slot;
+  uint64_t seq, term, ckpt_index, ckpt_term, ckpt_len, log_id;
+  uint32_t ckpt_crc;
+};
+
+/* Geometry of a metadata area of META_SIZE bytes. */
+struct format_meta_layout {
+  uint64_t ckpt_off[2];		/* relative to the metadata area */
+  uint64_t ckpt_size;
+  uint64_t log_off;
+  uint64_t log_size;
+};
+void format_meta_layout (uint64_t meta_size, struct format_meta_layout *l);
+
+/* Encode SB into a zeroed 4 KiB block BLK. */
+void format_sb_encode (const struct format_sb *sb, void *blk);
+/* Decode and verify.  Returns 0; or -1 with errno EINVAL (no strata
+ * magic: "not a strata device") or EBADMSG (damaged) and a message. */
+int format_sb_decode (const void *blk, struct format_sb *sb);
+
+void format_mh_encode (const struct format_mh *mh, void *blk);
+int format_mh_decode (const void *blk, struct format_mh *mh);
+
+/* Bounded little-endian encoder/decoder for journal payloads.  A failed
+ * get sets ->bad and returns 0; callers check ->bad once at the end. */
+struct fbuf {
+  uint8_t *p;
+  size_t len, pos, cap;
+  bool bad;
+  bool owned;			/* p was malloc'd by the put functions */
+};
+void fbuf_init_read (struct fbuf *b, const void *p, size_t len);
+void fbuf_init_write (struct fbuf *b);	/* grows with malloc */
+void fbuf_free (struct fbuf *b);
+void fbuf_put_u8 (struct fbuf *b, uint8_t v);
+void fbuf_put_u16 (struct fbuf *b, uint16_t v);
+void fbuf_put_u32 (struct fbuf *b, uint32_t v);
+void fbuf_put_u64 (struct fbuf *b, uint64_t v);
+void fbuf_put_bytes (struct fbuf *b, const void *p, size_t n);
+void fbuf_put_str (struct fbuf *b, const char *s);	/* u16 length + bytes */
+uint8_t fbuf_get_u8 (struct fbuf *b);
+uint16_t fbuf_get_u16 (struct fbuf *b);
+uint32_t fbuf_get_u32 (struct fbuf *b);
+uint64_t fbuf_get_u64 (struct fbuf *b);
+void fbuf_get_bytes (struct fbuf *b, void *p, size_t n);
+/* Copies at most CAP-1 bytes and NUL-terminates; a longer string is bad. */
+void fbuf_get_str (struct fbuf *b, char *s, size_t cap);
+
+#endif /* STRATA_FORMAT_H */

@@ -1,0 +1,622 @@
+/* strata: metadata state, journal entries and checkpoints (see meta.h).
+ *
+ * Design notes: a volume's chunk map is a two-level table (a top array of
+ * leaf pointers, each leaf META_LEAF atomic chunk pointers), so memory
+ * grows with allocated chunks rather than with volume size.  Growing a
+ * volume publishes a new top array; the old one is retired, not freed,
+ * because lock-free readers may still hold it.
+ *
+ * Checkpoint layout (little-endian, via fbuf): pool uuid, name, extent
+ * size, next volume id, the device table, then each volume with its
+ * allocated chunks.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "meta.h"
+#include "util.h"
+
+#define CKPT_MAGIC 0x53544d43u	/* "CMTS" */
+
+struct meta *
+meta_new (void)
+{
+  struct meta *m = calloc (1, sizeof *m);
+
+  if (!m) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_init (&m->lock, NULL);
+  m->next_vol_id = 1;
+  return m;
+}
+
+static void
+volume_free (struct meta_volume *v)
+{
+  struct meta_map_top *top = atomic_load (&v->map);
+
+  if (top) {
+    for (size_t i = 0; i < top->nleaves; i++) {
+      _Atomic (struct meta_chunk *) *leaf = atomic_load (&top->leaves[i]);
+      if (!leaf)
+        continue;
+      for (size_t j = 0; j < META_LEAF; j++)
+        free (atomic_load (&leaf[j]));
+      free (leaf);
+    }
+    free (top);
+  }
+  for (unsigned i = 0; i < v->nretired; i++)
+    free (v->retired[i]);
+  free (v);
+}
+
+static void
+meta_clear (struct meta *m)
+{
+  for (size_t i = 0; i < m->nvolumes; i++)
+    volume_free (m->volumes[i]);
+  free (m->volumes);
+  free (m->devices);
+  m->volumes = NULL;
+  m->nvolumes = 0;
+  m->devices = NULL;
+  m->ndevices = 0;
+}
+
+void
+meta_free (struct meta *m)
+{
+  if (!m)
+    return;
+  meta_clear (m);
+  pthread_mutex_destroy (&m->lock);
+  free (m);
+}
+
+const char *
+meta_dev_state_name (uint8_t s)
+{
+  switch (s) {
+    case META_DEV_UP: return "up";
+    case META_DEV_DEGRADED: return "degraded";
+    case META_DEV_FAILED: return "failed";
+    case META_DEV_REMOVED: return "removed";
+    default: return "unknown";
+  }
+}
+
+uint64_t
+meta_volume_nchunks (const struct meta_volume *v)
+{
+  return div_round_up (v->size, v->chunk_size);
+}
+
+static struct meta_map_top *
+map_new (uint64_t nchunks, const struct meta_map_top *old)
+{
+  size_t n = div_round_up (nchunks, META_LEAF);
+  struct meta_map_top *top;
+
+  if (n == 0)
+    n = 1;
+  top = calloc (1, sizeof *top + n * sizeof top->leaves[0]);
+  if (!top)
+    return NULL;
+  top->nleaves = n;
+  if (old)
+    for (size_t i = 0; i < MIN (n, old->nleaves); i++)
+      atomic_store (&top->leaves[i], atomic_load (&old->leaves[i]));
+  return top;
+}
+
+struct meta_chunk *
+meta_chunk_get (struct meta_volume *v, uint64_t idx)
+{
+  struct meta_map_top *top = atomic_load_explicit (&v->map,
+                                                   memory_order_acquire);
+  _Atomic (struct meta_chunk *) *leaf;
+
+  if (idx / META_LEAF >= top->nleaves)
+    return NULL;
+  leaf = atomic_load_explicit (&top->leaves[idx / META_LEAF],
+                               memory_order_acquire);
+  if (!leaf)
+    return NULL;
+  return atomic_load_explicit (&leaf[idx % META_LEAF], memory_order_acquire);
+}
+
+/* Set slot IDX of V to C (which may be NULL).  Called from apply only. */
+static int
+chunk_set (struct meta_volume *v, uint64_t idx, struct meta_chunk *c)
+{
+  struct meta_map_top *top = atomic_load (&v->map);
+  _Atomic (struct meta_chunk *) *leaf;
+
+  if (idx / META_LEAF >= top->nleaves)
+    return strata_error (EBADMSG, "chunk %llu outside volume %s",
+                         (unsigned long long) idx, v->name);
+  leaf = atomic_load (&top->leaves[idx / META_LEAF]);
+  if (!leaf) {
+    if (!c)
+      return 0;
+    leaf = calloc (META_LEAF, sizeof *leaf);
+    if (!leaf)
+      return strata_error (ENOMEM, "out of memory");
+    atomic_store_explicit (&top->leaves[idx / META_LEAF], leaf,
+                           memory_order_release);
+  }
+  atomic_store_explicit (&leaf[idx % META_LEAF], c, memory_order_release);
+  return 0;
+}
+
+int
+meta_foreach_chunk (struct meta_volume *v,
+                    int (*fn) (void *, uint64_t, struct meta_chunk *),
+                    void *opaque)
+{
+  struct meta_map_top *top = atomic_load (&v->map);
+  uint64_t n = meta_volume_nchunks (v);
+
+  for (size_t i = 0; i < top->nleaves; i++) {
+    _Atomic (struct meta_chunk *) *leaf = atomic_load (&top->leaves[i]);
+    if (!leaf)
+      continue;
+    for (size_t j = 0; j < META_LEAF; j++) {
+      uint64_t idx = (uint64_t) i * META_LEAF + j;
+      struct meta_chunk *c;
+      if (idx >= n)
+        break;
+      c = atomic_load (&leaf[j]);
+      if (c) {
+        int r = fn (opaque, idx, c);
+        if (r)
+          return r;
+      }
+    }
+  }
+  return 0;
+}
+
+struct meta_volume *
+meta_find_volume (struct meta *m, const char *name)
+{
+  for (size_t i = 0; i < m->nvolumes; i++)
+    if (strcmp (m->volumes[i]->name, name) == 0)
+      return m->volumes[i];
+  return NULL;
+}
+
+struct meta_volume *
+meta_find_volume_id (struct meta *m, uint32_t id)
+{
+  for (size_t i = 0; i < m->nvolumes; i++)
+    if (m->volumes[i]->id == id)
+      return m->volumes[i];
+  return NULL;
+}
+
+static struct meta_volume *
+volume_new (struct meta *m, uint32_t id, const char *name, uint64_t size,
+            uint32_t replicas, uint32_t width, uint64_t unit,
+            const char *class)
+{
+  struct meta_volume *v = calloc (1, sizeof *v);
+
+  if (!v) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  v->id = id;
+  snprintf (v->name, sizeof v->name, "%s", name);
+  v->size = size;
+  v->replicas = replicas;
+  v->width = width;
+  v->unit = unit;
+  snprintf (v->class, sizeof v->class, "%s", class);
+  v->chunk_size = (uint64_t) width * m->extent_size;
+  atomic_store (&v->map, map_new (meta_volume_nchunks (v), NULL));
+  if (!atomic_load (&v->map)) {
+    free (v);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  return v;
+}
+
+static bool
+volume_params_ok (struct meta *m, uint32_t replicas, uint32_t width,
+                  uint64_t unit, uint64_t size)
+{
+  return replicas >= 1 && replicas <= 8 && width >= 1 && width <= 64
+    && is_power_of_2 (unit) && unit >= STRATA_BLOCK && unit <= m->extent_size
+    && size > 0 && size <= (1ull << 60);
+}
+
+static int
+add_volume (struct meta *m, struct meta_volume *v)
+{
+  struct meta_volume **nv = realloc (m->volumes,
+                                     (m->nvolumes + 1) * sizeof *nv);
+  if (!nv)
+    return strata_error (ENOMEM, "out of memory");
+  m->volumes = nv;
+  pthread_mutex_lock (&m->lock);
+  m->volumes[m->nvolumes++] = v;
+  pthread_mutex_unlock (&m->lock);
+  return 0;
+}
+
+static int
+extents_ok (struct meta *m, uint32_t n, const struct meta_extent *e)
+{
+  for (uint32_t i = 0; i < n; i++)
+    if (e[i].dev >= m->ndevices || e[i].ext >= m->devices[e[i].dev].extent_count)
+      return strata_error (EBADMSG, "extent %u on device %u out of range",
+                           e[i].ext, e[i].dev);
+  return 0;
+}
+
+static int
+resize_volume (struct meta_volume *v, uint64_t size)
+{
+  uint64_t oldn = meta_volume_nchunks (v);
+  struct meta_map_top *old = atomic_load (&v->map), *top;
+
+  /* Chunks beyond a shrunk size must already be freed by the caller. */
+  for (uint64_t i = div_round_up (size, v->chunk_size); i < oldn; i++)
+    if (meta_chunk_get (v, i))
+      return strata_error (EBADMSG, "volume %s: shrink over allocated chunk "
+                           "%llu", v->name, (unsigned long long) i);
+  if (div_round_up (div_round_up (size, v->chunk_size), META_LEAF)
+      > old->nleaves) {
+    if (v->nretired == ARRAY_SIZE (v->retired))
+      return strata_error (ENOSPC, "volume %s resized too often in one "
+                           "session; restart the pool", v->name);
+    top = map_new (div_round_up (size, v->chunk_size), old);
+    if (!top)
+      return strata_error (ENOMEM, "out of memory");
+    atomic_store_explicit (&v->map, top, memory_order_release);
+    v->retired[v->nretired++] = old;
+  }
+  v->size = size;
+  return 0;
+}
+
+int
+meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
+{
+  struct fbuf b;
+  struct meta_volume *v;
+  uint32_t id;
+
+  fbuf_init_read (&b, data, len);
+  switch (type) {
+    case META_E_NOOP:
+      return 0;
+
+    case META_E_VOL_CREATE: {
+      char name[FORMAT_NAME_MAX], class[CONFIG_CLASS_MAX];
+      uint64_t size, unit;
+      uint32_t replicas, width;
+
+      id = fbuf_get_u32 (&b);
+      fbuf_get_str (&b, name, sizeof name);
+      size = fbuf_get_u64 (&b);
+      replicas = fbuf_get_u32 (&b);
+      width = fbuf_get_u32 (&b);
+      unit = fbuf_get_u64 (&b);
+      fbuf_get_str (&b, class, sizeof class);
+      if (b.bad || !volume_params_ok (m, replicas, width, unit, size))
+        return strata_error (EBADMSG, "malformed volume-create entry");
+      if (meta_find_volume (m, name) || meta_find_volume_id (m, id))
+        return strata_error (EBADMSG, "volume-create of existing volume %s",
+                             name);
+      v = volume_new (m, id, name, size, replicas, width, unit, class);
+      if (!v)
+        return -1;
+      if (add_volume (m, v) == -1) {
+        volume_free (v);
+        return -1;
+      }
+      if (id >= m->next_vol_id)
+        m->next_vol_id = id + 1;
+      return 0;
+    }
+
+    case META_E_VOL_RESIZE: {
+      uint64_t size;
+      id = fbuf_get_u32 (&b);
+      size = fbuf_get_u64 (&b);
+      v = meta_find_volume_id (m, id);
+      if (b.bad || !v || size == 0 || size > (1ull << 60))
+        return strata_error (EBADMSG, "malformed volume-resize entry");
+      return resize_volume (v, size);
+    }
+
+    case META_E_VOL_DELETE:
+      id = fbuf_get_u32 (&b);
+      v = meta_find_volume_id (m, id);
+      if (b.bad || !v)
+        return strata_error (EBADMSG, "malformed volume-delete entry");
+      pthread_mutex_lock (&m->lock);
+      for (size_t i = 0; i < m->nvolumes; i++)
+        if (m->volumes[i] == v) {
+          m->volumes[i] = m->volumes[--m->nvolumes];
+          break;
+        }
+      pthread_mutex_unlock (&m->lock);
+      volume_free (v);
+      return 0;
+
+    case META_E_CHUNK_ALLOC: {
+      uint64_t idx;
+      uint32_t n;
+      struct meta_chunk *c;
+
+      id = fbuf_get_u32 (&b);
+      idx = fbuf_get_u64 (&b);
+      n = fbuf_get_u32 (&b);
+      v = meta_find_volume_id (m, id);
+      if (b.bad || !v || n != v->width * v->replicas
+          || idx >= meta_volume_nchunks (v) || meta_chunk_get (v, idx))
+        return strata_error (EBADMSG, "malformed chunk-alloc entry");
+      c = malloc (sizeof *c + n * sizeof c->ext[0]);
+      if (!c)
+        return strata_error (ENOMEM, "out of memory");
+      c->n = n;
+      for (uint32_t i = 0; i < n; i++) {
+        c->ext[i].dev = fbuf_get_u32 (&b);
+        c->ext[i].ext = fbuf_get_u32 (&b);
+      }
+      if (b.bad || extents_ok (m, n, c->ext) == -1) {
+        free (c);
+        return strata_error (EBADMSG, "malformed chunk-alloc entry");
+      }
+      if (chunk_set (v, idx, c) == -1) {
+        free (c);
+        return -1;
+      }
+      atomic_fetch_add (&v->nchunks, 1);
+      return 0;
+    }
+
+    case META_E_CHUNK_FREE: {
+      uint64_t idx;
+      struct meta_chunk *c;
+
+      id = fbuf_get_u32 (&b);
+      idx = fbuf_get_u64 (&b);
+      v = meta_find_volume_id (m, id);
+      if (b.bad || !v || idx >= meta_volume_nchunks (v)
+          || !(c = meta_chunk_get (v, idx)))
+        return strata_error (EBADMSG, "malformed chunk-free entry");
+      chunk_set (v, idx, NULL);
+      atomic_fetch_sub (&v->nchunks, 1);
+      free (c);
+      return 0;
+    }
+
+    case META_E_DEV_STATE: {
+      uint32_t dev = fbuf_get_u32 (&b);
+      uint8_t st = fbuf_get_u8 (&b);
+      if (b.bad || dev >= m->ndevices || st > META_DEV_REMOVED)
+        return strata_error (EBADMSG, "malformed device-state entry");
+      pthread_mutex_lock (&m->lock);
+      m->devices[dev].state = st;
+      pthread_mutex_unlock (&m->lock);
+      return 0;
+    }
+  }
+  return strata_error (EBADMSG, "unknown journal entry type %u", type);
+}
+
+void
+meta_entry_vol_create (struct fbuf *out, uint32_t id,
+                       const struct config_volume *v)
+{
+  fbuf_put_u32 (out, id);
+  fbuf_put_str (out, v->name);
+  fbuf_put_u64 (out, v->size);
+  fbuf_put_u32 (out, v->replicas);
+  fbuf_put_u32 (out, v->stripe_width);
+  fbuf_put_u64 (out, v->stripe_unit);
+  fbuf_put_str (out, v->class);
+}
+
+void
+meta_entry_vol_resize (struct fbuf *out, uint32_t id, uint64_t size)
+{
+  fbuf_put_u32 (out, id);
+  fbuf_put_u64 (out, size);
+}
+
+void
+meta_entry_vol_delete (struct fbuf *out, uint32_t id)
+{
+  fbuf_put_u32 (out, id);
+}
+
+void
+meta_entry_chunk_alloc (struct fbuf *out, uint32_t vol, uint64_t chunk,
+                        uint32_t n, const struct meta_extent *ext)
+{
+  fbuf_put_u32 (out, vol);
+  fbuf_put_u64 (out, chunk);
+  fbuf_put_u32 (out, n);
+  for (uint32_t i = 0; i < n; i++) {
+    fbuf_put_u32 (out, ext[i].dev);
+    fbuf_put_u32 (out, ext[i].ext);
+  }
+}
+
+void
+meta_entry_chunk_free (struct fbuf *out, uint32_t vol, uint64_t chunk)
+{
+  fbuf_put_u32 (out, vol);
+  fbuf_put_u64 (out, chunk);
+}
+
+void
+meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state)
+{
+  fbuf_put_u32 (out, dev);
+  fbuf_put_u8 (out, state);
+}
+
+struct snap_ctx {
+  struct fbuf *out;
+  uint32_t n;
+};
+
+static int
+snap_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct snap_ctx *s = opaque;
+
+  fbuf_put_u64 (s->out, idx);
+  for (uint32_t i = 0; i < s->n; i++) {
+    fbuf_put_u32 (s->out, c->ext[i].dev);
+    fbuf_put_u32 (s->out, c->ext[i].ext);
+  }
+  return 0;
+}
+
+int
+meta_snapshot (struct meta *m, struct fbuf *out)
+{
+  fbuf_put_u32 (out, CKPT_MAGIC);
+  fbuf_put_bytes (out, m->pool_uuid, 16);
+  fbuf_put_str (out, m->name);
+  fbuf_put_u64 (out, m->extent_size);
+  fbuf_put_u32 (out, m->next_vol_id);
+  fbuf_put_u32 (out, m->ndevices);
+  for (uint32_t i = 0; i < m->ndevices; i++) {
+    struct meta_device *d = &m->devices[i];
+    fbuf_put_str (out, d->name);
+    fbuf_put_bytes (out, d->uuid, 16);
+    fbuf_put_u64 (out, d->size);
+    fbuf_put_u64 (out, d->data_offset);
+    fbuf_put_u64 (out, d->extent_count);
+    fbuf_put_str (out, d->class);
+    fbuf_put_str (out, d->domain);
+    fbuf_put_u32 (out, d->flags);
+    fbuf_put_u8 (out, d->state);
+  }
+  fbuf_put_u32 (out, m->nvolumes);
+  for (size_t i = 0; i < m->nvolumes; i++) {
+    struct meta_volume *v = m->volumes[i];
+    struct snap_ctx s = { out, v->width * v->replicas };
+    fbuf_put_u32 (out, v->id);
+    fbuf_put_str (out, v->name);
+    fbuf_put_u64 (out, v->size);
+    fbuf_put_u32 (out, v->replicas);
+    fbuf_put_u32 (out, v->width);
+    fbuf_put_u64 (out, v->unit);
+    fbuf_put_str (out, v->class);
+    fbuf_put_u64 (out, atomic_load (&v->nchunks));
+    meta_foreach_chunk (v, snap_chunk, &s);
+  }
+  if (out->bad)
+    return strata_error (ENOMEM, "out of memory writing a checkpoint");
+  return 0;
+}
+
+int
+meta_load (struct meta *m, const void *data, size_t len)
+{
+  struct fbuf b;
+  uint32_t nvol;
+
+  meta_clear (m);
+  fbuf_init_read (&b, data, len);
+  if (fbuf_get_u32 (&b) != CKPT_MAGIC)
+    return strata_error (EBADMSG, "checkpoint has a bad magic number");
+  fbuf_get_bytes (&b, m->pool_uuid, 16);
+  fbuf_get_str (&b, m->name, sizeof m->name);
+  m->extent_size = fbuf_get_u64 (&b);
+  m->next_vol_id = fbuf_get_u32 (&b);
+  m->ndevices = fbuf_get_u32 (&b);
+  if (b.bad || m->ndevices == 0 || m->ndevices > 1024
+      || !is_power_of_2 (m->extent_size) || m->extent_size < STRATA_BLOCK)
+    goto bad;
+  m->devices = calloc (m->ndevices, sizeof *m->devices);
+  if (!m->devices)
+    return strata_error (ENOMEM, "out of memory");
+  for (uint32_t i = 0; i < m->ndevices; i++) {
+    struct meta_device *d = &m->devices[i];
+    fbuf_get_str (&b, d->name, sizeof d->name);
+    fbuf_get_bytes (&b, d->uuid, 16);
+    d->size = fbuf_get_u64 (&b);
+    d->data_offset = fbuf_get_u64 (&b);
+    d->extent_count = fbuf_get_u64 (&b);
+    fbuf_get_str (&b, d->class, sizeof d->class);
+    fbuf_get_str (&b, d->domain, sizeof d->domain);
+    d->flags = fbuf_get_u32 (&b);
+    d->state = fbuf_get_u8 (&b);
+    if (b.bad || d->extent_count > UINT32_MAX || d->state > META_DEV_REMOVED)
+      goto bad;
+  }
+  nvol = fbuf_get_u32 (&b);
+  if (b.bad || nvol > 65536)
+    goto bad;
+  for (uint32_t i = 0; i < nvol; i++) {
+    char name[FORMAT_NAME_MAX], class[CONFIG_CLASS_MAX];
+    uint32_t id, replicas, width;
+    uint64_t size, unit, nchunks;
+    struct meta_volume *v;
+
+    id = fbuf_get_u32 (&b);
+    fbuf_get_str (&b, name, sizeof name);
+    size = fbuf_get_u64 (&b);
+    replicas = fbuf_get_u32 (&b);
+    width = fbuf_get_u32 (&b);
+    unit = fbuf_get_u64 (&b);
+    fbuf_get_str (&b, class, sizeof class);
+    nchunks = fbuf_get_u64 (&b);
+    if (b.bad || !volume_params_ok (m, replicas, width, unit, size)
+        || meta_find_volume (m, name) || meta_find_volume_id (m, id))
+      goto bad;
+    v = volume_new (m, id, name, size, replicas, width, unit, class);
+    if (!v)
+      return -1;
+    if (add_volume (m, v) == -1) {
+      volume_free (v);
+      return -1;
+    }
+    if (nchunks > meta_volume_nchunks (v))
+      goto bad;
+    for (uint64_t k = 0; k < nchunks; k++) {
+      uint32_t n = width * replicas;
+      uint64_t idx = fbuf_get_u64 (&b);
+      struct meta_chunk *c;
+
+      if (b.bad || idx >= meta_volume_nchunks (v) || meta_chunk_get (v, idx))
+        goto bad;
+      c = malloc (sizeof *c + n * sizeof c->ext[0]);
+      if (!c)
+        return strata_error (ENOMEM, "out of memory");
+      c->n = n;
+      for (uint32_t e = 0; e < n; e++) {
+        c->ext[e].dev = fbuf_get_u32 (&b);
+        c->ext[e].ext = fbuf_get_u32 (&b);
+      }
+      if (b.bad || extents_ok (m, n, c->ext) == -1 || chunk_set (v, idx, c)) {
+        free (c);
+        goto bad;
+      }
+      atomic_fetch_add (&v->nchunks, 1);
+    }
+  }
+  if (b.pos != b.len)
+    goto bad;
+  return 0;
+ bad:
+  meta_clear (m);
+  return strata_error (EBADMSG, "checkpoint is malformed");
+}

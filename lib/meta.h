@@ -1,0 +1,149 @@
+/* strata: the pool's metadata state and the journal entries that change it.
+ *
+ * struct meta is what the journal replays into: the device table, the
+ * volumes and each volume's chunk map.  It changes only through
+ * meta_apply() of a journal entry (or meta_load() of a checkpoint), so
+ * the same journal always rebuilds the same state.  Entries are built
+ * with the meta_entry_* encoders.
+ *
+ * Concurrency: meta_apply() is called by the journal with the journal
+ * lock held, so applies are serialised.  meta->lock protects the volume
+ * list and the device table against concurrent readers (status, volume
+ * lookup).  Chunk maps are read without a lock by the data path: slots
+ * are atomic pointers and a published chunk never changes until a
+ * CHUNK_FREE entry removes it (the volume layer drains I/O first).
+ */
+#ifndef STRATA_META_H
+#define STRATA_META_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "format.h"
+
+enum meta_entry_type {
+  META_E_NOOP = 1,
+  META_E_VOL_CREATE = 2,
+  META_E_VOL_RESIZE = 3,
+  META_E_VOL_DELETE = 4,
+  META_E_CHUNK_ALLOC = 5,
+  META_E_CHUNK_FREE = 6,
+  META_E_DEV_STATE = 7,
+};
+
+enum meta_dev_state { META_DEV_UP = 0, META_DEV_DEGRADED = 1,
+                      META_DEV_FAILED = 2, META_DEV_REMOVED = 3 };
+
+struct meta_device {
+  char name[FORMAT_NAME_MAX];
+  uint8_t uuid[16];
+  uint64_t size;		/* device bytes */
+  uint64_t data_offset;
+  uint64_t extent_count;
+  char class[CONFIG_CLASS_MAX];
+  char domain[CONFIG_DOMAIN_MAX];
+  uint32_t flags;		/* FORMAT_SB_META */
+  uint8_t state;		/* enum meta_dev_state */
+};
+
+/* Where one replica of one column lives. */
+struct meta_extent {
+  uint32_t dev;
+  uint32_t ext;
+};
+
+/* An allocated chunk: width * replicas extents, column-major
+ * (ext[col * replicas + r]). */
+struct meta_chunk {
+  uint32_t n;			/* width * replicas */
+  struct meta_extent ext[];
+};
+
+#define META_LEAF 1024		/* chunk slots per map leaf */
+
+struct meta_map_top {
+  size_t nleaves;
+  _Atomic (_Atomic (struct meta_chunk *) *) leaves[];
+};
+
+struct meta_volume {
+  uint32_t id;
+  char name[FORMAT_NAME_MAX];
+  uint64_t size;
+  uint32_t replicas;
+  uint32_t width;
+  uint64_t unit;
+  char class[CONFIG_CLASS_MAX];
+  uint64_t chunk_size;		/* width * extent_size */
+  _Atomic (struct meta_map_top *) map;
+  struct meta_map_top *retired[64];	/* old tops, freed with the volume */
+  unsigned nretired;
+  _Atomic uint64_t nchunks;	/* allocated chunks */
+  /* The next three are protected by meta->lock. */
+  int users;			/* open data-path handles */
+  bool busy;			/* being deleted or shrunk: no new handles */
+  void *dp;			/* data-path state, owned by volume.c */
+};
+
+struct meta {
+  pthread_mutex_t lock;		/* protects volumes[], nvolumes, devices[].state */
+  uint8_t pool_uuid[16];
+  char name[FORMAT_NAME_MAX];
+  uint64_t extent_size;
+  uint32_t next_vol_id;
+  struct meta_device *devices;
+  uint32_t ndevices;
+  struct meta_volume **volumes;
+  size_t nvolumes;
+};
+
+/* A new, empty state (no devices, no volumes). */
+struct meta *meta_new (void);
+void meta_free (struct meta *m);
+
+/* Replace the state with the checkpoint in DATA/LEN.  Returns 0, or -1
+ * with EBADMSG and a message if the checkpoint is malformed. */
+int meta_load (struct meta *m, const void *data, size_t len);
+
+/* Serialise the whole state into OUT (fbuf_init_write'd by the caller). */
+int meta_snapshot (struct meta *m, struct fbuf *out);
+
+/* Apply one journal entry.  Deterministic: the same state and entry give
+ * the same result.  Returns 0, or -1 with EBADMSG if the entry is
+ * malformed or does not fit the state (the caller treats that as
+ * corruption). */
+int meta_apply (struct meta *m, uint16_t type, const void *data, size_t len);
+
+/* Entry encoders: fill OUT (fbuf_init_write'd by the caller). */
+void meta_entry_vol_create (struct fbuf *out, uint32_t id,
+                            const struct config_volume *v);
+void meta_entry_vol_resize (struct fbuf *out, uint32_t id, uint64_t size);
+void meta_entry_vol_delete (struct fbuf *out, uint32_t id);
+void meta_entry_chunk_alloc (struct fbuf *out, uint32_t vol, uint64_t chunk,
+                             uint32_t n, const struct meta_extent *ext);
+void meta_entry_chunk_free (struct fbuf *out, uint32_t vol, uint64_t chunk);
+void meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state);
+
+/* Lookups; the caller holds m->lock or is the only thread. */
+struct meta_volume *meta_find_volume (struct meta *m, const char *name);
+struct meta_volume *meta_find_volume_id (struct meta *m, uint32_t id);
+
+/* The chunk at index IDX of V, or NULL if unallocated.  Lock-free. */
+struct meta_chunk *meta_chunk_get (struct meta_volume *v, uint64_t idx);
+
+/* Number of chunk slots of V (size rounded up to whole chunks). */
+uint64_t meta_volume_nchunks (const struct meta_volume *v);
+
+/* Call FN for every allocated chunk of V, in index order.  Stops and
+ * returns FN's value when it is non-zero. */
+int meta_foreach_chunk (struct meta_volume *v,
+                        int (*fn) (void *opaque, uint64_t idx,
+                                   struct meta_chunk *c),
+                        void *opaque);
+
+const char *meta_dev_state_name (uint8_t state);
+
+#endif /* STRATA_META_H */

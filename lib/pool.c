@@ -1,0 +1,898 @@
+/* strata: pool creation, open and recovery, and metadata changes
+ * (see pool.h).
+ *
+ * Design notes
+ * ------------
+ * Invariant: every free extent reads as zeros, durably.  pool_init
+ * establishes it (new sparse files are zeros; existing storage is
+ * discarded with zeroing), and pool_chunks_free() keeps it: extents are
+ * discarded and flushed before the journal entry that frees them is
+ * committed.  So a newly allocated chunk needs no zeroing and can never
+ * expose data of another volume, even after a crash at any point.
+ *
+ * Order of a chunk allocation: reserve extents in the allocator, commit
+ * the CHUNK_ALLOC entry (durable on a majority of metadata replicas),
+ * and only then does the caller write data: a flushed write can always
+ * be found again after a crash.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "pool.h"
+#include "util.h"
+
+struct pool {
+  const struct config *cfg;
+  bool writable;
+  uint8_t uuid[16];
+  uint64_t extent_size;
+  uint32_t ndevs;		/* from the metadata */
+  struct device **devs;		/* [ndevs], NULL where missing */
+  char (*problem)[200];		/* [ndevs], why a device is missing */
+  struct device **opened;	/* every device opened, for closing */
+  size_t nopened;
+  struct meta *meta;
+  struct journal *journal;
+  struct alloc *alloc;
+  _Atomic bool *dirty;		/* [ndevs] written since the last flush */
+  pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
+};
+
+/* ---- journal glue ---- */
+
+static int
+j_apply (void *opaque, uint16_t type, const void *data, size_t len)
+{
+  return meta_apply (opaque, type, data, len);
+}
+
+static int
+j_snapshot (void *opaque, struct fbuf *out)
+{
+  return meta_snapshot (opaque, out);
+}
+
+static int
+j_load (void *opaque, const void *data, size_t len)
+{
+  return meta_load (opaque, data, len);
+}
+
+static const struct journal_ops journal_ops = {
+  .apply = j_apply, .snapshot = j_snapshot, .load = j_load,
+};
+
+/* ---- init ---- */
+
+/* Name the kind of data found in the first MiB of a device, or NULL if
+ * it is all zeros. */
+static const char *
+identify (const uint8_t *b, size_t len, char *why, size_t whylen)
+{
+  struct format_sb sb;
+
+  if (format_sb_decode (b, &sb) == 0) {
+    char u[37];
+    util_uuid_format (sb.pool_uuid, u);
+    snprintf (why, whylen, "it holds strata pool \"%s\" (%s)", sb.pool_name, u);
+    return why;
+  }
+  if (memcmp (b, FORMAT_SB_MAGIC, 8) == 0)
+    return "it holds a damaged strata superblock";
+  if (b[1080] == 0x53 && b[1081] == 0xef)
+    return "it holds an ext2/ext3/ext4 filesystem";
+  if (memcmp (b, "XFSB", 4) == 0)
+    return "it holds an XFS filesystem";
+  if (memcmp (b + 65600, "_BHRfS_M", 8) == 0)
+    return "it holds a btrfs filesystem";
+  if (memcmp (b + 512, "LABELONE", 8) == 0)
+    return "it holds an LVM physical volume";
+  if (memcmp (b, "LUKS\xba\xbe", 6) == 0)
+    return "it holds a LUKS encrypted volume";
+  if (memcmp (b + 512, "EFI PART", 8) == 0)
+    return "it holds a GPT partition table";
+  if (memcmp (b + 4086, "SWAPSPACE2", 10) == 0)
+    return "it holds a swap signature";
+  if (b[510] == 0x55 && b[511] == 0xaa)
+    return "it holds a DOS partition table";
+  if (!util_is_zero (b, len))
+    return "its first MiB is not zero (it holds data)";
+  return NULL;
+}
+
+/* Choose which devices hold metadata replicas: distinct domains first. */
+static void
+choose_meta (const struct config *cfg, bool *meta)
+{
+  uint32_t want = cfg->metadata_replicas, got = 0;
+
+  for (size_t i = 0; i < cfg->ndevices && got < want; i++) {
+    bool clash = false;
+    for (size_t k = 0; k < i; k++)
+      if (meta[k] && strcmp (cfg->devices[k].domain,
+                             cfg->devices[i].domain) == 0)
+        clash = true;
+    if (!clash) {
+      meta[i] = true;
+      got++;
+    }
+  }
+  for (size_t i = 0; i < cfg->ndevices && got < want; i++)
+    if (!meta[i]) {
+      meta[i] = true;
+      got++;
+    }
+}
+
+int
+pool_init (const struct config *cfg, bool force, FILE *log)
+{
+  size_t n = cfg->ndevices;
+  struct device **devs = calloc (n, sizeof *devs);
+  struct format_sb *sbs = calloc (n, sizeof *sbs);
+  bool *meta_dev = calloc (n, sizeof *meta_dev), *created = calloc (n, 1);
+  struct journal_member *members = calloc (n, sizeof *members);
+  uint8_t *buf = device_alloc_buf (FORMAT_RESERVED_END);
+  struct meta *m = NULL;
+  struct fbuf ck;
+  uint8_t uuid[16];
+  size_t nmeta = 0;
+  int r = -1;
+
+  fbuf_init_write (&ck);
+  if (!devs || !sbs || !meta_dev || !created || !members || !buf) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  if (cfg->cache_mode != CONFIG_CACHE_NONE) {
+    strata_error (ENOTSUP, "%s: cache: the SSD cache is not available in "
+                  "this version of strata; set cache.mode to none or remove "
+                  "the cache section", cfg->file);
+    goto out;
+  }
+
+  /* Pass 1: open and check everything; write nothing. */
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    const char *what;
+    char why[200];
+    uint64_t need = FORMAT_META_OFFSET + cfg->metadata_size + cfg->extent_size;
+
+    if (cd->uri) {
+      strata_error (ENOTSUP, "%s:%d: device %s: remote members (uri:) are not "
+                    "supported by this version of strata", cfg->file,
+                    cd->line, cd->name);
+      goto out;
+    }
+    if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
+      if (cd->size == 0) {
+        strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
+                      "size: to create it as a sparse file", cfg->file,
+                      cd->line, cd->name, cd->path);
+        goto out;
+      }
+      created[i] = true;
+    }
+    devs[i] = device_open_local (cd->path, created[i] ? DEVICE_CREATE : 0,
+                                 cd->size);
+    if (!devs[i]) {
+      strata_error_prefix ("device %s", cd->name);
+      goto out;
+    }
+    if (log && created[i])
+      fprintf (log, "created %s (%s, sparse)\n", cd->path,
+               util_human_size (cd->size, why, sizeof why));
+    if (device_lock (devs[i]) == -1) {
+      strata_error_prefix ("device %s", cd->name);
+      goto out;
+    }
+    if (cd->size && !created[i] && device_size (devs[i]) != cd->size) {
+      strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes but "
+                    "size: says %" PRIu64, cfg->file, cd->line, cd->name,
+                    cd->path, device_size (devs[i]), cd->size);
+      goto out;
+    }
+    if (device_size (devs[i]) < need) {
+      strata_error (EINVAL, "%s:%d: device %s: %s is too small (%" PRIu64
+                    " bytes; at least %" PRIu64 " are needed for the "
+                    "metadata area and one extent)", cfg->file, cd->line,
+                    cd->name, cd->path, device_size (devs[i]), need);
+      goto out;
+    }
+    if (!created[i]) {
+      uint32_t len = MIN (FORMAT_RESERVED_END, device_size (devs[i]));
+      if (device_pread (devs[i], buf, len, 0) == -1) {
+        strata_error_prefix ("device %s", cd->name);
+        goto out;
+      }
+      what = identify (buf, len, why, sizeof why);
+      if (what && !force) {
+        strata_error (EEXIST, "device %s (%s) was not initialised: %s; use "
+                      "--force to overwrite it", cd->name, cd->path, what);
+        goto out;
+      }
+    }
+  }
+
+  /* Pass 2: build the new pool's identity and initial state. */
+  if (util_random (uuid, 16) == -1) {
+    strata_error (errno, "getrandom: %m");
+    goto out;
+  }
+  choose_meta (cfg, meta_dev);
+  m = meta_new ();
+  if (!m)
+    goto out;
+  memcpy (m->pool_uuid, uuid, 16);
+  snprintf (m->name, sizeof m->name, "%s", cfg->name);
+  m->extent_size = cfg->extent_size;
+  m->ndevices = n;
+  m->devices = calloc (n, sizeof *m->devices);
+  if (!m->devices) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    struct format_sb *sb = &sbs[i];
+    struct meta_device *md = &m->devices[i];
+
+    sb->version = FORMAT_VERSION;
+    sb->flags = meta_dev[i] ? FORMAT_SB_META : 0;
+    memcpy (sb->pool_uuid, uuid, 16);
+    if (util_random (sb->dev_uuid, 16) == -1) {
+      strata_error (errno, "getrandom: %m");
+      goto out;
+    }
+    sb->dev_index = i;
+    sb->meta_replicas = cfg->metadata_replicas;
+    sb->dev_size = device_size (devs[i]);
+    sb->extent_size = cfg->extent_size;
+    sb->meta_offset = FORMAT_META_OFFSET;
+    sb->meta_size = cfg->metadata_size;
+    sb->data_offset = FORMAT_META_OFFSET + cfg->metadata_size;
+    sb->extent_count = MIN ((sb->dev_size - sb->data_offset) / cfg->extent_size,
+                            UINT32_MAX);
+    sb->created = time (NULL);
+    snprintf (sb->pool_name, sizeof sb->pool_name, "%s", cfg->name);
+    snprintf (sb->dev_name, sizeof sb->dev_name, "%s", cd->name);
+
+    snprintf (md->name, sizeof md->name, "%s", cd->name);
+    memcpy (md->uuid, sb->dev_uuid, 16);
+    md->size = sb->dev_size;
+    md->data_offset = sb->data_offset;
+    md->extent_count = sb->extent_count;
+    snprintf (md->class, sizeof md->class, "%s", cd->class);
+    snprintf (md->domain, sizeof md->domain, "%s", cd->domain);
+    md->flags = sb->flags;
+    md->state = META_DEV_UP;
+    if (meta_dev[i])
+      members[nmeta++] = (struct journal_member) {
+        .dev = devs[i], .name = cd->name, .meta_off = sb->meta_offset,
+        .meta_size = sb->meta_size,
+      };
+  }
+  if (meta_snapshot (m, &ck) == -1)
+    goto out;
+
+  /* Pass 3: write.  Existing storage is discarded first so that every
+   * extent reads as zeros (the allocator's invariant). */
+  for (size_t i = 0; i < n; i++) {
+    if (created[i])
+      continue;
+    if (log)
+      fprintf (log, "discarding %s\n", cfg->devices[i].path);
+    if (device_zero (devs[i], device_size (devs[i]), 0) == -1
+        || device_flush (devs[i]) == -1) {
+      strata_error_prefix ("device %s", cfg->devices[i].name);
+      goto out;
+    }
+  }
+  if (journal_format (members, nmeta, uuid, ck.p, ck.len) == -1)
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    memset (buf, 0, STRATA_BLOCK);
+    format_sb_encode (&sbs[i], buf);
+    if (device_pwrite (devs[i], buf, STRATA_BLOCK, FORMAT_SB_OFFSET, true)
+        == -1) {
+      strata_error_prefix ("device %s", cfg->devices[i].name);
+      goto out;
+    }
+    if (log) {
+      char sz[32];
+      fprintf (log, "formatted %s: %s, %" PRIu64 " extents%s\n",
+               cfg->devices[i].name,
+               util_human_size (sbs[i].dev_size, sz, sizeof sz),
+               sbs[i].extent_count, meta_dev[i] ? ", metadata replica" : "");
+    }
+  }
+  r = 0;
+
+ out:
+  if (devs)
+    for (size_t i = 0; i < n; i++)
+      device_close (devs[i]);
+  free (devs);
+  free (sbs);
+  free (meta_dev);
+  free (created);
+  free (members);
+  free (buf);
+  fbuf_free (&ck);
+  meta_free (m);
+  return r;
+}
+
+/* ---- open ---- */
+
+struct pool *
+pool_open (const struct config *cfg, unsigned flags)
+{
+  struct pool *p = calloc (1, sizeof *p);
+  size_t n = cfg->ndevices;
+  struct format_sb *sbs = calloc (n, sizeof *sbs);
+  bool *have_sb = calloc (n, sizeof *have_sb);
+  struct journal_member members[64];
+  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  size_t nmembers = 0, ref = SIZE_MAX;
+  uint32_t meta_replicas = 0;
+
+  if (!p || !sbs || !have_sb || !buf
+      || !(p->opened = calloc (n, sizeof *p->opened))) {
+    strata_error (ENOMEM, "out of memory");
+    goto fail;
+  }
+  pthread_mutex_init (&p->admin_lock, NULL);
+  p->cfg = cfg;
+  p->writable = flags & POOL_WRITE;
+  if (cfg->cache_mode != CONFIG_CACHE_NONE) {
+    strata_error (ENOTSUP, "%s: cache: the SSD cache is not available in "
+                  "this version of strata; set cache.mode to none or remove "
+                  "the cache section", cfg->file);
+    goto fail;
+  }
+
+  /* Open every declared device and read its superblock.  A device that
+   * cannot be opened is missing; one without our superblock is an error,
+   * because the YAML names it as part of this pool. */
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    struct device *d;
+
+    if (cd->uri) {
+      strata_error (ENOTSUP, "%s:%d: device %s: remote members (uri:) are not "
+                    "supported by this version of strata", cfg->file,
+                    cd->line, cd->name);
+      goto fail;
+    }
+    d = device_open_local (cd->path, 0, 0);
+    if (!d)
+      continue;			/* missing: the metadata will say what it held */
+    p->opened[p->nopened++] = d;
+    if (device_lock (d) == -1) {
+      strata_error (EBUSY, "pool %s is in use by another process (device %s, "
+                    "%s, is locked); is it being served?", cfg->name,
+                    cd->name, cd->path);
+      goto fail;
+    }
+    if (device_pread (d, buf, STRATA_BLOCK, 0) == -1
+        || format_sb_decode (buf, &sbs[i]) == -1) {
+      if (errno == EINVAL)
+        strata_error (EINVAL, "device %s (%s) holds no strata superblock: it "
+                      "is not part of pool %s (was the pool initialised with "
+                      "strata init?)", cd->name, cd->path, cfg->name);
+      else
+        strata_error_prefix ("device %s (%s)", cd->name, cd->path);
+      goto fail;
+    }
+    if (ref == SIZE_MAX)
+      ref = i;
+    if (memcmp (sbs[i].pool_uuid, sbs[ref].pool_uuid, 16) != 0
+        || strcmp (sbs[i].pool_name, cfg->name) != 0) {
+      strata_error (EINVAL, "device %s (%s) belongs to pool \"%s\", not to "
+                    "pool \"%s\"", cd->name, cd->path, sbs[i].pool_name,
+                    ref != i ? sbs[ref].pool_name : cfg->name);
+      goto fail;
+    }
+    if (strcmp (sbs[i].dev_name, cd->name) != 0) {
+      strata_error (EINVAL, "%s:%d: device %s: %s is the pool's device \"%s\"; "
+                    "the YAML has the names mixed up", cfg->file, cd->line,
+                    cd->name, cd->path, sbs[i].dev_name);
+      goto fail;
+    }
+    have_sb[i] = true;
+    if (sbs[i].flags & FORMAT_SB_META) {
+      if (nmembers == ARRAY_SIZE (members)) {
+        strata_error (EINVAL, "too many metadata replicas");
+        goto fail;
+      }
+      members[nmembers++] = (struct journal_member) {
+        .dev = d, .name = cd->name, .meta_off = sbs[i].meta_offset,
+        .meta_size = sbs[i].meta_size,
+      };
+    }
+    meta_replicas = MAX (meta_replicas, sbs[i].meta_replicas);
+  }
+  if (ref == SIZE_MAX) {
+    strata_error (ENOENT, "pool %s: none of its %zu devices can be opened "
+                  "(first: %s)", cfg->name, n, cfg->devices[0].path);
+    goto fail;
+  }
+  memcpy (p->uuid, sbs[ref].pool_uuid, 16);
+  p->extent_size = sbs[ref].extent_size;
+  if (cfg->extent_size != p->extent_size) {
+    strata_error (EINVAL, "%s: pool.extent_size is %" PRIu64 " bytes but "
+                  "pool %s was created with %" PRIu64, cfg->file,
+                  cfg->extent_size, cfg->name, p->extent_size);
+    goto fail;
+  }
+  /* Metadata replicas whose device is missing still count against the
+   * majority. */
+  while (nmembers < meta_replicas && nmembers < ARRAY_SIZE (members))
+    members[nmembers++] = (struct journal_member) {
+      .dev = NULL, .name = "(missing device)",
+      .meta_off = FORMAT_META_OFFSET, .meta_size = FORMAT_MIN_META_SIZE,
+    };
+
+  p->meta = meta_new ();
+  if (!p->meta)
+    goto fail;
+  p->journal = journal_open (members, nmembers, p->uuid,
+                             p->writable ? JOURNAL_WRITE : 0, &journal_ops,
+                             p->meta);
+  if (!p->journal) {
+    strata_error_prefix ("pool %s: metadata", cfg->name);
+    goto fail;
+  }
+
+  /* Map the metadata's devices to what was opened. */
+  p->ndevs = p->meta->ndevices;
+  p->devs = calloc (p->ndevs, sizeof *p->devs);
+  p->problem = calloc (p->ndevs, sizeof *p->problem);
+  p->dirty = calloc (p->ndevs, sizeof *p->dirty);
+  if (!p->devs || !p->problem || !p->dirty) {
+    strata_error (ENOMEM, "out of memory");
+    goto fail;
+  }
+  for (uint32_t i = 0; i < p->ndevs; i++)
+    snprintf (p->problem[i], sizeof p->problem[0], "not in %s", cfg->file);
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    const struct format_sb *sb = &sbs[i];
+    uint32_t k;
+
+    if (!have_sb[i]) {
+      /* Could not be opened: find it by name to say why. */
+      for (k = 0; k < p->ndevs; k++)
+        if (strcmp (p->meta->devices[k].name, cd->name) == 0)
+          snprintf (p->problem[k], sizeof p->problem[0],
+                    "cannot open %s", cd->path);
+      continue;
+    }
+    k = sb->dev_index;
+    if (k >= p->ndevs || memcmp (p->meta->devices[k].uuid, sb->dev_uuid, 16)) {
+      strata_error (EINVAL, "device %s (%s) is not a member of pool %s "
+                    "according to its metadata", cd->name, cd->path,
+                    cfg->name);
+      goto fail;
+    }
+    for (size_t q = 0; q < p->nopened; q++)
+      if (strcmp (device_path (p->opened[q]), cd->path) == 0)
+        p->devs[k] = p->opened[q];
+    p->problem[k][0] = '\0';
+  }
+
+  p->alloc = alloc_new (p->meta, 0);
+  if (!p->alloc || alloc_load (p->alloc, p->meta) == -1)
+    goto fail;
+  for (uint32_t i = 0; i < p->ndevs; i++)
+    if (!p->devs[i])
+      alloc_set_usable (p->alloc, i, false);
+  free (sbs);
+  free (have_sb);
+  free (buf);
+  return p;
+
+ fail:
+  free (sbs);
+  free (have_sb);
+  free (buf);
+  if (p) {
+    int e = errno;
+    char msg[1024];
+    snprintf (msg, sizeof msg, "%s", strata_last_error ());
+    pool_close (p);
+    strata_error (e, "%s", msg);
+  }
+  return NULL;
+}
+
+void
+pool_close (struct pool *p)
+{
+  if (!p)
+    return;
+  journal_close (p->journal);
+  alloc_free (p->alloc);
+  meta_free (p->meta);
+  for (size_t i = 0; i < p->nopened; i++)
+    device_close (p->opened[i]);
+  free (p->opened);
+  free (p->devs);
+  free (p->problem);
+  free (p->dirty);
+  pthread_mutex_destroy (&p->admin_lock);
+  free (p);
+}
+
+const struct config *pool_config (struct pool *p) { return p->cfg; }
+struct meta *pool_meta (struct pool *p) { return p->meta; }
+struct journal *pool_journal (struct pool *p) { return p->journal; }
+struct alloc *pool_alloc (struct pool *p) { return p->alloc; }
+bool pool_writable (struct pool *p) { return p->writable; }
+uint32_t pool_ndevices (struct pool *p) { return p->ndevs; }
+
+struct device *
+pool_device (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? p->devs[i] : NULL;
+}
+
+const char *
+pool_device_problem (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? p->problem[i] : "no such device";
+}
+
+uint64_t
+pool_extent_offset (struct pool *p, struct meta_extent e, uint64_t off)
+{
+  return p->meta->devices[e.dev].data_offset + (uint64_t) e.ext * p->extent_size
+    + off;
+}
+
+void
+pool_mark_dirty (struct pool *p, uint32_t dev)
+{
+  if (!atomic_load_explicit (&p->dirty[dev], memory_order_relaxed))
+    atomic_store (&p->dirty[dev], true);
+}
+
+int
+pool_flush (struct pool *p)
+{
+  struct dev_req reqs[64], *rq = reqs;
+  size_t nr = 0;
+  int r;
+
+  if (p->ndevs > ARRAY_SIZE (reqs)
+      && !(rq = calloc (p->ndevs, sizeof *rq)))
+    return strata_error (ENOMEM, "out of memory");
+  /* Clear each flag before flushing: a write that completes after the
+   * clear sets it again, and one that completed before is covered. */
+  for (uint32_t i = 0; i < p->ndevs; i++)
+    if (p->devs[i] && atomic_exchange (&p->dirty[i], false))
+      rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
+  r = device_submit (rq, nr);
+  if (r == -1)
+    for (size_t k = 0; k < nr; k++)
+      if (rq[k].res != 0)
+        for (uint32_t i = 0; i < p->ndevs; i++)
+          if (p->devs[i] == rq[k].dev)
+            atomic_store (&p->dirty[i], true);
+  if (rq != reqs)
+    free (rq);
+  return r;
+}
+
+/* ---- chunks ---- */
+
+int
+pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx)
+{
+  uint32_t n = v->width * v->replicas;
+  struct meta_extent ext[512];
+  struct fbuf e;
+  struct journal_item it;
+  int r;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  if (alloc_chunk (p->alloc, v->width, v->replicas, v->class, ext) == -1)
+    return strata_error_prefix ("volume %s", v->name);
+  fbuf_init_write (&e);
+  meta_entry_chunk_alloc (&e, v->id, idx, n, ext);
+  it = (struct journal_item) { META_E_CHUNK_ALLOC, e.len, e.p };
+  r = e.bad ? strata_error (ENOMEM, "out of memory")
+            : journal_append (p->journal, &it, 1);
+  fbuf_free (&e);
+  if (r == -1) {
+    alloc_release (p->alloc, ext, n);
+    return strata_error_prefix ("volume %s: allocating chunk %" PRIu64,
+                                v->name, idx);
+  }
+  return 0;
+}
+
+/* Discard every extent of the given chunks and flush the devices, so
+ * that the extents read as zeros durably before they are freed. */
+static int
+discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
+                size_t n)
+{
+  uint32_t per = v->width * v->replicas;
+  size_t nr = 0;
+  struct dev_req *rq = calloc (n * per + p->ndevs, sizeof *rq);
+  bool *touched = calloc (p->ndevs, sizeof *touched);
+  int r = -1;
+
+  if (!rq || !touched) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
+    if (!c)
+      continue;
+    for (uint32_t i = 0; i < c->n; i++) {
+      struct device *d = p->devs[c->ext[i].dev];
+      if (!d) {
+        strata_error (EIO, "volume %s: chunk %" PRIu64 " has an extent on "
+                      "missing device %s", v->name, idx[k],
+                      p->meta->devices[c->ext[i].dev].name);
+        goto out;
+      }
+      rq[nr++] = (struct dev_req) {
+        .dev = d, .op = DEV_ZERO, .len = p->extent_size,
+        .off = pool_extent_offset (p, c->ext[i], 0),
+      };
+      touched[c->ext[i].dev] = true;
+    }
+  }
+  if (device_submit (rq, nr) == -1)
+    goto out;
+  nr = 0;
+  for (uint32_t i = 0; i < p->ndevs; i++)
+    if (touched[i])
+      rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
+  r = device_submit (rq, nr);
+ out:
+  free (rq);
+  free (touched);
+  return r;
+}
+
+int
+pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
+                  size_t n)
+{
+  uint32_t per = v->width * v->replicas;
+  struct journal_item *items = calloc (n, sizeof *items);
+  struct fbuf *e = calloc (n, sizeof *e);
+  struct meta_extent *ext = calloc (n * per, sizeof *ext);
+  size_t ni = 0;
+  int r = -1;
+
+  if (!items || !e || !ext) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  if (discard_chunks (p, v, idx, n) == -1)
+    goto out;
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
+    if (!c)
+      continue;
+    memcpy (&ext[ni * per], c->ext, per * sizeof *ext);
+    fbuf_init_write (&e[ni]);
+    meta_entry_chunk_free (&e[ni], v->id, idx[k]);
+    items[ni] = (struct journal_item) { META_E_CHUNK_FREE, e[ni].len, e[ni].p };
+    ni++;
+  }
+  /* Commit in bounded records; a crash between them leaves some chunks
+   * allocated but already zeroed, which reads the same. */
+  for (size_t k = 0; k < ni; k += 4096)
+    if (journal_append (p->journal, items + k, MIN (4096, ni - k)) == -1)
+      goto out;
+  alloc_release (p->alloc, ext, ni * per);
+  r = 0;
+ out:
+  if (e)
+    for (size_t k = 0; k < ni; k++)
+      fbuf_free (&e[k]);
+  free (items);
+  free (e);
+  free (ext);
+  return r;
+}
+
+/* ---- administrative changes ---- */
+
+static int
+commit_one (struct pool *p, uint16_t type, struct fbuf *e)
+{
+  struct journal_item it = { type, e->len, e->p };
+  int r;
+
+  r = e->bad ? strata_error (ENOMEM, "out of memory")
+             : journal_append (p->journal, &it, 1);
+  fbuf_free (e);
+  return r;
+}
+
+int
+pool_volume_create (struct pool *p, const struct config_volume *cv)
+{
+  struct fbuf e;
+  int r;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  if (config_check_name ("volume", cv->name) == -1)
+    return -1;
+  if (config_check_volume (p->cfg, cv) == -1)
+    return strata_error_prefix ("volume %s", cv->name);
+  pthread_mutex_lock (&p->admin_lock);
+  pthread_mutex_lock (&p->meta->lock);
+  if (meta_find_volume (p->meta, cv->name)) {
+    pthread_mutex_unlock (&p->meta->lock);
+    pthread_mutex_unlock (&p->admin_lock);
+    return strata_error (EEXIST, "volume %s already exists", cv->name);
+  }
+  fbuf_init_write (&e);
+  meta_entry_vol_create (&e, p->meta->next_vol_id, cv);
+  pthread_mutex_unlock (&p->meta->lock);
+  r = commit_one (p, META_E_VOL_CREATE, &e);
+  pthread_mutex_unlock (&p->admin_lock);
+  if (r == -1)
+    return strata_error_prefix ("volume %s", cv->name);
+  return 0;
+}
+
+static struct meta_volume *
+find_locked (struct pool *p, const char *name)
+{
+  struct meta_volume *v;
+
+  pthread_mutex_lock (&p->meta->lock);
+  v = meta_find_volume (p->meta, name);
+  pthread_mutex_unlock (&p->meta->lock);
+  if (!v)
+    strata_error (ENOENT, "no volume named %s in pool %s", name, p->cfg->name);
+  return v;
+}
+
+/* Keep new data-path handles away from V while it is deleted or shrunk.
+ * Fails with EBUSY if it has open handles now. */
+static int
+claim (struct pool *p, struct meta_volume *v, const char *what)
+{
+  int users;
+
+  pthread_mutex_lock (&p->meta->lock);
+  users = v->users;
+  if (users == 0)
+    v->busy = true;
+  pthread_mutex_unlock (&p->meta->lock);
+  if (users > 0)
+    return strata_error (EBUSY, "volume %s is in use by %d connection(s); "
+                         "disconnect them before %s it", v->name, users, what);
+  return 0;
+}
+
+static void
+unclaim (struct pool *p, struct meta_volume *v)
+{
+  pthread_mutex_lock (&p->meta->lock);
+  v->busy = false;
+  pthread_mutex_unlock (&p->meta->lock);
+}
+
+struct collect {
+  uint64_t *idx;
+  size_t n, cap;
+  uint64_t from;
+};
+
+static int
+collect_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct collect *cl = opaque;
+
+  (void) c;
+  if (idx < cl->from)
+    return 0;
+  if (cl->n == cl->cap) {
+    uint64_t *ni;
+    cl->cap = cl->cap ? cl->cap * 2 : 64;
+    ni = realloc (cl->idx, cl->cap * sizeof *ni);
+    if (!ni)
+      return strata_error (ENOMEM, "out of memory");
+    cl->idx = ni;
+  }
+  cl->idx[cl->n++] = idx;
+  return 0;
+}
+
+int
+pool_volume_resize (struct pool *p, const char *name, uint64_t size,
+                    bool allow_shrink)
+{
+  struct meta_volume *v;
+  struct fbuf e;
+  int r = -1;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  if (size == 0 || size > (1ull << 60))
+    return strata_error (EINVAL, "volume %s: size must be from 1 byte to "
+                         "1 EiB", name);
+  pthread_mutex_lock (&p->admin_lock);
+  v = find_locked (p, name);
+  if (!v)
+    goto out;
+  if (size < v->size) {
+    struct collect cl = { .from = div_round_up (size, v->chunk_size) };
+    if (!allow_shrink) {
+      strata_error (EPERM, "volume %s: shrinking from %" PRIu64 " to %" PRIu64
+                    " bytes would destroy data; say so explicitly (--shrink)",
+                    name, v->size, size);
+      goto out;
+    }
+    if (claim (p, v, "shrinking") == -1)
+      goto out;
+    if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
+        || pool_chunks_free (p, v, cl.idx, cl.n) == -1) {
+      free (cl.idx);
+      unclaim (p, v);
+      goto out;
+    }
+    free (cl.idx);
+    unclaim (p, v);
+  }
+  fbuf_init_write (&e);
+  meta_entry_vol_resize (&e, v->id, size);
+  r = commit_one (p, META_E_VOL_RESIZE, &e);
+ out:
+  pthread_mutex_unlock (&p->admin_lock);
+  return r;
+}
+
+int
+pool_volume_delete (struct pool *p, const char *name)
+{
+  struct meta_volume *v;
+  struct collect cl = { 0 };
+  struct fbuf e;
+  int r = -1;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  pthread_mutex_lock (&p->admin_lock);
+  v = find_locked (p, name);
+  if (!v)
+    goto out;
+  if (claim (p, v, "deleting") == -1)
+    goto out;
+  /* Free the chunks first (so their extents are zeroed before they can
+   * be reused), then drop the volume. */
+  if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
+      || pool_chunks_free (p, v, cl.idx, cl.n) == -1) {
+    unclaim (p, v);
+    goto out;
+  }
+  fbuf_init_write (&e);
+  meta_entry_vol_delete (&e, v->id);
+  r = commit_one (p, META_E_VOL_DELETE, &e);
+  if (r == -1)
+    unclaim (p, v);
+ out:
+  free (cl.idx);
+  pthread_mutex_unlock (&p->admin_lock);
+  return r;
+}

@@ -1,0 +1,84 @@
+/* strata: a pool: its devices, its metadata journal and its allocator.
+ *
+ * pool_init() formats the devices of a YAML declaration.  pool_open()
+ * opens them under an exclusive lock (two writers of one pool never run
+ * at once), recovers the metadata from a majority of the metadata
+ * replicas and rebuilds the allocator.  The pool_volume_* calls are the
+ * administrative changes; they are serialised by an internal lock and
+ * each is one journal commit.  pool_chunk_* are used by the volume data
+ * path to allocate and free chunks.
+ */
+#ifndef STRATA_POOL_H
+#define STRATA_POOL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "alloc.h"
+#include "config.h"
+#include "device.h"
+#include "journal.h"
+#include "meta.h"
+
+struct pool;
+
+#define POOL_WRITE 0x1		/* open for writing (new journal term) */
+
+/* Format every device of CFG as a new, empty pool.  Creates sparse files
+ * where a path does not exist and has a size.  Refuses (EEXIST) devices
+ * that hold a strata pool or any other data in their first MiB unless
+ * FORCE.  Progress lines go to LOG if not NULL.  Returns 0 or -1; on
+ * refusal no device has been written. */
+int pool_init (const struct config *cfg, bool force, FILE *log);
+
+/* Open the pool of CFG.  CFG must outlive the pool.  NULL with errno and
+ * a message on failure (EBUSY if another process has it open). */
+struct pool *pool_open (const struct config *cfg, unsigned flags);
+void pool_close (struct pool *p);
+
+const struct config *pool_config (struct pool *p);
+struct meta *pool_meta (struct pool *p);
+struct journal *pool_journal (struct pool *p);
+struct alloc *pool_alloc (struct pool *p);
+bool pool_writable (struct pool *p);
+
+/* Device I of the pool (NULL if it is missing). */
+struct device *pool_device (struct pool *p, uint32_t i);
+
+/* The byte offset on its device of byte OFF of extent E. */
+uint64_t pool_extent_offset (struct pool *p, struct meta_extent e,
+                             uint64_t off);
+
+/* Record that DEV has been written since its last flush. */
+void pool_mark_dirty (struct pool *p, uint32_t dev);
+
+/* Flush every device written since its last flush, all at once.
+ * Returns 0 or -1. */
+int pool_flush (struct pool *p);
+
+/* Allocate chunk IDX of V: choose extents, zero them, commit.  The
+ * caller makes sure nobody else allocates or frees IDX meanwhile.
+ * Returns 0 or -1 (ENOSPC, EIO). */
+int pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx);
+
+/* Free N allocated chunks of V in one commit, then discard their extents
+ * and return them to the allocator.  The caller guarantees that no I/O
+ * uses them.  Returns 0 or -1. */
+int pool_chunks_free (struct pool *p, struct meta_volume *v,
+                      const uint64_t *idx, size_t n);
+
+/* Administrative changes (serialised).  Messages name the volume. */
+int pool_volume_create (struct pool *p, const struct config_volume *v);
+int pool_volume_resize (struct pool *p, const char *name, uint64_t size,
+                        bool allow_shrink);
+int pool_volume_delete (struct pool *p, const char *name);
+
+/* Count of devices in the pool (from the metadata). */
+uint32_t pool_ndevices (struct pool *p);
+
+/* Why device I is missing ("" if present). */
+const char *pool_device_problem (struct pool *p, uint32_t i);
+
+#endif /* STRATA_POOL_H */

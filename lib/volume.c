@@ -1,0 +1,845 @@
+/* strata: the volume data path (see volume.h).
+ *
+ * Design notes
+ * ------------
+ * A request becomes a list of pieces, one per stripe unit it touches
+ * (adjacent pieces in the same extent are merged).  Each piece becomes
+ * one device request per replica for a write, or one for a read, and
+ * all of them go to device_submit() together.
+ *
+ * Alignment: devices are addressed in 4 KiB blocks.  A piece whose
+ * extent range or client buffer is not aligned goes through a bounce
+ * buffer; for a write, the partial first and last blocks are read first
+ * (read-modify-write).  Only those two blocks of a request can be
+ * partial, because stripe units are multiples of 4 KiB.  Two writers of
+ * different bytes of one block would lose an update, so each partial
+ * block is guarded by a hashed mutex held across its read and write.
+ *
+ * Chunk lifetime: the first write to a chunk allocates it (phase 1, no
+ * lock held) and then does its I/O holding io_lock shared (phase 2).
+ * Freeing whole chunks (trim, zero) takes io_lock exclusively, which
+ * waits for every request already using their extents; the busy set
+ * keeps allocation and freeing of one chunk from overlapping.
+ *
+ * Scratch memory (piece lists, request arrays, bounce buffers) is per
+ * thread and reused, so the hot path does not call malloc.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "util.h"
+#include "volume.h"
+
+#define RMW_LOCKS 256
+
+/* Shared by every handle of one volume. */
+struct vshared {
+  /* Held shared by each request for its whole duration, exclusively by
+   * whoever frees chunks (so that no request still uses their extents).
+   * Held across I/O on purpose; writer-preferring so frees progress. */
+  pthread_rwlock_t io_lock;
+  pthread_mutex_t busy_lock;	/* protects busy[], nbusy, cap */
+  pthread_cond_t busy_cond;	/* signalled when a chunk leaves busy[] */
+  uint64_t *busy;		/* chunks being allocated or freed */
+  size_t nbusy, cap;
+  /* Read-modify-write of a partial block: held across the read and the
+   * write of that block (see design notes). */
+  pthread_mutex_t rmw[RMW_LOCKS];
+  _Atomic uint64_t rr;		/* spreads reads over replicas */
+};
+
+struct volume {
+  struct pool *p;
+  struct meta_volume *mv;
+  struct vshared *s;
+};
+
+struct piece {
+  uint64_t chunk;
+  uint32_t col;
+  uint32_t len;
+  uint64_t eoff;		/* offset inside the column's extent */
+  char *ubuf;			/* client buffer */
+  char *bounce;			/* aligned copy, or NULL if direct */
+  uint64_t a0, a1;		/* aligned extent range covered by bounce */
+  struct meta_chunk *c;
+};
+
+struct scratch {
+  struct piece *pc;
+  size_t pccap;
+  struct dev_req *rq;
+  size_t rqcap;
+  char *bounce;
+  size_t bcap;
+  uint32_t *u32;		/* 2 * pieces: replicas tried, piece of request */
+  size_t u32cap;
+};
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static __thread struct scratch *tscratch;
+static char zero_block[1 << 20] __attribute__ ((aligned (4096)));
+
+static void
+scratch_destroy (void *p)
+{
+  struct scratch *s = p;
+
+  if (s) {
+    free (s->pc);
+    free (s->rq);
+    free (s->bounce);
+    free (s->u32);
+    free (s);
+  }
+}
+
+static void
+scratch_key_init (void)
+{
+  pthread_key_create (&scratch_key, scratch_destroy);
+}
+
+/* This thread's scratch space, grown to hold NPC pieces, NRQ requests
+ * and BOUNCE bytes.  NULL on ENOMEM. */
+static struct scratch *
+get_scratch (size_t npc, size_t nrq, size_t bounce)
+{
+  struct scratch *s = tscratch;
+
+  if (!s) {
+    pthread_once (&scratch_once, scratch_key_init);
+    s = calloc (1, sizeof *s);
+    if (!s)
+      goto nomem;
+    tscratch = s;
+    pthread_setspecific (scratch_key, s);
+  }
+  if (npc > s->pccap) {
+    free (s->pc);
+    free (s->u32);
+    s->pc = malloc (npc * sizeof *s->pc);
+    s->u32 = malloc (2 * npc * sizeof *s->u32);
+    s->pccap = s->pc && s->u32 ? npc : 0;
+    if (!s->pc || !s->u32)
+      goto nomem;
+  }
+  if (nrq > s->rqcap) {
+    free (s->rq);
+    s->rq = malloc (nrq * sizeof *s->rq);
+    s->rqcap = s->rq ? nrq : 0;
+    if (!s->rq)
+      goto nomem;
+  }
+  if (bounce > s->bcap) {
+    free (s->bounce);
+    s->bounce = device_alloc_buf (bounce);
+    s->bcap = s->bounce ? bounce : 0;
+    if (!s->bounce)
+      goto nomem;
+  }
+  return s;
+ nomem:
+  strata_error (ENOMEM, "out of memory");
+  return NULL;
+}
+
+/* ---- open / close ---- */
+
+static struct vshared *
+shared_new (void)
+{
+  struct vshared *s = calloc (1, sizeof *s);
+  pthread_rwlockattr_t a;
+
+  if (!s)
+    return NULL;
+  pthread_rwlockattr_init (&a);
+  pthread_rwlockattr_setkind_np (&a,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&s->io_lock, &a);
+  pthread_rwlockattr_destroy (&a);
+  pthread_mutex_init (&s->busy_lock, NULL);
+  pthread_cond_init (&s->busy_cond, NULL);
+  for (size_t i = 0; i < RMW_LOCKS; i++)
+    pthread_mutex_init (&s->rmw[i], NULL);
+  return s;
+}
+
+static void
+shared_free (struct vshared *s)
+{
+  pthread_rwlock_destroy (&s->io_lock);
+  pthread_mutex_destroy (&s->busy_lock);
+  pthread_cond_destroy (&s->busy_cond);
+  for (size_t i = 0; i < RMW_LOCKS; i++)
+    pthread_mutex_destroy (&s->rmw[i]);
+  free (s->busy);
+  free (s);
+}
+
+struct volume *
+volume_open (struct pool *p, const char *name)
+{
+  struct meta *m = pool_meta (p);
+  struct volume *v = calloc (1, sizeof *v);
+  struct meta_volume *mv;
+
+  if (!v) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  pthread_mutex_lock (&m->lock);
+  mv = meta_find_volume (m, name);
+  if (!mv || mv->busy) {
+    pthread_mutex_unlock (&m->lock);
+    free (v);
+    if (mv)
+      strata_error (EBUSY, "volume %s is being deleted or shrunk", name);
+    else
+      strata_error (ENOENT, "no volume named \"%s\" in pool %s", name,
+                    m->name);
+    return NULL;
+  }
+  if (!mv->dp && !(mv->dp = shared_new ())) {
+    pthread_mutex_unlock (&m->lock);
+    free (v);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  mv->users++;
+  v->p = p;
+  v->mv = mv;
+  v->s = mv->dp;
+  pthread_mutex_unlock (&m->lock);
+  return v;
+}
+
+void
+volume_close (struct volume *v)
+{
+  struct meta *m;
+
+  if (!v)
+    return;
+  m = pool_meta (v->p);
+  pthread_mutex_lock (&m->lock);
+  if (--v->mv->users == 0) {
+    shared_free (v->mv->dp);
+    v->mv->dp = NULL;
+  }
+  pthread_mutex_unlock (&m->lock);
+  free (v);
+}
+
+uint64_t volume_size (struct volume *v) { return v->mv->size; }
+uint64_t volume_stripe_unit (struct volume *v) { return v->mv->unit; }
+const char *volume_name (struct volume *v) { return v->mv->name; }
+
+static int
+check_range (struct volume *v, uint32_t count, uint64_t off)
+{
+  uint64_t size = v->mv->size;
+
+  if (off > size || count > size - off)
+    return strata_error (ERANGE, "volume %s: request of %" PRIu32 " bytes at "
+                         "%" PRIu64 " is beyond the end (%" PRIu64 " bytes)",
+                         v->mv->name, count, off, size);
+  return 0;
+}
+
+/* ---- busy set ---- */
+
+static bool
+is_busy (struct vshared *s, uint64_t idx)
+{
+  for (size_t i = 0; i < s->nbusy; i++)
+    if (s->busy[i] == idx)
+      return true;
+  return false;
+}
+
+static int
+add_busy (struct vshared *s, uint64_t idx)
+{
+  if (s->nbusy == s->cap) {
+    size_t cap = s->cap ? s->cap * 2 : 16;
+    uint64_t *nb = realloc (s->busy, cap * sizeof *nb);
+    if (!nb)
+      return strata_error (ENOMEM, "out of memory");
+    s->busy = nb;
+    s->cap = cap;
+  }
+  s->busy[s->nbusy++] = idx;
+  return 0;
+}
+
+static void
+del_busy (struct vshared *s, uint64_t idx)
+{
+  for (size_t i = 0; i < s->nbusy; i++)
+    if (s->busy[i] == idx) {
+      s->busy[i] = s->busy[--s->nbusy];
+      return;
+    }
+}
+
+/* Make sure chunk IDX is allocated. */
+static int
+ensure_alloc (struct volume *v, uint64_t idx)
+{
+  struct vshared *s = v->s;
+  int r;
+
+  pthread_mutex_lock (&s->busy_lock);
+  for (;;) {
+    if (meta_chunk_get (v->mv, idx)) {
+      pthread_mutex_unlock (&s->busy_lock);
+      return 0;
+    }
+    if (!is_busy (s, idx))
+      break;
+    pthread_cond_wait (&s->busy_cond, &s->busy_lock);
+  }
+  r = add_busy (s, idx);
+  pthread_mutex_unlock (&s->busy_lock);
+  if (r == -1)
+    return -1;
+
+  r = pool_chunk_alloc (v->p, v->mv, idx);
+
+  pthread_mutex_lock (&s->busy_lock);
+  del_busy (s, idx);
+  pthread_cond_broadcast (&s->busy_cond);
+  pthread_mutex_unlock (&s->busy_lock);
+  return r;
+}
+
+/* Free the allocated chunks among [FIRST, LAST). */
+static int
+free_chunks (struct volume *v, uint64_t first, uint64_t last)
+{
+  struct vshared *s = v->s;
+  uint64_t *idx;
+  size_t n = 0;
+  int r = 0;
+
+  if (first >= last)
+    return 0;
+  idx = malloc ((last - first) * sizeof *idx);
+  if (!idx)
+    return strata_error (ENOMEM, "out of memory");
+  pthread_mutex_lock (&s->busy_lock);
+  for (uint64_t i = first; i < last; i++)
+    if (meta_chunk_get (v->mv, i) && !is_busy (s, i)) {
+      if (add_busy (s, i) == -1)
+        break;
+      idx[n++] = i;
+    }
+  pthread_mutex_unlock (&s->busy_lock);
+
+  if (n > 0) {
+    /* Exclusive: waits for every request that may use these extents, and
+     * holds new ones off until the chunks are unmapped. */
+    pthread_rwlock_wrlock (&s->io_lock);
+    r = pool_chunks_free (v->p, v->mv, idx, n);
+    pthread_rwlock_unlock (&s->io_lock);
+  }
+
+  pthread_mutex_lock (&s->busy_lock);
+  for (size_t k = 0; k < n; k++)
+    del_busy (s, idx[k]);
+  pthread_cond_broadcast (&s->busy_cond);
+  pthread_mutex_unlock (&s->busy_lock);
+  free (idx);
+  return r;
+}
+
+/* ---- mapping ---- */
+
+/* Split [OFF, OFF+COUNT) into pieces (merging contiguous ones).  BUF may
+ * be NULL (no client buffer).  Returns the number of pieces. */
+static size_t
+map_pieces (struct volume *v, uint64_t off, uint32_t count, char *buf,
+            struct piece *pc)
+{
+  struct meta_volume *mv = v->mv;
+  uint64_t cs = mv->chunk_size, su = mv->unit, end = off + count, o = off;
+  size_t n = 0;
+
+  while (o < end) {
+    uint64_t co = o % cs;
+    uint64_t row = co / (su * mv->width);
+    uint32_t col = (co / su) % mv->width;
+    uint64_t within = co % su;
+    uint32_t len = MIN (su - within, end - o);
+    uint64_t eoff = row * su + within;
+    char *ub = buf ? buf + (o - off) : NULL;
+    struct piece *last = n ? &pc[n - 1] : NULL;
+
+    if (last && last->chunk == o / cs && last->col == col
+        && last->eoff + last->len == eoff
+        && (!buf || last->ubuf + last->len == ub))
+      last->len += len;
+    else
+      pc[n++] = (struct piece) { .chunk = o / cs, .col = col, .len = len,
+                                 .eoff = eoff, .ubuf = ub };
+    o += len;
+  }
+  return n;
+}
+
+static size_t
+max_pieces (struct volume *v, uint32_t count)
+{
+  return count / v->mv->unit + 2;
+}
+
+/* Index of the replica to read piece P from, starting the rotation at
+ * START, skipping missing devices and those in TRIED (a bit mask). */
+static int
+pick_replica (struct volume *v, const struct piece *p, uint32_t start,
+              uint32_t tried)
+{
+  uint32_t R = v->mv->replicas;
+
+  for (uint32_t k = 0; k < R; k++) {
+    uint32_t r = (start + k) % R;
+    if (tried & (1u << r))
+      continue;
+    if (pool_device (v->p, p->c->ext[p->col * R + r].dev))
+      return r;
+  }
+  return -1;
+}
+
+static struct dev_req
+piece_req (struct volume *v, const struct piece *p, uint32_t r, uint8_t op,
+           void *buf, uint64_t a0, uint64_t a1, bool fua)
+{
+  struct meta_extent e = p->c->ext[p->col * v->mv->replicas + r];
+
+  return (struct dev_req) {
+    .dev = pool_device (v->p, e.dev), .op = op, .fua = fua, .buf = buf,
+    .len = a1 - a0, .off = pool_extent_offset (v->p, e, a0),
+  };
+}
+
+/* Decide, for each piece, whether it can use the client buffer directly,
+ * and hand out bounce space.  Returns the bounce bytes needed. */
+static size_t
+plan_bounce (struct piece *pc, size_t n, char *arena)
+{
+  size_t need = 0;
+
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &pc[i];
+    p->a0 = round_down (p->eoff, STRATA_BLOCK);
+    p->a1 = round_up (p->eoff + p->len, STRATA_BLOCK);
+    if (p->a0 == p->eoff && p->a1 == p->eoff + p->len && p->ubuf
+        && is_aligned ((uintptr_t) p->ubuf, 512))
+      p->bounce = NULL;
+    else {
+      p->bounce = arena ? arena + need : (char *) 1;
+      need += p->a1 - p->a0;
+    }
+  }
+  return need;
+}
+
+/* ---- read ---- */
+
+int
+volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
+{
+  struct vshared *s = v->s;
+  struct scratch *sc;
+  struct piece *pc;
+  struct dev_req *rq;
+  uint32_t *tried, *which;
+  size_t n, nb, nr;
+  uint32_t start;
+  int r = 0;
+
+  if (check_range (v, count, off) == -1)
+    return -1;
+  if (count == 0)
+    return 0;
+  sc = get_scratch (max_pieces (v, count), 0, 0);
+  if (!sc)
+    return -1;
+  n = map_pieces (v, off, count, buf, sc->pc);
+  nb = plan_bounce (sc->pc, n, NULL);
+  sc = get_scratch (0, n, nb);
+  if (!sc)
+    return -1;
+  pc = sc->pc;
+  rq = sc->rq;
+  tried = sc->u32;		/* per piece: bit mask of replicas tried */
+  which = sc->u32 + sc->pccap;	/* per request: its piece */
+  plan_bounce (pc, n, sc->bounce);
+  start = atomic_fetch_add_explicit (&s->rr, 1, memory_order_relaxed);
+
+  pthread_rwlock_rdlock (&s->io_lock);
+  for (size_t i = 0; i < n; i++) {
+    pc[i].c = meta_chunk_get (v->mv, pc[i].chunk);
+    tried[i] = 0;
+  }
+  /* Each round reads every piece not yet read from a replica not yet
+   * tried; a failed piece is retried on the next replica. */
+  for (;;) {
+    nr = 0;
+    for (size_t i = 0; i < n; i++) {
+      struct piece *p = &pc[i];
+      int rep;
+      if (!p->c) {
+        if (tried[i] == 0)
+          memset (p->ubuf, 0, p->len);
+        tried[i] = ~0u;
+        continue;
+      }
+      if (tried[i] == ~0u)
+        continue;
+      rep = pick_replica (v, p, start + i, tried[i]);
+      if (rep < 0) {
+        r = strata_error (EIO, "volume %s: no readable copy of chunk %" PRIu64
+                          " column %u (last error: %s)", v->mv->name,
+                          p->chunk, p->col, strata_last_error ());
+        goto out;
+      }
+      tried[i] |= 1u << rep;
+      which[nr] = i;
+      rq[nr++] = piece_req (v, p, rep, DEV_READ,
+                            p->bounce ? p->bounce : p->ubuf,
+                            p->bounce ? p->a0 : p->eoff,
+                            p->bounce ? p->a1 : p->eoff + p->len, false);
+    }
+    if (nr == 0)
+      break;
+    device_submit (rq, nr);
+    for (size_t k = 0; k < nr; k++) {
+      struct piece *p = &pc[which[k]];
+      if (rq[k].res != 0)
+        continue;		/* retried next round */
+      if (p->bounce)
+        memcpy (p->ubuf, p->bounce + (p->eoff - p->a0), p->len);
+      tried[which[k]] = ~0u;
+    }
+  }
+ out:
+  pthread_rwlock_unlock (&s->io_lock);
+  return r;
+}
+
+/* ---- write ---- */
+
+static uint32_t
+rmw_slot (struct volume *v, const struct piece *p, uint64_t block)
+{
+  uint64_t h = (p->chunk * 64 + p->col) * 0x9E3779B97F4A7C15ull
+    ^ (block * 0xC2B2AE3D27D4EB4Full) ^ v->mv->id;
+  return (h >> 32) % RMW_LOCKS;
+}
+
+static int
+cmp_u32 (const void *a, const void *b)
+{
+  uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+/* Write pieces PC[0..N) (chunks allocated and looked up) to every
+ * replica.  Called with io_lock held shared. */
+static int
+write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
+              bool fua)
+{
+  uint32_t R = v->mv->replicas;
+  uint32_t locks[4];
+  size_t nl = 0, nr = 0;
+  int r = 0;
+
+  /* Partial blocks: only in the first and the last piece. */
+  for (size_t i = 0; i < n; i += (n > 1 ? n - 1 : 1)) {
+    struct piece *p = &pc[i];
+    if (p->eoff != p->a0)
+      locks[nl++] = rmw_slot (v, p, p->a0 / STRATA_BLOCK);
+    if (p->eoff + p->len != p->a1)
+      locks[nl++] = rmw_slot (v, p, p->a1 / STRATA_BLOCK - 1);
+  }
+  qsort (locks, nl, sizeof locks[0], cmp_u32);
+  for (size_t k = 0; k < nl; k++)
+    if (k == 0 || locks[k] != locks[k - 1])
+      pthread_mutex_lock (&v->s->rmw[locks[k]]);
+
+  /* Read the partial blocks. */
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &pc[i];
+    int rep;
+    if (!p->bounce)
+      continue;
+    if (p->eoff == p->a0 && p->eoff + p->len == p->a1)
+      continue;			/* only the buffer was unaligned */
+    rep = pick_replica (v, p, 0, 0);
+    if (rep < 0) {
+      r = strata_error (EIO, "volume %s: no readable copy of chunk %" PRIu64,
+                        v->mv->name, p->chunk);
+      goto out;
+    }
+    if (p->eoff != p->a0)
+      rq[nr++] = piece_req (v, p, rep, DEV_READ, p->bounce, p->a0,
+                            p->a0 + STRATA_BLOCK, false);
+    if (p->eoff + p->len != p->a1
+        && (p->a1 - STRATA_BLOCK != p->a0 || p->eoff == p->a0))
+      rq[nr++] = piece_req (v, p, rep, DEV_READ,
+                            p->bounce + (p->a1 - STRATA_BLOCK - p->a0),
+                            p->a1 - STRATA_BLOCK, p->a1, false);
+  }
+  if (nr && device_submit (rq, nr) == -1) {
+    r = strata_error_prefix ("volume %s: read-modify-write", v->mv->name);
+    goto out;
+  }
+
+  /* Every piece to every replica, all at once. */
+  nr = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &pc[i];
+    if (p->bounce)
+      memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
+    for (uint32_t rep = 0; rep < R; rep++) {
+      struct meta_extent e = p->c->ext[p->col * R + rep];
+      if (!pool_device (v->p, e.dev)) {
+        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica "
+                          "on missing device %s", v->mv->name, p->chunk,
+                          pool_meta (v->p)->devices[e.dev].name);
+        goto out;
+      }
+      pool_mark_dirty (v->p, e.dev);
+      rq[nr++] = piece_req (v, p, rep, DEV_WRITE,
+                            p->bounce ? p->bounce : p->ubuf,
+                            p->bounce ? p->a0 : p->eoff,
+                            p->bounce ? p->a1 : p->eoff + p->len, fua);
+    }
+  }
+  if (device_submit (rq, nr) == -1)
+    r = strata_error_prefix ("volume %s", v->mv->name);
+ out:
+  for (size_t k = nl; k-- > 0;)
+    if (k == 0 || locks[k] != locks[k - 1])
+      pthread_mutex_unlock (&v->s->rmw[locks[k]]);
+  return r;
+}
+
+int
+volume_pwrite (struct volume *v, const void *buf, uint32_t count,
+               uint64_t off, bool fua)
+{
+  struct vshared *s = v->s;
+  uint64_t cs = v->mv->chunk_size;
+  struct scratch *sc;
+  size_t n, nb;
+  int r, tries = 0;
+
+  if (check_range (v, count, off) == -1)
+    return -1;
+  if (count == 0)
+    return 0;
+  if (!pool_writable (v->p))
+    return strata_error (EROFS, "pool is open read-only");
+  sc = get_scratch (max_pieces (v, count), 0, 0);
+  if (!sc)
+    return -1;
+  n = map_pieces (v, off, count, (char *) buf, sc->pc);
+  nb = plan_bounce (sc->pc, n, NULL);
+  sc = get_scratch (0, n * v->mv->replicas + 4, nb);
+  if (!sc)
+    return -1;
+  plan_bounce (sc->pc, n, sc->bounce);
+
+ again:
+  /* Phase 1: allocate missing chunks, with no lock held. */
+  for (uint64_t c = off / cs; c <= (off + count - 1) / cs; c++)
+    if (!meta_chunk_get (v->mv, c) && ensure_alloc (v, c) == -1)
+      return -1;
+
+  /* Phase 2: the I/O, with io_lock shared. */
+  pthread_rwlock_rdlock (&s->io_lock);
+  for (size_t i = 0; i < n; i++) {
+    sc->pc[i].c = meta_chunk_get (v->mv, sc->pc[i].chunk);
+    if (!sc->pc[i].c) {
+      /* Freed by a concurrent trim between the phases: start again. */
+      pthread_rwlock_unlock (&s->io_lock);
+      if (++tries > 100)
+        return strata_error (EAGAIN, "volume %s: chunk %" PRIu64 " keeps "
+                             "being freed under a write", v->mv->name,
+                             sc->pc[i].chunk);
+      goto again;
+    }
+  }
+  r = write_pieces (v, sc->pc, n, sc->rq, fua);
+  pthread_rwlock_unlock (&s->io_lock);
+  return r;
+}
+
+int
+volume_flush (struct volume *v)
+{
+  return pool_flush (v->p);
+}
+
+/* Discard the whole blocks of [OFF, OFF+COUNT) in allocated chunks, on
+ * every replica. */
+static int
+discard_blocks (struct volume *v, uint32_t count, uint64_t off)
+{
+  struct vshared *s = v->s;
+  struct scratch *sc;
+  uint32_t R = v->mv->replicas;
+  size_t n, nr = 0;
+  int r = 0;
+
+  sc = get_scratch (max_pieces (v, count), 0, 0);
+  if (!sc)
+    return -1;
+  n = map_pieces (v, off, count, NULL, sc->pc);
+  sc = get_scratch (0, n * R + 4, 0);
+  if (!sc)
+    return -1;
+  pthread_rwlock_rdlock (&s->io_lock);
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &sc->pc[i];
+    uint64_t a0 = round_up (p->eoff, STRATA_BLOCK);
+    uint64_t a1 = round_down (p->eoff + p->len, STRATA_BLOCK);
+    p->c = meta_chunk_get (v->mv, p->chunk);
+    if (!p->c || a0 >= a1)
+      continue;
+    for (uint32_t rep = 0; rep < R; rep++) {
+      struct meta_extent e = p->c->ext[p->col * R + rep];
+      if (!pool_device (v->p, e.dev)) {
+        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica "
+                          "on missing device %s", v->mv->name, p->chunk,
+                          pool_meta (v->p)->devices[e.dev].name);
+        goto out;
+      }
+      pool_mark_dirty (v->p, e.dev);
+      sc->rq[nr++] = piece_req (v, p, rep, DEV_ZERO, NULL, a0, a1, false);
+    }
+  }
+  if (device_submit (sc->rq, nr) == -1)
+    r = strata_error_prefix ("volume %s: discard", v->mv->name);
+ out:
+  pthread_rwlock_unlock (&s->io_lock);
+  return r;
+}
+
+/* Free whole chunks inside [OFF, OFF+COUNT) and discard the whole blocks
+ * of the partial chunks at either end. */
+static int
+discard_range (struct volume *v, uint32_t count, uint64_t off)
+{
+  uint64_t cs = v->mv->chunk_size, end = off + count;
+  uint64_t first = div_round_up (off, cs), last = end / cs;
+
+  /* A whole chunk also counts if the range runs to the end of a volume
+   * whose last chunk is partial. */
+  if (end == v->mv->size && end % cs)
+    last = end / cs + 1;
+  if (first < last) {
+    if (free_chunks (v, first, last) == -1)
+      return -1;
+    if (off < first * cs && discard_blocks (v, first * cs - off, off) == -1)
+      return -1;
+    if (last * cs < end && discard_blocks (v, end - last * cs, last * cs) == -1)
+      return -1;
+    return 0;
+  }
+  return discard_blocks (v, count, off);
+}
+
+int
+volume_trim (struct volume *v, uint32_t count, uint64_t off, bool fua)
+{
+  if (check_range (v, count, off) == -1)
+    return -1;
+  if (!pool_writable (v->p))
+    return strata_error (EROFS, "pool is open read-only");
+  if (count == 0)
+    return 0;
+  if (discard_range (v, count, off) == -1)
+    return -1;
+  return fua ? pool_flush (v->p) : 0;
+}
+
+/* Write zeros over [OFF, OFF+COUNT) through the normal write path. */
+static int
+write_zeros (struct volume *v, uint32_t count, uint64_t off, bool fua)
+{
+  while (count > 0) {
+    uint32_t n = MIN (count, sizeof zero_block);
+    if (volume_pwrite (v, zero_block, n, off, fua) == -1)
+      return -1;
+    count -= n;
+    off += n;
+  }
+  return 0;
+}
+
+int
+volume_zero (struct volume *v, uint32_t count, uint64_t off, bool may_trim,
+             bool fua)
+{
+  uint64_t end = off + count, a0, a1;
+
+  if (check_range (v, count, off) == -1)
+    return -1;
+  if (!pool_writable (v->p))
+    return strata_error (EROFS, "pool is open read-only");
+  if (count == 0)
+    return 0;
+  if (!may_trim)
+    return write_zeros (v, count, off, fua);
+
+  /* Unaligned edges are written; the aligned middle is discarded (which
+   * reads back as zeros: device.h). */
+  a0 = round_up (off, STRATA_BLOCK);
+  a1 = round_down (end, STRATA_BLOCK);
+  if (a0 >= a1)
+    return write_zeros (v, count, off, fua);
+  if (a0 > off && write_zeros (v, a0 - off, off, false) == -1)
+    return -1;
+  if (end > a1 && write_zeros (v, end - a1, a1, false) == -1)
+    return -1;
+  if (discard_range (v, a1 - a0, a0) == -1)
+    return -1;
+  return fua ? pool_flush (v->p) : 0;
+}
+
+int
+volume_extents (struct volume *v, uint32_t count, uint64_t off,
+                int (*fn) (void *, uint64_t, uint64_t, bool), void *opaque)
+{
+  uint64_t cs = v->mv->chunk_size, end, o;
+
+  if (check_range (v, count, off) == -1)
+    return -1;
+  end = off + count;
+  o = off;
+  while (o < end) {
+    bool hole = meta_chunk_get (v->mv, o / cs) == NULL;
+    uint64_t e = MIN (end, (o / cs + 1) * cs);
+    int r;
+    /* Merge runs of the same kind. */
+    while (e < end && (meta_chunk_get (v->mv, e / cs) == NULL) == hole)
+      e = MIN (end, e + cs);
+    r = fn (opaque, o, e - o, hole);
+    if (r)
+      return r;
+    o = e;
+  }
+  return 0;
+}

@@ -1,0 +1,68 @@
+/* strata: the volume data path.
+ *
+ * A volume's address space is cut into chunks of stripe_width *
+ * extent_size bytes.  Inside a chunk, data is striped in stripe_unit
+ * pieces round-robin over stripe_width columns; each column is stored as
+ * `replicas` extents on distinct devices (meta.h has the chunk map).
+ *
+ * Every request is split into per-column pieces and all pieces (and all
+ * replicas of each piece) are submitted together.  Any byte offset and
+ * length is accepted: partial 4 KiB blocks are read, merged and written
+ * back under a per-block lock.  Unallocated chunks read as zeros; the
+ * first write to a chunk allocates it (one journal commit) before the
+ * data is written.
+ *
+ * Thread safety: every call may run concurrently on any thread.  Each
+ * thread submits through its own io_uring (device.h).
+ */
+#ifndef STRATA_VOLUME_H
+#define STRATA_VOLUME_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pool.h"
+
+struct volume;
+
+/* Open volume NAME of P for I/O.  Handles to one volume share state.
+ * NULL with ENOENT (and a message listing nothing else) if there is no
+ * such volume. */
+struct volume *volume_open (struct pool *p, const char *name);
+void volume_close (struct volume *v);
+
+uint64_t volume_size (struct volume *v);
+uint64_t volume_stripe_unit (struct volume *v);
+const char *volume_name (struct volume *v);
+
+/* Read COUNT bytes at OFF into BUF.  Returns 0 or -1 with errno. */
+int volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off);
+
+/* Write COUNT bytes at OFF.  With FUA the data is on stable storage on
+ * every replica before the call returns.  Returns 0 or -1 with errno. */
+int volume_pwrite (struct volume *v, const void *buf, uint32_t count,
+                   uint64_t off, bool fua);
+
+/* Make every write completed before the call durable (all volumes of the
+ * pool: a flush on one connection covers all of them). */
+int volume_flush (struct volume *v);
+
+/* Discard [OFF, OFF+COUNT): whole chunks are freed, partial ones have
+ * their whole blocks discarded.  The range may read back as anything
+ * previously written or zeros, the same on every replica. */
+int volume_trim (struct volume *v, uint32_t count, uint64_t off, bool fua);
+
+/* Make [OFF, OFF+COUNT) read as zeros.  With MAY_TRIM, whole chunks are
+ * freed and whole blocks discarded; without, zeros are written. */
+int volume_zero (struct volume *v, uint32_t count, uint64_t off,
+                 bool may_trim, bool fua);
+
+/* Report allocation: FN is called for consecutive ranges covering
+ * [OFF, OFF+COUNT) with HOLE true for unallocated ranges (which read as
+ * zeros).  Stops when FN returns non-zero and returns that value. */
+int volume_extents (struct volume *v, uint32_t count, uint64_t off,
+                    int (*fn) (void *opaque, uint64_t off, uint64_t len,
+                               bool hole),
+                    void *opaque);
+
+#endif /* STRATA_VOLUME_H */
