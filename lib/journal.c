@@ -55,8 +55,8 @@ struct jreplica {
 
   /* Recovery view, freed after open. */
   bool valid;
-  uint8_t *ckpt;
-  size_t ckpt_len;
+  uint8_t *ckpt;		/* header + payload, as read */
+  size_t ckpt_len;		/* payload bytes */
   uint64_t ckpt_index, ckpt_term, last_term, max_term;
   uint8_t *log;
   struct jentry *entries;
@@ -537,7 +537,8 @@ journal_open (const struct journal_member *members, size_t n,
     goto fail;
   }
 
-  if (ops->load (opaque, best->ckpt, best->ckpt_len) == -1) {
+  if (ops->load (opaque, best->ckpt + sizeof (struct format_ck_disk),
+                 best->ckpt_len) == -1) {
     strata_error_prefix ("%s: checkpoint", best->m.name);
     goto fail;
   }

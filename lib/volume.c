@@ -635,9 +635,10 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
   return r;
 }
 
-int
-volume_pwrite (struct volume *v, const void *buf, uint32_t count,
-               uint64_t off, bool fua)
+/* The write path without the range check (see volume_grow_prepare). */
+static int
+do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
+           bool fua)
 {
   struct vshared *s = v->s;
   uint64_t cs = v->mv->chunk_size;
@@ -645,8 +646,6 @@ volume_pwrite (struct volume *v, const void *buf, uint32_t count,
   size_t n, nb;
   int r, tries = 0;
 
-  if (check_range (v, count, off) == -1)
-    return -1;
   if (count == 0)
     return 0;
   if (!pool_writable (v->p))
@@ -684,6 +683,15 @@ volume_pwrite (struct volume *v, const void *buf, uint32_t count,
   r = write_pieces (v, sc->pc, n, sc->rq, fua);
   pthread_rwlock_unlock (&s->io_lock);
   return r;
+}
+
+int
+volume_pwrite (struct volume *v, const void *buf, uint32_t count,
+               uint64_t off, bool fua)
+{
+  if (check_range (v, count, off) == -1)
+    return -1;
+  return do_pwrite (v, buf, count, off, fua);
 }
 
 int
@@ -781,7 +789,7 @@ write_zeros (struct volume *v, uint32_t count, uint64_t off, bool fua)
 {
   while (count > 0) {
     uint32_t n = MIN (count, sizeof zero_block);
-    if (volume_pwrite (v, zero_block, n, off, fua) == -1)
+    if (do_pwrite (v, zero_block, n, off, fua) == -1)
       return -1;
     count -= n;
     off += n;
@@ -841,5 +849,22 @@ volume_extents (struct volume *v, uint32_t count, uint64_t off,
       return r;
     o = e;
   }
+  return 0;
+}
+
+int
+volume_grow_prepare (struct volume *v, uint64_t old_size, uint64_t new_size)
+{
+  uint64_t cs = v->mv->chunk_size;
+  uint64_t end = MIN (new_size, round_up (old_size, cs));
+  uint64_t a0 = round_up (old_size, STRATA_BLOCK);
+
+  if (end <= old_size || !meta_chunk_get (v->mv, old_size / cs))
+    return 0;
+  if (a0 > old_size && write_zeros (v, MIN (a0, end) - old_size, old_size,
+                                    false) == -1)
+    return -1;
+  if (a0 < end && discard_blocks (v, end - a0, a0) == -1)
+    return -1;
   return 0;
 }

@@ -65,4 +65,10 @@ int volume_extents (struct volume *v, uint32_t count, uint64_t off,
                                bool hole),
                     void *opaque);
 
+/* Before growing the volume from OLD_SIZE to NEW_SIZE: make the bytes
+ * the grow exposes inside the last allocated chunk read as zeros (a
+ * shrink may have left data there).  Returns 0 or -1. */
+int volume_grow_prepare (struct volume *v, uint64_t old_size,
+                         uint64_t new_size);
+
 #endif /* STRATA_VOLUME_H */

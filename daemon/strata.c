@@ -1,0 +1,284 @@
+/* strata: the command-line tool (strata(8)).
+ *
+ *   strata init CONFIG [--force]
+ *   strata apply CONFIG [--dry-run] [--prune] [--allow-shrink]
+ *   strata status CONFIG [--json]
+ *   strata volume create|resize|delete CONFIG NAME [SIZE] [options]
+ *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
+ *
+ * While a pool is served, status/apply/volume go to the serving process
+ * over the pool's control socket; otherwise the tool opens the pool
+ * itself, under the pool's exclusive lock.  Only main() prints and exits.
+ */
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "config.h"
+#include "control.h"
+#include "error.h"
+#include "pool.h"
+
+static void
+usage (FILE *f)
+{
+  fprintf (f,
+           "usage: strata COMMAND CONFIG [ARGS]\n"
+           "\n"
+           "  init CONFIG [--force]          format the devices of a pool\n"
+           "  apply CONFIG [--dry-run] [--prune] [--allow-shrink]\n"
+           "                                 create and grow declared volumes\n"
+           "  status CONFIG [--json]         show devices and volumes\n"
+           "  volume create CONFIG NAME SIZE [--replicas N] [--stripe-width W]\n"
+           "                                 [--stripe-unit U] [--class C]\n"
+           "  volume resize CONFIG NAME SIZE [--shrink]\n"
+           "  volume delete CONFIG NAME\n"
+           "  serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]\n"
+           "                                 serve every volume over NBD\n"
+           "\n"
+           "See strata(8) and strata.yaml(5).\n");
+}
+
+static struct config *
+load_config (const char *file)
+{
+  struct config *cfg;
+
+  if (config_parse_file (file, &cfg) == -1) {
+    fprintf (stderr, "strata: %s\n", strata_last_error ());
+    exit (1);
+  }
+  return cfg;
+}
+
+static int
+cmd_init (int argc, char **argv)
+{
+  struct config *cfg;
+  bool force = false;
+  const char *file = NULL;
+
+  for (int i = 1; i < argc; i++) {
+    if (strcmp (argv[i], "--force") == 0 || strcmp (argv[i], "-f") == 0)
+      force = true;
+    else if (argv[i][0] == '-' || file) {
+      fprintf (stderr, "strata init: unexpected argument %s\n", argv[i]);
+      return 2;
+    }
+    else
+      file = argv[i];
+  }
+  if (!file) {
+    fprintf (stderr, "usage: strata init CONFIG [--force]\n");
+    return 2;
+  }
+  cfg = load_config (file);
+  if (pool_init (cfg, force, stdout) == -1) {
+    fprintf (stderr, "strata: %s\n", strata_last_error ());
+    config_free (cfg);
+    return 1;
+  }
+  printf ("pool %s initialised on %zu device%s", cfg->name, cfg->ndevices,
+          cfg->ndevices == 1 ? "" : "s");
+  if (cfg->nvolumes)
+    printf ("; run 'strata apply %s' to create its %zu declared volume%s",
+            file, cfg->nvolumes, cfg->nvolumes == 1 ? "" : "s");
+  printf ("\n");
+  config_free (cfg);
+  return 0;
+}
+
+/* status, apply, volume: through the control socket if the pool is
+ * served, else on the pool opened here.  ARGV is the admin command line
+ * with CONFIG already removed. */
+static int
+run_admin (const char *file, int argc, char **argv)
+{
+  struct config *cfg = load_config (file);
+  struct admin_ctx ctx = { .online = false };
+  char *abs = NULL;
+  char **av = calloc (argc + 3, sizeof *av);
+  int code, ac = argc;
+  struct pool *p;
+
+  memcpy (av, argv, argc * sizeof *av);
+  if (strcmp (argv[0], "apply") == 0) {
+    /* The server reads the declarations from the caller's file. */
+    abs = realpath (file, NULL);
+    av[ac++] = (char *) "--config";
+    av[ac++] = abs ? abs : (char *) file;
+  }
+  if (control_call (cfg->control_socket, ac, av, stdout, stderr, &code) == 0)
+    goto done;
+  if (errno != ENOENT && errno != ECONNREFUSED) {
+    fprintf (stderr, "strata: %s\n", strata_last_error ());
+    code = 1;
+    goto done;
+  }
+  p = pool_open (cfg, admin_verb_writes (argv[0], argc, argv) ? POOL_WRITE : 0);
+  if (!p) {
+    fprintf (stderr, "strata: %s\n", strata_last_error ());
+    code = 1;
+    goto done;
+  }
+  code = admin_run (p, &ctx, argc, argv, stdout, stderr);
+  pool_close (p);
+ done:
+  free (abs);
+  free (av);
+  config_free (cfg);
+  return code;
+}
+
+/* The plugin beside this binary (build tree), or nbdkit's "strata". */
+static const char *
+plugin_path (void)
+{
+  static char path[PATH_MAX];
+  char exe[PATH_MAX];
+  ssize_t n = readlink ("/proc/self/exe", exe, sizeof exe - 1);
+
+  if (n > 0) {
+    exe[n] = '\0';
+    snprintf (path, sizeof path, "%s/nbdkit-strata-plugin.so", dirname (exe));
+    if (access (path, R_OK) == 0)
+      return path;
+  }
+  return "strata";
+}
+
+static int
+cmd_serve (int argc, char **argv)
+{
+  struct config *cfg;
+  const char *file = NULL, *sock = NULL, *port = NULL;
+  char *defsock = NULL, *abs, *cfgarg, *dir;
+  char *nargv[64];
+  int na = 0, i;
+
+  for (i = 1; i < argc; i++) {
+    if (strcmp (argv[i], "--") == 0) {
+      i++;
+      break;
+    }
+    if ((strcmp (argv[i], "-U") == 0 || strcmp (argv[i], "--unix") == 0)
+        && i + 1 < argc)
+      sock = argv[++i];
+    else if ((strcmp (argv[i], "-p") == 0 || strcmp (argv[i], "--port") == 0)
+             && i + 1 < argc)
+      port = argv[++i];
+    else if (argv[i][0] == '-' || file) {
+      fprintf (stderr, "strata serve: unexpected argument %s\n", argv[i]);
+      return 2;
+    }
+    else
+      file = argv[i];
+  }
+  if (!file) {
+    fprintf (stderr, "usage: strata serve CONFIG [-U SOCKET | -p PORT] "
+             "[-- NBDKIT-OPTIONS]\n");
+    return 2;
+  }
+  cfg = load_config (file);
+  abs = realpath (file, NULL);
+  if (!sock && !port) {
+    dir = strdup (cfg->control_socket);
+    if (asprintf (&defsock, "%s/%s.nbd", dirname (dir), cfg->name) == -1)
+      return 1;
+    free (dir);
+    sock = defsock;
+  }
+  if (sock) {
+    dir = strdup (sock);
+    mkdir (dirname (dir), 0755);
+    free (dir);
+  }
+  dir = strdup (cfg->control_socket);
+  mkdir (dirname (dir), 0755);
+  free (dir);
+  if (asprintf (&cfgarg, "config=%s", abs ? abs : file) == -1)
+    return 1;
+
+  nargv[na++] = (char *) "nbdkit";
+  nargv[na++] = (char *) "--foreground";
+  if (sock) {
+    nargv[na++] = (char *) "--unix";
+    nargv[na++] = (char *) sock;
+  }
+  else {
+    nargv[na++] = (char *) "--port";
+    nargv[na++] = (char *) port;
+  }
+  for (; i < argc && na < 60; i++)
+    nargv[na++] = argv[i];
+  nargv[na++] = (char *) plugin_path ();
+  nargv[na++] = cfgarg;
+  nargv[na] = NULL;
+  fprintf (stderr, "strata: serving pool %s on %s%s\n", cfg->name,
+           sock ? "unix socket " : "port ", sock ? sock : port);
+  fflush (stderr);
+  execvp ("nbdkit", nargv);
+  fprintf (stderr, "strata: cannot run nbdkit: %s (is the nbdkit package "
+           "installed?)\n", strerror (errno));
+  return 1;
+}
+
+int
+main (int argc, char **argv)
+{
+  const char *cmd;
+
+  if (argc < 2) {
+    usage (stderr);
+    return 2;
+  }
+  cmd = argv[1];
+  if (strcmp (cmd, "--help") == 0 || strcmp (cmd, "-h") == 0
+      || strcmp (cmd, "help") == 0) {
+    usage (stdout);
+    return 0;
+  }
+  if (strcmp (cmd, "--version") == 0) {
+    printf ("strata 0.1\n");
+    return 0;
+  }
+  if (strcmp (cmd, "init") == 0)
+    return cmd_init (argc - 1, argv + 1);
+  if (strcmp (cmd, "serve") == 0)
+    return cmd_serve (argc - 1, argv + 1);
+  if (strcmp (cmd, "status") == 0 || strcmp (cmd, "apply") == 0) {
+    char *av[64];
+    int ac = 0;
+    if (argc < 3 || argv[2][0] == '-') {
+      fprintf (stderr, "usage: strata %s CONFIG [options]\n", cmd);
+      return 2;
+    }
+    av[ac++] = argv[1];
+    for (int i = 3; i < argc && ac < 63; i++)
+      av[ac++] = argv[i];
+    return run_admin (argv[2], ac, av);
+  }
+  if (strcmp (cmd, "volume") == 0) {
+    char *av[64];
+    int ac = 0;
+    if (argc < 4) {
+      fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
+               "NAME [SIZE] [options]\n");
+      return 2;
+    }
+    av[ac++] = argv[1];
+    av[ac++] = argv[2];
+    for (int i = 4; i < argc && ac < 63; i++)
+      av[ac++] = argv[i];
+    return run_admin (argv[3], ac, av);
+  }
+  fprintf (stderr, "strata: unknown command \"%s\"\n\n", cmd);
+  usage (stderr);
+  return 2;
+}

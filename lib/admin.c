@@ -1,0 +1,540 @@
+/* strata: administrative verbs (see admin.h).
+ *
+ * Design notes: every verb parses its own options with getopt_long on a
+ * copy of argv (optind is reset; the control server runs commands one at
+ * a time).  Output is a readable table, or JSON with --json.  Apply
+ * compares the YAML's volumes with the pool's and only ever creates and
+ * grows unless told to shrink (--allow-shrink) or delete (--prune).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "admin.h"
+#include "error.h"
+#include "util.h"
+#include "volume.h"
+
+static void
+json_str (FILE *f, const char *s)
+{
+  fputc ('"', f);
+  for (; *s; s++) {
+    unsigned char c = *s;
+    if (c == '"' || c == '\\')
+      fprintf (f, "\\%c", c);
+    else if (c < 0x20)
+      fprintf (f, "\\u%04x", c);
+    else
+      fputc (c, f);
+  }
+  fputc ('"', f);
+}
+
+struct health {
+  uint64_t under;		/* columns with a replica on a missing device */
+  uint64_t lost;		/* columns with no replica left */
+  struct pool *p;
+  uint32_t replicas;
+};
+
+static int
+health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct health *h = opaque;
+
+  (void) idx;
+  for (uint32_t col = 0; col < c->n / h->replicas; col++) {
+    uint32_t ok = 0;
+    for (uint32_t r = 0; r < h->replicas; r++) {
+      uint32_t d = c->ext[col * h->replicas + r].dev;
+      if (pool_device (h->p, d)
+          && pool_meta (h->p)->devices[d].state == META_DEV_UP)
+        ok++;
+    }
+    if (ok == 0)
+      h->lost++;
+    else if (ok < h->replicas)
+      h->under++;
+  }
+  return 0;
+}
+
+static const char *
+health_text (struct pool *p, struct meta_volume *v, char *buf, size_t len)
+{
+  struct health h = { .p = p, .replicas = v->replicas };
+
+  meta_foreach_chunk (v, health_chunk, &h);
+  if (h.lost)
+    snprintf (buf, len, "unavailable: %" PRIu64 " columns lost", h.lost);
+  else if (h.under)
+    snprintf (buf, len, "degraded: %" PRIu64 " columns under-replicated",
+              h.under);
+  else
+    snprintf (buf, len, "healthy");
+  return buf;
+}
+
+static const char *
+replica_state (int s)
+{
+  switch (s) {
+    case JOURNAL_R_LIVE: return "in sync";
+    case JOURNAL_R_LAGGING: return "lagging";
+    default: return "damaged";
+  }
+}
+
+static int
+cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
+            FILE *out, FILE *err)
+{
+  static const struct option opts[] = {
+    { "json", no_argument, NULL, 'j' }, { NULL, 0, NULL, 0 },
+  };
+  struct meta *m = pool_meta (p);
+  struct journal_replica_info ri[64];
+  size_t nri;
+  bool json = false;
+  char u[37], a[32], b[32], c[32];
+  int ch;
+
+  optind = 1;
+  opterr = 0;
+  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+    if (ch == 'j')
+      json = true;
+    else {
+      fprintf (err, "strata status: unknown option %s\n", argv[optind - 1]);
+      return 2;
+    }
+  }
+  if (optind != argc) {
+    fprintf (err, "strata status: unexpected argument %s\n", argv[optind]);
+    return 2;
+  }
+  util_uuid_format (m->pool_uuid, u);
+  nri = journal_info (pool_journal (p), ri, ARRAY_SIZE (ri));
+
+  pthread_mutex_lock (&m->lock);
+  if (json) {
+    fprintf (out, "{\"pool\":{\"name\":");
+    json_str (out, m->name);
+    fprintf (out, ",\"uuid\":\"%s\",\"extent_size\":%" PRIu64 ",\"online\":%s,"
+             "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64 "},",
+             u, m->extent_size, ctx->online ? "true" : "false",
+             ctx->connections, journal_term (pool_journal (p)),
+             journal_last_index (pool_journal (p)));
+    fprintf (out, "\"metadata_replicas\":[");
+    for (size_t i = 0; i < nri; i++) {
+      fprintf (out, "%s{\"device\":", i ? "," : "");
+      json_str (out, ri[i].name);
+      fprintf (out, ",\"state\":\"%s\",\"index\":%" PRIu64 ",\"repaired\":%s,"
+               "\"problem\":", replica_state (ri[i].state), ri[i].last_index,
+               ri[i].repaired ? "true" : "false");
+      json_str (out, ri[i].problem);
+      fputc ('}', out);
+    }
+    fprintf (out, "],\"devices\":[");
+    for (uint32_t i = 0; i < m->ndevices; i++) {
+      struct meta_device *d = &m->devices[i];
+      fprintf (out, "%s{\"name\":", i ? "," : "");
+      json_str (out, d->name);
+      fprintf (out, ",\"class\":");
+      json_str (out, d->class);
+      fprintf (out, ",\"domain\":");
+      json_str (out, d->domain);
+      fprintf (out, ",\"size\":%" PRIu64 ",\"extents\":%" PRIu64
+               ",\"used_extents\":%" PRIu64 ",\"used\":%" PRIu64
+               ",\"state\":\"%s\",\"metadata\":%s,\"present\":%s,\"path\":",
+               d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
+               alloc_used_count (pool_alloc (p), i) * m->extent_size,
+               pool_device (p, i) ? meta_dev_state_name (d->state) : "missing",
+               d->flags & FORMAT_SB_META ? "true" : "false",
+               pool_device (p, i) ? "true" : "false");
+      json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
+                                        : pool_device_problem (p, i));
+      fputc ('}', out);
+    }
+    fprintf (out, "],\"volumes\":[");
+    for (size_t i = 0; i < m->nvolumes; i++) {
+      struct meta_volume *v = m->volumes[i];
+      fprintf (out, "%s{\"name\":", i ? "," : "");
+      json_str (out, v->name);
+      fprintf (out, ",\"size\":%" PRIu64 ",\"allocated\":%" PRIu64
+               ",\"replicas\":%u,\"stripe_width\":%u,\"stripe_unit\":%" PRIu64
+               ",\"class\":", v->size,
+               atomic_load (&v->nchunks) * v->chunk_size, v->replicas,
+               v->width, v->unit);
+      json_str (out, v->class);
+      fprintf (out, ",\"health\":");
+      json_str (out, health_text (p, v, a, sizeof a));
+      fputc ('}', out);
+    }
+    fprintf (out, "]}\n");
+    pthread_mutex_unlock (&m->lock);
+    return 0;
+  }
+
+  fprintf (out, "pool %s  uuid %s  extent %s  %s\n", m->name, u,
+           util_human_size (m->extent_size, a, sizeof a),
+           ctx->online ? "online (served)" : "offline");
+  if (ctx->online)
+    fprintf (out, "connections: %d\n", ctx->connections);
+  fprintf (out, "metadata: term %" PRIu64 ", index %" PRIu64 ";",
+           journal_term (pool_journal (p)),
+           journal_last_index (pool_journal (p)));
+  for (size_t i = 0; i < nri; i++)
+    fprintf (out, " %s %s%s%s%s", ri[i].name, replica_state (ri[i].state),
+             ri[i].repaired ? " (repaired at open)" : "",
+             ri[i].problem[0] ? ": " : "", ri[i].problem);
+  fprintf (out, "\n\n%-12s %-6s %-14s %10s %10s %-8s %s\n", "DEVICE", "CLASS",
+           "DOMAIN", "SIZE", "USED", "STATE", "PATH");
+  for (uint32_t i = 0; i < m->ndevices; i++) {
+    struct meta_device *d = &m->devices[i];
+    fprintf (out, "%-12s %-6s %-14s %10s %10s %-8s %s%s\n", d->name, d->class,
+             d->domain, util_human_size (d->size, a, sizeof a),
+             util_human_size (alloc_used_count (pool_alloc (p), i)
+                              * m->extent_size, b, sizeof b),
+             pool_device (p, i) ? meta_dev_state_name (d->state) : "missing",
+             pool_device (p, i) ? device_path (pool_device (p, i))
+                                : pool_device_problem (p, i),
+             d->flags & FORMAT_SB_META ? " [metadata]" : "");
+  }
+  fprintf (out, "\n%-16s %10s %10s %8s %-16s %s\n", "VOLUME", "SIZE",
+           "ALLOCATED", "REPLICAS", "STRIPE", "HEALTH");
+  if (m->nvolumes == 0)
+    fprintf (out, "(no volumes: create them with strata apply or strata "
+             "volume create)\n");
+  for (size_t i = 0; i < m->nvolumes; i++) {
+    struct meta_volume *v = m->volumes[i];
+    char stripe[48], h[64];
+    snprintf (stripe, sizeof stripe, "%u x %s", v->width,
+              util_human_size (v->unit, c, sizeof c));
+    fprintf (out, "%-16s %10s %10s %8u %-16s %s\n", v->name,
+             util_human_size (v->size, a, sizeof a),
+             util_human_size (atomic_load (&v->nchunks) * v->chunk_size, b,
+                              sizeof b),
+             v->replicas, stripe, health_text (p, v, h, sizeof h));
+  }
+  pthread_mutex_unlock (&m->lock);
+  return 0;
+}
+
+/* Clear what growing NAME from OLD to NEW_SIZE exposes (volume.h). */
+static int
+zero_tail (struct pool *p, const char *name, uint64_t old, uint64_t new_size)
+{
+  struct volume *v = volume_open (p, name);
+  int r;
+
+  if (!v)
+    return -1;
+  r = volume_grow_prepare (v, old, new_size);
+  volume_close (v);
+  return r;
+}
+
+static int
+resize (struct pool *p, const char *name, uint64_t size, bool shrink,
+        FILE *err)
+{
+  struct meta_volume *mv;
+  uint64_t old;
+
+  pthread_mutex_lock (&pool_meta (p)->lock);
+  mv = meta_find_volume (pool_meta (p), name);
+  old = mv ? mv->size : 0;
+  pthread_mutex_unlock (&pool_meta (p)->lock);
+  if (mv && size > old && zero_tail (p, name, old, size) == -1) {
+    fprintf (err, "strata: volume %s: %s\n", name, strata_last_error ());
+    return 1;
+  }
+  if (pool_volume_resize (p, name, size, shrink) == -1) {
+    fprintf (err, "strata: %s\n", strata_last_error ());
+    return 1;
+  }
+  return 0;
+}
+
+static int
+parse_size_arg (const char *what, const char *s, uint64_t *out, FILE *err)
+{
+  if (config_parse_size (s, out) == -1) {
+    fprintf (err, "strata: %s: expected a size such as 10GiB, got \"%s\"\n",
+             what, s);
+    return -1;
+  }
+  return 0;
+}
+
+static int
+cmd_volume (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
+{
+  static const struct option opts[] = {
+    { "replicas", required_argument, NULL, 'r' },
+    { "stripe-width", required_argument, NULL, 'w' },
+    { "stripe-unit", required_argument, NULL, 'u' },
+    { "class", required_argument, NULL, 'c' },
+    { "shrink", no_argument, NULL, 's' },
+    { NULL, 0, NULL, 0 },
+  };
+  struct config_volume cv;
+  const char *sub;
+  bool shrink = false;
+  int ch;
+
+  if (argc < 2) {
+    fprintf (err, "usage: strata volume create|resize|delete CONFIG NAME "
+             "[SIZE] [options]\n");
+    return 2;
+  }
+  sub = argv[1];
+  config_volume_defaults (pool_config (p), &cv);
+  optind = 2;
+  opterr = 0;
+  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+    uint64_t v;
+    char *end;
+    switch (ch) {
+      case 'r':
+      case 'w':
+        v = strtoul (optarg, &end, 10);
+        if (*end || v == 0 || v > (ch == 'r' ? 8 : 64)) {
+          fprintf (err, "strata: --%s: expected a number from 1 to %d, got "
+                   "\"%s\"\n", ch == 'r' ? "replicas" : "stripe-width",
+                   ch == 'r' ? 8 : 64, optarg);
+          return 2;
+        }
+        if (ch == 'r')
+          cv.replicas = v;
+        else
+          cv.stripe_width = v;
+        break;
+      case 'u':
+        if (parse_size_arg ("--stripe-unit", optarg, &cv.stripe_unit, err))
+          return 2;
+        break;
+      case 'c':
+        snprintf (cv.class, sizeof cv.class, "%s", optarg);
+        break;
+      case 's':
+        shrink = true;
+        break;
+      default:
+        fprintf (err, "strata volume: unknown option %s\n", argv[optind - 1]);
+        return 2;
+    }
+  }
+  argc -= optind;
+  argv += optind;
+
+  if (strcmp (sub, "create") == 0) {
+    if (argc != 2) {
+      fprintf (err, "usage: strata volume create CONFIG NAME SIZE "
+               "[--replicas N] [--stripe-width W] [--stripe-unit U] "
+               "[--class C]\n");
+      return 2;
+    }
+    snprintf (cv.name, sizeof cv.name, "%s", argv[0]);
+    if (parse_size_arg ("size", argv[1], &cv.size, err))
+      return 2;
+    if (pool_volume_create (p, &cv) == -1) {
+      fprintf (err, "strata: %s\n", strata_last_error ());
+      return 1;
+    }
+    fprintf (out, "created volume %s\n", cv.name);
+    return 0;
+  }
+  if (strcmp (sub, "resize") == 0) {
+    uint64_t size;
+    if (argc != 2) {
+      fprintf (err, "usage: strata volume resize CONFIG NAME SIZE [--shrink]\n");
+      return 2;
+    }
+    if (parse_size_arg ("size", argv[1], &size, err))
+      return 2;
+    if (resize (p, argv[0], size, shrink, err))
+      return 1;
+    fprintf (out, "resized volume %s\n", argv[0]);
+    return 0;
+  }
+  if (strcmp (sub, "delete") == 0) {
+    if (argc != 1) {
+      fprintf (err, "usage: strata volume delete CONFIG NAME\n");
+      return 2;
+    }
+    if (pool_volume_delete (p, argv[0]) == -1) {
+      fprintf (err, "strata: %s\n", strata_last_error ());
+      return 1;
+    }
+    fprintf (out, "deleted volume %s\n", argv[0]);
+    return 0;
+  }
+  fprintf (err, "strata volume: unknown subcommand \"%s\" (expected create, "
+           "resize or delete)\n", sub);
+  return 2;
+}
+
+static int
+cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
+{
+  static const struct option opts[] = {
+    { "dry-run", no_argument, NULL, 'n' },
+    { "prune", no_argument, NULL, 'p' },
+    { "allow-shrink", no_argument, NULL, 's' },
+    { "config", required_argument, NULL, 'c' },
+    { NULL, 0, NULL, 0 },
+  };
+  const struct config *decl = pool_config (p);
+  struct config *parsed = NULL;
+  struct meta *m = pool_meta (p);
+  bool dry = false, prune = false, shrink = false;
+  int ch, rc = 0, changes = 0;
+  char (*gone)[FORMAT_NAME_MAX] = NULL;
+  size_t ngone = 0;
+
+  optind = 1;
+  opterr = 0;
+  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+    switch (ch) {
+      case 'n': dry = true; break;
+      case 'p': prune = true; break;
+      case 's': shrink = true; break;
+      case 'c':
+        if (config_parse_file (optarg, &parsed) == -1) {
+          fprintf (err, "strata: %s\n", strata_last_error ());
+          return 1;
+        }
+        decl = parsed;
+        break;
+      default:
+        fprintf (err, "strata apply: unknown option %s\n", argv[optind - 1]);
+        return 2;
+    }
+  }
+  if (strcmp (decl->name, m->name) != 0) {
+    fprintf (err, "strata: %s declares pool %s, but this is pool %s\n",
+             decl->file, decl->name, m->name);
+    config_free (parsed);
+    return 1;
+  }
+
+  /* Volumes in the pool that the YAML no longer declares. */
+  pthread_mutex_lock (&m->lock);
+  gone = calloc (m->nvolumes + 1, sizeof *gone);
+  for (size_t i = 0; gone && i < m->nvolumes; i++)
+    if (!config_find_volume (decl, m->volumes[i]->name))
+      snprintf (gone[ngone++], FORMAT_NAME_MAX, "%s", m->volumes[i]->name);
+  pthread_mutex_unlock (&m->lock);
+
+  for (size_t i = 0; i < decl->nvolumes; i++) {
+    const struct config_volume *cv = &decl->volumes[i];
+    struct meta_volume *v;
+    uint64_t size = 0;
+    char a[32], b[32];
+    bool differs;
+
+    pthread_mutex_lock (&m->lock);
+    v = meta_find_volume (m, cv->name);
+    if (v) {
+      size = v->size;
+      differs = v->replicas != cv->replicas || v->width != cv->stripe_width
+        || v->unit != cv->stripe_unit || strcmp (v->class, cv->class) != 0;
+    }
+    else
+      differs = false;
+    pthread_mutex_unlock (&m->lock);
+
+    if (!v) {
+      fprintf (out, "%s volume %s (%s, %u replica%s, %u x %s)\n",
+               dry ? "would create" : "creating", cv->name,
+               util_human_size (cv->size, a, sizeof a), cv->replicas,
+               cv->replicas == 1 ? "" : "s", cv->stripe_width,
+               util_human_size (cv->stripe_unit, b, sizeof b));
+      changes++;
+      if (!dry && pool_volume_create (p, cv) == -1) {
+        fprintf (err, "strata: %s\n", strata_last_error ());
+        rc = 1;
+      }
+      continue;
+    }
+    if (differs)
+      fprintf (err, "strata: warning: volume %s: replicas, stripe or class "
+               "differ from the YAML (line %d); they cannot be changed by "
+               "apply and are left as they are\n", cv->name, cv->line);
+    if (cv->size > size || (cv->size < size && shrink)) {
+      fprintf (out, "%s volume %s from %s to %s\n",
+               dry ? "would resize" : "resizing", cv->name,
+               util_human_size (size, a, sizeof a),
+               util_human_size (cv->size, b, sizeof b));
+      changes++;
+      if (!dry && resize (p, cv->name, cv->size, shrink, err))
+        rc = 1;
+    }
+    else if (cv->size < size)
+      fprintf (out, "volume %s is larger (%s) than declared (%s); not "
+               "shrinking it without --allow-shrink\n", cv->name,
+               util_human_size (size, a, sizeof a),
+               util_human_size (cv->size, b, sizeof b));
+  }
+  for (size_t i = 0; i < ngone; i++) {
+    if (!prune) {
+      fprintf (out, "volume %s is not declared; keeping it (use --prune to "
+               "delete it)\n", gone[i]);
+      continue;
+    }
+    fprintf (out, "%s volume %s\n", dry ? "would delete" : "deleting", gone[i]);
+    changes++;
+    if (!dry && pool_volume_delete (p, gone[i]) == -1) {
+      fprintf (err, "strata: %s\n", strata_last_error ());
+      rc = 1;
+    }
+  }
+  if (changes == 0)
+    fprintf (out, "pool %s matches %s; nothing to do\n", m->name, decl->file);
+  free (gone);
+  config_free (parsed);
+  return rc;
+}
+
+bool
+admin_verb_writes (const char *verb, int argc, char **argv)
+{
+  if (strcmp (verb, "status") == 0)
+    return false;
+  if (strcmp (verb, "apply") == 0)
+    for (int i = 1; i < argc; i++)
+      if (strcmp (argv[i], "--dry-run") == 0 || strcmp (argv[i], "-n") == 0)
+        return false;
+  return true;
+}
+
+int
+admin_run (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
+           FILE *out, FILE *err)
+{
+  int r;
+
+  if (argc < 1) {
+    fprintf (err, "strata: no command\n");
+    return 2;
+  }
+  if (strcmp (argv[0], "status") == 0)
+    r = cmd_status (p, ctx, argc, argv, out, err);
+  else if (strcmp (argv[0], "apply") == 0)
+    r = cmd_apply (p, argc, argv, out, err);
+  else if (strcmp (argv[0], "volume") == 0)
+    r = cmd_volume (p, argc, argv, out, err);
+  else {
+    fprintf (err, "strata: unknown command \"%s\"\n", argv[0]);
+    r = 2;
+  }
+  fflush (out);
+  fflush (err);
+  return r;
+}

@@ -1,0 +1,314 @@
+/* strata: control socket server and client (see control.h).
+ *
+ * Design notes: the server runs one thread that accepts a connection,
+ * reads one request, runs it through admin_run() with FILE streams that
+ * turn every write into a frame on the socket (fopencookie), and closes
+ * the connection.  Commands are therefore serialised, which the pool's
+ * admin lock would do anyway.  A poll() with a timeout lets the thread
+ * notice shutdown.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "control.h"
+#include "error.h"
+#include "util.h"
+
+#define MAX_ARGS 64
+#define MAX_ARG 4096
+
+struct control_server {
+  struct pool *p;
+  char *path;
+  int fd;
+  pthread_t thread;
+  volatile int stop;
+  control_ctx_fn ctx_fn;
+};
+
+static int
+write_all (int fd, const void *buf, size_t len)
+{
+  const char *p = buf;
+
+  while (len > 0) {
+    ssize_t w = send (fd, p, len, MSG_NOSIGNAL);
+    if (w == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    p += w;
+    len -= w;
+  }
+  return 0;
+}
+
+static int
+read_all (int fd, void *buf, size_t len)
+{
+  char *p = buf;
+
+  while (len > 0) {
+    ssize_t r = read (fd, p, len);
+    if (r == -1) {
+      if (errno == EINTR)
+        continue;
+      return -1;
+    }
+    if (r == 0) {
+      errno = EPIPE;
+      return -1;
+    }
+    p += r;
+    len -= r;
+  }
+  return 0;
+}
+
+static int
+send_frame (int fd, char kind, const void *data, uint32_t len)
+{
+  uint8_t hdr[5];
+  uint32_t le = htole32 (len);
+
+  hdr[0] = kind;
+  memcpy (hdr + 1, &le, 4);
+  if (write_all (fd, hdr, 5) == -1)
+    return -1;
+  return len ? write_all (fd, data, len) : 0;
+}
+
+struct frame_cookie {
+  int fd;
+  char kind;
+};
+
+static ssize_t
+frame_write (void *c, const char *buf, size_t len)
+{
+  struct frame_cookie *fc = c;
+
+  /* A client that went away must not stop the command half way. */
+  send_frame (fc->fd, fc->kind, buf, len);
+  return len;
+}
+
+static void
+serve_one (struct control_server *s, int fd)
+{
+  uint32_t argc;
+  char *argv[MAX_ARGS + 1] = { NULL };
+  struct frame_cookie oc = { fd, 'o' }, ec = { fd, 'e' };
+  cookie_io_functions_t io = { .write = frame_write };
+  struct admin_ctx ctx = { .online = true };
+  FILE *out, *err;
+  int32_t code;
+
+  if (read_all (fd, &argc, 4) == -1)
+    return;
+  argc = le32toh (argc);
+  if (argc == 0 || argc > MAX_ARGS) {
+    const char msg[] = "strata: bad control request\n";
+    send_frame (fd, 'e', msg, sizeof msg - 1);
+    code = htole32 (2);
+    send_frame (fd, 'x', &code, 4);
+    return;
+  }
+  for (uint32_t i = 0; i < argc; i++) {
+    uint32_t len;
+    if (read_all (fd, &len, 4) == -1)
+      goto out;
+    len = le32toh (len);
+    if (len > MAX_ARG || !(argv[i] = calloc (1, len + 1))
+        || read_all (fd, argv[i], len) == -1)
+      goto out;
+  }
+  out = fopencookie (&oc, "w", io);
+  err = fopencookie (&ec, "w", io);
+  if (!out || !err) {
+    if (out)
+      fclose (out);
+    if (err)
+      fclose (err);
+    goto out;
+  }
+  setvbuf (out, NULL, _IOLBF, 0);
+  setvbuf (err, NULL, _IOLBF, 0);
+  if (s->ctx_fn)
+    s->ctx_fn (&ctx);
+  code = admin_run (s->p, &ctx, argc, argv, out, err);
+  fclose (out);
+  fclose (err);
+  code = htole32 (code);
+  send_frame (fd, 'x', &code, 4);
+ out:
+  for (uint32_t i = 0; i < argc && i < MAX_ARGS; i++)
+    free (argv[i]);
+}
+
+static void *
+server_thread (void *arg)
+{
+  struct control_server *s = arg;
+
+  while (!s->stop) {
+    struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
+    int c;
+
+    if (poll (&pfd, 1, 200) <= 0)
+      continue;
+    c = accept4 (s->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c == -1)
+      continue;
+    serve_one (s, c);
+    close (c);
+  }
+  return NULL;
+}
+
+struct control_server *
+control_server_start (struct pool *p, const char *path, control_ctx_fn ctx_fn)
+{
+  struct control_server *s = calloc (1, sizeof *s);
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  int e;
+
+  if (!s) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (strlen (path) >= sizeof sa.sun_path) {
+    free (s);
+    strata_error (ENAMETOOLONG, "control socket path %s is too long", path);
+    return NULL;
+  }
+  strcpy (sa.sun_path, path);
+  s->p = p;
+  s->ctx_fn = ctx_fn;
+  s->path = strdup (path);
+  s->fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (s->fd == -1) {
+    strata_error (errno, "socket: %m");
+    goto fail;
+  }
+  /* Create the directory (one level, like /run/strata) if needed. */
+  {
+    char *dir = strdup (path), *slash = strrchr (dir, '/');
+    if (slash && slash != dir) {
+      *slash = '\0';
+      if (mkdir (dir, 0755) == -1 && errno != EEXIST) {
+        strata_error (errno, "control socket directory %s: %m", dir);
+        free (dir);
+        goto fail;
+      }
+    }
+    free (dir);
+  }
+  /* We hold the pool's lock, so a socket file left here is stale. */
+  unlink (path);
+  if (bind (s->fd, (struct sockaddr *) &sa, sizeof sa) == -1
+      || listen (s->fd, 16) == -1) {
+    strata_error (errno, "control socket %s: %m", path);
+    goto fail;
+  }
+  chmod (path, 0600);
+  e = pthread_create (&s->thread, NULL, server_thread, s);
+  if (e) {
+    strata_error (e, "pthread_create: %s", strerror (e));
+    unlink (path);
+    goto fail;
+  }
+  return s;
+ fail:
+  if (s->fd >= 0)
+    close (s->fd);
+  free (s->path);
+  free (s);
+  return NULL;
+}
+
+void
+control_server_stop (struct control_server *s)
+{
+  if (!s)
+    return;
+  s->stop = 1;
+  pthread_join (s->thread, NULL);
+  close (s->fd);
+  unlink (s->path);
+  free (s->path);
+  free (s);
+}
+
+int
+control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
+              int *exit_code)
+{
+  struct sockaddr_un sa = { .sun_family = AF_UNIX };
+  uint32_t v;
+  int fd, e;
+
+  if (strlen (path) >= sizeof sa.sun_path)
+    return strata_error (ENAMETOOLONG, "control socket path %s is too long",
+                         path);
+  strcpy (sa.sun_path, path);
+  fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd == -1)
+    return strata_error (errno, "socket: %m");
+  if (connect (fd, (struct sockaddr *) &sa, sizeof sa) == -1) {
+    e = errno;
+    close (fd);
+    return strata_error (e, "control socket %s: %s", path, strerror (e));
+  }
+  v = htole32 (argc);
+  if (write_all (fd, &v, 4) == -1)
+    goto io;
+  for (int i = 0; i < argc; i++) {
+    size_t len = strlen (argv[i]);
+    v = htole32 (len);
+    if (write_all (fd, &v, 4) == -1 || write_all (fd, argv[i], len) == -1)
+      goto io;
+  }
+  for (;;) {
+    uint8_t hdr[5];
+    uint32_t len;
+    char buf[4096];
+
+    if (read_all (fd, hdr, 5) == -1)
+      goto io;
+    memcpy (&len, hdr + 1, 4);
+    len = le32toh (len);
+    if (hdr[0] == 'x') {
+      int32_t code;
+      if (len != 4 || read_all (fd, &code, 4) == -1)
+        goto io;
+      *exit_code = (int32_t) le32toh (code);
+      close (fd);
+      return 0;
+    }
+    while (len > 0) {
+      uint32_t n = MIN (len, sizeof buf);
+      if (read_all (fd, buf, n) == -1)
+        goto io;
+      fwrite (buf, 1, n, hdr[0] == 'e' ? err : out);
+      len -= n;
+    }
+    fflush (hdr[0] == 'e' ? err : out);
+  }
+ io:
+  e = errno;
+  close (fd);
+  return strata_error (e == ENOENT || e == ECONNREFUSED ? EPROTO : e,
+                       "control socket %s: the server went away (%s)", path,
+                       strerror (e));
+}
