@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Bad YAML gives one clear message with file:line:column and the key;
+# init over an existing pool or a filesystem is refused and the device is
+# untouched (checksummed before and after).
+source "$(dirname "$0")/functions.sh"
+requires mkfs.ext4
+
+cd "$T"
+check_msg () {  # check_msg EXPECTED-REGEX YAML
+  printf '%s\n' "$2" > bad.yaml
+  local out
+  out=$("$STRATA" init bad.yaml 2>&1) && fail "accepted: $2"
+  echo "$out" | grep -Eq "$1" || fail "expected /$1/, got: $out"
+  ls d*.img >/dev/null 2>&1 && fail "a refused init created devices"
+  return 0
+}
+check_msg 'bad.yaml:3:3: pool.extnt_size: unknown key' \
+  $'pool:\n  name: p\n  extnt_size: 4MiB\ndevices:\n  - { name: d0, path: d0.img, size: 1GiB }'
+check_msg 'bad.yaml:2:16: pool.extent_size: expected a size such as 4MiB' \
+  $'pool:\n  extent_size: 4XB\n  name: p\ndevices:\n  - { name: d0, path: d0.img, size: 1GiB }'
+check_msg 'bad.yaml:5:5: devices: duplicate device name "d0"' \
+  $'pool: { name: p }\ndevices:\n  - { name: d0, path: d0.img, size: 1GiB }\n  - { name: d1, path: d1.img, size: 1GiB }\n  - { name: d0, path: d2.img, size: 1GiB }'
+check_msg 'bad.yaml:4:5: volumes: volume "v": 3 replicas need 3 devices, but the pool has 2' \
+  $'pool: { name: p }\ndevices: [ { name: d0, path: d0.img, size: 1GiB }, { name: d1, path: d1.img, size: 1GiB } ]\nvolumes:\n  - { name: v, size: 1GiB, replicas: 3 }'
+check_msg 'bad.yaml:[0-9]+:[0-9]+: YAML syntax error' \
+  $'pool:\n  name: [unclosed\ndevices: []'
+check_msg 'd9.img does not exist; give a size' \
+  $'pool: { name: p }\ndevices:\n  - { name: d0, path: d9.img }'
+check_msg "bad.yaml:1:1: pool: missing" $'devices:\n  - { name: d0, path: d0.img, size: 1GiB }'
+ok "bad YAML refused with file:line:column and key"
+
+# init over an existing pool, and over a filesystem, without --force.
+make_config 3 256MiB "{ name: v, size: 32MiB }"
+"$STRATA" init "$CONFIG" >/dev/null
+before=$(sums "$T"/d*.img)
+out=$("$STRATA" init "$CONFIG" 2>&1) && fail "init over an existing pool accepted"
+echo "$out" | grep 'holds strata pool' || fail "unclear: $out"
+[ "$(sums "$T"/d*.img)" = "$before" ] || fail "refused init changed a device"
+ok "init over an existing pool refused, devices unchanged"
+
+rm -f "$T"/d*.img
+truncate -s 256M "$T/d1.img"
+mkfs.ext4 -q -F "$T/d1.img"
+before=$(sums "$T/d1.img")
+out=$("$STRATA" init "$CONFIG" 2>&1) && fail "init over ext4 accepted"
+echo "$out" | grep 'device d1 .* ext2/ext3/ext4 filesystem' || fail "unclear: $out"
+[ "$(sums "$T/d1.img")" = "$before" ] || fail "refused init changed the filesystem"
+"$STRATA" init --force "$CONFIG" >/dev/null || fail "--force refused"
+ok "init over ext4 refused without --force, done with it"
+
+# A device of another pool in the YAML is refused at open.
+sed -e "s/name: t$$/name: other/" -e "s#$T/control.sock#$T/c2.sock#" \
+    -e "s#/d\([0-9]\).img#/e\1.img#" "$CONFIG" > other.yaml
+"$STRATA" init other.yaml >/dev/null
+sed -i "s#d0.img#e0.img#" "$CONFIG"
+out=$("$STRATA" status "$CONFIG" 2>&1) && fail "foreign device accepted"
+echo "$out" | grep 'belongs to pool "other"' || fail "unclear: $out"
+ok "a device of another pool is refused: $out"

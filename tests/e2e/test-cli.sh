@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# strata apply / status / volume work offline and, through the control
+# socket, online; two writers never run at once.
+source "$(dirname "$0")/functions.sh"
+requires nbdkit nbdinfo nbdsh
+
+make_config 3 512MiB "{ name: a, size: 64MiB }" "{ name: b, size: 32MiB, replicas: 2 }"
+"$STRATA" init "$CONFIG" >/dev/null
+out=$("$STRATA" apply "$CONFIG" --dry-run)
+echo "$out" | grep 'would create volume a' || fail "dry run: $out"
+"$STRATA" status "$CONFIG" | grep 'no volumes' || fail "dry run changed the pool"
+"$STRATA" apply "$CONFIG" | grep 'creating volume b' || fail "apply"
+"$STRATA" apply "$CONFIG" | grep 'nothing to do' || fail "apply is not idempotent"
+ok "offline apply, dry run, idempotent"
+
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)
+assert s["pool"]["online"] is False
+assert [v["name"] for v in s["volumes"]] == ["a", "b"], s["volumes"]
+assert s["volumes"][1]["replicas"] == 2
+assert len(s["devices"]) == 3 and all(d["state"] == "up" for d in s["devices"])
+' || fail "status --json"
+ok "status --json"
+
+start_server
+"$STRATA" status "$CONFIG" | grep 'online (served)' || fail "status not online"
+# Online: create, grow, refuse shrink without --shrink, delete.
+"$STRATA" volume create "$CONFIG" c 16MiB --replicas 2 --stripe-width 2 --stripe-unit 128KiB \
+  | grep 'created volume c' || fail "online create"
+nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="c"' || fail "c not served"
+nbdsh -u "$(uri c)" -c 'h.pwrite(b"\xab" * 4096, 16 * 1024 * 1024 - 4096); h.flush()'
+"$STRATA" volume resize "$CONFIG" c 40MiB >/dev/null || fail "online grow"
+[ "$(nbdinfo --size "$(uri c)")" = 41943040 ] || fail "grown size not served"
+out=$("$STRATA" volume resize "$CONFIG" c 8MiB 2>&1) && fail "shrink without --shrink"
+echo "$out" | grep -- '--shrink' || fail "unclear: $out"
+"$STRATA" volume resize "$CONFIG" c 8MiB --shrink >/dev/null || fail "shrink"
+"$STRATA" volume resize "$CONFIG" c 40MiB >/dev/null || fail "regrow"
+nbdsh -u "$(uri c)" -c 'assert h.pread(4096, 16 * 1024 * 1024 - 4096) == bytes(4096)' \
+  || fail "data beyond a shrink came back after growing again"
+ok "online create, grow, shrink (only with --shrink), regrow reads zeros"
+
+# Declared volume grown in the YAML: apply grows it while served.
+sed -i 's/{ name: a, size: 64MiB }/{ name: a, size: 80MiB }/' "$CONFIG"
+"$STRATA" apply "$CONFIG" | grep 'resizing volume a' || fail "online apply grow"
+[ "$(nbdinfo --size "$(uri a)")" = 83886080 ] || fail "a not grown"
+out=$("$STRATA" apply "$CONFIG")
+echo "$out" | grep 'volume c is not declared; keeping it' || fail "apply wants to delete c: $out"
+"$STRATA" apply "$CONFIG" --prune | grep 'deleting volume c' || fail "prune"
+nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="c"' && fail "c still served"
+ok "online apply grows, keeps undeclared volumes unless --prune"
+
+# A second writer is refused while the pool is served.
+out=$("$STRATA" init --force "$CONFIG" 2>&1) && fail "init --force of a served pool"
+echo "$out" | grep 'in use by another process' || fail "unclear: $out"
+rm -f "$T/control.sock"   # even without the control socket, the lock holds
+out=$("$STRATA" volume create "$CONFIG" d 8MiB 2>&1) && fail "second writer allowed"
+echo "$out" | grep 'in use by another process' || fail "unclear: $out"
+ok "a second writer is refused: $out"
+
+# Deleting a volume in use is refused.
+stop_server
+start_server
+nbdsh -u "$(uri b)" -c '
+import subprocess
+r = subprocess.run(["'"$STRATA"'", "volume", "delete", "'"$CONFIG"'", "b"], capture_output=True, text=True)
+assert r.returncode == 1 and "in use" in r.stderr, r
+' || fail "delete of a volume in use"
+stop_server
+"$STRATA" volume delete "$CONFIG" b | grep 'deleted volume b' || fail "offline delete"
+ok "delete refused while connected, done offline"
