@@ -1,0 +1,150 @@
+/* Unit tests: the YAML parser, valid documents and broken ones. */
+#include <string.h>
+
+#include "config.h"
+#include "error.h"
+#include "suites.h"
+
+#define DEVS \
+  "devices:\n" \
+  "  - { name: d0, path: d0.img, size: 1GiB, class: ssd, domain: r1/h1 }\n" \
+  "  - { name: d1, path: /abs/d1.img, size: 1GiB }\n" \
+  "  - { name: d2, path: d2.img, size: 2GiB, domain: r2/h2 }\n"
+
+START_TEST (test_valid)
+{
+  struct config *c;
+  const char *doc =
+    "# a comment\n"
+    "pool:\n"
+    "  name: tank\n"
+    "  extent_size: 8MiB\n"
+    "  metadata_replicas: 3\n"
+    "  base_dir: data\n"
+    DEVS
+    "cache:\n"
+    "  mode: none\n"
+    "volumes:\n"
+    "  - { name: train, size: 100GiB, replicas: 2, stripe_width: 4, stripe_unit: 1MiB }\n"
+    "  - name: ckpt\n"
+    "    size: 1.5GiB\n"
+    "    class: ssd\n";
+
+  ck_assert_msg (config_parse_string (doc, "t.yaml", "/etc/x", &c) == 0,
+                 "%s", strata_last_error ());
+  ck_assert_str_eq (c->name, "tank");
+  ck_assert_uint_eq (c->extent_size, 8 << 20);
+  ck_assert_uint_eq (c->ndevices, 3);
+  ck_assert_str_eq (c->devices[0].path, "/etc/x/data/d0.img");
+  ck_assert_str_eq (c->devices[1].path, "/abs/d1.img");
+  ck_assert_str_eq (c->devices[0].class, "ssd");
+  ck_assert_str_eq (c->devices[1].class, "hdd");
+  ck_assert_str_eq (c->devices[1].domain, "d1");
+  ck_assert_str_eq (c->devices[0].domain, "r1/h1");
+  ck_assert_str_eq (c->control_socket, "/etc/x/data/tank.sock");
+  ck_assert_uint_eq (c->nvolumes, 2);
+  ck_assert_uint_eq (c->volumes[0].size, 100ull << 30);
+  ck_assert_uint_eq (c->volumes[0].replicas, 2);
+  ck_assert_uint_eq (c->volumes[0].stripe_width, 4);
+  ck_assert_uint_eq (c->volumes[1].size, 3ull << 29);
+  ck_assert_uint_eq (c->volumes[1].replicas, 1);
+  ck_assert_uint_eq (c->volumes[1].stripe_unit, 1 << 20);
+  config_free (c);
+}
+END_TEST
+
+START_TEST (test_sizes)
+{
+  uint64_t v;
+  ck_assert_int_eq (config_parse_size ("4096", &v), 0);
+  ck_assert_uint_eq (v, 4096);
+  ck_assert_int_eq (config_parse_size ("4MiB", &v), 0);
+  ck_assert_uint_eq (v, 4 << 20);
+  ck_assert_int_eq (config_parse_size ("2G", &v), 0);
+  ck_assert_uint_eq (v, 2ull << 30);
+  ck_assert_int_eq (config_parse_size ("1TB", &v), 0);
+  ck_assert_uint_eq (v, 1000000000000ull);
+  ck_assert_int_eq (config_parse_size ("0.5KiB", &v), 0);
+  ck_assert_uint_eq (v, 512);
+  ck_assert_int_eq (config_parse_size ("1.5B", &v), -1);
+  ck_assert_int_eq (config_parse_size ("-1", &v), -1);
+  ck_assert_int_eq (config_parse_size ("99999999999PiB", &v), -1);
+  ck_assert_int_eq (config_parse_size ("4 XB", &v), -1);
+}
+END_TEST
+
+/* Each broken document and a fragment its message must contain. */
+static const struct { const char *doc, *want; } broken[] = {
+  { "", "the file is empty" },
+  { "- a\n- b\n", "t.yaml:1:1: (top level): expected a mapping" },
+  { "pool: {name: p}\n" DEVS "extra: 1\n", "t.yaml:6:1: extra: unknown key" },
+  { "pool: {name: p}\n", "devices: missing" },
+  { DEVS, "pool: missing" },
+  { "pool: {extent_size: 4MiB}\n" DEVS, "pool.name: missing" },
+  { "pool: {name: p, extnt_size: 4MiB}\n" DEVS, "t.yaml:1:17: pool.extnt_size: unknown key" },
+  { "pool: {name: p, extent_size: 3MiB}\n" DEVS, "pool.extent_size: must be a power of two" },
+  { "pool: {name: p, extent_size: lots}\n" DEVS, "t.yaml:1:30: pool.extent_size: expected a size" },
+  { "pool: {name: p, extent_size: 4KiB}\n" DEVS, "from 64KiB to 1GiB" },
+  { "pool: {name: p, metadata_replicas: 0}\n" DEVS, "pool.metadata_replicas: expected a whole number from 1 to 9" },
+  { "pool: {name: p, metadata_replicas: 5}\n" DEVS, "5 metadata replicas need 5 devices, but the pool has 3" },
+  { "pool: {name: p, metadata_size: 1MiB}\n" DEVS, "pool.metadata_size: must be a whole number of MiB, at least 4MiB" },
+  { "pool: {name: 'bad name'}\n" DEVS, "pool.name: pool name \"bad name\" may only hold" },
+  { "pool: {name: p}\ndevices: []\n", "devices: the list is empty" },
+  { "pool: {name: p}\ndevices: {a: 1}\n", "t.yaml:2:10: devices: expected a list, got a mapping" },
+  { "pool: {name: p}\ndevices:\n  - { path: x.img }\n", "devices[0].name: missing" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0 }\n", "devices[0]: device \"d0\" needs exactly one of path or uri" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, uri: 'nbd://h/e' }\n", "needs exactly one of path or uri" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, uri: 'http://h/e' }\n", "devices[0].uri: expected an NBD URI" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, size: big }\n", "t.yaml:3:32: devices[0].size: expected a size" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, colour: red }\n", "devices[0].colour: unknown key" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d0, path: b }\n", "duplicate device name \"d0\" (first at line 3)" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d1, path: a }\n", "have the same path" },
+  { "pool: {name: p}\ndevices:\n  - [ d0 ]\n", "each device must be a mapping, got a list" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v }\n", "volumes[0].size: missing" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 0 }\n", "a volume must be larger than 0 bytes" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, replicas: 4 }\n", "4 replicas need 4 devices, but the pool has 3" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, replicas: 2, class: ssd }\n", "2 replicas need 2 devices of class ssd, but the pool has 1" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, class: nvme }\n", "no device has class \"nvme\"" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, stripe_unit: 3KiB }\n", "stripe_unit must be a power of two" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, stripe_width: 65 }\n", "volumes[0].stripe_width: expected a whole number from 1 to 64" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G }\n  - { name: v, size: 2G }\n", "duplicate volume name \"v\"" },
+  { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, mirror: yes }\n", "volumes[0].mirror: unknown key" },
+  { "pool: {name: p}\n" DEVS "cache: {mode: fast}\n", "cache.mode: expected writeback, writethrough or none, got \"fast\"" },
+  { "pool: {name: p}\n" DEVS "cache: {mode: writeback}\n", "cache.devices: missing" },
+  { "pool: {name: p}\n" DEVS "cache: {mode: writeback, devices: [ssd9]}\n", "no device named \"ssd9\" in devices" },
+  { "pool: {name: p}\n" DEVS "cache: {devices: [d0, d1, d2]}\n", "at most two cache devices" },
+  { "pool: {name: p}\npool: {name: q}\n" DEVS, "pool: given twice" },
+  { "pool:\n  name: [unclosed\n", "t.yaml:3:1: YAML syntax error" },
+  { "pool: {name: p}\n\tdevices: []\n", "YAML syntax error" },
+};
+
+START_TEST (test_broken)
+{
+  struct config *c = NULL;
+  const char *msg;
+
+  strata_error_clear ();
+  ck_assert_msg (config_parse_string (broken[_i].doc, "t.yaml", "/d", &c) == -1,
+                 "accepted broken document %d", _i);
+  msg = strata_last_error ();
+  ck_assert_msg (strstr (msg, broken[_i].want) != NULL,
+                 "document %d: expected \"%s\" in \"%s\"", _i,
+                 broken[_i].want, msg);
+  ck_assert_msg (strncmp (msg, "t.yaml", 6) == 0,
+                 "document %d: message does not start with the file: %s",
+                 _i, msg);
+}
+END_TEST
+
+Suite *
+config_suite (void)
+{
+  Suite *s = suite_create ("config");
+  TCase *tc = tcase_create ("parse");
+
+  tcase_add_test (tc, test_valid);
+  tcase_add_test (tc, test_sizes);
+  tcase_add_loop_test (tc, test_broken, 0, sizeof broken / sizeof broken[0]);
+  suite_add_tcase (s, tc);
+  return s;
+}

@@ -1,0 +1,309 @@
+/* Unit tests: the raft-lite journal.  Commit, group commit from several
+ * threads, checkpoints, reopen; a minority of replicas torn, truncated,
+ * wiped or flipped at random keeps everything committed; a majority lost
+ * is refused clearly. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "device.h"
+#include "error.h"
+#include "journal.h"
+#include "suites.h"
+#include "util.h"
+
+#define NKEY 64
+#define META_SIZE (4u << 20)	/* smallest area: checkpoints come often */
+
+/* The state: NKEY counters.  An entry is (u8 key, u64 value). */
+struct kv {
+  uint64_t v[NKEY];
+  uint64_t applied;
+};
+
+static int
+kv_apply (void *o, uint16_t type, const void *data, size_t len)
+{
+  struct kv *s = o;
+  struct fbuf b;
+  uint8_t key;
+
+  fbuf_init_read (&b, data, len);
+  key = fbuf_get_u8 (&b);
+  if (type != 1 || key >= NKEY)
+    return -1;
+  s->v[key] = fbuf_get_u64 (&b);
+  s->applied++;
+  return b.bad ? -1 : 0;
+}
+
+static int
+kv_snapshot (void *o, struct fbuf *out)
+{
+  struct kv *s = o;
+
+  for (int i = 0; i < NKEY; i++)
+    fbuf_put_u64 (out, s->v[i]);
+  /* Pad the checkpoint so that it spans several blocks. */
+  for (int i = 0; i < 3000; i++)
+    fbuf_put_u8 (out, i);
+  return 0;
+}
+
+static int
+kv_load (void *o, const void *data, size_t len)
+{
+  struct kv *s = o;
+  struct fbuf b;
+
+  fbuf_init_read (&b, data, len);
+  for (int i = 0; i < NKEY; i++)
+    s->v[i] = fbuf_get_u64 (&b);
+  return b.bad ? -1 : 0;
+}
+
+static const struct journal_ops ops = { kv_apply, kv_snapshot, kv_load };
+static const uint8_t uuid[16] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 };
+
+struct fixture {
+  char *dir;
+  char path[3][256];
+  struct device *dev[3];
+  struct journal_member m[3];
+};
+
+static void
+fx_open (struct fixture *f)
+{
+  for (int i = 0; i < 3; i++) {
+    f->dev[i] = device_open_local (f->path[i], DEVICE_CREATE, META_SIZE);
+    ck_assert_msg (f->dev[i] != NULL, "%s", strata_last_error ());
+    f->m[i] = (struct journal_member) { f->dev[i], f->path[i], 0, META_SIZE };
+  }
+}
+
+static void
+fx_close (struct fixture *f)
+{
+  for (int i = 0; i < 3; i++)
+    device_close (f->dev[i]);
+}
+
+static void
+fx_init (struct fixture *f)
+{
+  struct kv empty = { { 0 }, 0 };
+  struct fbuf ck;
+
+  f->dir = test_tmpdir ();
+  for (int i = 0; i < 3; i++)
+    snprintf (f->path[i], sizeof f->path[i], "%s/m%d", f->dir, i);
+  fx_open (f);
+  fbuf_init_write (&ck);
+  kv_snapshot (&empty, &ck);
+  ck_assert_int_eq (journal_format (f->m, 3, uuid, ck.p, ck.len), 0);
+  fbuf_free (&ck);
+}
+
+static int
+put (struct journal *j, uint8_t key, uint64_t val)
+{
+  struct fbuf e;
+  struct journal_item it;
+  int r;
+
+  fbuf_init_write (&e);
+  fbuf_put_u8 (&e, key);
+  fbuf_put_u64 (&e, val);
+  it = (struct journal_item) { 1, e.len, e.p };
+  r = journal_append (j, &it, 1);
+  fbuf_free (&e);
+  return r;
+}
+
+struct worker {
+  struct journal *j;
+  int id;
+};
+
+static void *
+worker (void *arg)
+{
+  struct worker *w = arg;
+
+  for (int i = 0; i < 150; i++)
+    if (put (w->j, w->id * 16 + i % 16, w->id * 1000000 + i) == -1)
+      return (void *) 1;
+  device_thread_exit ();
+  return NULL;
+}
+
+START_TEST (test_group_commit_and_reopen)
+{
+  struct fixture f;
+  struct kv s = { { 0 }, 0 }, s2 = { { 0 }, 0 };
+  struct journal *j;
+  pthread_t t[4];
+  struct worker w[4];
+
+  fx_init (&f);
+  j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  for (int i = 0; i < 4; i++) {
+    w[i] = (struct worker) { j, i };
+    pthread_create (&t[i], NULL, worker, &w[i]);
+  }
+  for (int i = 0; i < 4; i++) {
+    void *r;
+    pthread_join (t[i], &r);
+    ck_assert_ptr_null (r);
+  }
+  ck_assert_uint_eq (s.applied, 600);
+  /* Group commit: fewer records than entries (threads shared flushes),
+   * and checkpoints kept the log bounded (600 records would not fit). */
+  ck_assert_uint_le (journal_commits (j), 600);
+  for (int k = 0; k < 4; k++)
+    for (int i = 134; i < 150; i++)
+      ck_assert_uint_eq (s.v[k * 16 + i % 16], k * 1000000u + i);
+  journal_close (j);
+
+  j = journal_open (f.m, 3, uuid, 0, &ops, &s2);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_mem_eq (s.v, s2.v, sizeof s.v);
+  journal_close (j);
+  fx_close (&f);
+  test_rmdir (f.dir);
+}
+END_TEST
+
+/* Damage replica R of F in one of several ways. */
+static void
+damage (struct fixture *f, int r, unsigned *seed)
+{
+  FILE *fp = fopen (f->path[r], "r+b");
+  int how = rand_r (seed) % 4;
+  char *buf;
+  size_t off, len;
+
+  ck_assert_ptr_nonnull (fp);
+  switch (how) {
+    case 0:			/* wiped */
+      buf = calloc (1, META_SIZE);
+      fwrite (buf, 1, META_SIZE, fp);
+      free (buf);
+      break;
+    case 1:			/* truncated: zeros from a random point on */
+      off = rand_r (seed) % META_SIZE;
+      buf = calloc (1, META_SIZE - off);
+      fseek (fp, off, SEEK_SET);
+      fwrite (buf, 1, META_SIZE - off, fp);
+      free (buf);
+      break;
+    case 2:			/* random bytes flipped anywhere */
+      for (int k = 0; k < 64; k++) {
+        int c;
+        off = rand_r (seed) % (META_SIZE / 4);	/* headers, ckpt, early log */
+        fseek (fp, off, SEEK_SET);
+        c = fgetc (fp);
+        fseek (fp, off, SEEK_SET);
+        fputc (c ^ (1 + rand_r (seed) % 255), fp);
+      }
+      break;
+    case 3:			/* a torn 4 KiB block of garbage */
+      len = 4096;
+      off = round_down (rand_r (seed) % META_SIZE, 4096);
+      buf = malloc (len);
+      for (size_t i = 0; i < len; i++)
+        buf[i] = rand_r (seed);
+      fseek (fp, off + 1024, SEEK_SET);	/* tear mid-block */
+      fwrite (buf, 1, len - 1024, fp);
+      free (buf);
+      break;
+  }
+  fclose (fp);
+}
+
+START_TEST (test_minority_damage)
+{
+  struct fixture f;
+  struct kv s = { { 0 }, 0 };
+  unsigned seed = 1000 + _i;
+  struct journal *j;
+
+  fx_init (&f);
+  for (int round = 0; round < 4; round++) {
+    struct kv got = { { 0 }, 0 };
+    int n = 1 + rand_r (&seed) % 200;
+
+    j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+    ck_assert_msg (j != NULL, "round %d: %s", round, strata_last_error ());
+    for (int i = 0; i < n; i++)
+      ck_assert_int_eq (put (j, rand_r (&seed) % NKEY, rand_r (&seed)), 0);
+    journal_close (j);
+    fx_close (&f);
+    damage (&f, rand_r (&seed) % 3, &seed);
+    fx_open (&f);
+    /* Writable open: recovers everything and repairs the damaged copy,
+     * so the next round may damage any replica again. */
+    j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &got);
+    ck_assert_msg (j != NULL, "round %d: %s", round, strata_last_error ());
+    ck_assert_mem_eq (got.v, s.v, sizeof s.v);
+    journal_close (j);
+  }
+  fx_close (&f);
+  test_rmdir (f.dir);
+}
+END_TEST
+
+START_TEST (test_majority_lost)
+{
+  struct fixture f;
+  struct kv s = { { 0 }, 0 };
+  struct journal *j;
+  unsigned seed = 5;
+
+  fx_init (&f);
+  j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_int_eq (put (j, 1, 42), 0);
+  journal_close (j);
+  fx_close (&f);
+  /* Wipe two of three. */
+  for (int r = 0; r < 2; r++) {
+    FILE *fp = fopen (f.path[r], "r+b");
+    char *z = calloc (1, 65536);
+    fwrite (z, 1, 65536, fp);
+    fclose (fp);
+    free (z);
+  }
+  (void) seed;
+  fx_open (&f);
+  j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_ptr_null (j);
+  ck_assert_int_eq (errno, EIO);
+  ck_assert_msg (strstr (strata_last_error (), "only 1 of 3 metadata replicas "
+                         "are readable and a majority (2) is needed"),
+                 "%s", strata_last_error ());
+  /* A missing device counts as lost too. */
+  f.m[2].dev = NULL;
+  ck_assert_ptr_null (journal_open (f.m, 3, uuid, 0, &ops, &s));
+  fx_close (&f);
+  test_rmdir (f.dir);
+}
+END_TEST
+
+Suite *
+journal_suite (void)
+{
+  Suite *s = suite_create ("journal");
+  TCase *tc = tcase_create ("journal");
+
+  tcase_set_timeout (tc, 120);
+  tcase_add_test (tc, test_group_commit_and_reopen);
+  tcase_add_loop_test (tc, test_minority_damage, 0, 12);
+  tcase_add_test (tc, test_majority_lost);
+  suite_add_tcase (s, tc);
+  return s;
+}
