@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# make bench: fio through strata beside `nbdkit file` on one backing file
+# and beside raw fio (io_uring, O_DIRECT) on a backing file, in one run, on
+# the same storage.  Prints a table with ratios.  RUNTIME=seconds per job.
+set -euo pipefail
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+TOP=$(cd "$(dirname "$0")/../.." && pwd)
+STRATA=$TOP/build/strata
+RUNTIME=${RUNTIME:-8}
+D=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
+trap 'for p in "$D"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.5; rm -rf "$D"' EXIT
+
+cat > "$D/pool.yaml" <<YAML
+pool: { name: bench, extent_size: 4MiB, metadata_size: 16MiB, control_socket: $D/c.sock }
+devices:
+  - { name: d0, path: $D/d0.img, size: 3GiB }
+  - { name: d1, path: $D/d1.img, size: 3GiB }
+  - { name: d2, path: $D/d2.img, size: 3GiB }
+  - { name: d3, path: $D/d3.img, size: 3GiB }
+volumes:
+  - { name: s1, size: 2GiB, stripe_width: 4, stripe_unit: 1MiB }
+  - { name: m2, size: 2GiB, replicas: 2 }
+YAML
+"$STRATA" init "$D/pool.yaml" >/dev/null
+"$STRATA" apply "$D/pool.yaml" >/dev/null
+truncate -s 2G "$D/file.img"
+truncate -s 2G "$D/raw.img"
+
+nbdkit -U "$D/strata.sock" -P "$D/strata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/pool.yaml"
+nbdkit -U "$D/file.sock" -P "$D/file.pid" file "$D/file.img"
+sleep 1
+
+# fio_job NAME TARGET-ARGS... ; prints "bw_MBps iops"
+fio_job () {
+  local rw=$1 bs=$2; shift 2
+  fio --name=b --rw="$rw" --bs="$bs" --iodepth=32 --size=1G --runtime="$RUNTIME" \
+      --time_based --numjobs=1 --output-format=json "$@" 2>/dev/null \
+    | /usr/bin/python3 -c '
+import json, sys
+t = sys.stdin.read()
+j = json.loads(t[t.index("{"):])["jobs"][0]
+r, w = j["read"], j["write"]
+bw = (r["bw_bytes"] + w["bw_bytes"]) / 1e6
+iops = r["iops"] + w["iops"]
+print("%.0f %.0f" % (bw, iops))'
+}
+nbd () { echo --ioengine=nbd --uri="nbd+unix:///$1?socket=$2"; }
+raw () { echo --ioengine=io_uring --direct=1 --filename="$1"; }
+
+# Fill the first GiB of every target before reading it.
+for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")"; do
+  # shellcheck disable=SC2086
+  fio --name=fill --rw=write --bs=1M --iodepth=16 --size=1G $t >/dev/null 2>&1
+done
+
+printf '\n%-22s %12s %12s %12s %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw"
+row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
+  local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 s f r col
+  col=$([ "$unit" = bw ] && echo 1 || echo 2)
+  # shellcheck disable=SC2046
+  s=$(fio_job "$rw" "$bs" $(nbd "$vol" "$D/strata.sock") | cut -d' ' -f$col)
+  # shellcheck disable=SC2046
+  f=$(fio_job "$rw" "$bs" $(nbd "" "$D/file.sock") | cut -d' ' -f$col)
+  # shellcheck disable=SC2046
+  r=$(fio_job "$rw" "$bs" $(raw "$D/raw.img") | cut -d' ' -f$col)
+  printf '%-22s %12s %12s %12s %9.2fx %9.2fx\n' "$label" "$s" "$f" "$r" \
+    "$(echo "$s / $f" | bc -l)" "$(echo "$s / $r" | bc -l)"
+}
+row "s1 seq write MB/s" bw write 1M s1
+row "s1 seq read MB/s" bw read 1M s1
+row "s1 4k randread IOPS" iops randread 4k s1
+row "s1 4k randwrite IOPS" iops randwrite 4k s1
+row "m2 seq write MB/s" bw write 1M m2
+echo
+echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32, ${RUNTIME}s per job."
+echo "Targets (issue 2): s1 >= 1.0x file on 1M seq read/write, >= 0.9x on 4k randread,"
+echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
