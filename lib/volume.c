@@ -418,6 +418,18 @@ pick_replica (struct volume *v, const struct piece *p, uint32_t start,
   return -1;
 }
 
+/* Writes go to every replica: fail clearly if one's device is missing
+ * (degraded writes come with device health, a later issue). */
+static int
+replica_missing (struct volume *v, const struct piece *p, struct meta_extent e)
+{
+  if (pool_device (v->p, e.dev))
+    return 0;
+  return strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica on "
+                       "missing device %s", v->mv->name, p->chunk,
+                       pool_meta (v->p)->devices[e.dev].name);
+}
+
 static struct dev_req
 piece_req (struct volume *v, const struct piece *p, uint32_t r, uint8_t op,
            void *buf, uint64_t a0, uint64_t a1, bool fua)
@@ -613,10 +625,8 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
       memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      if (!pool_device (v->p, e.dev)) {
-        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica "
-                          "on missing device %s", v->mv->name, p->chunk,
-                          pool_meta (v->p)->devices[e.dev].name);
+      if (replica_missing (v, p, e) == -1) {
+        r = -1;
         goto out;
       }
       pool_mark_dirty (v->p, e.dev);
@@ -728,10 +738,8 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
       continue;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      if (!pool_device (v->p, e.dev)) {
-        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica "
-                          "on missing device %s", v->mv->name, p->chunk,
-                          pool_meta (v->p)->devices[e.dev].name);
+      if (replica_missing (v, p, e) == -1) {
+        r = -1;
         goto out;
       }
       pool_mark_dirty (v->p, e.dev);

@@ -33,8 +33,8 @@ check_data "d0 wiped"
 stop_server
 ok "d0's metadata wiped: pool opened with everything and repaired it"
 
-# Now d1 is wiped and d2 corrupted in its log region only: d0 (repaired)
-# and d2's checkpoint still make a majority with everything.
+# Now d1 is wiped: d0 (repaired above) and d2 still make a majority that
+# holds everything.
 dd if=/dev/zero of="$T/d1.img" bs=1M seek=1 count=16 conv=notrunc status=none
 start_server
 check_data "d1 wiped after d0 repair"

@@ -162,9 +162,10 @@ START_TEST (test_group_commit_and_reopen)
     ck_assert_ptr_null (r);
   }
   ck_assert_uint_eq (s.applied, 600);
-  /* Group commit: fewer records than entries (threads shared flushes),
-   * and checkpoints kept the log bounded (600 records would not fit). */
-  ck_assert_uint_le (journal_commits (j), 600);
+  /* Group commit: four threads waiting on each other's flushes share
+   * records, so there are fewer records than entries.  (The log holds
+   * about 250 records, so checkpoints must have run as well.) */
+  ck_assert_uint_lt (journal_commits (j), 600);
   for (int k = 0; k < 4; k++)
     for (int i = 134; i < 150; i++)
       ck_assert_uint_eq (s.v[k * 16 + i % 16], k * 1000000u + i);
