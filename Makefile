@@ -25,9 +25,14 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Ilib
-LIBS    = $(shell pkg-config --libs liburing yaml-0.1 2>/dev/null) -lpthread
+LIBS    = $(shell pkg-config --libs liburing libnbd yaml-0.1 2>/dev/null) -lpthread
 
+# A sanitizer build lives apart, so the two never mix objects.
+ifeq ($(SANITIZE),1)
+B := build-san
+else
 B := build
+endif
 LIB_SRCS := $(wildcard lib/*.c)
 LIB_OBJS := $(LIB_SRCS:lib/%.c=$(B)/lib/%.o)
 CLI_SRCS := $(wildcard daemon/*.c)
@@ -77,13 +82,18 @@ deps:
 unit: $(UNIT)
 	$(UNIT)
 
+# The e2e scripts find the binaries through STRATA_BUILD; under SANITIZE
+# they also preload the sanitizer runtimes into nbdkit, which loads the
+# instrumented plugin.
+E2E_ENV = STRATA_BUILD=$(CURDIR)/$(B) $(if $(filter 1,$(SANITIZE)),STRATA_SANITIZE=1)
+
 e2e: all
-	bash tests/e2e/run.sh
+	$(E2E_ENV) bash tests/e2e/run.sh
 
 check: deps
 	$(MAKE) all $(UNIT)
 	$(UNIT)
-	bash tests/e2e/run.sh
+	$(E2E_ENV) bash tests/e2e/run.sh
 
 demo: deps
 	$(MAKE) all
@@ -115,4 +125,4 @@ format:
 	clang-format -i lib/*.c lib/*.h plugins/*.c daemon/*.c tests/unit/*.c
 
 clean:
-	rm -rf $(B)
+	rm -rf build build-san

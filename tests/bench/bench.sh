@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # make bench: fio through strata beside `nbdkit file` on one backing file
 # and beside raw fio (io_uring, O_DIRECT) on a backing file, in one run, on
-# the same storage.  Prints a table with ratios.  RUNTIME=seconds per job.
+# the same storage.  Prints a table with ratios.
+#
+# RUNTIME=seconds per measured job (after a 2 s ramp), ROUNDS=how many
+# times each job runs; the table shows the median.  The three targets take
+# turns going first in each round, and every job starts after `sync`, so
+# that no target pays for another's page-cache writeback.
 set -euo pipefail
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
 STRATA=$TOP/build/strata
-RUNTIME=${RUNTIME:-8}
+RUNTIME=${RUNTIME:-6}
+ROUNDS=${ROUNDS:-3}
 D=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 trap 'for p in "$D"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.5; rm -rf "$D"' EXIT
 
@@ -33,8 +39,9 @@ sleep 1
 # fio_job NAME TARGET-ARGS... ; prints "bw_MBps iops"
 fio_job () {
   local rw=$1 bs=$2; shift 2
+  sync
   fio --name=b --rw="$rw" --bs="$bs" --iodepth=32 --size=1G --runtime="$RUNTIME" \
-      --time_based --numjobs=1 --output-format=json "$@" 2>/dev/null \
+      --ramp_time=2 --time_based --numjobs=1 --output-format=json "$@" 2>/dev/null \
     | /usr/bin/python3 -c '
 import json, sys
 t = sys.stdin.read()
@@ -54,15 +61,23 @@ for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D
 done
 
 printf '\n%-22s %12s %12s %12s %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw"
+median () { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
-  local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 s f r col
+  local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 col i k t s f r
+  local -a args res
   col=$([ "$unit" = bw ] && echo 1 || echo 2)
-  # shellcheck disable=SC2046
-  s=$(fio_job "$rw" "$bs" $(nbd "$vol" "$D/strata.sock") | cut -d' ' -f$col)
-  # shellcheck disable=SC2046
-  f=$(fio_job "$rw" "$bs" $(nbd "" "$D/file.sock") | cut -d' ' -f$col)
-  # shellcheck disable=SC2046
-  r=$(fio_job "$rw" "$bs" $(raw "$D/raw.img") | cut -d' ' -f$col)
+  args=("$(nbd "$vol" "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")")
+  res=("" "" "")
+  for ((i = 0; i < ROUNDS; i++)); do
+    for ((k = 0; k < 3; k++)); do
+      t=$(( (i + k) % 3 ))
+      # shellcheck disable=SC2086
+      res[t]+="$(fio_job "$rw" "$bs" ${args[t]} | cut -d' ' -f$col)"$'\n'
+    done
+  done
+  s=$(printf '%s' "${res[0]}" | median)
+  f=$(printf '%s' "${res[1]}" | median)
+  r=$(printf '%s' "${res[2]}" | median)
   printf '%-22s %12s %12s %12s %9.2fx %9.2fx\n' "$label" "$s" "$f" "$r" \
     "$(echo "$s / $f" | bc -l)" "$(echo "$s / $r" | bc -l)"
 }
@@ -72,6 +87,7 @@ row "s1 4k randread IOPS" iops randread 4k s1
 row "s1 4k randwrite IOPS" iops randwrite 4k s1
 row "m2 seq write MB/s" bw write 1M m2
 echo
-echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32, ${RUNTIME}s per job."
+echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of"
+echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell."
 echo "Targets (issue 2): s1 >= 1.0x file on 1M seq read/write, >= 0.9x on 4k randread,"
 echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
