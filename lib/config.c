@@ -285,6 +285,24 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
   return 0;
 }
 
+/* The host part of an NBD URI ("localhost" for a unix socket): a remote
+ * member's default failure domain. */
+static void
+uri_host (const char *uri, char *out, size_t len)
+{
+  const char *h = strstr (uri, "://"), *e;
+
+  h = h ? h + 3 : uri;
+  if (*h == '[')
+    e = strchr (h, ']') ? strchr (h, ']') + 1 : h + strlen (h);
+  else
+    e = h + strcspn (h, ":/?");
+  if (e == h)
+    snprintf (out, len, "localhost");
+  else
+    snprintf (out, len, "%.*s", (int) (e - h), h);
+}
+
 static int
 parse_device (struct ctx *c, yaml_node_t *map, size_t i,
               struct config_device *d, char **rawpath)
@@ -339,9 +357,21 @@ parse_device (struct ctx *c, yaml_node_t *map, size_t i,
       if (get_string (c, v, full, d->domain, sizeof d->domain) == -1)
         return -1;
     }
+    else if (strcmp (key, "io") == 0) {
+      const char *s = scalar (v);
+      if (s && strcmp (s, "auto") == 0)
+        d->io = CONFIG_IO_AUTO;
+      else if (s && strcmp (s, "direct") == 0)
+        d->io = CONFIG_IO_DIRECT;
+      else if (s && strcmp (s, "buffered") == 0)
+        d->io = CONFIG_IO_BUFFERED;
+      else
+        return perr (c, v, full, "expected auto, direct or buffered, got "
+                     "\"%s\"", s ? s : node_kind (v));
+    }
     else
       return perr (c, k, full, "unknown key (expected name, path, uri, size, "
-                   "class or domain)");
+                   "class, domain or io)");
   }
   if (!have_name) {
     char full[40];
@@ -354,8 +384,12 @@ parse_device (struct ctx *c, yaml_node_t *map, size_t i,
     return perr (c, map, full, "device \"%s\" needs exactly one of path or uri",
                  d->name);
   }
-  if (d->domain[0] == '\0')
-    snprintf (d->domain, sizeof d->domain, "%s", d->name);
+  if (d->domain[0] == '\0') {
+    if (d->uri)
+      uri_host (d->uri, d->domain, sizeof d->domain);
+    else
+      snprintf (d->domain, sizeof d->domain, "%s", d->name);
+  }
   return 0;
 }
 

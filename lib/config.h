@@ -19,6 +19,9 @@
 enum config_cache_mode { CONFIG_CACHE_NONE, CONFIG_CACHE_WRITEBACK,
                          CONFIG_CACHE_WRITETHROUGH };
 
+/* How a local device is read and written (see strata.yaml(5)). */
+enum config_io { CONFIG_IO_AUTO, CONFIG_IO_DIRECT, CONFIG_IO_BUFFERED };
+
 struct config_device {
   char name[FORMAT_NAME_MAX];
   char *path;			/* absolute; NULL for a remote member */
@@ -26,6 +29,7 @@ struct config_device {
   uint64_t size;		/* 0 = not given (use the existing size) */
   char class[CONFIG_CLASS_MAX];
   char domain[CONFIG_DOMAIN_MAX];
+  enum config_io io;
   int line;
 };
 
@@ -79,6 +83,13 @@ int config_parse_size (const char *s, uint64_t *out);
 int config_check_name (const char *what, const char *name);
 
 /* The entry named NAME, or NULL. */
+/* The path of a local device or the URI of a remote one, for messages. */
+static inline const char *
+config_device_where (const struct config_device *d)
+{
+  return d->path ? d->path : d->uri;
+}
+
 const struct config_device *config_find_device (const struct config *cfg,
                                                 const char *name);
 const struct config_volume *config_find_volume (const struct config *cfg,

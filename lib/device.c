@@ -28,23 +28,62 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-#include "device.h"
+#include "device-internal.h"
 #include "error.h"
 #include "util.h"
 
 #define RING_ENTRIES 256
 
-struct device {
-  int fd;
-  char *path;
-  uint64_t size;
-  bool direct;
-  bool is_blk;
-  bool no_punch;		/* PUNCH_HOLE unsupported: use ZERO_RANGE */
-  bool no_zero_range;		/* neither: write zeros */
-};
+uint64_t device_timeout_ns = 30ull * 1000000000;
+
+void
+device_set_timeout (unsigned ms)
+{
+  device_timeout_ns = (uint64_t) (ms ? ms : 1) * 1000000;
+}
+
+uint64_t
+device_now_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+void
+device_account (struct device *dev, int res, uint64_t t0_ns)
+{
+  atomic_fetch_add_explicit (&dev->nreq, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit (&dev->lat_ns, device_now_ns () - t0_ns,
+                             memory_order_relaxed);
+  if (res < 0)
+    atomic_fetch_add_explicit (&dev->nerr, 1, memory_order_relaxed);
+}
+
+void
+device_stats (const struct device *dev, struct device_stats *st)
+{
+  struct device *d = (struct device *) dev;
+
+  st->requests = atomic_load_explicit (&d->nreq, memory_order_relaxed);
+  st->errors = atomic_load_explicit (&d->nerr, memory_order_relaxed);
+  st->timeouts = atomic_load_explicit (&d->ntimeout, memory_order_relaxed);
+  st->latency_ns = st->requests
+    ? atomic_load_explicit (&d->lat_ns, memory_order_relaxed) / st->requests
+    : 0;
+  st->connected = device_connected (dev);
+}
+
+bool
+device_is_remote (const struct device *dev)
+{
+  return dev->remote;
+}
+
 
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;
@@ -81,7 +120,15 @@ get_ring (void)
     strata_error (ENOMEM, "out of memory");
     return NULL;
   }
-  e = io_uring_queue_init (RING_ENTRIES, r, 0);
+  /* The ring belongs to this thread alone, so completion work can wait
+   * until the thread asks for it instead of interrupting it (fewer
+   * wake-ups per request).  Older kernels refuse the flags: try less. */
+  e = io_uring_queue_init (RING_ENTRIES, r, IORING_SETUP_SINGLE_ISSUER
+                                            | IORING_SETUP_DEFER_TASKRUN);
+  if (e == -EINVAL)
+    e = io_uring_queue_init (RING_ENTRIES, r, IORING_SETUP_COOP_TASKRUN);
+  if (e == -EINVAL)
+    e = io_uring_queue_init (RING_ENTRIES, r, 0);
   if (e < 0) {
     free (r);
     strata_error (-e, "io_uring_queue_init: %s", strerror (-e));
@@ -169,7 +216,8 @@ device_open_local (const char *path, unsigned flags, uint64_t create_size)
     return NULL;
   }
   dev->is_blk = S_ISBLK (st.st_mode);
-  if (!(flags & DEVICE_NO_DIRECT)) {
+  dev->rfd = -1;
+  if (!(flags & DEVICE_BUFFERED)) {
     fd = open (path, O_RDWR | O_DIRECT | O_CLOEXEC);
     if (fd >= 0 && !direct_works (fd)) {
       close (fd);
@@ -185,6 +233,22 @@ device_open_local (const char *path, unsigned flags, uint64_t create_size)
     return NULL;
   }
   dev->fd = fd;
+  if (dev->direct && !(flags & DEVICE_DIRECT_READS)) {
+    /* Auto mode: reads go through the page cache.  Direct writes
+     * invalidate the cached pages they cover, so reads stay coherent as
+     * long as nothing writes through this descriptor. */
+    dev->rfd = open (path, O_RDONLY | O_CLOEXEC);
+    if (dev->rfd == -1) {
+      strata_error (errno, "%s: cannot open: %m", path);
+      close (fd);
+      free (dev);
+      return NULL;
+    }
+  }
+  else {
+    dev->rfd = fd;
+    dev->direct_read = dev->direct;
+  }
   if (dev->is_blk) {
     if (ioctl (fd, BLKGETSIZE64, &dev->size) == -1) {
       strata_error (errno, "%s: BLKGETSIZE64: %m", path);
@@ -204,6 +268,14 @@ device_close (struct device *dev)
 {
   if (!dev)
     return;
+  if (dev->remote) {
+    device_nbd_close (dev);
+    free (dev->path);
+    free (dev);
+    return;
+  }
+  if (dev->rfd != dev->fd)
+    close (dev->rfd);
   close (dev->fd);
   free (dev->path);
   free (dev);
@@ -227,9 +299,21 @@ device_is_direct (const struct device *dev)
   return dev->direct;
 }
 
+size_t
+device_mem_align (const struct device *dev, enum dev_op op)
+{
+  if (dev->remote)
+    return 1;
+  if (op == DEV_READ)
+    return dev->direct_read ? 512 : 1;
+  return dev->direct ? 512 : 1;
+}
+
 int
 device_lock (struct device *dev)
 {
+  if (dev->remote)
+    return 0;			/* see device.h */
   if (flock (dev->fd, LOCK_EX | LOCK_NB) == -1)
     return strata_error (errno, "%s: %s", dev->path,
                          errno == EWOULDBLOCK ? "in use by another process"
@@ -273,7 +357,7 @@ prep (struct io_uring_sqe *sqe, struct dev_req *r)
 
   switch (r->op) {
     case DEV_READ:
-      io_uring_prep_read (sqe, dev->fd, (char *) r->buf + r->done, rest,
+      io_uring_prep_read (sqe, dev->rfd, (char *) r->buf + r->done, rest,
                           r->off + r->done);
       break;
     case DEV_WRITE:
@@ -332,21 +416,50 @@ complete (struct dev_req *r, int res)
   return true;
 }
 
+/* FUA for remote members whose server cannot do it: flush each such
+ * device once after its writes of the batch completed. */
+static void
+emulate_fua (struct dev_req *reqs, size_t n, struct dev_waiter *w)
+{
+  struct dev_req fl[16];
+  size_t nf = 0;
+
+  for (size_t i = 0; i < n; i++) {
+    struct dev_req *r = &reqs[i];
+    bool seen = false;
+    if (!r->dev->remote || r->op != DEV_WRITE || !r->fua || r->res != 0
+        || !device_nbd_needs_flush_for_fua (r->dev))
+      continue;
+    for (size_t k = 0; k < nf; k++)
+      seen |= fl[k].dev == r->dev;
+    if (!seen && nf < ARRAY_SIZE (fl)) {
+      fl[nf] = (struct dev_req) { .dev = r->dev, .op = DEV_FLUSH };
+      device_nbd_start (&fl[nf++], w);
+    }
+  }
+  if (nf == 0)
+    return;
+  device_nbd_wait (w);
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < nf; k++)
+      if (reqs[i].dev == fl[k].dev && reqs[i].op == DEV_WRITE && reqs[i].fua
+          && reqs[i].res == 0)
+        reqs[i].res = fl[k].res;
+}
+
 int
 device_submit (struct dev_req *reqs, size_t n)
 {
-  struct io_uring *ring;
+  struct io_uring *ring = NULL;
   struct dev_req **queue;	/* requests waiting for a ring slot */
-  size_t qhead = 0, qlen = 0, inflight = 0, pending = n;
+  size_t qhead = 0, qlen = 0, inflight = 0, pending = n, nremote = 0;
   struct dev_req *stackq[16];
+  struct dev_waiter *w = NULL;
   int first_err = 0;
   size_t first_idx = 0;
 
   if (n == 0)
     return 0;
-  ring = get_ring ();
-  if (!ring)
-    return -1;
   queue = n <= ARRAY_SIZE (stackq) ? stackq : malloc (n * sizeof *queue);
   if (!queue)
     return strata_error (ENOMEM, "out of memory");
@@ -355,7 +468,23 @@ device_submit (struct dev_req *reqs, size_t n)
     struct dev_req *r = &reqs[i];
     r->res = 0;
     r->done = 0;
-    if (r->dev->direct && (r->op == DEV_READ || r->op == DEV_WRITE)
+    r->t0 = device_now_ns ();
+    if ((r->op == DEV_READ || r->op == DEV_WRITE || r->op == DEV_ZERO)
+        && (r->off > r->dev->size || r->len > r->dev->size - r->off)) {
+      r->res = -EINVAL;
+      pending--;
+      continue;
+    }
+    if (r->dev->remote) {
+      if (!w)
+        w = device_nbd_waiter ();
+      device_nbd_start (r, w);	/* goes out now, completes later */
+      nremote++;
+      pending--;
+      continue;
+    }
+    if ((r->op == DEV_READ || r->op == DEV_WRITE)
+        && device_mem_align (r->dev, r->op) > 1
         && (!is_aligned (r->off, STRATA_BLOCK)
             || !is_aligned (r->len, STRATA_BLOCK)
             || !is_aligned ((uintptr_t) r->buf, 512))) {
@@ -369,6 +498,11 @@ device_submit (struct dev_req *reqs, size_t n)
       continue;
     }
     queue[qlen++] = r;
+  }
+  if (qlen > 0 && !(ring = get_ring ())) {
+    for (size_t k = 0; k < qlen; k++)
+      queue[k]->res = -errno;
+    pending = 0;
   }
 
   while (pending > 0) {
@@ -386,17 +520,19 @@ device_submit (struct dev_req *reqs, size_t n)
     e = io_uring_submit_and_wait (ring, 1);
     if (e < 0 && e != -EINTR && e != -EAGAIN && e != -EBUSY) {
       /* The ring itself failed: nothing more can be submitted. */
-      for (size_t i = 0; i < n; i++)
-        if (reqs[i].res == 0 && reqs[i].done < reqs[i].len)
-          reqs[i].res = e;
+      for (size_t k = 0; k < qlen; k++)
+        if (queue[k]->res == 0 && queue[k]->done < queue[k]->len)
+          queue[k]->res = e;
       break;
     }
     io_uring_for_each_cqe (ring, head, cqe) {
       struct dev_req *r = io_uring_cqe_get_data (cqe);
       seen++;
       inflight--;
-      if (complete (r, cqe->res))
+      if (complete (r, cqe->res)) {
+        device_account (r->dev, r->res, r->t0);
         pending--;
+      }
       else {
         /* Resubmit the remainder: put it back at the end of the queue.
          * The queue has room because R was taken from it. */
@@ -408,6 +544,10 @@ device_submit (struct dev_req *reqs, size_t n)
   (void) inflight;
   if (queue != stackq)
     free (queue);
+  if (nremote > 0) {
+    device_nbd_wait (w);
+    emulate_fua (reqs, n, w);
+  }
 
   for (size_t i = 0; i < n; i++)
     if (reqs[i].res < 0) {

@@ -5,10 +5,9 @@
  * puts every request of the batch in flight at once and waits for all of
  * them: this is how a volume request fans out to its stripe columns and
  * replicas together.  Local files and block devices use a per-thread
- * io_uring (no lock on the hot path).  Callers see only struct device and
- * struct dev_req, so a second implementation (remote NBD members through
- * libnbd's aio calls) can be added behind the same three entry points:
- * open, device_submit() and close.
+ * io_uring (no lock on the hot path); remote NBD members use libnbd's aio
+ * calls (device-nbd.c).  One batch may mix both: the remote requests are
+ * issued first, then the local ones, then the call waits for all.
  *
  * Alignment: for devices opened with O_DIRECT, buffers, offsets and
  * lengths must be multiples of STRATA_BLOCK (4 KiB).  The volume layer
@@ -38,11 +37,19 @@ struct dev_req {
   uint64_t off;
   void *buf;
   int res;			/* out: 0, or -errno */
-  uint32_t done;		/* internal: bytes completed so far */
+  uint32_t tag;			/* the caller's; not touched here */
+  /* Internal to the device layer. */
+  uint32_t done;		/* bytes completed so far */
+  uint64_t t0;			/* start time, for latency and timeouts */
+  void *conn;			/* remote: the connection it went out on */
+  struct dev_waiter *w;		/* remote: who waits for it */
+  struct dev_req *prev, *next;	/* remote: the connection's in-flight list */
+  bool timed_out;		/* remote: failed by the request timeout */
 };
 
 #define DEVICE_CREATE 0x1	/* create a sparse file of the given size */
-#define DEVICE_NO_DIRECT 0x2	/* do not try O_DIRECT */
+#define DEVICE_BUFFERED 0x2	/* page cache for everything, no O_DIRECT */
+#define DEVICE_DIRECT_READS 0x4	/* O_DIRECT for reads too */
 
 /* Open the local file or block device PATH for reading and writing.
  * With DEVICE_CREATE and a path that does not exist, a sparse file of
@@ -51,6 +58,14 @@ struct dev_req {
 struct device *device_open_local (const char *path, unsigned flags,
                                   uint64_t create_size);
 
+/* Connect to the NBD export at URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://; TLS settings such as tls-psk-file= or tls-certificates=
+ * go in the URI's query, as libnbd reads them).  Opens several
+ * connections when the server offers multi-conn.  The export must accept
+ * writes, flush and write zeroes.  Returns NULL with errno and a message
+ * on failure.  FLAGS is reserved (0). */
+struct device *device_open_nbd (const char *uri, unsigned flags);
+
 /* Close DEV.  Any lock taken by device_lock() is released. */
 void device_close (struct device *dev);
 
@@ -58,8 +73,17 @@ uint64_t device_size (const struct device *dev);
 const char *device_path (const struct device *dev);
 bool device_is_direct (const struct device *dev);
 
+/* The memory alignment a buffer for OP on DEV needs: 512 when that kind
+ * of request goes to an O_DIRECT descriptor (which also needs offsets
+ * and lengths in whole 4 KiB blocks), 1 otherwise. */
+size_t device_mem_align (const struct device *dev, enum dev_op op);
+
+bool device_is_remote (const struct device *dev);
+
 /* Take an exclusive, non-blocking lock on DEV for this process.  Returns
- * 0, or -1 with errno EWOULDBLOCK if another process holds it. */
+ * 0, or -1 with errno EWOULDBLOCK if another process holds it.  Remote
+ * members cannot be locked from here: this returns 0 for them, and the
+ * local metadata devices' locks are what keep two writers apart. */
 int device_lock (struct device *dev);
 
 /* Submit the N requests of REQS together and wait until all complete.
@@ -74,6 +98,27 @@ int device_pwrite (struct device *dev, const void *buf, uint32_t len,
                    uint64_t off, bool fua);
 int device_flush (struct device *dev);
 int device_zero (struct device *dev, uint64_t len, uint64_t off);
+
+/* What status shows about a device. */
+struct device_stats {
+  uint64_t requests, errors, timeouts;
+  uint64_t latency_ns;		/* mean over all requests */
+  bool connected;		/* remote: at least one connection is up */
+};
+void device_stats (const struct device *dev, struct device_stats *st);
+
+/* Remote members: whether a connection is up, and how many are kept. */
+bool device_connected (const struct device *dev);
+unsigned device_connections (const struct device *dev);
+
+/* Requests to remote members fail with ETIMEDOUT after MS milliseconds
+ * (default 30 s), and the connection is re-established.  Set before
+ * opening devices. */
+void device_set_timeout (unsigned ms);
+
+/* Stop the remote members' I/O threads (they start again on next use).
+ * Call with no I/O in flight, before fork(). */
+void device_threads_stop (void);
 
 /* Release this thread's I/O resources (its io_uring).  Optional: they are
  * also released when the thread exits. */

@@ -40,8 +40,24 @@ struct pool {
   struct journal *journal;
   struct alloc *alloc;
   _Atomic bool *dirty;		/* [ndevs] written since the last flush */
+  /* [ndevs] the device's data must not be used (failed or removed in the
+   * metadata); a lock-free copy of the state for the data path. */
+  _Atomic bool *failed;
+  _Atomic uint32_t *read_errors;	/* [ndevs] since the pool opened */
+  pthread_mutex_t fail_lock;	/* serialises marking devices failed */
   pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
 };
+
+/* Device open flags for the io: setting of CD. */
+static unsigned
+io_flags (const struct config_device *cd)
+{
+  switch (cd->io) {
+    case CONFIG_IO_DIRECT: return DEVICE_DIRECT_READS;
+    case CONFIG_IO_BUFFERED: return DEVICE_BUFFERED;
+    default: return 0;
+  }
+}
 
 /* ---- journal glue ---- */
 
@@ -163,23 +179,21 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     char why[200];
     uint64_t need = FORMAT_META_OFFSET + cfg->metadata_size + cfg->extent_size;
 
-    if (cd->uri) {
-      strata_error (ENOTSUP, "%s:%d: device %s: remote members (uri:) are not "
-                    "supported by this version of strata", cfg->file,
-                    cd->line, cd->name);
-      goto out;
-    }
-    if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
-      if (cd->size == 0) {
-        strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
-                      "size: to create it as a sparse file", cfg->file,
-                      cd->line, cd->name, cd->path);
-        goto out;
+    if (cd->uri)
+      devs[i] = device_open_nbd (cd->uri, 0);
+    else {
+      if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
+        if (cd->size == 0) {
+          strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
+                        "size: to create it as a sparse file", cfg->file,
+                        cd->line, cd->name, cd->path);
+          goto out;
+        }
+        created[i] = true;
       }
-      created[i] = true;
+      devs[i] = device_open_local (cd->path, (created[i] ? DEVICE_CREATE : 0)
+                                   | io_flags (cd), cd->size);
     }
-    devs[i] = device_open_local (cd->path, created[i] ? DEVICE_CREATE : 0,
-                                 cd->size);
     if (!devs[i]) {
       strata_error_prefix ("device %s", cd->name);
       goto out;
@@ -194,14 +208,14 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     if (cd->size && !created[i] && device_size (devs[i]) != cd->size) {
       strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes but "
                     "size: says %" PRIu64, cfg->file, cd->line, cd->name,
-                    cd->path, device_size (devs[i]), cd->size);
+                    config_device_where (cd), device_size (devs[i]), cd->size);
       goto out;
     }
     if (device_size (devs[i]) < need) {
       strata_error (EINVAL, "%s:%d: device %s: %s is too small (%" PRIu64
                     " bytes; at least %" PRIu64 " are needed for the "
                     "metadata area and one extent)", cfg->file, cd->line,
-                    cd->name, cd->path, device_size (devs[i]), need);
+                    cd->name, config_device_where (cd), device_size (devs[i]), need);
       goto out;
     }
     if (!created[i]) {
@@ -213,7 +227,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
       what = identify (buf, len, why, sizeof why);
       if (what && !force) {
         strata_error (EEXIST, "device %s (%s) was not initialised: %s; use "
-                      "--force to overwrite it", cd->name, cd->path, what);
+                      "--force to overwrite it", cd->name, config_device_where (cd), what);
         goto out;
       }
     }
@@ -286,7 +300,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     if (created[i])
       continue;
     if (log)
-      fprintf (log, "discarding %s\n", cfg->devices[i].path);
+      fprintf (log, "discarding %s\n", config_device_where (&cfg->devices[i]));
     if (device_zero (devs[i], device_size (devs[i]), 0) == -1
         || device_flush (devs[i]) == -1) {
       strata_error_prefix ("device %s", cfg->devices[i].name);
@@ -337,17 +351,19 @@ pool_open (const struct config *cfg, unsigned flags)
   size_t n = cfg->ndevices;
   struct format_sb *sbs = calloc (n, sizeof *sbs);
   bool *have_sb = calloc (n, sizeof *have_sb);
+  char (*openerr)[200] = calloc (n, sizeof *openerr);
   struct journal_member members[64];
   uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
   size_t nmembers = 0, ref = SIZE_MAX;
   uint32_t meta_replicas = 0;
 
-  if (!p || !sbs || !have_sb || !buf
+  if (!p || !sbs || !have_sb || !buf || !openerr
       || !(p->opened = calloc (n, sizeof *p->opened))) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
   pthread_mutex_init (&p->admin_lock, NULL);
+  pthread_mutex_init (&p->fail_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
   if (cfg->cache_mode != CONFIG_CACHE_NONE) {
@@ -364,20 +380,18 @@ pool_open (const struct config *cfg, unsigned flags)
     const struct config_device *cd = &cfg->devices[i];
     struct device *d;
 
-    if (cd->uri) {
-      strata_error (ENOTSUP, "%s:%d: device %s: remote members (uri:) are not "
-                    "supported by this version of strata", cfg->file,
-                    cd->line, cd->name);
-      goto fail;
+    d = cd->uri ? device_open_nbd (cd->uri, 0)
+                : device_open_local (cd->path, io_flags (cd), 0);
+    if (!d) {
+      /* Missing: the metadata will say what it held. */
+      snprintf (openerr[i], sizeof openerr[i], "%s", strata_last_error ());
+      continue;
     }
-    d = device_open_local (cd->path, 0, 0);
-    if (!d)
-      continue;			/* missing: the metadata will say what it held */
     p->opened[p->nopened++] = d;
     if (device_lock (d) == -1) {
       strata_error (EBUSY, "pool %s is in use by another process (device %s, "
                     "%s, is locked); is it being served?", cfg->name,
-                    cd->name, cd->path);
+                    cd->name, config_device_where (cd));
       goto fail;
     }
     if (device_pread (d, buf, STRATA_BLOCK, 0) == -1
@@ -385,9 +399,9 @@ pool_open (const struct config *cfg, unsigned flags)
       if (errno == EINVAL)
         strata_error (EINVAL, "device %s (%s) holds no strata superblock: it "
                       "is not part of pool %s (was the pool initialised with "
-                      "strata init?)", cd->name, cd->path, cfg->name);
+                      "strata init?)", cd->name, config_device_where (cd), cfg->name);
       else
-        strata_error_prefix ("device %s (%s)", cd->name, cd->path);
+        strata_error_prefix ("device %s (%s)", cd->name, config_device_where (cd));
       goto fail;
     }
     if (ref == SIZE_MAX)
@@ -395,14 +409,14 @@ pool_open (const struct config *cfg, unsigned flags)
     if (memcmp (sbs[i].pool_uuid, sbs[ref].pool_uuid, 16) != 0
         || strcmp (sbs[i].pool_name, cfg->name) != 0) {
       strata_error (EINVAL, "device %s (%s) belongs to pool \"%s\", not to "
-                    "pool \"%s\"", cd->name, cd->path, sbs[i].pool_name,
+                    "pool \"%s\"", cd->name, config_device_where (cd), sbs[i].pool_name,
                     ref != i ? sbs[ref].pool_name : cfg->name);
       goto fail;
     }
     if (strcmp (sbs[i].dev_name, cd->name) != 0) {
       strata_error (EINVAL, "%s:%d: device %s: %s is the pool's device \"%s\"; "
                     "the YAML has the names mixed up", cfg->file, cd->line,
-                    cd->name, cd->path, sbs[i].dev_name);
+                    cd->name, config_device_where (cd), sbs[i].dev_name);
       goto fail;
     }
     have_sb[i] = true;
@@ -420,7 +434,7 @@ pool_open (const struct config *cfg, unsigned flags)
   }
   if (ref == SIZE_MAX) {
     strata_error (ENOENT, "pool %s: none of its %zu devices can be opened "
-                  "(first: %s)", cfg->name, n, cfg->devices[0].path);
+                  "(first: %s)", cfg->name, n, openerr[0]);
     goto fail;
   }
   memcpy (p->uuid, sbs[ref].pool_uuid, 16);
@@ -455,7 +469,9 @@ pool_open (const struct config *cfg, unsigned flags)
   p->devs = calloc (p->ndevs, sizeof *p->devs);
   p->problem = calloc (p->ndevs, sizeof *p->problem);
   p->dirty = calloc (p->ndevs, sizeof *p->dirty);
-  if (!p->devs || !p->problem || !p->dirty) {
+  p->failed = calloc (p->ndevs, sizeof *p->failed);
+  p->read_errors = calloc (p->ndevs, sizeof *p->read_errors);
+  if (!p->devs || !p->problem || !p->dirty || !p->failed || !p->read_errors) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -470,19 +486,18 @@ pool_open (const struct config *cfg, unsigned flags)
       /* Could not be opened: find it by name to say why. */
       for (k = 0; k < p->ndevs; k++)
         if (strcmp (p->meta->devices[k].name, cd->name) == 0)
-          snprintf (p->problem[k], sizeof p->problem[0],
-                    "cannot open %s", cd->path);
+          snprintf (p->problem[k], sizeof p->problem[0], "%s", openerr[i]);
       continue;
     }
     k = sb->dev_index;
     if (k >= p->ndevs || memcmp (p->meta->devices[k].uuid, sb->dev_uuid, 16)) {
       strata_error (EINVAL, "device %s (%s) is not a member of pool %s "
-                    "according to its metadata", cd->name, cd->path,
+                    "according to its metadata", cd->name, config_device_where (cd),
                     cfg->name);
       goto fail;
     }
     for (size_t q = 0; q < p->nopened; q++)
-      if (strcmp (device_path (p->opened[q]), cd->path) == 0)
+      if (strcmp (device_path (p->opened[q]), config_device_where (cd)) == 0)
         p->devs[k] = p->opened[q];
     p->problem[k][0] = '\0';
   }
@@ -490,17 +505,22 @@ pool_open (const struct config *cfg, unsigned flags)
   p->alloc = alloc_new (p->meta, 0);
   if (!p->alloc || alloc_load (p->alloc, p->meta) == -1)
     goto fail;
-  for (uint32_t i = 0; i < p->ndevs; i++)
-    if (!p->devs[i])
+  for (uint32_t i = 0; i < p->ndevs; i++) {
+    uint8_t st = p->meta->devices[i].state;
+    p->failed[i] = st == META_DEV_FAILED || st == META_DEV_REMOVED;
+    if (!p->devs[i] || p->failed[i])
       alloc_set_usable (p->alloc, i, false);
+  }
   free (sbs);
   free (have_sb);
+  free (openerr);
   free (buf);
   return p;
 
  fail:
   free (sbs);
   free (have_sb);
+  free (openerr);
   free (buf);
   if (p) {
     int e = errno;
@@ -526,7 +546,10 @@ pool_close (struct pool *p)
   free (p->devs);
   free (p->problem);
   free (p->dirty);
+  free (p->failed);
+  free (p->read_errors);
   pthread_mutex_destroy (&p->admin_lock);
+  pthread_mutex_destroy (&p->fail_lock);
   free (p);
 }
 
@@ -541,6 +564,65 @@ struct device *
 pool_device (struct pool *p, uint32_t i)
 {
   return i < p->ndevs ? p->devs[i] : NULL;
+}
+
+bool
+pool_device_usable (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs && p->devs[i]
+    && !atomic_load_explicit (&p->failed[i], memory_order_acquire);
+}
+
+int
+pool_device_fail (struct pool *p, uint32_t i, const char *why)
+{
+  int r = 0;
+
+  if (i >= p->ndevs)
+    return strata_error (EINVAL, "no device %" PRIu32, i);
+  if (atomic_load (&p->failed[i]))
+    return 0;
+  pthread_mutex_lock (&p->fail_lock);
+  if (!atomic_load (&p->failed[i])) {
+    if (p->writable) {
+      struct fbuf e;
+      struct journal_item it;
+      fbuf_init_write (&e);
+      meta_entry_dev_state (&e, i, META_DEV_FAILED);
+      it = (struct journal_item) { META_E_DEV_STATE, e.len, e.p };
+      r = e.bad ? strata_error (ENOMEM, "out of memory")
+                : journal_append (p->journal, &it, 1);
+      fbuf_free (&e);
+    }
+    if (r == 0) {
+      /* Committed (or, read-only, kept to this process): from here on
+       * nothing reads the device or waits for writes to it. */
+      atomic_store_explicit (&p->failed[i], true, memory_order_release);
+      alloc_set_usable (p->alloc, i, false);
+      snprintf (p->problem[i], sizeof p->problem[i], "failed: %s", why);
+      fprintf (stderr, "strata: pool %s: device %s marked failed: %s\n",
+               p->cfg->name, p->meta->devices[i].name, why);
+    }
+    else
+      strata_error_prefix ("pool %s: marking device %s failed",
+                           p->cfg->name, p->meta->devices[i].name);
+  }
+  pthread_mutex_unlock (&p->fail_lock);
+  return r;
+}
+
+void
+pool_device_read_error (struct pool *p, uint32_t i, const char *why)
+{
+  if (i < p->ndevs
+      && atomic_fetch_add (&p->read_errors[i], 1) + 1 >= POOL_READ_ERROR_LIMIT)
+    pool_device_fail (p, i, why);
+}
+
+uint32_t
+pool_device_read_errors (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? atomic_load (&p->read_errors[i]) : 0;
 }
 
 const char *
@@ -563,28 +645,78 @@ pool_mark_dirty (struct pool *p, uint32_t dev)
     atomic_store (&p->dirty[dev], true);
 }
 
+/* True if some column of some volume has no usable replica left. */
+static int
+lost_column (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct pool *p = ((void **) opaque)[0];
+  struct meta_volume *v = ((void **) opaque)[1];
+
+  (void) idx;
+  for (uint32_t col = 0; col < v->width; col++) {
+    bool ok = false;
+    for (uint32_t r = 0; r < v->replicas; r++)
+      ok |= pool_device_usable (p, c->ext[col * v->replicas + r].dev);
+    if (!ok)
+      return 1;
+  }
+  return 0;
+}
+
+static bool
+any_column_lost (struct pool *p)
+{
+  struct meta *m = p->meta;
+  bool lost = false;
+
+  pthread_mutex_lock (&m->lock);
+  for (size_t i = 0; i < m->nvolumes && !lost; i++) {
+    void *arg[2] = { p, m->volumes[i] };
+    lost = meta_foreach_chunk (m->volumes[i], lost_column, arg) != 0;
+  }
+  pthread_mutex_unlock (&m->lock);
+  return lost;
+}
+
 int
 pool_flush (struct pool *p)
 {
   struct dev_req reqs[64], *rq = reqs;
   size_t nr = 0;
-  int r;
+  int r = 0;
+  bool failed = false;
 
   if (p->ndevs > ARRAY_SIZE (reqs)
       && !(rq = calloc (p->ndevs, sizeof *rq)))
     return strata_error (ENOMEM, "out of memory");
   /* Clear each flag before flushing: a write that completes after the
-   * clear sets it again, and one that completed before is covered. */
+   * clear sets it again, and one that completed before is covered.
+   * Failed devices hold no data anyone relies on: they are skipped. */
   for (uint32_t i = 0; i < p->ndevs; i++)
-    if (p->devs[i] && atomic_exchange (&p->dirty[i], false))
+    if (pool_device_usable (p, i) && atomic_exchange (&p->dirty[i], false))
       rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
-  r = device_submit (rq, nr);
-  if (r == -1)
-    for (size_t k = 0; k < nr; k++)
-      if (rq[k].res != 0)
-        for (uint32_t i = 0; i < p->ndevs; i++)
-          if (p->devs[i] == rq[k].dev)
-            atomic_store (&p->dirty[i], true);
+  device_submit (rq, nr);
+  for (size_t k = 0; k < nr; k++) {
+    if (rq[k].res == 0)
+      continue;
+    for (uint32_t i = 0; i < p->ndevs; i++) {
+      char why[160];
+      if (p->devs[i] != rq[k].dev)
+        continue;
+      /* The device's copies may have lost writes: it must not be used
+       * again, and the flush can only succeed if every column still has
+       * a copy elsewhere. */
+      snprintf (why, sizeof why, "flush failed: %s", strerror (-rq[k].res));
+      if (pool_device_fail (p, i, why) == -1) {
+        atomic_store (&p->dirty[i], true);
+        r = -1;
+      }
+      failed = true;
+    }
+  }
+  if (r == 0 && failed && any_column_lost (p))
+    r = strata_error (EIO, "pool %s: a device failed to flush and some data "
+                      "has no other copy", p->cfg->name);
   if (rq != reqs)
     free (rq);
   return r;

@@ -79,6 +79,19 @@ int pool_volume_delete (struct pool *p, const char *name);
 uint32_t pool_ndevices (struct pool *p);
 
 /* Why device I is missing ("" if present). */
+/* Device health.  A device is usable when it is open and not failed or
+ * removed in the metadata; the data path reads only usable copies and
+ * writes only to them.  pool_device_fail() commits the FAILED state to
+ * the journal (once) before returning 0, so a caller may then
+ * acknowledge a write that missed the device; -1 if the commit failed.
+ * Read errors are counted, and POOL_READ_ERROR_LIMIT of them fail the
+ * device.  All are safe from any thread. */
+#define POOL_READ_ERROR_LIMIT 8
+bool pool_device_usable (struct pool *p, uint32_t i);
+int pool_device_fail (struct pool *p, uint32_t i, const char *why);
+void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
+uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
+
 const char *pool_device_problem (struct pool *p, uint32_t i);
 
 #endif /* STRATA_POOL_H */

@@ -50,6 +50,9 @@ struct vshared {
    * write of that block (see design notes). */
   pthread_mutex_t rmw[RMW_LOCKS];
   _Atomic uint64_t rr;		/* spreads reads over replicas */
+  /* Buffer alignment the pool's devices need for reads and for writes
+   * (1 where they go through the page cache).  Set once at open. */
+  size_t read_align, write_align;
 };
 
 struct volume {
@@ -67,6 +70,7 @@ struct piece {
   char *bounce;			/* aligned copy, or NULL if direct */
   uint64_t a0, a1;		/* aligned extent range covered by bounce */
   struct meta_chunk *c;
+  uint32_t ok;			/* write: replicas that took it */
 };
 
 struct scratch {
@@ -152,13 +156,21 @@ get_scratch (size_t npc, size_t nrq, size_t bounce)
 /* ---- open / close ---- */
 
 static struct vshared *
-shared_new (void)
+shared_new (struct pool *p)
 {
   struct vshared *s = calloc (1, sizeof *s);
   pthread_rwlockattr_t a;
 
   if (!s)
     return NULL;
+  s->read_align = s->write_align = 1;
+  for (uint32_t i = 0; i < pool_ndevices (p); i++) {
+    struct device *d = pool_device (p, i);
+    if (d) {
+      s->read_align = MAX (s->read_align, device_mem_align (d, DEV_READ));
+      s->write_align = MAX (s->write_align, device_mem_align (d, DEV_WRITE));
+    }
+  }
   pthread_rwlockattr_init (&a);
   pthread_rwlockattr_setkind_np (&a,
                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -206,7 +218,7 @@ volume_open (struct pool *p, const char *name)
                     m->name);
     return NULL;
   }
-  if (!mv->dp && !(mv->dp = shared_new ())) {
+  if (!mv->dp && !(mv->dp = shared_new (p))) {
     pthread_mutex_unlock (&m->lock);
     free (v);
     strata_error (ENOMEM, "out of memory");
@@ -412,22 +424,25 @@ pick_replica (struct volume *v, const struct piece *p, uint32_t start,
     uint32_t r = (start + k) % R;
     if (tried & (1u << r))
       continue;
-    if (pool_device (v->p, p->c->ext[p->col * R + r].dev))
+    if (pool_device_usable (v->p, p->c->ext[p->col * R + r].dev))
       return r;
   }
   return -1;
 }
 
-/* Writes go to every replica: fail clearly if one's device is missing
- * (degraded writes come with device health, a later issue). */
+/* A write skips a replica whose device is not usable.  A device that is
+ * merely missing (not opened) is marked failed first, so that the copy
+ * it holds is known to be stale before the write is acknowledged.
+ * Returns 1 to write the replica, 0 to skip it, -1 on error. */
 static int
-replica_missing (struct volume *v, const struct piece *p, struct meta_extent e)
+replica_writable (struct volume *v, struct meta_extent e)
 {
-  if (pool_device (v->p, e.dev))
-    return 0;
-  return strata_error (EIO, "volume %s: chunk %" PRIu64 " has a replica on "
-                       "missing device %s", v->mv->name, p->chunk,
-                       pool_meta (v->p)->devices[e.dev].name);
+  if (pool_device_usable (v->p, e.dev))
+    return 1;
+  if (!pool_device (v->p, e.dev)
+      && pool_device_fail (v->p, e.dev, "not available") == -1)
+    return -1;
+  return 0;
 }
 
 static struct dev_req
@@ -443,9 +458,12 @@ piece_req (struct volume *v, const struct piece *p, uint32_t r, uint8_t op,
 }
 
 /* Decide, for each piece, whether it can use the client buffer directly,
- * and hand out bounce space.  Returns the bounce bytes needed. */
+ * and hand out bounce space.  MEM_ALIGN is the buffer alignment the
+ * devices need; with PARTIAL_OK (reads through the page cache) a piece
+ * need not cover whole blocks.  Returns the bounce bytes needed. */
 static size_t
-plan_bounce (struct piece *pc, size_t n, char *arena)
+plan_bounce (struct piece *pc, size_t n, char *arena, size_t mem_align,
+             bool partial_ok)
 {
   size_t need = 0;
 
@@ -453,8 +471,8 @@ plan_bounce (struct piece *pc, size_t n, char *arena)
     struct piece *p = &pc[i];
     p->a0 = round_down (p->eoff, STRATA_BLOCK);
     p->a1 = round_up (p->eoff + p->len, STRATA_BLOCK);
-    if (p->a0 == p->eoff && p->a1 == p->eoff + p->len && p->ubuf
-        && is_aligned ((uintptr_t) p->ubuf, 512))
+    if ((partial_ok || (p->a0 == p->eoff && p->a1 == p->eoff + p->len))
+        && p->ubuf && is_aligned ((uintptr_t) p->ubuf, mem_align))
       p->bounce = NULL;
     else {
       p->bounce = arena ? arena + need : (char *) 1;
@@ -486,7 +504,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   if (!sc)
     return -1;
   n = map_pieces (v, off, count, buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL);
+  nb = plan_bounce (sc->pc, n, NULL, s->read_align, s->read_align == 1);
   sc = get_scratch (0, n, nb);
   if (!sc)
     return -1;
@@ -494,7 +512,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   rq = sc->rq;
   tried = sc->u32;		/* per piece: bit mask of replicas tried */
   which = sc->u32 + sc->pccap;	/* per request: its piece */
-  plan_bounce (pc, n, sc->bounce);
+  plan_bounce (pc, n, sc->bounce, s->read_align, s->read_align == 1);
   start = atomic_fetch_add_explicit (&s->rr, 1, memory_order_relaxed);
 
   pthread_rwlock_rdlock (&s->io_lock);
@@ -526,18 +544,24 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
       }
       tried[i] |= 1u << rep;
       which[nr] = i;
-      rq[nr++] = piece_req (v, p, rep, DEV_READ,
-                            p->bounce ? p->bounce : p->ubuf,
-                            p->bounce ? p->a0 : p->eoff,
-                            p->bounce ? p->a1 : p->eoff + p->len, false);
+      rq[nr] = piece_req (v, p, rep, DEV_READ,
+                          p->bounce ? p->bounce : p->ubuf,
+                          p->bounce ? p->a0 : p->eoff,
+                          p->bounce ? p->a1 : p->eoff + p->len, false);
+      rq[nr++].tag = rep;
     }
     if (nr == 0)
       break;
     device_submit (rq, nr);
     for (size_t k = 0; k < nr; k++) {
       struct piece *p = &pc[which[k]];
-      if (rq[k].res != 0)
+      if (rq[k].res != 0) {
+        char why[200];
+        snprintf (why, sizeof why, "read failed: %s", strerror (-rq[k].res));
+        pool_device_read_error (v->p, p->c->ext[p->col * v->mv->replicas
+                                                + rq[k].tag].dev, why);
         continue;		/* retried next round */
+      }
       if (p->bounce)
         memcpy (p->ubuf, p->bounce + (p->eoff - p->a0), p->len);
       tried[which[k]] = ~0u;
@@ -589,55 +613,99 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     if (k == 0 || locks[k] != locks[k - 1])
       pthread_mutex_lock (&v->s->rmw[locks[k]]);
 
-  /* Read the partial blocks. */
-  for (size_t i = 0; i < n; i++) {
-    struct piece *p = &pc[i];
-    int rep;
-    if (!p->bounce)
-      continue;
-    if (p->eoff == p->a0 && p->eoff + p->len == p->a1)
-      continue;			/* only the buffer was unaligned */
-    rep = pick_replica (v, p, 0, 0);
-    if (rep < 0) {
-      r = strata_error (EIO, "volume %s: no readable copy of chunk %" PRIu64,
-                        v->mv->name, p->chunk);
-      goto out;
-    }
-    if (p->eoff != p->a0)
-      rq[nr++] = piece_req (v, p, rep, DEV_READ, p->bounce, p->a0,
+  /* Read the partial blocks, from another copy where one fails.  P->ok
+   * holds the replicas tried, and RMW_DONE once the blocks are in. */
+#define RMW_DONE (1u << 31)
+  for (size_t i = 0; i < n; i++)
+    pc[i].ok = 0;
+  for (;;) {
+    nr = 0;
+    for (size_t i = 0; i < n; i++) {
+      struct piece *p = &pc[i];
+      int rep;
+      if (!p->bounce || (p->ok & RMW_DONE))
+        continue;
+      if (p->eoff == p->a0 && p->eoff + p->len == p->a1)
+        continue;		/* only the buffer was unaligned */
+      rep = pick_replica (v, p, 0, p->ok);
+      if (rep < 0) {
+        r = strata_error (EIO, "volume %s: no readable copy of chunk %"
+                          PRIu64 " column %" PRIu32, v->mv->name, p->chunk,
+                          p->col);
+        goto out;
+      }
+      p->ok |= (1u << rep) | RMW_DONE;
+      if (p->eoff != p->a0) {
+        rq[nr] = piece_req (v, p, rep, DEV_READ, p->bounce, p->a0,
                             p->a0 + STRATA_BLOCK, false);
-    if (p->eoff + p->len != p->a1
-        && (p->a1 - STRATA_BLOCK != p->a0 || p->eoff == p->a0))
-      rq[nr++] = piece_req (v, p, rep, DEV_READ,
+        rq[nr++].tag = i * R + rep;
+      }
+      if (p->eoff + p->len != p->a1
+          && (p->a1 - STRATA_BLOCK != p->a0 || p->eoff == p->a0)) {
+        rq[nr] = piece_req (v, p, rep, DEV_READ,
                             p->bounce + (p->a1 - STRATA_BLOCK - p->a0),
                             p->a1 - STRATA_BLOCK, p->a1, false);
-  }
-  if (nr && device_submit (rq, nr) == -1) {
-    r = strata_error_prefix ("volume %s: read-modify-write", v->mv->name);
-    goto out;
+        rq[nr++].tag = i * R + rep;
+      }
+    }
+    if (nr == 0)
+      break;
+    device_submit (rq, nr);
+    for (size_t k = 0; k < nr; k++)
+      if (rq[k].res != 0) {
+        struct piece *p = &pc[rq[k].tag / R];
+        char why[200];
+        p->ok &= ~RMW_DONE;
+        snprintf (why, sizeof why, "read failed: %s", strerror (-rq[k].res));
+        pool_device_read_error (v->p, p->c->ext[p->col * R + rq[k].tag % R].dev,
+                                why);
+      }
   }
 
-  /* Every piece to every replica, all at once. */
+  /* Every piece to every usable replica, all at once. */
   nr = 0;
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &pc[i];
     if (p->bounce)
       memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
+    p->ok = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      if (replica_missing (v, p, e) == -1) {
+      int w = replica_writable (v, e);
+      if (w == -1) {
         r = -1;
         goto out;
       }
+      if (w == 0)
+        continue;
       pool_mark_dirty (v->p, e.dev);
-      rq[nr++] = piece_req (v, p, rep, DEV_WRITE,
-                            p->bounce ? p->bounce : p->ubuf,
-                            p->bounce ? p->a0 : p->eoff,
-                            p->bounce ? p->a1 : p->eoff + p->len, fua);
+      rq[nr] = piece_req (v, p, rep, DEV_WRITE,
+                          p->bounce ? p->bounce : p->ubuf,
+                          p->bounce ? p->a0 : p->eoff,
+                          p->bounce ? p->a1 : p->eoff + p->len, fua);
+      rq[nr++].tag = i * R + rep;
     }
   }
-  if (device_submit (rq, nr) == -1)
-    r = strata_error_prefix ("volume %s", v->mv->name);
+  device_submit (rq, nr);
+  /* A replica that missed the write is stale: its device is failed (a
+   * journal commit) before the write is acknowledged. */
+  for (size_t k = 0; k < nr; k++) {
+    struct piece *p = &pc[rq[k].tag / R];
+    struct meta_extent e = p->c->ext[p->col * R + rq[k].tag % R];
+    char why[200];
+    if (rq[k].res == 0) {
+      p->ok++;
+      continue;
+    }
+    snprintf (why, sizeof why, "write failed: %s", strerror (-rq[k].res));
+    if (pool_device_fail (v->p, e.dev, why) == -1)
+      r = -1;
+  }
+  for (size_t i = 0; i < n && r == 0; i++)
+    if (pc[i].ok == 0)
+      r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
+                        ": no copy could be written", v->mv->name,
+                        pc[i].chunk, pc[i].col);
  out:
   for (size_t k = nl; k-- > 0;)
     if (k == 0 || locks[k] != locks[k - 1])
@@ -664,11 +732,11 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   if (!sc)
     return -1;
   n = map_pieces (v, off, count, (char *) buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL);
+  nb = plan_bounce (sc->pc, n, NULL, s->write_align, false);
   sc = get_scratch (0, n * v->mv->replicas + 4, nb);
   if (!sc)
     return -1;
-  plan_bounce (sc->pc, n, sc->bounce);
+  plan_bounce (sc->pc, n, sc->bounce, s->write_align, false);
 
  again:
   /* Phase 1: allocate missing chunks, with no lock held. */
@@ -736,18 +804,43 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     p->c = meta_chunk_get (v->mv, p->chunk);
     if (!p->c || a0 >= a1)
       continue;
+    p->ok = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      if (replica_missing (v, p, e) == -1) {
+      int w = replica_writable (v, e);
+      if (w == -1) {
         r = -1;
         goto out;
       }
+      if (w == 0)
+        continue;
       pool_mark_dirty (v->p, e.dev);
-      sc->rq[nr++] = piece_req (v, p, rep, DEV_ZERO, NULL, a0, a1, false);
+      sc->rq[nr] = piece_req (v, p, rep, DEV_ZERO, NULL, a0, a1, false);
+      sc->rq[nr++].tag = i * R + rep;
     }
   }
-  if (device_submit (sc->rq, nr) == -1)
-    r = strata_error_prefix ("volume %s: discard", v->mv->name);
+  device_submit (sc->rq, nr);
+  for (size_t k = 0; k < nr; k++) {
+    struct piece *p = &sc->pc[sc->rq[k].tag / R];
+    struct meta_extent e = p->c->ext[p->col * R + sc->rq[k].tag % R];
+    char why[200];
+    if (sc->rq[k].res == 0) {
+      p->ok++;
+      continue;
+    }
+    snprintf (why, sizeof why, "discard failed: %s",
+              strerror (-sc->rq[k].res));
+    if (pool_device_fail (v->p, e.dev, why) == -1)
+      r = -1;
+  }
+  for (size_t i = 0; i < n && r == 0; i++) {
+    struct piece *p = &sc->pc[i];
+    if (p->c && round_up (p->eoff, STRATA_BLOCK)
+        < round_down (p->eoff + p->len, STRATA_BLOCK) && p->ok == 0)
+      r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
+                        ": no copy could be discarded", v->mv->name,
+                        p->chunk, p->col);
+  }
  out:
   pthread_rwlock_unlock (&s->io_lock);
   return r;

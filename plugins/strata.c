@@ -83,8 +83,10 @@ strata_get_ready (void)
     nbdkit_error ("%s", strata_last_error ());
     return -1;
   }
-  /* This thread's io_uring must not be shared with the child after fork. */
+  /* Nothing the pool started may cross the fork: this thread's io_uring,
+   * and the remote members' I/O threads (they restart on first use). */
   device_thread_exit ();
+  device_threads_stop ();
   return 0;
 }
 

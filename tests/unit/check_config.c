@@ -9,7 +9,7 @@
   "devices:\n" \
   "  - { name: d0, path: d0.img, size: 1GiB, class: ssd, domain: r1/h1 }\n" \
   "  - { name: d1, path: /abs/d1.img, size: 1GiB }\n" \
-  "  - { name: d2, path: d2.img, size: 2GiB, domain: r2/h2 }\n"
+  "  - { name: d2, path: d2.img, size: 2GiB, domain: r2/h2, io: direct }\n"
 
 START_TEST (test_valid)
 {
@@ -41,6 +41,8 @@ START_TEST (test_valid)
   ck_assert_str_eq (c->devices[1].class, "hdd");
   ck_assert_str_eq (c->devices[1].domain, "d1");
   ck_assert_str_eq (c->devices[0].domain, "r1/h1");
+  ck_assert_int_eq (c->devices[0].io, CONFIG_IO_AUTO);
+  ck_assert_int_eq (c->devices[2].io, CONFIG_IO_DIRECT);
   ck_assert_str_eq (c->control_socket, "/etc/x/data/tank.sock");
   ck_assert_uint_eq (c->nvolumes, 2);
   ck_assert_uint_eq (c->volumes[0].size, 100ull << 30);
@@ -97,6 +99,7 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\ndevices:\n  - { name: d0, uri: 'http://h/e' }\n", "devices[0].uri: expected an NBD URI" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, size: big }\n", "t.yaml:3:32: devices[0].size: expected a size" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, colour: red }\n", "devices[0].colour: unknown key" },
+  { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, io: fast }\n", "t.yaml:3:30: devices[0].io: expected auto, direct or buffered, got \"fast\"" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d0, path: b }\n", "duplicate device name \"d0\" (first at line 3)" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d1, path: a }\n", "have the same path" },
   { "pool: {name: p}\ndevices:\n  - [ d0 ]\n", "each device must be a mapping, got a list" },
@@ -136,6 +139,33 @@ START_TEST (test_broken)
 }
 END_TEST
 
+/* Remote members: the URI is kept as given and the default failure
+ * domain is the URI's host. */
+START_TEST (test_remote)
+{
+  struct config *c;
+  const char *doc =
+    "pool: {name: p}\n"
+    "devices:\n"
+    "  - { name: a, uri: 'nbd://host-a:10809/disk' }\n"
+    "  - { name: b, uri: 'nbds://[fd00::1]/disk?tls-psk-file=/k' }\n"
+    "  - { name: c, uri: 'nbd+unix:///disk?socket=/run/c.sock' }\n"
+    "  - { name: d, uri: 'nbd://host-d/disk', domain: rack2/host-d }\n";
+
+  ck_assert_msg (config_parse_string (doc, "t.yaml", "/d", &c) == 0,
+                 "%s", strata_last_error ());
+  ck_assert_ptr_null (c->devices[0].path);
+  ck_assert_str_eq (c->devices[0].uri, "nbd://host-a:10809/disk");
+  ck_assert_str_eq (c->devices[0].domain, "host-a");
+  ck_assert_str_eq (c->devices[1].domain, "[fd00::1]");
+  ck_assert_str_eq (c->devices[2].domain, "localhost");
+  ck_assert_str_eq (c->devices[3].domain, "rack2/host-d");
+  ck_assert_str_eq (config_device_where (&c->devices[2]),
+                    "nbd+unix:///disk?socket=/run/c.sock");
+  config_free (c);
+}
+END_TEST
+
 Suite *
 config_suite (void)
 {
@@ -144,6 +174,7 @@ config_suite (void)
 
   tcase_add_test (tc, test_valid);
   tcase_add_test (tc, test_sizes);
+  tcase_add_test (tc, test_remote);
   tcase_add_loop_test (tc, test_broken, 0, sizeof broken / sizeof broken[0]);
   suite_add_tcase (s, tc);
   return s;

@@ -1,0 +1,63 @@
+/* strata: what the two device implementations share (device.c for local
+ * files and block devices, device-nbd.c for remote NBD members).  Nothing
+ * outside lib/device*.c includes this.
+ */
+#ifndef STRATA_DEVICE_INTERNAL_H
+#define STRATA_DEVICE_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "device.h"
+
+struct nbd_remote;
+
+struct device {
+  char *path;			/* file path, or the URI of a remote member */
+  uint64_t size;
+  bool remote;
+
+  /* Local devices. */
+  int fd;			/* writes, flushes, zeroing */
+  int rfd;			/* reads: fd, or a page-cache fd (auto mode) */
+  bool direct;			/* fd is O_DIRECT */
+  bool direct_read;		/* rfd is O_DIRECT */
+  bool is_blk;
+  bool no_punch;		/* PUNCH_HOLE unsupported: use ZERO_RANGE */
+  bool no_zero_range;		/* neither: write zeros */
+
+  /* Remote members (device-nbd.c). */
+  struct nbd_remote *nbd;
+
+  /* Counters for status, updated with relaxed atomics. */
+  _Atomic uint64_t nreq, nerr, ntimeout, lat_ns;
+};
+
+/* Completion tracking for the remote part of one device_submit() call. */
+struct dev_waiter;
+
+/* Start R (R->dev is remote) and count it in W.  The request completes
+ * later, from another thread, setting R->res.  Never blocks on I/O. */
+void device_nbd_start (struct dev_req *r, struct dev_waiter *w);
+
+/* A waiter for remote requests started by this thread; wait for all of
+ * them with device_nbd_wait(), then free with device_nbd_waiter_done(). */
+struct dev_waiter *device_nbd_waiter (void);
+void device_nbd_wait (struct dev_waiter *w);
+
+/* True if a FUA write to DEV must be followed by a flush (the server
+ * cannot do FUA itself). */
+bool device_nbd_needs_flush_for_fua (struct device *dev);
+
+void device_nbd_close (struct device *dev);
+
+/* Count one finished request in DEV's statistics. */
+void device_account (struct device *dev, int res, uint64_t t0_ns);
+
+uint64_t device_now_ns (void);
+
+/* Request timeout for remote members (device_set_timeout). */
+extern uint64_t device_timeout_ns;
+
+#endif /* STRATA_DEVICE_INTERNAL_H */

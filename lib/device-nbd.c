@@ -1,0 +1,588 @@
+/* strata: remote pool members over NBD, through libnbd (see device.h).
+ *
+ * Design notes
+ * ------------
+ * A remote member has one connection, or several (up to
+ * NBD_MAX_CONNS) when the server advertises multi-conn, which is also
+ * what makes a FLUSH on one connection cover writes made on the others.
+ * Requests are issued with libnbd's aio calls by the thread that submits
+ * them, so a volume request's pieces for local and remote members are
+ * all in flight together; each connection has a poller thread that
+ * drives the socket (nbd_aio_notify_read/write) and runs the completion
+ * callbacks, which hand results back to the waiting thread.
+ *
+ * Locks: conn->lock protects conn->h against replacement and is held by
+ * submitters while they call libnbd on it.  conn->list_lock protects the
+ * in-flight list and is never held across a libnbd call, because
+ * completion callbacks run with libnbd's handle lock held and take it.
+ *
+ * Failure: every request has a deadline.  The poller shuts the socket
+ * down when one passes, so libnbd fails every command of the connection;
+ * a dropped connection does the same.  The poller then reconnects with
+ * backoff (0.1 s doubling to 5 s).  While no connection is up, requests
+ * fail at once with ENOTCONN: replicated volumes read and write the other
+ * copies, and the pool marks the member failed.  Nothing is retried on a
+ * new connection, since an NBD write's fate on a dead connection is
+ * unknown.
+ *
+ * Threads and fork: pollers start on first use.  nbdkit opens the pool
+ * before it forks, so the plugin stops them with device_threads_stop()
+ * before the fork and they start again in the child; a handle with no
+ * poller and no request in flight is idle and survives the fork intact.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <libnbd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "device-internal.h"
+#include "error.h"
+#include "util.h"
+
+#define NBD_MAX_CONNS 4
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+struct conn {
+  struct nbd_remote *rm;
+  pthread_mutex_t lock;		/* protects h (see design notes) */
+  struct nbd_handle *h;		/* NULL while disconnected */
+  int wakefd;			/* eventfd: wakes the poller */
+  pthread_t thread;
+  pthread_mutex_t list_lock;	/* protects inflight */
+  struct dev_req *inflight;
+};
+
+struct nbd_remote {
+  struct device *dev;
+  char *uri;
+  unsigned nconns;
+  struct conn conns[NBD_MAX_CONNS];
+  bool can_fua, can_zero, multi_conn;
+  uint64_t timeout_ns;
+  _Atomic unsigned rr;
+  _Atomic bool running;		/* pollers started */
+  _Atomic bool stop;		/* pollers must exit */
+  pthread_mutex_t start_lock;	/* serialises starting and stopping */
+  struct nbd_remote *next;	/* in the registry */
+};
+
+/* Every open remote member, for device_threads_stop(). */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct nbd_remote *registry;
+
+struct dev_waiter {
+  pthread_mutex_t m;
+  pthread_cond_t c;
+  size_t pending;
+};
+static __thread struct dev_waiter thread_waiter = {
+  PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0
+};
+
+struct dev_waiter *
+device_nbd_waiter (void)
+{
+  return &thread_waiter;
+}
+
+void
+device_nbd_wait (struct dev_waiter *w)
+{
+  pthread_mutex_lock (&w->m);
+  while (w->pending > 0)
+    pthread_cond_wait (&w->c, &w->m);
+  pthread_mutex_unlock (&w->m);
+}
+
+static void
+finish (struct dev_req *r, int res)
+{
+  struct dev_waiter *w = r->w;
+
+  r->res = res;
+  device_account (r->dev, res, r->t0);
+  pthread_mutex_lock (&w->m);
+  if (--w->pending == 0)
+    pthread_cond_signal (&w->c);
+  pthread_mutex_unlock (&w->m);
+}
+
+static void
+list_add (struct conn *c, struct dev_req *r)
+{
+  pthread_mutex_lock (&c->list_lock);
+  r->prev = NULL;
+  r->next = c->inflight;
+  if (c->inflight)
+    c->inflight->prev = r;
+  c->inflight = r;
+  pthread_mutex_unlock (&c->list_lock);
+}
+
+/* Unlink R if it is still listed; returns false if someone else did. */
+static bool
+list_del (struct conn *c, struct dev_req *r)
+{
+  bool found = false;
+
+  pthread_mutex_lock (&c->list_lock);
+  if (r->conn == c) {
+    if (r->prev)
+      r->prev->next = r->next;
+    else
+      c->inflight = r->next;
+    if (r->next)
+      r->next->prev = r->prev;
+    r->conn = NULL;
+    found = true;
+  }
+  pthread_mutex_unlock (&c->list_lock);
+  return found;
+}
+
+/* libnbd completion callback: runs in the poller with the handle lock
+ * held, so it must not call libnbd. */
+static int
+on_done (void *opaque, int *error)
+{
+  struct dev_req *r = opaque;
+  struct conn *c = r->conn;
+
+  if (c && list_del (c, r))
+    finish (r, r->timed_out ? -ETIMEDOUT : *error ? -*error : 0);
+  return 1;			/* retire the command */
+}
+
+/* Fail every request still listed on C (its handle is gone). */
+static void
+fail_inflight (struct conn *c, int res)
+{
+  for (;;) {
+    struct dev_req *r;
+    pthread_mutex_lock (&c->list_lock);
+    r = c->inflight;
+    pthread_mutex_unlock (&c->list_lock);
+    if (!r)
+      return;
+    if (list_del (c, r))
+      finish (r, r->timed_out ? -ETIMEDOUT : res);
+  }
+}
+
+/* Connect a new handle to RM's URI, waiting at most TIMEOUT_NS.  Returns
+ * NULL with a message on failure. */
+static struct nbd_handle *
+connect_handle (struct nbd_remote *rm)
+{
+  struct nbd_handle *h = nbd_create ();
+  uint64_t deadline = device_now_ns () + rm->timeout_ns;
+
+  if (!h) {
+    strata_error (ENOMEM, "%s: %s", rm->uri, nbd_get_error ());
+    return NULL;
+  }
+  /* Allow tls-psk-file= and tls-certificates= in the URI's query. */
+  nbd_set_uri_allow_local_file (h, true);
+  if (nbd_aio_connect_uri (h, rm->uri) == -1)
+    goto err;
+  while (nbd_aio_is_connecting (h)) {
+    int64_t left = (int64_t) (deadline - device_now_ns ());
+    unsigned dir = nbd_aio_get_direction (h);
+    struct pollfd pfd = { .fd = nbd_aio_get_fd (h) };
+    if (left <= 0) {
+      strata_error (ETIMEDOUT, "%s: connection timed out", rm->uri);
+      nbd_close (h);
+      return NULL;
+    }
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+      pfd.events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+      pfd.events |= POLLOUT;
+    if (poll (&pfd, 1, MIN (left / 1000000 + 1, 1000)) == -1 && errno != EINTR)
+      goto err;
+    if ((pfd.revents & (POLLIN | POLLHUP | POLLERR))
+        && nbd_aio_notify_read (h) == -1)
+      goto err;
+    if ((pfd.revents & POLLOUT) && nbd_aio_notify_write (h) == -1)
+      goto err;
+  }
+  if (!nbd_aio_is_ready (h)) {
+    strata_error (ECONNRESET, "%s: the server closed the connection during "
+                  "the handshake", rm->uri);
+    nbd_close (h);
+    return NULL;
+  }
+  return h;
+
+ err:
+  strata_error (nbd_get_errno () ? nbd_get_errno () : EIO, "%s: %s",
+                rm->uri, nbd_get_error ());
+  nbd_close (h);
+  return NULL;
+}
+
+/* Sleep up to MS milliseconds, waking early on C's eventfd. */
+static void
+nap (struct conn *c, unsigned ms)
+{
+  struct pollfd pfd = { .fd = c->wakefd, .events = POLLIN };
+  uint64_t v;
+
+  if (poll (&pfd, 1, ms) == 1 && read (c->wakefd, &v, sizeof v) < 0)
+    return;
+}
+
+static void *
+poller (void *arg)
+{
+  struct conn *c = arg;
+  struct nbd_remote *rm = c->rm;
+  unsigned backoff = BACKOFF_MIN_MS;
+
+  while (!atomic_load (&rm->stop)) {
+    struct nbd_handle *h;
+    struct pollfd pfd[2];
+    unsigned dir;
+    uint64_t now, v;
+    bool expired = false;
+
+    pthread_mutex_lock (&c->lock);
+    h = c->h;
+    pthread_mutex_unlock (&c->lock);
+    if (!h) {
+      h = connect_handle (rm);
+      if (!h) {
+        nap (c, backoff);
+        backoff = MIN (backoff * 2, BACKOFF_MAX_MS);
+        continue;
+      }
+      backoff = BACKOFF_MIN_MS;
+      pthread_mutex_lock (&c->lock);
+      c->h = h;
+      pthread_mutex_unlock (&c->lock);
+    }
+
+    dir = nbd_aio_get_direction (h);
+    pfd[0] = (struct pollfd) { .fd = nbd_aio_get_fd (h) };
+    if (dir & LIBNBD_AIO_DIRECTION_READ)
+      pfd[0].events |= POLLIN;
+    if (dir & LIBNBD_AIO_DIRECTION_WRITE)
+      pfd[0].events |= POLLOUT;
+    pfd[1] = (struct pollfd) { .fd = c->wakefd, .events = POLLIN };
+    if (poll (pfd, 2, 100) > 0) {
+      if ((pfd[1].revents & POLLIN) && read (c->wakefd, &v, sizeof v) < 0)
+        v = 0;
+      /* Errors leave the handle dead, which is handled below. */
+      if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
+        nbd_aio_notify_read (h);
+      else if (pfd[0].revents & POLLOUT)
+        nbd_aio_notify_write (h);
+    }
+
+    /* Requests past their deadline kill the connection. */
+    now = device_now_ns ();
+    pthread_mutex_lock (&c->list_lock);
+    for (struct dev_req *r = c->inflight; r; r = r->next)
+      if (now - r->t0 > rm->timeout_ns) {
+        r->timed_out = true;
+        expired = true;
+      }
+    pthread_mutex_unlock (&c->list_lock);
+    if (expired) {
+      atomic_fetch_add_explicit (&rm->dev->ntimeout, 1, memory_order_relaxed);
+      shutdown (nbd_aio_get_fd (h), SHUT_RDWR);
+      nbd_aio_notify_read (h);
+    }
+
+    if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h)) {
+      pthread_mutex_lock (&c->lock);
+      c->h = NULL;
+      pthread_mutex_unlock (&c->lock);
+      nbd_close (h);
+      fail_inflight (c, -ENOTCONN);
+    }
+  }
+  return NULL;
+}
+
+static void
+threads_stop (struct nbd_remote *rm)
+{
+  pthread_mutex_lock (&rm->start_lock);
+  if (atomic_load (&rm->running)) {
+    atomic_store (&rm->stop, true);
+    for (unsigned i = 0; i < rm->nconns; i++) {
+      uint64_t one = 1;
+      if (write (rm->conns[i].wakefd, &one, sizeof one) < 0)
+        continue;
+    }
+    for (unsigned i = 0; i < rm->nconns; i++)
+      pthread_join (rm->conns[i].thread, NULL);
+    atomic_store (&rm->running, false);
+    atomic_store (&rm->stop, false);
+  }
+  pthread_mutex_unlock (&rm->start_lock);
+}
+
+static int
+threads_start (struct nbd_remote *rm)
+{
+  int e = 0;
+
+  pthread_mutex_lock (&rm->start_lock);
+  if (!atomic_load (&rm->running)) {
+    unsigned i;
+    for (i = 0; i < rm->nconns; i++) {
+      e = pthread_create (&rm->conns[i].thread, NULL, poller, &rm->conns[i]);
+      if (e)
+        break;
+    }
+    if (e) {
+      atomic_store (&rm->stop, true);
+      while (i-- > 0)
+        pthread_join (rm->conns[i].thread, NULL);
+      atomic_store (&rm->stop, false);
+    }
+    else
+      atomic_store (&rm->running, true);
+  }
+  pthread_mutex_unlock (&rm->start_lock);
+  if (e)
+    return strata_error (e, "%s: cannot start I/O threads: %s", rm->uri,
+                         strerror (e));
+  return 0;
+}
+
+void
+device_threads_stop (void)
+{
+  pthread_mutex_lock (&registry_lock);
+  for (struct nbd_remote *rm = registry; rm; rm = rm->next)
+    threads_stop (rm);
+  pthread_mutex_unlock (&registry_lock);
+}
+
+static int
+issue (struct nbd_handle *h, struct dev_req *r, bool fua_ok)
+{
+  nbd_completion_callback cb = { .callback = on_done, .user_data = r };
+
+  switch (r->op) {
+    case DEV_READ:
+      return nbd_aio_pread (h, r->buf, r->len, r->off, cb, 0) == -1 ? -1 : 0;
+    case DEV_WRITE:
+      return nbd_aio_pwrite (h, r->buf, r->len, r->off, cb,
+                             r->fua && fua_ok ? LIBNBD_CMD_FLAG_FUA : 0)
+        == -1 ? -1 : 0;
+    case DEV_FLUSH:
+      return nbd_aio_flush (h, cb, 0) == -1 ? -1 : 0;
+    case DEV_ZERO:
+      return nbd_aio_zero (h, r->len, r->off, cb, 0)
+        == -1 ? -1 : 0;
+  }
+  errno = EINVAL;
+  return -1;
+}
+
+void
+device_nbd_start (struct dev_req *r, struct dev_waiter *w)
+{
+  struct nbd_remote *rm = r->dev->nbd;
+  unsigned start = atomic_fetch_add_explicit (&rm->rr, 1, memory_order_relaxed);
+
+  r->w = w;
+  r->t0 = device_now_ns ();
+  r->timed_out = false;
+  r->conn = NULL;
+  pthread_mutex_lock (&w->m);
+  w->pending++;
+  pthread_mutex_unlock (&w->m);
+
+  if (!atomic_load (&rm->running) && threads_start (rm) == -1) {
+    finish (r, -errno);
+    return;
+  }
+  for (unsigned k = 0; k < rm->nconns; k++) {
+    struct conn *c = &rm->conns[(start + k) % rm->nconns];
+    pthread_mutex_lock (&c->lock);
+    if (c->h && nbd_aio_is_ready (c->h) + nbd_aio_is_processing (c->h) > 0) {
+      int e = 0;
+      r->conn = c;
+      list_add (c, r);
+      if (issue (c->h, r, rm->can_fua) == -1) {
+        e = nbd_get_errno () ? nbd_get_errno () : EIO;
+        list_del (c, r);
+      }
+      else if (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
+        uint64_t one = 1;
+        if (write (c->wakefd, &one, sizeof one) < 0)
+          e = 0;		/* the poller wakes within 100 ms anyway */
+      }
+      pthread_mutex_unlock (&c->lock);
+      if (e)
+        finish (r, -e);
+      return;
+    }
+    pthread_mutex_unlock (&c->lock);
+  }
+  finish (r, -ENOTCONN);	/* no connection is up */
+}
+
+bool
+device_nbd_needs_flush_for_fua (struct device *dev)
+{
+  return !dev->nbd->can_fua;
+}
+
+static void
+remote_free (struct nbd_remote *rm)
+{
+  for (unsigned i = 0; i < rm->nconns; i++) {
+    struct conn *c = &rm->conns[i];
+    if (c->h)
+      nbd_close (c->h);
+    c->h = NULL;
+    fail_inflight (c, -ENOTCONN);
+    if (c->wakefd >= 0)
+      close (c->wakefd);
+    pthread_mutex_destroy (&c->lock);
+    pthread_mutex_destroy (&c->list_lock);
+  }
+  pthread_mutex_destroy (&rm->start_lock);
+  free (rm->uri);
+  free (rm);
+}
+
+struct device *
+device_open_nbd (const char *uri, unsigned flags)
+{
+  struct device *dev = calloc (1, sizeof *dev);
+  struct nbd_remote *rm = calloc (1, sizeof *rm);
+  struct nbd_handle *h;
+  int64_t size;
+
+  (void) flags;
+  if (!dev || !rm || !(rm->uri = strdup (uri))
+      || !(dev->path = strdup (uri))) {
+    free (dev ? dev->path : NULL);
+    free (dev);
+    free (rm ? rm->uri : NULL);
+    free (rm);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  dev->remote = true;
+  dev->fd = dev->rfd = -1;
+  dev->nbd = rm;
+  rm->dev = dev;
+  rm->timeout_ns = device_timeout_ns;
+  pthread_mutex_init (&rm->start_lock, NULL);
+  for (unsigned i = 0; i < NBD_MAX_CONNS; i++) {
+    rm->conns[i].rm = rm;
+    rm->conns[i].wakefd = -1;
+    pthread_mutex_init (&rm->conns[i].lock, NULL);
+    pthread_mutex_init (&rm->conns[i].list_lock, NULL);
+  }
+  rm->nconns = NBD_MAX_CONNS;	/* so that remote_free sees them all */
+
+  h = connect_handle (rm);
+  if (!h)
+    goto fail;
+  rm->conns[0].h = h;
+  size = nbd_get_size (h);
+  if (size < 0) {
+    strata_error (EIO, "%s: %s", uri, nbd_get_error ());
+    goto fail;
+  }
+  dev->size = size;
+  if (nbd_is_read_only (h) == 1) {
+    strata_error (EROFS, "%s: the export is read-only", uri);
+    goto fail;
+  }
+  if (nbd_can_flush (h) != 1) {
+    strata_error (ENOTSUP, "%s: the server cannot flush, so writes could "
+                  "not be made durable", uri);
+    goto fail;
+  }
+  if (nbd_can_zero (h) != 1) {
+    strata_error (ENOTSUP, "%s: the server does not support write zeroes",
+                  uri);
+    goto fail;
+  }
+  rm->can_fua = nbd_can_fua (h) == 1;
+  rm->can_zero = true;
+  rm->multi_conn = nbd_can_multi_conn (h) == 1;
+  rm->nconns = rm->multi_conn ? NBD_MAX_CONNS : 1;
+  for (unsigned i = 1; i < rm->nconns; i++) {
+    rm->conns[i].h = connect_handle (rm);
+    if (!rm->conns[i].h)
+      goto fail;
+  }
+  for (unsigned i = 0; i < NBD_MAX_CONNS; i++) {
+    rm->conns[i].wakefd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (rm->conns[i].wakefd == -1) {
+      strata_error (errno, "eventfd: %m");
+      goto fail;
+    }
+  }
+  pthread_mutex_lock (&registry_lock);
+  rm->next = registry;
+  registry = rm;
+  pthread_mutex_unlock (&registry_lock);
+  return dev;
+
+ fail:
+  rm->nconns = NBD_MAX_CONNS;
+  remote_free (rm);
+  free (dev->path);
+  free (dev);
+  return NULL;
+}
+
+void
+device_nbd_close (struct device *dev)
+{
+  struct nbd_remote *rm = dev->nbd;
+
+  pthread_mutex_lock (&registry_lock);
+  for (struct nbd_remote **pp = &registry; *pp; pp = &(*pp)->next)
+    if (*pp == rm) {
+      *pp = rm->next;
+      break;
+    }
+  pthread_mutex_unlock (&registry_lock);
+  threads_stop (rm);
+  rm->nconns = NBD_MAX_CONNS;
+  remote_free (rm);
+}
+
+bool
+device_connected (const struct device *dev)
+{
+  if (!dev->remote)
+    return true;
+  for (unsigned i = 0; i < dev->nbd->nconns; i++) {
+    struct conn *c = &dev->nbd->conns[i];
+    bool up;
+    pthread_mutex_lock (&c->lock);
+    up = c->h != NULL;
+    pthread_mutex_unlock (&c->lock);
+    if (up)
+      return true;
+  }
+  return false;
+}
+
+unsigned
+device_connections (const struct device *dev)
+{
+  return dev->remote ? dev->nbd->nconns : 0;
+}
