@@ -50,9 +50,15 @@ requires () {
   done
 }
 
-# make_config DEVICES SIZE [volume lines...]: a pool of DEVICES sparse files.
+# make_config DEVICES SIZE [volume lines...]: a pool of DEVICES sparse
+# files.  With STRATA_REMOTE=1 each device is instead a remote member: a
+# file served by its own nbdkit on a unix socket (standing in for a host,
+# in its own failure domain host$i), with the error filter in front:
+# `touch $T/m$i.fail` makes member i fail every request, and
+# `kill_member i` takes the host away.
 make_config () {
   local n=$1 size=$2; shift 2
+  [ "${STRATA_REMOTE:-}" = 1 ] && start_members "$n" "$size"
   {
     echo "pool:"
     echo "  name: t$$"
@@ -62,14 +68,35 @@ make_config () {
     echo "  control_socket: $T/control.sock"
     echo "devices:"
     for ((i=0; i<n; i++)); do
-      echo "  - { name: d$i, path: $T/d$i.img, size: $size }"
+      if [ "${STRATA_REMOTE:-}" = 1 ]; then
+        echo "  - { name: d$i, uri: \"nbd+unix:///?socket=$T/m$i.sock\", domain: host$i }"
+      else
+        echo "  - { name: d$i, path: $T/d$i.img, size: $size }"
+      fi
     done
     echo "volumes:"
     for v in "$@"; do echo "  - $v"; done
   } > "$CONFIG"
 }
 
-# make_pool DEVICES SIZE [volume lines...]: config, init and apply.
+# start_member I SIZE [nbdkit filter args...]: serve $T/d$I.img on
+# $T/m$I.sock (created sparse if missing).
+start_member () {
+  local i=$1 size=$2; shift 2
+  [ -f "$T/d$i.img" ] || truncate -s "$size" "$T/d$i.img"
+  rm -f "$T/m$i.sock"
+  nbdkit -U "$T/m$i.sock" -P "$T/m$i.pid" "$@" --filter=error \
+    file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1
+  for _ in $(seq 100); do [ -S "$T/m$i.sock" ] && return 0; sleep 0.1; done
+  fail "member $i did not start"
+}
+start_members () {
+  local n=$1 size=$2
+  for ((i=0; i<n; i++)); do start_member "$i" "$size"; done
+  on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+}
+kill_member () { kill -9 "$(cat "$T/m$1.pid")"; rm -f "$T/m$1.pid"; }
+
 make_pool () {
   make_config "$@"
   "$STRATA" init "$CONFIG" >/dev/null
