@@ -51,8 +51,7 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
     uint32_t ok = 0;
     for (uint32_t r = 0; r < h->replicas; r++) {
       uint32_t d = c->ext[col * h->replicas + r].dev;
-      if (pool_device (h->p, d)
-          && pool_meta (h->p)->devices[d].state == META_DEV_UP)
+      if (pool_device_usable (h->p, d))
         ok++;
     }
     if (ok == 0)
@@ -61,6 +60,32 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
       h->under++;
   }
   return 0;
+}
+
+/* A device's state for status: the metadata's, or "missing" for an up
+ * device that could not be opened. */
+static const char *
+dev_state (struct pool *p, uint32_t i)
+{
+  const struct meta_device *d = &pool_meta (p)->devices[i];
+
+  if (d->state == META_DEV_UP && !pool_device (p, i))
+    return "missing";
+  return meta_dev_state_name (d->state);
+}
+
+/* Where a device lives: "local", or the host of a remote member. */
+static const char *
+dev_host (struct pool *p, uint32_t i, char *buf, size_t len)
+{
+  const struct config_device *cd =
+    config_find_device (pool_config (p), pool_meta (p)->devices[i].name);
+
+  if (cd && cd->uri)
+    config_uri_host (cd->uri, buf, len);
+  else
+    snprintf (buf, len, "local");
+  return buf;
 }
 
 static const char *
@@ -148,17 +173,32 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       json_str (out, d->class);
       fprintf (out, ",\"domain\":");
       json_str (out, d->domain);
-      fprintf (out, ",\"size\":%" PRIu64 ",\"extents\":%" PRIu64
-               ",\"used_extents\":%" PRIu64 ",\"used\":%" PRIu64
-               ",\"state\":\"%s\",\"metadata\":%s,\"present\":%s,\"path\":",
-               d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
-               alloc_used_count (pool_alloc (p), i) * m->extent_size,
-               pool_device (p, i) ? meta_dev_state_name (d->state) : "missing",
-               d->flags & FORMAT_SB_META ? "true" : "false",
-               pool_device (p, i) ? "true" : "false");
-      json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
-                                        : pool_device_problem (p, i));
-      fputc ('}', out);
+      {
+        struct device_stats ds = { 0 };
+        char host[CONFIG_DOMAIN_MAX];
+        if (pool_device (p, i))
+          device_stats (pool_device (p, i), &ds);
+        fprintf (out, ",\"host\":");
+        json_str (out, dev_host (p, i, host, sizeof host));
+        fprintf (out, ",\"size\":%" PRIu64 ",\"extents\":%" PRIu64
+                 ",\"used_extents\":%" PRIu64 ",\"used\":%" PRIu64
+                 ",\"state\":\"%s\",\"metadata\":%s,\"present\":%s,"
+                 "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64
+                 ",\"timeouts\":%" PRIu64 ",\"latency_us\":%" PRIu64
+                 ",\"connected\":%s,\"problem\":",
+                 d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
+                 alloc_used_count (pool_alloc (p), i) * m->extent_size,
+                 dev_state (p, i),
+                 d->flags & FORMAT_SB_META ? "true" : "false",
+                 pool_device (p, i) ? "true" : "false", ds.requests,
+                 ds.errors, ds.timeouts, ds.latency_ns / 1000,
+                 ds.connected ? "true" : "false");
+        json_str (out, pool_device_problem (p, i));
+        fprintf (out, ",\"path\":");
+        json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
+                                          : pool_device_problem (p, i));
+        fputc ('}', out);
+      }
     }
     fprintf (out, "],\"volumes\":[");
     for (size_t i = 0; i < m->nvolumes; i++) {
@@ -172,7 +212,10 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                v->width, v->unit);
       json_str (out, v->class);
       fprintf (out, ",\"health\":");
-      json_str (out, health_text (p, v, a, sizeof a));
+      {
+        char h[96];
+        json_str (out, health_text (p, v, h, sizeof h));
+      }
       fputc ('}', out);
     }
     fprintf (out, "]}\n");
@@ -192,18 +235,29 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, " %s %s%s%s%s", ri[i].name, replica_state (ri[i].state),
              ri[i].repaired ? " (repaired at open)" : "",
              ri[i].problem[0] ? ": " : "", ri[i].problem);
-  fprintf (out, "\n\n%-12s %-6s %-14s %10s %10s %-8s %s\n", "DEVICE", "CLASS",
-           "DOMAIN", "SIZE", "USED", "STATE", "PATH");
+  fprintf (out, "\n\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %8s %s\n",
+           "DEVICE", "CLASS", "DOMAIN", "HOST", "SIZE", "USED", "STATE",
+           "ERRORS", "LATENCY", "PATH");
   for (uint32_t i = 0; i < m->ndevices; i++) {
     struct meta_device *d = &m->devices[i];
-    fprintf (out, "%-12s %-6s %-14s %10s %10s %-8s %s%s\n", d->name, d->class,
-             d->domain, util_human_size (d->size, a, sizeof a),
+    struct device_stats ds = { 0 };
+    char host[CONFIG_DOMAIN_MAX], lat[32];
+    if (pool_device (p, i))
+      device_stats (pool_device (p, i), &ds);
+    if (ds.requests)
+      snprintf (lat, sizeof lat, "%.2fms", ds.latency_ns / 1e6);
+    else
+      snprintf (lat, sizeof lat, "-");
+    fprintf (out, "%-10s %-5s %-12s %-10s %9s %9s %-7s %6" PRIu64 " %8s %s%s%s%s\n",
+             d->name, d->class, d->domain, dev_host (p, i, host, sizeof host),
+             util_human_size (d->size, a, sizeof a),
              util_human_size (alloc_used_count (pool_alloc (p), i)
                               * m->extent_size, b, sizeof b),
-             pool_device (p, i) ? meta_dev_state_name (d->state) : "missing",
-             pool_device (p, i) ? device_path (pool_device (p, i))
-                                : pool_device_problem (p, i),
-             d->flags & FORMAT_SB_META ? " [metadata]" : "");
+             dev_state (p, i), ds.errors + ds.timeouts, lat,
+             pool_device (p, i) ? device_path (pool_device (p, i)) : "",
+             d->flags & FORMAT_SB_META ? " [metadata]" : "",
+             pool_device_problem (p, i)[0] ? " -- " : "",
+             pool_device_problem (p, i));
   }
   fprintf (out, "\n%-16s %10s %10s %8s %-16s %s\n", "VOLUME", "SIZE",
            "ALLOCATED", "REPLICAS", "STRIPE", "HEALTH");
@@ -212,7 +266,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              "volume create)\n");
   for (size_t i = 0; i < m->nvolumes; i++) {
     struct meta_volume *v = m->volumes[i];
-    char stripe[48], h[64];
+    char stripe[48], h[96];
     snprintf (stripe, sizeof stripe, "%u x %s", v->width,
               util_human_size (v->unit, c, sizeof c));
     fprintf (out, "%-16s %10s %10s %8u %-16s %s\n", v->name,

@@ -287,8 +287,8 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
 
 /* The host part of an NBD URI ("localhost" for a unix socket): a remote
  * member's default failure domain. */
-static void
-uri_host (const char *uri, char *out, size_t len)
+void
+config_uri_host (const char *uri, char *out, size_t len)
 {
   const char *h = strstr (uri, "://"), *e;
 
@@ -386,7 +386,7 @@ parse_device (struct ctx *c, yaml_node_t *map, size_t i,
   }
   if (d->domain[0] == '\0') {
     if (d->uri)
-      uri_host (d->uri, d->domain, sizeof d->domain);
+      config_uri_host (d->uri, d->domain, sizeof d->domain);
     else
       snprintf (d->domain, sizeof d->domain, "%s", d->name);
   }

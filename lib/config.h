@@ -83,6 +83,9 @@ int config_parse_size (const char *s, uint64_t *out);
 int config_check_name (const char *what, const char *name);
 
 /* The entry named NAME, or NULL. */
+/* The host part of an NBD URI, or "localhost" for a unix socket. */
+void config_uri_host (const char *uri, char *out, size_t len);
+
 /* The path of a local device or the URI of a remote one, for messages. */
 static inline const char *
 config_device_where (const struct config_device *d)

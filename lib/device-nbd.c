@@ -251,7 +251,7 @@ poller (void *arg)
     struct nbd_handle *h;
     struct pollfd pfd[2];
     unsigned dir;
-    uint64_t now, v;
+    uint64_t now, v = 0;
     bool expired = false;
 
     pthread_mutex_lock (&c->lock);
@@ -288,10 +288,10 @@ poller (void *arg)
     }
 
     /* Requests past their deadline kill the connection. */
-    now = device_now_ns ();
     pthread_mutex_lock (&c->list_lock);
+    now = device_now_ns ();	/* after every listed request's t0 */
     for (struct dev_req *r = c->inflight; r; r = r->next)
-      if (now - r->t0 > rm->timeout_ns) {
+      if ((int64_t) (now - r->t0) > (int64_t) rm->timeout_ns) {
         r->timed_out = true;
         expired = true;
       }

@@ -394,8 +394,13 @@ pool_open (const struct config *cfg, unsigned flags)
                     cd->name, config_device_where (cd));
       goto fail;
     }
-    if (device_pread (d, buf, STRATA_BLOCK, 0) == -1
-        || format_sb_decode (buf, &sbs[i]) == -1) {
+    if (device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
+      /* Unreadable (a failing member): missing, like one that cannot be
+       * opened. */
+      snprintf (openerr[i], sizeof openerr[i], "%s", strata_last_error ());
+      continue;
+    }
+    if (format_sb_decode (buf, &sbs[i]) == -1) {
       if (errno == EINVAL)
         strata_error (EINVAL, "device %s (%s) holds no strata superblock: it "
                       "is not part of pool %s (was the pool initialised with "

@@ -41,7 +41,11 @@ _cleanup () {
 }
 trap _cleanup EXIT
 
-fail () { echo "FAIL: $*" >&2; exit 1; }
+fail () {
+  echo "FAIL: $*" >&2
+  [ -s "$T/nbdkit.log" ] && sed 's/^/nbdkit: /' "$T/nbdkit.log" | tail -n 15 >&2
+  exit 1
+}
 ok () { echo "ok: $*"; }
 
 requires () {
@@ -105,7 +109,9 @@ make_pool () {
 
 start_server () {
   rm -f "$SOCK"
-  "${NBDKIT_ENV[@]}" nbdkit -U "$SOCK" -P "$PIDFILE" "$PLUGIN" config="$CONFIG" "$@"
+  # Foreground in the background, so that its messages reach nbdkit.log.
+  "${NBDKIT_ENV[@]}" nbdkit -f -U "$SOCK" -P "$PIDFILE" "$PLUGIN" \
+    config="$CONFIG" "$@" 2>>"$T/nbdkit.log" &
   for _ in $(seq 100); do [ -S "$SOCK" ] && return 0; sleep 0.1; done
   fail "nbdkit did not start"
 }
