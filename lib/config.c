@@ -293,6 +293,10 @@ config_uri_host (const char *uri, char *out, size_t len)
   const char *h = strstr (uri, "://"), *e;
 
   h = h ? h + 3 : uri;
+  e = h + strcspn (h, "/?");	/* the authority: [user@]host[:port] */
+  for (const char *at = h; at < e; at++)
+    if (*at == '@')
+      h = at + 1;
   if (*h == '[')
     e = strchr (h, ']') ? strchr (h, ']') + 1 : h + strlen (h);
   else

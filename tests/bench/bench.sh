@@ -29,11 +29,31 @@ volumes:
 YAML
 "$STRATA" init "$D/pool.yaml" >/dev/null
 "$STRATA" apply "$D/pool.yaml" >/dev/null
+
+# The remote case: the same striped volume over 4 remote members, each an
+# nbdkit file server on its own unix socket.
+cat > "$D/remote.yaml" <<YAML
+pool: { name: rbench, extent_size: 4MiB, metadata_size: 16MiB, control_socket: $D/rc.sock }
+devices:
+YAML
+for i in 0 1 2 3; do
+  truncate -s 3G "$D/m$i.img"
+  nbdkit -U "$D/m$i.sock" -P "$D/m$i.pid" file "$D/m$i.img"
+  echo "  - { name: m$i, uri: \"nbd+unix:///?socket=$D/m$i.sock\", domain: host$i }" >> "$D/remote.yaml"
+done
+cat >> "$D/remote.yaml" <<YAML
+volumes:
+  - { name: s1, size: 2GiB, stripe_width: 4, stripe_unit: 1MiB }
+YAML
+sleep 0.5
+"$STRATA" init "$D/remote.yaml" >/dev/null
+"$STRATA" apply "$D/remote.yaml" >/dev/null
 truncate -s 2G "$D/file.img"
 truncate -s 2G "$D/raw.img"
 
 nbdkit -U "$D/strata.sock" -P "$D/strata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/pool.yaml"
 nbdkit -U "$D/file.sock" -P "$D/file.pid" file "$D/file.img"
+nbdkit -U "$D/rstrata.sock" -P "$D/rstrata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/remote.yaml"
 sleep 1
 
 # fio_job NAME TARGET-ARGS... ; prints "bw_MBps iops"
@@ -55,7 +75,7 @@ nbd () { echo --ioengine=nbd --uri="nbd+unix:///$1?socket=$2"; }
 raw () { echo --ioengine=io_uring --direct=1 --filename="$1"; }
 
 # Fill the first GiB of every target before reading it.
-for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")"; do
+for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")" "$(nbd s1 "$D/rstrata.sock")"; do
   # shellcheck disable=SC2086
   fio --name=fill --rw=write --bs=1M --iodepth=16 --size=1G $t >/dev/null 2>&1
 done
@@ -86,8 +106,32 @@ row "s1 seq read MB/s" bw read 1M s1
 row "s1 4k randread IOPS" iops randread 4k s1
 row "s1 4k randwrite IOPS" iops randwrite 4k s1
 row "m2 seq write MB/s" bw write 1M m2
+
+# pair LABEL UNIT RW BS "A args" "B args": A beside B, median of ROUNDS.
+pair () {
+  local label=$1 unit=$2 rw=$3 bs=$4 col i a b
+  local -a args=("$5" "$6") res=("" "")
+  col=$([ "$unit" = bw ] && echo 1 || echo 2)
+  for ((i = 0; i < ROUNDS; i++)); do
+    for k in $((i % 2)) $(((i + 1) % 2)); do
+      # shellcheck disable=SC2086
+      res[k]+="$(fio_job "$rw" "$bs" ${args[k]} | cut -d' ' -f$col)"$'\n'
+    done
+  done
+  a=$(printf '%s' "${res[0]}" | median)
+  b=$(printf '%s' "${res[1]}" | median)
+  printf '%-22s %12s %12s %9.2fx\n' "$label" "$a" "$b" "$(echo "$a / $b" | bc -l)"
+}
+printf '\n%-22s %12s %12s %10s\n' "remote job" "remote" "local" "ratio"
+pair "s1 seq write MB/s" bw write 1M "$(nbd s1 "$D/rstrata.sock")" "$(nbd s1 "$D/strata.sock")"
+pair "s1 seq read MB/s" bw read 1M "$(nbd s1 "$D/rstrata.sock")" "$(nbd s1 "$D/strata.sock")"
+printf '%-22s %12s %12s %10s\n' "" "remote" "one member" "ratio"
+pair "s1 4k randread IOPS" iops randread 4k "$(nbd s1 "$D/rstrata.sock")" "$(nbd "" "$D/m0.sock")"
 echo
 echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of"
 echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell."
 echo "Targets (issue 2): s1 >= 1.0x file on 1M seq read/write, >= 0.9x on 4k randread,"
 echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
+echo "Remote (issue 3): s1 over 4 remote members (nbdkit file on unix sockets)"
+echo ">= 0.8x the local s1 on 1M seq read/write, >= 1.0x fio straight to one"
+echo "member on 4k randread."

@@ -122,6 +122,9 @@ stop_server () {
   [ -f "$PIDFILE" ] || return 0
   pid=$(cat "$PIDFILE")
   kill -"$sig" "$pid" 2>/dev/null || true
+  # start_server's nbdkit is our child: reap it (a zombie still answers
+  # kill -0).  Anything else is polled until it is gone.
+  wait "$pid" 2>/dev/null || true
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$PIDFILE"
 }

@@ -12,7 +12,7 @@ make_pool 4 1GiB "{ name: fs, size: 768MiB, replicas: 2, stripe_width: 2, stripe
 start_server
 
 mkdir -p "$T/fuse" "$T/mnt"
-nbdfuse "$T/fuse/disk" "$(uri fs)" &
+nbdfuse "$T/fuse/disk" "$(uri fs)" & fusepid=$!
 on_exit "fusermount3 -u $T/fuse 2>/dev/null || umount -l $T/fuse"
 for _ in $(seq 50); do [ -e "$T/fuse/disk" ] && break; sleep 0.1; done
 LOOP=$(losetup -f --show "$T/fuse/disk")
@@ -35,7 +35,7 @@ ok "ext4 written and fsck -fn clean"
 
 losetup -d "$LOOP"
 fusermount3 -u "$T/fuse"
-wait
+wait $fusepid
 # Restart the server in between: the files must come back from the pool.
 stop_server
 start_server

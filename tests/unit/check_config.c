@@ -150,6 +150,8 @@ START_TEST (test_remote)
     "  - { name: a, uri: 'nbd://host-a:10809/disk' }\n"
     "  - { name: b, uri: 'nbds://[fd00::1]/disk?tls-psk-file=/k' }\n"
     "  - { name: c, uri: 'nbd+unix:///disk?socket=/run/c.sock' }\n"
+    "  - { name: e, uri: 'nbds://alice@host-e:10809/disk' }\n"
+    "  - { name: f, uri: 'nbds+unix://alice@/?socket=/run/f.sock' }\n"
     "  - { name: d, uri: 'nbd://host-d/disk', domain: rack2/host-d }\n";
 
   ck_assert_msg (config_parse_string (doc, "t.yaml", "/d", &c) == 0,
@@ -159,7 +161,9 @@ START_TEST (test_remote)
   ck_assert_str_eq (c->devices[0].domain, "host-a");
   ck_assert_str_eq (c->devices[1].domain, "[fd00::1]");
   ck_assert_str_eq (c->devices[2].domain, "localhost");
-  ck_assert_str_eq (c->devices[3].domain, "rack2/host-d");
+  ck_assert_str_eq (c->devices[3].domain, "host-e");
+  ck_assert_str_eq (c->devices[4].domain, "localhost");
+  ck_assert_str_eq (c->devices[5].domain, "rack2/host-d");
   ck_assert_str_eq (config_device_where (&c->devices[2]),
                     "nbd+unix:///disk?socket=/run/c.sock");
   config_free (c);
