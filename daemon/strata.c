@@ -2,7 +2,7 @@
  *
  *   strata init CONFIG [--force]
  *   strata apply CONFIG [--dry-run] [--prune] [--allow-shrink]
- *   strata status CONFIG [--json]
+ *   strata status CONFIG [--json [--map]]
  *   strata volume create|resize|delete CONFIG NAME [SIZE] [options]
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
@@ -34,7 +34,7 @@ usage (FILE *f)
            "  init CONFIG [--force]          format the devices of a pool\n"
            "  apply CONFIG [--dry-run] [--prune] [--allow-shrink]\n"
            "                                 create and grow declared volumes\n"
-           "  status CONFIG [--json]         show devices and volumes\n"
+           "  status CONFIG [--json [--map]] show devices and volumes\n"
            "  volume create CONFIG NAME SIZE [--replicas N] [--stripe-width W]\n"
            "                                 [--stripe-unit U] [--class C]\n"
            "  volume resize CONFIG NAME SIZE [--shrink]\n"

@@ -37,6 +37,7 @@ json_str (FILE *f, const char *s)
 struct health {
   uint64_t under;		/* columns with a replica on a missing device */
   uint64_t lost;		/* columns with no replica left */
+  uint64_t shared;		/* columns with two copies in one domain */
   struct pool *p;
   uint32_t replicas;
 };
@@ -58,7 +59,43 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
       h->lost++;
     else if (ok < h->replicas)
       h->under++;
+    for (uint32_t r = 0; r < h->replicas; r++)
+      for (uint32_t q = 0; q < r; q++)
+        if (strcmp (pool_meta (h->p)->devices[c->ext[col * h->replicas + r].dev].domain,
+                    pool_meta (h->p)->devices[c->ext[col * h->replicas + q].dev].domain) == 0) {
+          h->shared++;
+          r = q = h->replicas;	/* count the column once */
+        }
   }
+  return 0;
+}
+
+/* status --json --map: every allocated chunk as
+ * {"chunk":N,"columns":[["dev",...replicas], ...]}. */
+struct map_ctx {
+  FILE *out;
+  struct meta *m;
+  uint32_t replicas;
+  bool first;
+};
+
+static int
+map_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct map_ctx *mc = opaque;
+
+  fprintf (mc->out, "%s{\"chunk\":%" PRIu64 ",\"columns\":[",
+           mc->first ? "" : ",", idx);
+  mc->first = false;
+  for (uint32_t col = 0; col < c->n / mc->replicas; col++) {
+    fprintf (mc->out, "%s[", col ? "," : "");
+    for (uint32_t r = 0; r < mc->replicas; r++) {
+      fprintf (mc->out, "%s", r ? "," : "");
+      json_str (mc->out, mc->m->devices[c->ext[col * mc->replicas + r].dev].name);
+    }
+    fputc (']', mc->out);
+  }
+  fprintf (mc->out, "]}");
   return 0;
 }
 
@@ -101,6 +138,13 @@ health_text (struct pool *p, struct meta_volume *v, char *buf, size_t len)
               h.under);
   else
     snprintf (buf, len, "healthy");
+  if (h.shared) {
+    /* Placement could not keep copies apart: too few failure domains
+     * with free space when these chunks were allocated. */
+    size_t l = strlen (buf);
+    snprintf (buf + l, len - l, "; %" PRIu64 " columns have two copies in "
+              "one failure domain", h.shared);
+  }
   return buf;
 }
 
@@ -119,12 +163,13 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
             FILE *out, FILE *err)
 {
   static const struct option opts[] = {
-    { "json", no_argument, NULL, 'j' }, { NULL, 0, NULL, 0 },
+    { "json", no_argument, NULL, 'j' }, { "map", no_argument, NULL, 'm' },
+    { NULL, 0, NULL, 0 },
   };
   struct meta *m = pool_meta (p);
   struct journal_replica_info ri[64];
   size_t nri;
-  bool json = false;
+  bool json = false, map = false;
   char u[37], a[32], b[32], c[32];
   int ch;
 
@@ -133,6 +178,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
     if (ch == 'j')
       json = true;
+    else if (ch == 'm')
+      map = true;
     else {
       fprintf (err, "strata status: unknown option %s\n", argv[optind - 1]);
       return 2;
@@ -213,8 +260,14 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       json_str (out, v->class);
       fprintf (out, ",\"health\":");
       {
-        char h[96];
+        char h[160];
         json_str (out, health_text (p, v, h, sizeof h));
+      }
+      if (map) {
+        struct map_ctx mc = { out, pool_meta (p), v->replicas, true };
+        fprintf (out, ",\"map\":[");
+        meta_foreach_chunk (v, map_chunk, &mc);
+        fputc (']', out);
       }
       fputc ('}', out);
     }
@@ -266,7 +319,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              "volume create)\n");
   for (size_t i = 0; i < m->nvolumes; i++) {
     struct meta_volume *v = m->volumes[i];
-    char stripe[48], h[96];
+    char stripe[48], h[160];
     snprintf (stripe, sizeof stripe, "%u x %s", v->width,
               util_human_size (v->unit, c, sizeof c));
     fprintf (out, "%-16s %10s %10s %8u %-16s %s\n", v->name,
