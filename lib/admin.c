@@ -311,6 +311,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              d->flags & FORMAT_SB_META ? " [metadata]" : "",
              pool_device_problem (p, i)[0] ? " -- " : "",
              pool_device_problem (p, i));
+    /* The member answers (or answers again), but its copies are stale. */
+    if (d->state == META_DEV_FAILED && pool_device (p, i)
+        && device_is_remote (pool_device (p, i)) && ds.connected)
+      fprintf (out, "%-10s connected; its copies are not used until it "
+               "is rebuilt\n", "");
   }
   fprintf (out, "\n%-16s %10s %10s %8s %-16s %s\n", "VOLUME", "SIZE",
            "ALLOCATED", "REPLICAS", "STRIPE", "HEALTH");

@@ -268,6 +268,23 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       free (*base_dir);
       *base_dir = strdup (buf);
     }
+    else if (strcmp (key, "io_timeout") == 0) {
+      const char *t = scalar (v);
+      char *end = NULL;
+      double x = t ? strtod (t, &end) : -1;
+      double mult = 0;
+      if (end && end != t) {
+        while (*end == ' ')
+          end++;
+        mult = strcmp (end, "ms") == 0 ? 1
+          : strcmp (end, "s") == 0 || *end == '\0' ? 1000
+          : strcmp (end, "min") == 0 ? 60000 : 0;
+      }
+      if (mult == 0 || x * mult < 100 || x * mult > 3600000)
+        return perr (c, v, full, "expected a time from 100ms to 60min, such "
+                     "as 30s or 500ms, got \"%s\"", t ? t : node_kind (v));
+      cfg->io_timeout_ms = x * mult;
+    }
     else if (strcmp (key, "control_socket") == 0) {
       char buf[108];
       if (get_string (c, v, full, buf, sizeof buf) == -1)
@@ -277,8 +294,8 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
     }
     else
       return perr (c, k, full, "unknown key (expected name, extent_size, "
-                   "metadata_replicas, metadata_size, base_dir or "
-                   "control_socket)");
+                   "metadata_replicas, metadata_size, base_dir, io_timeout "
+                   "or control_socket)");
   }
   if (!have_name)
     return perr (c, map, "pool.name", "missing (every pool needs a name)");
@@ -607,6 +624,7 @@ parse_root (struct ctx *c)
 
   cfg->extent_size = 4 << 20;
   cfg->metadata_size = FORMAT_DEFAULT_META_SIZE;
+  cfg->io_timeout_ms = 30000;
   if (parse_pool (c, pool, &base_dir, &sock) == -1)
     goto out;
 

@@ -51,6 +51,7 @@ struct config {
   uint64_t metadata_size;
   char *base_dir;		/* absolute */
   char *control_socket;		/* absolute */
+  unsigned io_timeout_ms;	/* remote members' request timeout */
   struct config_device *devices;
   size_t ndevices;
   enum config_cache_mode cache_mode;

@@ -173,6 +173,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   }
 
   /* Pass 1: open and check everything; write nothing. */
+  device_set_timeout (cfg->io_timeout_ms);
   for (size_t i = 0; i < n; i++) {
     const struct config_device *cd = &cfg->devices[i];
     const char *what;
@@ -373,6 +374,7 @@ pool_open (const struct config *cfg, unsigned flags)
     goto fail;
   }
 
+  device_set_timeout (cfg->io_timeout_ms);
   /* Open every declared device and read its superblock.  A device that
    * cannot be opened is missing; one without our superblock is an error,
    * because the YAML names it as part of this pool. */

@@ -21,6 +21,7 @@ START_TEST (test_valid)
     "  extent_size: 8MiB\n"
     "  metadata_replicas: 3\n"
     "  base_dir: data\n"
+    "  io_timeout: 2.5s\n"
     DEVS
     "cache:\n"
     "  mode: none\n"
@@ -33,6 +34,7 @@ START_TEST (test_valid)
   ck_assert_msg (config_parse_string (doc, "t.yaml", "/etc/x", &c) == 0,
                  "%s", strata_last_error ());
   ck_assert_str_eq (c->name, "tank");
+  ck_assert_uint_eq (c->io_timeout_ms, 2500);
   ck_assert_uint_eq (c->extent_size, 8 << 20);
   ck_assert_uint_eq (c->ndevices, 3);
   ck_assert_str_eq (c->devices[0].path, "/etc/x/data/d0.img");
@@ -99,6 +101,8 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\ndevices:\n  - { name: d0, uri: 'http://h/e' }\n", "devices[0].uri: expected an NBD URI" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, size: big }\n", "t.yaml:3:32: devices[0].size: expected a size" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, colour: red }\n", "devices[0].colour: unknown key" },
+  { "pool: {name: p, io_timeout: soon}\n" DEVS, "t.yaml:1:29: pool.io_timeout: expected a time from 100ms to 60min" },
+  { "pool: {name: p, io_timeout: 5ms}\n" DEVS, "pool.io_timeout: expected a time" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, io: fast }\n", "t.yaml:3:30: devices[0].io: expected auto, direct or buffered, got \"fast\"" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d0, path: b }\n", "duplicate device name \"d0\" (first at line 3)" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d1, path: a }\n", "have the same path" },
