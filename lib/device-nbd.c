@@ -362,6 +362,15 @@ threads_start (struct nbd_remote *rm)
 }
 
 void
+device_threads_start (void)
+{
+  pthread_mutex_lock (&registry_lock);
+  for (struct nbd_remote *rm = registry; rm; rm = rm->next)
+    threads_start (rm);		/* on failure, retried on first use */
+  pthread_mutex_unlock (&registry_lock);
+}
+
+void
 device_threads_stop (void)
 {
   pthread_mutex_lock (&registry_lock);

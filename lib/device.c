@@ -421,9 +421,17 @@ complete (struct dev_req *r, int res)
 static void
 emulate_fua (struct dev_req *reqs, size_t n, struct dev_waiter *w)
 {
-  struct dev_req fl[16];
+  struct dev_req stackfl[16], *fl = stackfl;
   size_t nf = 0;
 
+  /* At most one flush per request, so N slots always suffice. */
+  if (n > ARRAY_SIZE (stackfl) && !(fl = calloc (n, sizeof *fl))) {
+    for (size_t i = 0; i < n; i++)
+      if (reqs[i].dev->remote && reqs[i].op == DEV_WRITE && reqs[i].fua
+          && reqs[i].res == 0 && device_nbd_needs_flush_for_fua (reqs[i].dev))
+        reqs[i].res = -ENOMEM;
+    return;
+  }
   for (size_t i = 0; i < n; i++) {
     struct dev_req *r = &reqs[i];
     bool seen = false;
@@ -432,19 +440,21 @@ emulate_fua (struct dev_req *reqs, size_t n, struct dev_waiter *w)
       continue;
     for (size_t k = 0; k < nf; k++)
       seen |= fl[k].dev == r->dev;
-    if (!seen && nf < ARRAY_SIZE (fl)) {
+    if (!seen) {
       fl[nf] = (struct dev_req) { .dev = r->dev, .op = DEV_FLUSH };
       device_nbd_start (&fl[nf++], w);
     }
   }
-  if (nf == 0)
-    return;
-  device_nbd_wait (w);
-  for (size_t i = 0; i < n; i++)
-    for (size_t k = 0; k < nf; k++)
-      if (reqs[i].dev == fl[k].dev && reqs[i].op == DEV_WRITE && reqs[i].fua
-          && reqs[i].res == 0)
-        reqs[i].res = fl[k].res;
+  if (nf > 0) {
+    device_nbd_wait (w);
+    for (size_t i = 0; i < n; i++)
+      for (size_t k = 0; k < nf; k++)
+        if (reqs[i].dev == fl[k].dev && reqs[i].op == DEV_WRITE
+            && reqs[i].fua && reqs[i].res == 0)
+          reqs[i].res = fl[k].res;
+  }
+  if (fl != stackfl)
+    free (fl);
 }
 
 int

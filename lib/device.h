@@ -120,6 +120,10 @@ void device_set_timeout (unsigned ms);
  * Call with no I/O in flight, before fork(). */
 void device_threads_stop (void);
 
+/* Start them again now, so that members nobody is using (failed ones)
+ * keep being reconnected.  Call after fork(). */
+void device_threads_start (void);
+
 /* Release this thread's I/O resources (its io_uring).  Optional: they are
  * also released when the thread exits. */
 void device_thread_exit (void);

@@ -99,6 +99,7 @@ live_ctx (struct admin_ctx *ctx)
 static int
 strata_after_fork (void)
 {
+  device_threads_start ();
   control = control_server_start (pool, cfg->control_socket, live_ctx);
   if (!control) {
     nbdkit_error ("%s", strata_last_error ());
