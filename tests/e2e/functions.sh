@@ -122,10 +122,17 @@ stop_server () {
   [ -f "$PIDFILE" ] || return 0
   pid=$(cat "$PIDFILE")
   kill -"$sig" "$pid" 2>/dev/null || true
-  # start_server's nbdkit is our child: reap it (a zombie still answers
-  # kill -0).  Anything else is polled until it is gone.
+  # Give it 10 s to exit (an exited child is a zombie: that counts as
+  # gone), then kill it, and reap it if it is our child.
+  for _ in $(seq 100); do
+    case $(ps -o stat= -p "$pid" 2>/dev/null) in ""|Z*) break;; esac
+    sleep 0.1
+  done
+  if ps -o stat= -p "$pid" 2>/dev/null | grep -v '^Z' >/dev/null; then
+    echo "nbdkit (pid $pid) did not exit after SIG$sig; killing it" >&2
+    kill -9 "$pid" 2>/dev/null || true
+  fi
   wait "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   rm -f "$PIDFILE"
 }
 

@@ -6,8 +6,10 @@ cd "$(dirname "$0")"
 pass=0 failed=0 skipped=0 failures=()
 for t in ${TESTS:-test-*.sh}; do
   start=$(date +%s)
-  bash "$t" > "${t%.sh}.log" 2>&1
+  # A hung test fails alone instead of stalling the whole run.
+  timeout -k 10 "${TEST_TIMEOUT:-900}" bash "$t" > "${t%.sh}.log" 2>&1
   rc=$?
+  [ $rc -eq 124 ] && echo "(timed out after ${TEST_TIMEOUT:-900}s)" >> "${t%.sh}.log"
   secs=$(( $(date +%s) - start ))
   case $rc in
     0) pass=$((pass+1)); echo "PASS: $t (${secs}s)";;
