@@ -83,7 +83,7 @@ bool device_is_remote (const struct device *dev);
 /* Take an exclusive, non-blocking lock on DEV for this process.  Returns
  * 0, or -1 with errno EWOULDBLOCK if another process holds it.  Remote
  * members cannot be locked from here: this returns 0 for them, and the
- * local metadata devices' locks are what keep two writers apart. */
+ * pool's lock file (pool.c) keeps two processes apart. */
 int device_lock (struct device *dev);
 
 /* Submit the N requests of REQS together and wait until all complete.

@@ -16,8 +16,13 @@
  * be found again after a crash.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdlib.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +50,7 @@ struct pool {
   _Atomic bool *failed;
   _Atomic uint32_t *read_errors;	/* [ndevs] since the pool opened */
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
+  int lockfd;			/* the pool lock file, or -1 */
   pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
 };
 
@@ -345,6 +351,33 @@ pool_init (const struct config *cfg, bool force, FILE *log)
 
 /* ---- open ---- */
 
+/* One process at a time: local devices are flock'ed, but remote members
+ * cannot be, so a lock file beside the control socket stands for the
+ * pool.  A pool of local devices only goes on without it when the file
+ * cannot be created (a user without access to /run/strata, say). */
+static int
+lock_pool (struct pool *p, const struct config *cfg)
+{
+  char path[PATH_MAX], dir[PATH_MAX];
+  bool remote = false;
+
+  for (size_t i = 0; i < cfg->ndevices; i++)
+    remote |= cfg->devices[i].uri != NULL;
+  snprintf (path, sizeof path, "%s.lock", cfg->control_socket);
+  snprintf (dir, sizeof dir, "%s", path);
+  if (mkdir (dirname (dir), 0755) == -1 && errno != EEXIST && remote)
+    return strata_error (errno, "%s: cannot create the directory of the "
+                         "pool lock: %m", path);
+  p->lockfd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (p->lockfd == -1)
+    return remote ? strata_error (errno, "%s: cannot create the pool lock: "
+                                  "%m", path) : 0;
+  if (flock (p->lockfd, LOCK_EX | LOCK_NB) == -1)
+    return strata_error (EBUSY, "pool %s is in use by another process (%s "
+                         "is locked); is it being served?", cfg->name, path);
+  return 0;
+}
+
 struct pool *
 pool_open (const struct config *cfg, unsigned flags)
 {
@@ -358,6 +391,8 @@ pool_open (const struct config *cfg, unsigned flags)
   size_t nmembers = 0, ref = SIZE_MAX;
   uint32_t meta_replicas = 0;
 
+  if (p)
+    p->lockfd = -1;
   if (!p || !sbs || !have_sb || !buf || !openerr
       || !(p->opened = calloc (n, sizeof *p->opened))) {
     strata_error (ENOMEM, "out of memory");
@@ -374,6 +409,8 @@ pool_open (const struct config *cfg, unsigned flags)
     goto fail;
   }
 
+  if (lock_pool (p, cfg) == -1)
+    goto fail;
   device_set_timeout (cfg->io_timeout_ms);
   /* Open every declared device and read its superblock.  A device that
    * cannot be opened is missing; one without our superblock is an error,
@@ -547,6 +584,8 @@ pool_close (struct pool *p)
   journal_close (p->journal);
   alloc_free (p->alloc);
   meta_free (p->meta);
+  if (p->lockfd >= 0)
+    close (p->lockfd);
   for (size_t i = 0; i < p->nopened; i++)
     device_close (p->opened[i]);
   free (p->opened);

@@ -61,9 +61,16 @@ nbdsh -u "$(uri v)" -c '
 pat = b"tls!" * 16384
 h.pwrite(pat, 4096, nbd.CMD_FLAG_FUA)
 assert h.pread(len(pat), 4096) == pat'
+# Remote members cannot be flock'ed: the pool lock file keeps a second
+# server of this all-remote pool out.
+if timeout 20 "${NBDKIT_ENV[@]}" nbdkit -f -U "$T/second.sock" "$PLUGIN" \
+     config="$CONFIG" 2> "$T/err"; then
+  fail "a second server opened the pool"
+fi
+grep "is in use by another process" "$T/err" >/dev/null || { cat "$T/err"; fail "unclear message"; }
 stop_server
 grep -c "tls!tls!" "$T/d6.img" >/dev/null || fail "data did not reach the TLS member"
-ok "pool on TLS members (PSK): init, apply, write, read back"
+ok "pool on TLS members (PSK): init, apply, write, read back; a second server refused"
 
 sed -e "s|nbds+unix://strata@|nbd+unix://|" -e "s|&tls-psk-file=[^\"]*||" "$T/tls.yaml" > "$T/plain.yaml"
 if "$STRATA" status "$T/plain.yaml" 2> "$T/err"; then fail "TLS-only members opened without TLS"; fi
