@@ -191,6 +191,10 @@ connect_handle (struct nbd_remote *rm)
   }
   /* Allow tls-psk-file= and tls-certificates= in the URI's query. */
   nbd_set_uri_allow_local_file (h, true);
+  /* libnbd zeroes read buffers first by default, in case a caller uses
+   * the buffer of a failed read; we never do, and the memset cost 11%
+   * of the CPU on 1 MiB reads. */
+  nbd_set_pread_initialize (h, false);
   if (nbd_aio_connect_uri (h, rm->uri) == -1)
     goto err;
   while (nbd_aio_is_connecting (h)) {
