@@ -264,10 +264,16 @@ poller (void *arg)
     if (!h) {
       h = connect_handle (rm);
       if (!h) {
+        /* Say so once per outage, not at every retry. */
+        if (backoff == BACKOFF_MIN_MS)
+          fprintf (stderr, "strata: %s: cannot reconnect (retrying): %s\n",
+                   rm->uri, strata_last_error ());
         nap (c, backoff);
         backoff = MIN (backoff * 2, BACKOFF_MAX_MS);
         continue;
       }
+      if (backoff != BACKOFF_MIN_MS)
+        fprintf (stderr, "strata: %s: reconnected\n", rm->uri);
       backoff = BACKOFF_MIN_MS;
       pthread_mutex_lock (&c->lock);
       c->h = h;

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# A member that stops answering (nbdkit's pause filter holds every request)
+# in the middle of a fio verify run: its requests time out after
+# pool.io_timeout, the member is marked failed, and the 2-replica volume
+# sees zero client errors.  Once the member is back strata reconnects and
+# shows it connected, still failed (its copies are stale).
+source "$(dirname "$0")/functions.sh"
+requires nbdkit fio nbdsh
+
+for i in 0 1 2; do start_member "$i" 512MiB; done
+truncate -s 512M "$T/d3.img"
+nbdkit -U "$T/m3.sock" -P "$T/m3.pid" --filter=pause file "$T/d3.img" \
+  pause-control="$T/pause.sock"
+on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+for _ in $(seq 50); do [ -S "$T/m3.sock" ] && break; sleep 0.1; done
+
+pause () {  # pause p: member 3 holds every request from now on
+  $PY - "$T/pause.sock" "$1" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode())
+s.settimeout(5)
+try:
+    s.recv(16)
+except socket.timeout:
+    pass
+PY
+}
+
+cat > "$CONFIG" <<EOF
+pool: { name: to$$, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 3, io_timeout: 2s, control_socket: $T/control.sock }
+devices:
+  - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
+  - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
+  - { name: d2, uri: "nbd+unix:///?socket=$T/m2.sock", domain: host2 }
+  - { name: d3, uri: "nbd+unix:///?socket=$T/m3.sock", domain: host3 }
+volumes:
+  - { name: r2, size: 256MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }
+EOF
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+start_server
+
+fio --name=r2 --ioengine=nbd --uri="$(uri r2)" --rw=randrw --bsrange=4k-256k \
+    --iodepth=16 --size=128M --verify=crc32c --verify_fatal=1 --verify_backlog=64 \
+    --serialize_overlap=1 --runtime=12 --time_based --output="$T/fio.out" & fpid=$!
+sleep 3
+pause p
+t0=$(date +%s)
+wait $fpid || { cat "$T/fio.out"; fail "fio saw errors while member 3 hung"; }
+ok "fio verify on r2 while member 3 hung: zero errors"
+
+"$STRATA" status "$CONFIG" --json > "$T/status.json"
+$PY - "$T/status.json" <<'PY'
+import json, sys
+st = json.load(open(sys.argv[1]))
+d3 = [d for d in st["devices"] if d["name"] == "d3"][0]
+assert d3["state"] == "failed", d3
+assert d3["problem"].startswith("failed: "), d3["problem"]
+assert d3["timeouts"] >= 1, d3
+r2 = [v for v in st["volumes"] if v["name"] == "r2"][0]
+assert r2["health"].startswith("degraded"), r2
+print("d3:", d3["problem"], "| timeouts", d3["timeouts"], "| r2:", r2["health"])
+PY
+ok "the hung member timed out and was marked failed; r2 degraded"
+
+# The member's host goes away, then comes back (a reboot): strata keeps
+# trying, reconnects, and shows the member connected and still failed.
+kill -9 "$(cat "$T/m3.pid")"
+sleep 1.5
+"$STRATA" status "$CONFIG" --json > "$T/status.json"
+$PY -c '
+import json, sys
+d3 = [d for d in json.load(open(sys.argv[1]))["devices"] if d["name"] == "d3"][0]
+assert not d3["connected"], d3' "$T/status.json" || fail "d3 still shown connected after its host died"
+rm -f "$T/m3.sock"
+nbdkit -U "$T/m3.sock" -P "$T/m3.pid" file "$T/d3.img"
+for _ in $(seq 100); do
+  "$STRATA" status "$CONFIG" --json > "$T/status.json"
+  $PY -c '
+import json, sys
+d3 = [d for d in json.load(open(sys.argv[1]))["devices"] if d["name"] == "d3"][0]
+sys.exit(0 if d3["connected"] and d3["state"] == "failed" else 1)' "$T/status.json" && break
+  sleep 0.2
+done
+"$STRATA" status "$CONFIG" > "$T/status.txt"
+grep -A1 -E "^d3 .* failed" "$T/status.txt" | grep "connected; its copies are not used" >/dev/null \
+  || { cat "$T/status.txt"; fail "d3 not shown reconnected and still failed"; }
+for _ in $(seq 100); do
+  grep "strata: .*m3.sock: reconnected" "$T/nbdkit.log" >/dev/null && break
+  sleep 0.1
+done
+grep "strata: .*m3.sock: reconnected" "$T/nbdkit.log" >/dev/null || { cat "$T/nbdkit.log"; fail "no reconnect logged"; }
+ok "member 3 back: reconnected, still failed"
