@@ -619,6 +619,29 @@ pool_device_usable (struct pool *p, uint32_t i)
     && !atomic_load_explicit (&p->failed[i], memory_order_acquire);
 }
 
+/* Commit STATE for device I (under fail_lock).  Read-only, the state is
+ * kept to this process.  Returns 0 or -1. */
+static int
+commit_dev_state (struct pool *p, uint32_t i, uint8_t state)
+{
+  struct fbuf e;
+  struct journal_item it;
+  int r;
+
+  if (!p->writable)
+    return 0;
+  fbuf_init_write (&e);
+  meta_entry_dev_state (&e, i, state);
+  it = (struct journal_item) { META_E_DEV_STATE, e.len, e.p };
+  r = e.bad ? strata_error (ENOMEM, "out of memory")
+            : journal_append (p->journal, &it, 1);
+  fbuf_free (&e);
+  if (r == -1)
+    strata_error_prefix ("pool %s: marking device %s %s", p->cfg->name,
+                         p->meta->devices[i].name, meta_dev_state_name (state));
+  return r;
+}
+
 int
 pool_device_fail (struct pool *p, uint32_t i, const char *why)
 {
@@ -629,40 +652,49 @@ pool_device_fail (struct pool *p, uint32_t i, const char *why)
   if (atomic_load (&p->failed[i]))
     return 0;
   pthread_mutex_lock (&p->fail_lock);
-  if (!atomic_load (&p->failed[i])) {
-    if (p->writable) {
-      struct fbuf e;
-      struct journal_item it;
-      fbuf_init_write (&e);
-      meta_entry_dev_state (&e, i, META_DEV_FAILED);
-      it = (struct journal_item) { META_E_DEV_STATE, e.len, e.p };
-      r = e.bad ? strata_error (ENOMEM, "out of memory")
-                : journal_append (p->journal, &it, 1);
-      fbuf_free (&e);
-    }
-    if (r == 0) {
-      /* Committed (or, read-only, kept to this process): from here on
-       * nothing reads the device or waits for writes to it. */
-      atomic_store_explicit (&p->failed[i], true, memory_order_release);
-      alloc_set_usable (p->alloc, i, false);
-      snprintf (p->problem[i], sizeof p->problem[i], "failed: %s", why);
-      fprintf (stderr, "strata: pool %s: device %s marked failed: %s\n",
-               p->cfg->name, p->meta->devices[i].name, why);
-    }
-    else
-      strata_error_prefix ("pool %s: marking device %s failed",
-                           p->cfg->name, p->meta->devices[i].name);
+  if (!atomic_load (&p->failed[i])
+      && (r = commit_dev_state (p, i, META_DEV_FAILED)) == 0) {
+    /* Committed: from here on nothing reads the device or waits for
+     * writes to it. */
+    atomic_store_explicit (&p->failed[i], true, memory_order_release);
+    alloc_set_usable (p->alloc, i, false);
+    snprintf (p->problem[i], sizeof p->problem[i], "failed: %s", why);
+    fprintf (stderr, "strata: pool %s: device %s marked failed: %s\n",
+             p->cfg->name, p->meta->devices[i].name, why);
   }
   pthread_mutex_unlock (&p->fail_lock);
   return r;
 }
 
+/* The first error of an up device makes it degraded: still in use, but
+ * flagged in the metadata until an operator looks.  A failed commit here
+ * changes nothing: the device is used as before. */
+static void
+device_degrade (struct pool *p, uint32_t i, const char *why)
+{
+  pthread_mutex_lock (&p->fail_lock);
+  if (!atomic_load (&p->failed[i])
+      && p->meta->devices[i].state == META_DEV_UP
+      && commit_dev_state (p, i, META_DEV_DEGRADED) == 0) {
+    snprintf (p->problem[i], sizeof p->problem[i], "degraded: %s", why);
+    fprintf (stderr, "strata: pool %s: device %s degraded: %s\n",
+             p->cfg->name, p->meta->devices[i].name, why);
+  }
+  pthread_mutex_unlock (&p->fail_lock);
+}
+
 void
 pool_device_read_error (struct pool *p, uint32_t i, const char *why)
 {
-  if (i < p->ndevs
-      && atomic_fetch_add (&p->read_errors[i], 1) + 1 >= POOL_READ_ERROR_LIMIT)
+  uint32_t n;
+
+  if (i >= p->ndevs)
+    return;
+  n = atomic_fetch_add (&p->read_errors[i], 1) + 1;
+  if (n >= POOL_READ_ERROR_LIMIT)
     pool_device_fail (p, i, why);
+  else if (n == 1)
+    device_degrade (p, i, why);
 }
 
 uint32_t

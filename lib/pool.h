@@ -84,8 +84,9 @@ uint32_t pool_ndevices (struct pool *p);
  * writes only to them.  pool_device_fail() commits the FAILED state to
  * the journal (once) before returning 0, so a caller may then
  * acknowledge a write that missed the device; -1 if the commit failed.
- * Read errors are counted, and POOL_READ_ERROR_LIMIT of them fail the
- * device.  All are safe from any thread. */
+ * Read errors are counted: the first makes an up device degraded (still
+ * used), POOL_READ_ERROR_LIMIT of them fail it.  All are safe from any
+ * thread. */
 #define POOL_READ_ERROR_LIMIT 8
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# A member whose reads fail (nbdkit's error filter on pread only): each
+# read is served from another copy with no client error; the first error
+# makes the member degraded (still in use), and POOL_READ_ERROR_LIMIT (8)
+# of them make it failed.
+source "$(dirname "$0")/functions.sh"
+requires nbdkit nbdsh
+
+for i in 0 1; do start_member "$i" 512MiB; done
+truncate -s 512M "$T/d2.img"
+nbdkit -U "$T/m2.sock" -P "$T/m2.pid" --filter=error file "$T/d2.img" \
+  error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
+on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+for _ in $(seq 50); do [ -S "$T/m2.sock" ] && break; sleep 0.1; done
+
+cat > "$CONFIG" <<EOF2
+pool: { name: dg$$, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 3, control_socket: $T/control.sock }
+devices:
+  - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
+  - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
+  - { name: d2, uri: "nbd+unix:///?socket=$T/m2.sock", domain: host2 }
+volumes:
+  - { name: v, size: 64MiB, replicas: 3, stripe_unit: 64KiB }
+EOF2
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+start_server
+nbdsh -u "$(uri v)" -c '
+for i in range(64):
+    h.pwrite(bytes([i]) * 65536, i * 65536)
+h.flush()'
+touch "$T/m2.rfail"
+
+state () {  # state DEV: its state in status --json
+  "$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+print([d["state"] for d in json.load(sys.stdin)["devices"] if d["name"] == sys.argv[1]][0])' "$1"
+}
+
+# One read per request; replicas are taken in turn, so one in three
+# tries d2 first.
+readback () {  # readback N: N reads, every one must return its data
+  nbdsh -u "$(uri v)" -c "
+for k in range($1):
+    i = k % 64
+    assert h.pread(65536, i * 65536) == bytes([i]) * 65536, 'wrong data at %d' % i"
+}
+readback 3
+[ "$(state d2)" = degraded ] || fail "d2 is $(state d2) after its first read errors, expected degraded"
+ok "first read errors: reads served from other copies, d2 degraded"
+readback 60
+[ "$(state d2)" = failed ] || fail "d2 is $(state d2) after many read errors, expected failed"
+"$STRATA" status "$CONFIG" | grep -E "^v .*degraded: 1 columns under-replicated" >/dev/null \
+  || { "$STRATA" status "$CONFIG"; fail "volume v not shown degraded"; }
+ok "8 read errors: d2 failed, v degraded, every read returned its data"
