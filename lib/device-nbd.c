@@ -461,10 +461,12 @@ device_nbd_needs_flush_for_fua (struct device *dev)
   return !dev->nbd->can_fua;
 }
 
+/* Free RM with every connection slot, used or not.  Its threads must be
+ * stopped. */
 static void
 remote_free (struct nbd_remote *rm)
 {
-  for (unsigned i = 0; i < rm->nconns; i++) {
+  for (unsigned i = 0; i < NBD_MAX_CONNS; i++) {
     struct conn *c = &rm->conns[i];
     if (c->h)
       nbd_close (c->h);
@@ -510,7 +512,6 @@ device_open_nbd (const char *uri, unsigned flags)
     pthread_mutex_init (&rm->conns[i].lock, NULL);
     pthread_mutex_init (&rm->conns[i].list_lock, NULL);
   }
-  rm->nconns = NBD_MAX_CONNS;	/* so that remote_free sees them all */
 
   h = connect_handle (rm);
   if (!h)
@@ -559,7 +560,6 @@ device_open_nbd (const char *uri, unsigned flags)
   return dev;
 
  fail:
-  rm->nconns = NBD_MAX_CONNS;
   remote_free (rm);
   free (dev->path);
   free (dev);
@@ -579,7 +579,6 @@ device_nbd_close (struct device *dev)
     }
   pthread_mutex_unlock (&registry_lock);
   threads_stop (rm);
-  rm->nconns = NBD_MAX_CONNS;
   remote_free (rm);
 }
 

@@ -293,12 +293,6 @@ device_path (const struct device *dev)
   return dev->path;
 }
 
-bool
-device_is_direct (const struct device *dev)
-{
-  return dev->direct;
-}
-
 size_t
 device_mem_align (const struct device *dev, enum dev_op op)
 {

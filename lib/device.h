@@ -71,7 +71,6 @@ void device_close (struct device *dev);
 
 uint64_t device_size (const struct device *dev);
 const char *device_path (const struct device *dev);
-bool device_is_direct (const struct device *dev);
 
 /* The memory alignment a buffer for OP on DEV needs: 512 when that kind
  * of request goes to an O_DIRECT descriptor (which also needs offsets
