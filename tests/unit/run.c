@@ -30,6 +30,7 @@ main (void)
   int failed;
 
   srunner_add_suite (sr, config_suite ());
+  srunner_add_suite (sr, device_suite ());
   srunner_add_suite (sr, alloc_suite ());
   srunner_add_suite (sr, journal_suite ());
   srunner_add_suite (sr, volume_suite ());

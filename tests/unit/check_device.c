@@ -1,0 +1,245 @@
+/* Check suite for lib/device.c and lib/device-nbd.c: local files in each
+ * I/O mode, remote members served by a real nbdkit (memory plugin, with
+ * the delay filter for timeouts), and one batch that mixes both. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "device.h"
+#include "error.h"
+#include "suites.h"
+
+#define SZ (16 << 20)
+
+static void
+fill (unsigned char *b, size_t n, unsigned seed)
+{
+  for (size_t i = 0; i < n; i++)
+    b[i] = (unsigned char) (i * 31 + seed * 7 + (i >> 12));
+}
+
+/* Write, read back, zero, flush and refuse bad requests on DEV. */
+static void
+exercise (struct device *dev, bool aligned_only)
+{
+  unsigned char *w = device_alloc_buf (1 << 20), *r = device_alloc_buf (1 << 20);
+  struct device_stats st;
+
+  fill (w, 1 << 20, 1);
+  ck_assert_msg (device_pwrite (dev, w, 1 << 20, 4 << 20, false) == 0, "%s",
+                 strata_last_error ());
+  ck_assert_int_eq (device_flush (dev), 0);
+  memset (r, 0xee, 1 << 20);
+  ck_assert_int_eq (device_pread (dev, r, 1 << 20, 4 << 20), 0);
+  ck_assert_int_eq (memcmp (w, r, 1 << 20), 0);
+
+  /* FUA write, then a read of a part of it from an unaligned buffer
+   * where the device allows one. */
+  fill (w, 8192, 2);
+  ck_assert_int_eq (device_pwrite (dev, w, 8192, 8192, true), 0);
+  if (!aligned_only) {
+    ck_assert_int_eq (device_pread (dev, r + 1, 100, 8192 + 7), 0);
+    ck_assert_int_eq (memcmp (w + 7, r + 1, 100), 0);
+  }
+  else
+    ck_assert_int_eq (device_pread (dev, r + 1, 4096, 8192), -1);
+
+  /* Zero a range: it reads back as zeros, its neighbours are intact. */
+  ck_assert_int_eq (device_zero (dev, 1 << 19, 4 << 20), 0);
+  ck_assert_int_eq (device_pread (dev, r, 1 << 20, 4 << 20), 0);
+  for (size_t i = 0; i < (1 << 19); i++)
+    ck_assert_msg (r[i] == 0, "byte %zu not zeroed", i);
+  fill (w, 1 << 20, 1);
+  ck_assert_int_eq (memcmp (w + (1 << 19), r + (1 << 19), 1 << 19), 0);
+
+  /* Out of range: refused, nothing written. */
+  errno = 0;
+  ck_assert_int_eq (device_pwrite (dev, w, 4096, device_size (dev), false), -1);
+  ck_assert_int_eq (errno, EINVAL);
+
+  device_stats (dev, &st);
+  ck_assert_uint_ge (st.requests, 6);
+  ck_assert_uint_eq (st.errors, 0);	/* refusals are not device errors */
+  free (w);
+  free (r);
+}
+
+START_TEST (test_local_modes)
+{
+  static const unsigned modes[] = { 0, DEVICE_DIRECT_READS, DEVICE_BUFFERED };
+  char *dir = test_tmpdir (), path[300];
+
+  for (size_t m = 0; m < 3; m++) {
+    struct device *dev;
+    snprintf (path, sizeof path, "%s/d%zu.img", dir, m);
+    dev = device_open_local (path, DEVICE_CREATE | modes[m], SZ);
+    ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+    ck_assert (!device_is_remote (dev));
+    ck_assert_uint_eq (device_size (dev), SZ);
+    /* Only O_DIRECT reads need aligned buffers (tmpfs has no O_DIRECT:
+     * then every mode is buffered). */
+    exercise (dev, device_mem_align (dev, DEV_READ) > 1);
+    device_close (dev);
+  }
+  test_rmdir (dir);
+}
+END_TEST
+
+/* A real nbdkit on a unix socket in DIR serving "memory 16M", with the
+ * FILTERS options and PARAMS (either may be NULL). */
+static pid_t
+start_nbdkit (const char *dir, const char *const *filters,
+              const char *const *params)
+{
+  char sock[300];
+  pid_t pid;
+
+  snprintf (sock, sizeof sock, "%s/nbd.sock", dir);
+  pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    const char *argv[16] = { "nbdkit", "-f", "-U", sock };
+    size_t n = 4;
+    for (size_t i = 0; filters && filters[i]; i++)
+      argv[n++] = filters[i];
+    argv[n++] = "memory";
+    argv[n++] = "16M";
+    for (size_t i = 0; params && params[i]; i++)
+      argv[n++] = params[i];
+    argv[n] = NULL;
+    execvp ("nbdkit", (char **) argv);
+    _exit (127);
+  }
+  for (int i = 0; i < 100 && access (sock, F_OK) == -1; i++)
+    usleep (50000);
+  ck_assert_msg (access (sock, F_OK) == 0, "nbdkit did not start");
+  return pid;
+}
+
+/* SIGKILL: a host that goes away (nbdkit would wait on SIGTERM for our
+ * idle connections to close). */
+static void
+stop_nbdkit (pid_t pid)
+{
+  kill (pid, SIGKILL);
+  waitpid (pid, NULL, 0);
+}
+
+static char *
+uri_for (const char *dir)
+{
+  char *u;
+  ck_assert_int_ge (asprintf (&u, "nbd+unix:///?socket=%s/nbd.sock", dir), 0);
+  return u;
+}
+
+START_TEST (test_remote)
+{
+  char *dir = test_tmpdir (), *uri = uri_for (dir), path[300];
+  pid_t pid = start_nbdkit (dir, NULL, NULL);
+  struct device *dev = device_open_nbd (uri, 0), *loc;
+  struct dev_req rq[2];
+  unsigned char *a = device_alloc_buf (65536), *b = device_alloc_buf (65536);
+
+  ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  ck_assert (device_is_remote (dev));
+  ck_assert_uint_eq (device_size (dev), SZ);
+  ck_assert_uint_ge (device_connections (dev), 1);
+  exercise (dev, false);
+
+  /* One batch with a local and a remote request. */
+  snprintf (path, sizeof path, "%s/local.img", dir);
+  loc = device_open_local (path, DEVICE_CREATE, SZ);
+  ck_assert_ptr_nonnull (loc);
+  fill (a, 65536, 3);
+  fill (b, 65536, 4);
+  rq[0] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = a,
+                             .len = 65536, .off = 1 << 20, .fua = true };
+  rq[1] = (struct dev_req) { .dev = loc, .op = DEV_WRITE, .buf = b,
+                             .len = 65536, .off = 1 << 20, .fua = true };
+  ck_assert_int_eq (device_submit (rq, 2), 0);
+  memset (a, 0, 65536);
+  memset (b, 0, 65536);
+  rq[0].op = rq[1].op = DEV_READ;
+  ck_assert_int_eq (device_submit (rq, 2), 0);
+  ck_assert_int_eq (rq[0].res, 0);
+  ck_assert_int_eq (rq[1].res, 0);
+  {
+    unsigned char *x = malloc (65536);
+    fill (x, 65536, 3);
+    ck_assert_int_eq (memcmp (a, x, 65536), 0);
+    fill (x, 65536, 4);
+    ck_assert_int_eq (memcmp (b, x, 65536), 0);
+    free (x);
+  }
+  device_close (loc);
+
+  /* The server goes away: requests fail at once, with an error. */
+  stop_nbdkit (pid);
+  ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
+  device_close (dev);
+
+  /* Nothing listening: a clear error naming the URI. */
+  ck_assert_ptr_null (device_open_nbd (uri, 0));
+  ck_assert_ptr_nonnull (strstr (strata_last_error (), uri));
+  free (a);
+  free (b);
+  free (uri);
+  test_rmdir (dir);
+}
+END_TEST
+
+START_TEST (test_remote_timeout)
+{
+  static const char *const filter[] = { "--filter=delay", NULL };
+  static const char *const param[] = { "delay-read=3", NULL };
+  char *dir = test_tmpdir (), *uri = uri_for (dir);
+  pid_t pid = start_nbdkit (dir, filter, param);
+  unsigned char *a = device_alloc_buf (4096);
+  struct device *dev;
+  struct device_stats st;
+
+  device_set_timeout (500);
+  dev = device_open_nbd (uri, 0);
+  ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  errno = 0;
+  ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
+  ck_assert_int_eq (errno, ETIMEDOUT);
+  device_stats (dev, &st);
+  ck_assert_uint_ge (st.timeouts, 1);
+  /* Writes are not delayed: the connection comes back and they work. */
+  for (int i = 0; i < 50 && !device_connected (dev); i++)
+    usleep (100000);
+  ck_assert (device_connected (dev));
+  ck_assert_int_eq (device_pwrite (dev, a, 4096, 0, true), 0);
+  device_close (dev);
+  device_set_timeout (30000);
+  stop_nbdkit (pid);
+  free (a);
+  free (uri);
+  test_rmdir (dir);
+}
+END_TEST
+
+Suite *
+device_suite (void)
+{
+  Suite *s = suite_create ("device");
+  TCase *tc = tcase_create ("io");
+
+  tcase_set_timeout (tc, 60);
+  tcase_add_test (tc, test_local_modes);
+  if (access ("/usr/sbin/nbdkit", X_OK) == 0
+      || access ("/usr/bin/nbdkit", X_OK) == 0) {
+    tcase_add_test (tc, test_remote);
+    tcase_add_test (tc, test_remote_timeout);
+  }
+  suite_add_tcase (s, tc);
+  return s;
+}
