@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS="build-essential pkg-config perl nbdkit nbdkit-plugin-dev libnbd-dev
       libnbd-bin python3-libnbd liburing-dev libyaml-dev check fio qemu-utils
-      e2fsprogs fuse3 util-linux"
+      e2fsprogs fuse3 util-linux openssl bc"
 missing=()
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \

@@ -97,7 +97,7 @@ start_member () {
 start_members () {
   local n=$1 size=$2
   for ((i=0; i<n; i++)); do start_member "$i" "$size"; done
-  on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+  on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
 }
 kill_member () { kill -9 "$(cat "$T/m$1.pid")"; rm -f "$T/m$1.pid"; }
 

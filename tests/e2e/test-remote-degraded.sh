@@ -10,7 +10,7 @@ for i in 0 1; do start_member "$i" 512MiB; done
 truncate -s 512M "$T/d2.img"
 nbdkit -U "$T/m2.sock" -P "$T/m2.pid" --filter=error file "$T/d2.img" \
   error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
-on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
 for _ in $(seq 50); do [ -S "$T/m2.sock" ] && break; sleep 0.1; done
 
 cat > "$CONFIG" <<EOF2

@@ -18,7 +18,7 @@ nbdkit -U "$T/m3.sock" -P "$T/m3.pid" eval \
   zero="fallocate -z -o \$4 -l \$3 $F" \
   can_write='exit 0' can_flush='exit 0' can_zero='exit 0' can_fua='echo emulate' \
   flush="sleep $DELAY"
-on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
 for _ in $(seq 50); do [ -S "$T/m3.sock" ] && break; sleep 0.1; done
 
 cat > "$CONFIG" <<EOF

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # strata init with remote members: a member of another pool and an export
 # too small are refused with a clear error and left untouched; members
-# behind TLS (nbds+unix:// with a PSK file) work, and the same members
-# without TLS are refused.
+# behind TLS work (nbds+unix:// with a PSK file; nbds:// over loopback TCP
+# with X.509 certificates, verified both ways), and the same members
+# without TLS or without a client certificate are refused.
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 export STRATA_REMOTE=1
@@ -75,3 +76,57 @@ ok "pool on TLS members (PSK): init, apply, write, read back; a second server re
 sed -e "s|nbds+unix://strata@|nbd+unix://|" -e "s|&tls-psk-file=[^\"]*||" "$T/tls.yaml" > "$T/plain.yaml"
 if "$STRATA" status "$T/plain.yaml" 2> "$T/err"; then fail "TLS-only members opened without TLS"; fi
 ok "the same members without TLS are refused: $(head -c 200 "$T/err")"
+
+# X.509: a CA, a server certificate for localhost and a client
+# certificate; nbdkit verifies the client, libnbd the server.
+requires openssl
+X=$T/x509
+mkdir -p "$X/srv" "$X/cli"
+(
+  cd "$X"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca-cert.pem \
+    -days 2 -subj "/CN=strata test CA"
+  openssl req -newkey rsa:2048 -nodes -keyout server-key.pem -out server.csr -subj "/CN=localhost"
+  printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+  openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+    -out server-cert.pem -days 2 -extfile server.ext
+  openssl req -newkey rsa:2048 -nodes -keyout client-key.pem -out client.csr -subj "/CN=strata"
+  printf 'extendedKeyUsage=clientAuth\n' > client.ext
+  openssl x509 -req -in client.csr -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+    -out client-cert.pem -days 2 -extfile client.ext
+  cp ca-cert.pem server-cert.pem server-key.pem srv/
+  cp ca-cert.pem client-cert.pem client-key.pem cli/
+) > "$T/openssl.log" 2>&1 || { cat "$T/openssl.log"; fail "openssl could not make the test certificates"; }
+port=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+truncate -s 256M "$T/d9.img"
+nbdkit -i 127.0.0.1 -p "$port" -P "$T/m9.pid" --tls=require --tls-certificates="$X/srv" \
+  --tls-verify-peer file "$T/d9.img"
+for _ in $(seq 50); do
+  nbdinfo --size "nbds://localhost:$port/?tls-certificates=$X/cli" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+cat > "$T/x509.yaml" <<EOF
+pool: { name: x$$, metadata_replicas: 1, metadata_size: 16MiB, control_socket: $T/x509.sock }
+devices:
+  - { name: x9, uri: "nbds://localhost:$port/?tls-certificates=$X/cli" }
+volumes:
+  - { name: v, size: 32MiB }
+EOF
+"$STRATA" init "$T/x509.yaml" >/dev/null
+"$STRATA" apply "$T/x509.yaml" >/dev/null
+CONFIG=$T/x509.yaml
+start_server
+nbdsh -u "$(uri v)" -c '
+pat = b"x509" * 16384
+h.pwrite(pat, 8192, nbd.CMD_FLAG_FUA)
+assert h.pread(len(pat), 8192) == pat'
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+d = json.load(sys.stdin)["devices"][0]
+assert d["state"] == "up" and d["host"] == "localhost" and d["domain"] == "localhost", d'
+stop_server
+grep -c "x509x509" "$T/d9.img" >/dev/null || fail "data did not reach the X.509 member"
+# The server's certificate directory has no client certificate: refused.
+sed -e "s|tls-certificates=$X/cli|tls-certificates=$X/srv|" "$T/x509.yaml" > "$T/x509-bad.yaml"
+if "$STRATA" status "$T/x509-bad.yaml" 2> "$T/err"; then fail "a client without its certificate was let in"; fi
+ok "pool on an X.509 member over loopback TCP: write, read back; a client without its certificate refused"

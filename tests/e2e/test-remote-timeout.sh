@@ -11,7 +11,7 @@ for i in 0 1 2; do start_member "$i" 512MiB; done
 truncate -s 512M "$T/d3.img"
 nbdkit -U "$T/m3.sock" -P "$T/m3.pid" --filter=pause file "$T/d3.img" \
   pause-control="$T/pause.sock"
-on_exit "stop_server; for p in $T/m*.pid; do kill \$(cat \$p) 2>/dev/null; done"
+on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
 for _ in $(seq 50); do [ -S "$T/m3.sock" ] && break; sleep 0.1; done
 
 pause () {  # pause p: member 3 holds every request from now on
