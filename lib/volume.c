@@ -35,6 +35,7 @@
 #include "volume.h"
 
 #define RMW_LOCKS 256
+#define RMW_DONE (1u << 31)	/* piece->ok: partial blocks read */
 
 /* Shared by every handle of one volume. */
 struct vshared {
@@ -615,7 +616,6 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
 
   /* Read the partial blocks, from another copy where one fails.  P->ok
    * holds the replicas tried, and RMW_DONE once the blocks are in. */
-#define RMW_DONE (1u << 31)
   for (size_t i = 0; i < n; i++)
     pc[i].ok = 0;
   for (;;) {

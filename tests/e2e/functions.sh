@@ -59,7 +59,9 @@ requires () {
 # file served by its own nbdkit on a unix socket (standing in for a host,
 # in its own failure domain host$i), with the error filter in front:
 # `touch $T/m$i.fail` makes member i fail every request, and
-# `kill_member i` takes the host away.
+# `kill_member i` takes the host away.  A member already serving on
+# $T/m$i.sock (a test's special one) is used as it is.  POOL_EXTRA adds a
+# line to the pool section (e.g. "io_timeout: 2s").
 make_config () {
   local n=$1 size=$2; shift 2
   [ "${STRATA_REMOTE:-}" = 1 ] && start_members "$n" "$size"
@@ -70,6 +72,7 @@ make_config () {
     echo "  metadata_replicas: 3"
     echo "  metadata_size: 16MiB"
     echo "  control_socket: $T/control.sock"
+    [ -n "${POOL_EXTRA:-}" ] && echo "  $POOL_EXTRA"
     echo "devices:"
     for ((i=0; i<n; i++)); do
       if [ "${STRATA_REMOTE:-}" = 1 ]; then
@@ -91,13 +94,27 @@ start_member () {
   rm -f "$T/m$i.sock"
   nbdkit -U "$T/m$i.sock" -P "$T/m$i.pid" "$@" --filter=error \
     file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1
-  for _ in $(seq 100); do [ -S "$T/m$i.sock" ] && return 0; sleep 0.1; done
-  fail "member $i did not start"
+  wait_socket "$T/m$i.sock"
+  members_cleanup
 }
+# start_members N SIZE: members 0..N-1, except those already serving.
 start_members () {
   local n=$1 size=$2
-  for ((i=0; i<n; i++)); do start_member "$i" "$size"; done
+  for ((i=0; i<n; i++)); do
+    [ -S "$T/m$i.sock" ] || start_member "$i" "$size"
+  done
+}
+# Every member server ($T/m*.pid) is killed at exit, after strata.  Call
+# after starting a member by hand; it registers the cleanup once.
+members_cleanup () {
+  [ -n "${_members_cleanup:-}" ] && return 0
+  _members_cleanup=1
   on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
+}
+# wait_socket PATH: until a server listens there (5 s at most).
+wait_socket () {
+  for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
+  fail "nothing is listening on $1"
 }
 kill_member () { kill -9 "$(cat "$T/m$1.pid")"; rm -f "$T/m$1.pid"; }
 

@@ -6,24 +6,13 @@
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 
-for i in 0 1; do start_member "$i" 512MiB; done
 truncate -s 512M "$T/d2.img"
 nbdkit -U "$T/m2.sock" -P "$T/m2.pid" --filter=error file "$T/d2.img" \
   error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
-on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
-for _ in $(seq 50); do [ -S "$T/m2.sock" ] && break; sleep 0.1; done
+members_cleanup
+wait_socket "$T/m2.sock"
 
-cat > "$CONFIG" <<EOF2
-pool: { name: dg$$, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 3, control_socket: $T/control.sock }
-devices:
-  - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
-  - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
-  - { name: d2, uri: "nbd+unix:///?socket=$T/m2.sock", domain: host2 }
-volumes:
-  - { name: v, size: 64MiB, replicas: 3, stripe_unit: 64KiB }
-EOF2
-"$STRATA" init "$CONFIG" >/dev/null
-"$STRATA" apply "$CONFIG" >/dev/null
+STRATA_REMOTE=1 make_pool 3 512MiB "{ name: v, size: 64MiB, replicas: 3, stripe_unit: 64KiB }"
 start_server
 nbdsh -u "$(uri v)" -c '
 for i in range(64):

@@ -8,7 +8,6 @@ source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 DELAY=1
 
-for i in 0 1 2; do start_member "$i" 512MiB; done
 truncate -s 512M "$T/d3.img"
 F=$T/d3.img
 nbdkit -U "$T/m3.sock" -P "$T/m3.pid" eval \
@@ -18,21 +17,10 @@ nbdkit -U "$T/m3.sock" -P "$T/m3.pid" eval \
   zero="fallocate -z -o \$4 -l \$3 $F" \
   can_write='exit 0' can_flush='exit 0' can_zero='exit 0' can_fua='echo emulate' \
   flush="sleep $DELAY"
-on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
-for _ in $(seq 50); do [ -S "$T/m3.sock" ] && break; sleep 0.1; done
+members_cleanup
+wait_socket "$T/m3.sock"
 
-cat > "$CONFIG" <<EOF
-pool: { name: slow, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 3, control_socket: $T/control.sock }
-devices:
-  - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
-  - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
-  - { name: d2, uri: "nbd+unix:///?socket=$T/m2.sock", domain: host2 }
-  - { name: d3, uri: "nbd+unix:///?socket=$T/m3.sock", domain: host3 }
-volumes:
-  - { name: v, size: 64MiB, replicas: 4, stripe_unit: 64KiB }
-EOF
-"$STRATA" init "$CONFIG" >/dev/null
-"$STRATA" apply "$CONFIG" >/dev/null
+STRATA_REMOTE=1 make_pool 4 512MiB "{ name: v, size: 64MiB, replicas: 4, stripe_unit: 64KiB }"
 start_server
 
 nbdsh -u "$(uri v)" -c "

@@ -8,7 +8,6 @@ requires nbdkit nbdsh
 
 # Five members; their domains are set per case below.
 for i in 0 1 2 3 4; do start_member "$i" 512MiB; done
-on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
 write_config () {  # write_config DOMAIN... (one per member)
   {
     echo "pool: { name: pl$$, metadata_replicas: 3, metadata_size: 16MiB, control_socket: $T/control.sock }"

@@ -7,12 +7,11 @@
 source "$(dirname "$0")/functions.sh"
 requires nbdkit fio nbdsh
 
-for i in 0 1 2; do start_member "$i" 512MiB; done
 truncate -s 512M "$T/d3.img"
 nbdkit -U "$T/m3.sock" -P "$T/m3.pid" --filter=pause file "$T/d3.img" \
   pause-control="$T/pause.sock"
-on_exit "stop_server; for p in $T/m*.pid; do kill -9 \$(cat \$p) 2>/dev/null; done"
-for _ in $(seq 50); do [ -S "$T/m3.sock" ] && break; sleep 0.1; done
+members_cleanup
+wait_socket "$T/m3.sock"
 
 pause () {  # pause p: member 3 holds every request from now on
   $PY - "$T/pause.sock" "$1" <<'PY'
@@ -28,18 +27,8 @@ except socket.timeout:
 PY
 }
 
-cat > "$CONFIG" <<EOF
-pool: { name: to$$, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 3, io_timeout: 2s, control_socket: $T/control.sock }
-devices:
-  - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
-  - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
-  - { name: d2, uri: "nbd+unix:///?socket=$T/m2.sock", domain: host2 }
-  - { name: d3, uri: "nbd+unix:///?socket=$T/m3.sock", domain: host3 }
-volumes:
-  - { name: r2, size: 256MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }
-EOF
-"$STRATA" init "$CONFIG" >/dev/null
-"$STRATA" apply "$CONFIG" >/dev/null
+STRATA_REMOTE=1 POOL_EXTRA="io_timeout: 2s" \
+  make_pool 4 512MiB "{ name: r2, size: 256MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }"
 start_server
 
 fio --name=r2 --ioengine=nbd --uri="$(uri r2)" --rw=randrw --bsrange=4k-256k \
