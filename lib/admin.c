@@ -71,7 +71,8 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 }
 
 /* status --json --map: every allocated chunk as
- * {"chunk":N,"columns":[["dev",...replicas], ...]}. */
+ * {"chunk":N,"columns":[["dev",...replicas], ...],
+ *  "extents":[[extent,...replicas], ...],"dirty":MASK}. */
 struct map_ctx {
   FILE *out;
   struct meta *m;
@@ -95,7 +96,16 @@ map_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
     }
     fputc (']', mc->out);
   }
-  fprintf (mc->out, "]}");
+  /* The extent numbers, in the same shape. */
+  fprintf (mc->out, "],\"extents\":[");
+  for (uint32_t col = 0; col < c->n / mc->replicas; col++) {
+    fprintf (mc->out, "%s[", col ? "," : "");
+    for (uint32_t r = 0; r < mc->replicas; r++)
+      fprintf (mc->out, "%s%" PRIu32, r ? "," : "",
+               c->ext[col * mc->replicas + r].ext);
+    fputc (']', mc->out);
+  }
+  fprintf (mc->out, "],\"dirty\":%" PRIu64 "}", c->dirty);
   return 0;
 }
 
@@ -232,14 +242,18 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ",\"state\":\"%s\",\"metadata\":%s,\"present\":%s,"
                  "\"requests\":%" PRIu64 ",\"errors\":%" PRIu64
                  ",\"timeouts\":%" PRIu64 ",\"latency_us\":%" PRIu64
-                 ",\"connected\":%s,\"problem\":",
+                 ",\"connected\":%s,\"csum_errors\":%" PRIu64
+                 ",\"repaired\":%" PRIu64 ",\"data_offset\":%" PRIu64
+                 ",\"csum_offset\":%" PRIu64 ",\"problem\":",
                  d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
                  alloc_used_count (pool_alloc (p), i) * m->extent_size,
                  dev_state (p, i),
                  d->flags & FORMAT_SB_META ? "true" : "false",
                  pool_device (p, i) ? "true" : "false", ds.requests,
                  ds.errors, ds.timeouts, ds.latency_ns / 1000,
-                 ds.connected ? "true" : "false");
+                 ds.connected ? "true" : "false",
+                 pool_device_csum_errors (p, i), pool_device_repairs (p, i),
+                 d->data_offset, d->csum_offset);
         json_str (out, pool_device_problem (p, i));
         fprintf (out, ",\"path\":");
         json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
@@ -288,25 +302,27 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, " %s %s%s%s%s", ri[i].name, replica_state (ri[i].state),
              ri[i].repaired ? " (repaired at open)" : "",
              ri[i].problem[0] ? ": " : "", ri[i].problem);
-  fprintf (out, "\n\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %8s %s\n",
+  fprintf (out, "\n\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %9s %8s %s\n",
            "DEVICE", "CLASS", "DOMAIN", "HOST", "SIZE", "USED", "STATE",
-           "ERRORS", "LATENCY", "PATH");
+           "ERRORS", "BAD/FIXED", "LATENCY", "PATH");
   for (uint32_t i = 0; i < m->ndevices; i++) {
     struct meta_device *d = &m->devices[i];
     struct device_stats ds = { 0 };
-    char host[CONFIG_DOMAIN_MAX], lat[32];
+    char host[CONFIG_DOMAIN_MAX], lat[32], bad[48];
     if (pool_device (p, i))
       device_stats (pool_device (p, i), &ds);
     if (ds.requests)
       snprintf (lat, sizeof lat, "%.2fms", ds.latency_ns / 1e6);
     else
       snprintf (lat, sizeof lat, "-");
-    fprintf (out, "%-10s %-5s %-12s %-10s %9s %9s %-7s %6" PRIu64 " %8s %s%s%s%s\n",
+    snprintf (bad, sizeof bad, "%" PRIu64 "/%" PRIu64,
+              pool_device_csum_errors (p, i), pool_device_repairs (p, i));
+    fprintf (out, "%-10s %-5s %-12s %-10s %9s %9s %-7s %6" PRIu64 " %9s %8s %s%s%s%s\n",
              d->name, d->class, d->domain, dev_host (p, i, host, sizeof host),
              util_human_size (d->size, a, sizeof a),
              util_human_size (alloc_used_count (pool_alloc (p), i)
                               * m->extent_size, b, sizeof b),
-             dev_state (p, i), ds.errors + ds.timeouts, lat,
+             dev_state (p, i), ds.errors + ds.timeouts, bad, lat,
              pool_device (p, i) ? device_path (pool_device (p, i)) : "",
              d->flags & FORMAT_SB_META ? " [metadata]" : "",
              pool_device_problem (p, i)[0] ? " -- " : "",

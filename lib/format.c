@@ -21,6 +21,34 @@ format_meta_layout (uint64_t meta_size, struct format_meta_layout *l)
   l->log_size = round_down (meta_size - l->log_off, STRATA_BLOCK);
 }
 
+uint64_t
+format_csum_slot (uint64_t extent_size)
+{
+  return round_up (extent_size / STRATA_BLOCK * 4, STRATA_BLOCK);
+}
+
+void
+format_data_layout (struct format_sb *sb)
+{
+  uint64_t slot = format_csum_slot (sb->extent_size);
+  uint64_t off = sb->meta_offset + sb->meta_size, n = 0, data;
+
+  if (sb->dev_size > off)
+    n = (sb->dev_size - off) / (sb->extent_size + slot);
+  n = MIN (n, UINT32_MAX);
+  /* Extents start on a MiB boundary; that may cost one of them. */
+  for (;;) {
+    data = round_up (off + n * slot, 1024 * 1024);
+    if (n == 0 || data + n * sb->extent_size <= sb->dev_size)
+      break;
+    n--;
+  }
+  sb->csum_offset = off;
+  sb->csum_slot = slot;
+  sb->data_offset = data;
+  sb->extent_count = n;
+}
+
 void
 format_sb_encode (const struct format_sb *sb, void *blk)
 {
@@ -45,6 +73,8 @@ format_sb_encode (const struct format_sb *sb, void *blk)
   d.pool_name[FORMAT_NAME_MAX - 1] = '\0';
   memcpy (d.dev_name, sb->dev_name, FORMAT_NAME_MAX);
   d.dev_name[FORMAT_NAME_MAX - 1] = '\0';
+  d.csum_offset = htole64 (sb->csum_offset);
+  d.csum_slot = htole64 (sb->csum_slot);
   d.crc = htole32 (crc32c (0, &d, offsetof (struct format_sb_disk, crc)));
   memcpy (blk, &d, sizeof d);
 }
@@ -60,8 +90,10 @@ format_sb_decode (const void *blk, struct format_sb *sb)
   if (le32toh (d.crc) != crc32c (0, &d, offsetof (struct format_sb_disk, crc)))
     return strata_error (EBADMSG, "strata superblock checksum mismatch");
   if (le32toh (d.version) != FORMAT_VERSION)
-    return strata_error (EBADMSG, "unsupported superblock version %u",
-                         le32toh (d.version));
+    return strata_error (EBADMSG, "superblock version %u is not supported "
+                         "(this strata writes version %u; a pool made by "
+                         "another version must be initialised again)",
+                         le32toh (d.version), FORMAT_VERSION);
   memset (sb, 0, sizeof *sb);
   sb->version = le32toh (d.version);
   sb->flags = le32toh (d.flags);
@@ -80,13 +112,18 @@ format_sb_decode (const void *blk, struct format_sb *sb)
   sb->pool_name[FORMAT_NAME_MAX - 1] = '\0';
   memcpy (sb->dev_name, d.dev_name, FORMAT_NAME_MAX);
   sb->dev_name[FORMAT_NAME_MAX - 1] = '\0';
+  sb->csum_offset = le64toh (d.csum_offset);
+  sb->csum_slot = le64toh (d.csum_slot);
 
   /* Geometry must be self-consistent, or later arithmetic overflows. */
   if (!is_power_of_2 (sb->extent_size) || sb->extent_size < STRATA_BLOCK
       || sb->meta_size < FORMAT_MIN_META_SIZE
       || sb->meta_offset != FORMAT_META_OFFSET
       || sb->meta_replicas == 0 || sb->meta_replicas > 64
-      || sb->data_offset < sb->meta_offset + sb->meta_size
+      || sb->csum_offset < sb->meta_offset + sb->meta_size
+      || sb->csum_slot != format_csum_slot (sb->extent_size)
+      || sb->extent_count > UINT32_MAX
+      || sb->data_offset < sb->csum_offset + sb->extent_count * sb->csum_slot
       || sb->data_offset > sb->dev_size
       || sb->extent_count > (sb->dev_size - sb->data_offset) / sb->extent_size)
     return strata_error (EBADMSG, "strata superblock geometry is inconsistent");

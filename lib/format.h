@@ -7,7 +7,13 @@
  *   0          superblock (4 KiB block; struct format_sb_disk at its start)
  *   4 KiB      reserved up to 1 MiB (never written; init checks it)
  *   1 MiB      metadata area, meta_size bytes (journal; see below)
+ *   csum_off   checksum area: one slot of csum_slot bytes per extent
  *   data_off   extent 0, extent 1, ... extent_count-1, each extent_size bytes
+ *
+ * A checksum slot holds the crc32c of every 4 KiB block of its extent, as
+ * little-endian uint32_t, rounded up to whole 4 KiB pages (so that no two
+ * extents share a page).  Slots are written lazily, in whole pages; they
+ * are only trusted for columns that are clean in the journal (resync.h).
  *
  * Every device has a metadata area, so any device can become a metadata
  * replica; only the devices flagged FORMAT_SB_META hold a live journal.
@@ -37,7 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FORMAT_VERSION 1
+#define FORMAT_VERSION 2
 #define FORMAT_SB_MAGIC "STRATASB"
 #define FORMAT_MH_MAGIC "STRATAMH"
 #define FORMAT_CK_MAGIC "STRATACK"
@@ -72,7 +78,9 @@ struct format_sb_disk {
   uint64_t created;
   char pool_name[FORMAT_NAME_MAX];
   char dev_name[FORMAT_NAME_MAX];
-  uint8_t reserved[268];
+  uint64_t csum_offset;		/* start of the checksum area */
+  uint64_t csum_slot;		/* checksum bytes per extent */
+  uint8_t reserved[252];
   uint32_t crc;			/* crc32c of every byte before it */
 } __attribute__ ((packed));
 static_assert (sizeof (struct format_sb_disk) == 512, "superblock size");
@@ -151,7 +159,18 @@ struct format_sb {
   uint64_t created;
   char pool_name[FORMAT_NAME_MAX];
   char dev_name[FORMAT_NAME_MAX];
+  uint64_t csum_offset;
+  uint64_t csum_slot;
 };
+
+/* Checksum bytes kept per extent of EXTENT_SIZE bytes. */
+uint64_t format_csum_slot (uint64_t extent_size);
+
+/* Lay out a device of DEV_SIZE bytes whose metadata area is META_SIZE
+ * bytes: fills SB's csum_offset, csum_slot, data_offset and extent_count
+ * (0 when not even one extent fits).  SB's dev_size, extent_size,
+ * meta_offset and meta_size must be set. */
+void format_data_layout (struct format_sb *sb);
 
 /* In-memory metadata header. */
 struct format_mh {

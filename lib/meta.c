@@ -35,6 +35,44 @@ meta_new (void)
   return m;
 }
 
+/* A new chunk of WIDTH columns and N extents, its columns in state
+ * DIRTY (a bit mask). */
+static struct meta_chunk *
+chunk_new (uint32_t width, uint32_t n, uint64_t dirty)
+{
+  struct meta_chunk *c = calloc (1, sizeof *c + n * sizeof c->ext[0]);
+
+  if (!c || !(c->col = calloc (width, sizeof *c->col))) {
+    free (c);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  c->n = n;
+  c->width = width;
+  c->dirty = dirty;
+  for (uint32_t i = 0; i < width; i++)
+    atomic_init (&c->col[i].state,
+                 (dirty >> i) & 1 ? META_COL_DIRTY : META_COL_CLEAN);
+  return c;
+}
+
+static void
+chunk_free (struct meta_chunk *c)
+{
+  if (!c)
+    return;
+  for (uint32_t i = 0; i < c->width; i++)
+    free (atomic_load (&c->col[i].csum));
+  free (c->col);
+  free (c);
+}
+
+static uint64_t
+all_columns (uint32_t width)
+{
+  return width >= 64 ? ~0ull : (1ull << width) - 1;
+}
+
 static void
 volume_free (struct meta_volume *v)
 {
@@ -46,7 +84,7 @@ volume_free (struct meta_volume *v)
       if (!leaf)
         continue;
       for (size_t j = 0; j < META_LEAF; j++)
-        free (atomic_load (&leaf[j]));
+        chunk_free (atomic_load (&leaf[j]));
       free (leaf);
     }
     free (top);
@@ -366,20 +404,20 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       if (b.bad || !v || n != v->width * v->replicas
           || idx >= meta_volume_nchunks (v) || meta_chunk_get (v, idx))
         return strata_error (EBADMSG, "malformed chunk-alloc entry");
-      c = malloc (sizeof *c + n * sizeof c->ext[0]);
+      /* A new chunk is dirty: its checksum slots have not been written. */
+      c = chunk_new (v->width, n, all_columns (v->width));
       if (!c)
-        return strata_error (ENOMEM, "out of memory");
-      c->n = n;
+        return -1;
       for (uint32_t i = 0; i < n; i++) {
         c->ext[i].dev = fbuf_get_u32 (&b);
         c->ext[i].ext = fbuf_get_u32 (&b);
       }
       if (b.bad || extents_ok (m, n, c->ext) == -1) {
-        free (c);
+        chunk_free (c);
         return strata_error (EBADMSG, "malformed chunk-alloc entry");
       }
       if (chunk_set (v, idx, c) == -1) {
-        free (c);
+        chunk_free (c);
         return -1;
       }
       atomic_fetch_add (&v->nchunks, 1);
@@ -398,7 +436,38 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
         return strata_error (EBADMSG, "malformed chunk-free entry");
       chunk_set (v, idx, NULL);
       atomic_fetch_sub (&v->nchunks, 1);
-      free (c);
+      chunk_free (c);
+      return 0;
+    }
+
+    case META_E_COL_STATE: {
+      uint8_t dirty = fbuf_get_u8 (&b);
+      uint32_t n = fbuf_get_u32 (&b);
+      struct meta_chunk *c;
+
+      if (b.bad || dirty > 1 || n > len / 20)
+        return strata_error (EBADMSG, "malformed column-state entry");
+      for (uint32_t i = 0; i < n; i++) {
+        uint64_t idx, mask;
+        id = fbuf_get_u32 (&b);
+        idx = fbuf_get_u64 (&b);
+        mask = fbuf_get_u64 (&b);
+        v = meta_find_volume_id (m, id);
+        if (b.bad || !v || idx >= meta_volume_nchunks (v)
+            || !(c = meta_chunk_get (v, idx))
+            || (mask & ~all_columns (v->width)))
+          return strata_error (EBADMSG, "malformed column-state entry");
+        if (dirty)
+          c->dirty |= mask;
+        else
+          c->dirty &= ~mask;
+        /* Replay sets the runtime state too (resync.c also does, after
+         * its commits; the two agree). */
+        for (uint32_t k = 0; k < v->width; k++)
+          if ((mask >> k) & 1)
+            atomic_store (&c->col[k].state,
+                          dirty ? META_COL_DIRTY : META_COL_CLEAN);
+      }
       return 0;
     }
 
@@ -469,6 +538,19 @@ meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state)
   fbuf_put_u8 (out, state);
 }
 
+void
+meta_entry_col_state (struct fbuf *out, bool dirty,
+                      const struct meta_col_item *items, size_t n)
+{
+  fbuf_put_u8 (out, dirty);
+  fbuf_put_u32 (out, n);
+  for (size_t i = 0; i < n; i++) {
+    fbuf_put_u32 (out, items[i].vol);
+    fbuf_put_u64 (out, items[i].chunk);
+    fbuf_put_u64 (out, items[i].mask);
+  }
+}
+
 struct snap_ctx {
   struct fbuf *out;
   uint32_t n;
@@ -480,6 +562,7 @@ snap_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
   struct snap_ctx *s = opaque;
 
   fbuf_put_u64 (s->out, idx);
+  fbuf_put_u64 (s->out, c->dirty);
   for (uint32_t i = 0; i < s->n; i++) {
     fbuf_put_u32 (s->out, c->ext[i].dev);
     fbuf_put_u32 (s->out, c->ext[i].ext);
@@ -502,6 +585,7 @@ meta_snapshot (struct meta *m, struct fbuf *out)
     fbuf_put_bytes (out, d->uuid, 16);
     fbuf_put_u64 (out, d->size);
     fbuf_put_u64 (out, d->data_offset);
+    fbuf_put_u64 (out, d->csum_offset);
     fbuf_put_u64 (out, d->extent_count);
     fbuf_put_str (out, d->class);
     fbuf_put_str (out, d->domain);
@@ -554,6 +638,7 @@ meta_load (struct meta *m, const void *data, size_t len)
     fbuf_get_bytes (&b, d->uuid, 16);
     d->size = fbuf_get_u64 (&b);
     d->data_offset = fbuf_get_u64 (&b);
+    d->csum_offset = fbuf_get_u64 (&b);
     d->extent_count = fbuf_get_u64 (&b);
     fbuf_get_str (&b, d->class, sizeof d->class);
     fbuf_get_str (&b, d->domain, sizeof d->domain);
@@ -594,20 +679,21 @@ meta_load (struct meta *m, const void *data, size_t len)
     for (uint64_t k = 0; k < nchunks; k++) {
       uint32_t n = width * replicas;
       uint64_t idx = fbuf_get_u64 (&b);
+      uint64_t dirty = fbuf_get_u64 (&b);
       struct meta_chunk *c;
 
-      if (b.bad || idx >= meta_volume_nchunks (v) || meta_chunk_get (v, idx))
+      if (b.bad || idx >= meta_volume_nchunks (v) || meta_chunk_get (v, idx)
+          || (dirty & ~all_columns (width)))
         goto bad;
-      c = malloc (sizeof *c + n * sizeof c->ext[0]);
+      c = chunk_new (width, n, dirty);
       if (!c)
-        return strata_error (ENOMEM, "out of memory");
-      c->n = n;
+        return -1;
       for (uint32_t e = 0; e < n; e++) {
         c->ext[e].dev = fbuf_get_u32 (&b);
         c->ext[e].ext = fbuf_get_u32 (&b);
       }
       if (b.bad || extents_ok (m, n, c->ext) == -1 || chunk_set (v, idx, c)) {
-        free (c);
+        chunk_free (c);
         goto bad;
       }
       atomic_fetch_add (&v->nchunks, 1);

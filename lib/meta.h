@@ -32,6 +32,7 @@ enum meta_entry_type {
   META_E_CHUNK_ALLOC = 5,
   META_E_CHUNK_FREE = 6,
   META_E_DEV_STATE = 7,
+  META_E_COL_STATE = 8,		/* columns marked dirty or clean */
 };
 
 enum meta_dev_state { META_DEV_UP = 0, META_DEV_DEGRADED = 1,
@@ -42,6 +43,7 @@ struct meta_device {
   uint8_t uuid[16];
   uint64_t size;		/* device bytes */
   uint64_t data_offset;
+  uint64_t csum_offset;		/* checksum slots (format.h) */
   uint64_t extent_count;
   char class[CONFIG_CLASS_MAX];
   char domain[CONFIG_DOMAIN_MAX];
@@ -55,10 +57,28 @@ struct meta_extent {
   uint32_t ext;
 };
 
+/* Runtime state of one column, owned by the data path (volume.c and
+ * resync.c) but allocated and freed with its chunk, so that it lives
+ * exactly as long as the extents it describes.  Not part of the
+ * journal's state. */
+enum meta_col_state { META_COL_CLEAN = 0, META_COL_DIRTY = 1,
+                      META_COL_CLEANING = 2 };
+struct meta_column {
+  _Atomic (uint32_t *) csum;	/* crc32c per 4 KiB block, NULL until loaded */
+  _Atomic uint32_t writers;	/* writes in progress */
+  _Atomic uint8_t state;	/* enum meta_col_state */
+  _Atomic bool touched;		/* written since the last cleaner pass */
+};
+
 /* An allocated chunk: width * replicas extents, column-major
- * (ext[col * replicas + r]). */
+ * (ext[col * replicas + r]).  DIRTY has a bit per column that may hold
+ * replicas which differ, or checksums on disk that do not match the data
+ * (crash resync); it changes only through the journal. */
 struct meta_chunk {
   uint32_t n;			/* width * replicas */
+  uint32_t width;
+  uint64_t dirty;
+  struct meta_column *col;	/* [width] */
   struct meta_extent ext[];
 };
 
@@ -126,6 +146,15 @@ void meta_entry_chunk_alloc (struct fbuf *out, uint32_t vol, uint64_t chunk,
                              uint32_t n, const struct meta_extent *ext);
 void meta_entry_chunk_free (struct fbuf *out, uint32_t vol, uint64_t chunk);
 void meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state);
+/* A COL_STATE entry of N items: columns MASK[i] of chunk CHUNK[i] of
+ * volume VOL[i] become dirty (DIRTY) or clean. */
+struct meta_col_item {
+  uint32_t vol;
+  uint64_t chunk;
+  uint64_t mask;
+};
+void meta_entry_col_state (struct fbuf *out, bool dirty,
+                           const struct meta_col_item *items, size_t n);
 
 /* Lookups; the caller holds m->lock or is the only thread. */
 struct meta_volume *meta_find_volume (struct meta *m, const char *name);

@@ -29,6 +29,7 @@
 
 #include "error.h"
 #include "pool.h"
+#include "resync.h"
 #include "util.h"
 
 struct pool {
@@ -49,6 +50,10 @@ struct pool {
    * metadata); a lock-free copy of the state for the data path. */
   _Atomic bool *failed;
   _Atomic uint32_t *read_errors;	/* [ndevs] since the pool opened */
+  _Atomic uint64_t *csum_errors;	/* [ndevs] checksum mismatches found */
+  _Atomic uint64_t *repairs;	/* [ndevs] blocks rewritten with good data */
+  pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
+  struct resync *resync;	/* dirty columns; NULL when read-only */
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
   int lockfd;			/* the pool lock file, or -1 */
   pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
@@ -184,7 +189,9 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     const struct config_device *cd = &cfg->devices[i];
     const char *what;
     char why[200];
-    uint64_t need = FORMAT_META_OFFSET + cfg->metadata_size + cfg->extent_size;
+    uint64_t need = round_up (FORMAT_META_OFFSET + cfg->metadata_size
+                              + format_csum_slot (cfg->extent_size), 1 << 20)
+      + cfg->extent_size;
 
     if (cd->uri)
       devs[i] = device_open_nbd (cd->uri, 0);
@@ -221,7 +228,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     if (device_size (devs[i]) < need) {
       strata_error (EINVAL, "%s:%d: device %s: %s is too small (%" PRIu64
                     " bytes; at least %" PRIu64 " are needed for the "
-                    "metadata area and one extent)", cfg->file, cd->line,
+                    "metadata area, one extent and its checksums)", cfg->file, cd->line,
                     cd->name, config_device_where (cd), device_size (devs[i]), need);
       goto out;
     }
@@ -276,9 +283,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     sb->extent_size = cfg->extent_size;
     sb->meta_offset = FORMAT_META_OFFSET;
     sb->meta_size = cfg->metadata_size;
-    sb->data_offset = FORMAT_META_OFFSET + cfg->metadata_size;
-    sb->extent_count = MIN ((sb->dev_size - sb->data_offset) / cfg->extent_size,
-                            UINT32_MAX);
+    format_data_layout (sb);
     sb->created = time (NULL);
     snprintf (sb->pool_name, sizeof sb->pool_name, "%s", cfg->name);
     snprintf (sb->dev_name, sizeof sb->dev_name, "%s", cd->name);
@@ -287,6 +292,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     memcpy (md->uuid, sb->dev_uuid, 16);
     md->size = sb->dev_size;
     md->data_offset = sb->data_offset;
+    md->csum_offset = sb->csum_offset;
     md->extent_count = sb->extent_count;
     snprintf (md->class, sizeof md->class, "%s", cd->class);
     snprintf (md->domain, sizeof md->domain, "%s", cd->domain);
@@ -400,6 +406,7 @@ pool_open (const struct config *cfg, unsigned flags)
   }
   pthread_mutex_init (&p->admin_lock, NULL);
   pthread_mutex_init (&p->fail_lock, NULL);
+  pthread_mutex_init (&p->walk_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
   if (cfg->cache_mode != CONFIG_CACHE_NONE) {
@@ -515,7 +522,10 @@ pool_open (const struct config *cfg, unsigned flags)
   p->dirty = calloc (p->ndevs, sizeof *p->dirty);
   p->failed = calloc (p->ndevs, sizeof *p->failed);
   p->read_errors = calloc (p->ndevs, sizeof *p->read_errors);
-  if (!p->devs || !p->problem || !p->dirty || !p->failed || !p->read_errors) {
+  p->csum_errors = calloc (p->ndevs, sizeof *p->csum_errors);
+  p->repairs = calloc (p->ndevs, sizeof *p->repairs);
+  if (!p->devs || !p->problem || !p->dirty || !p->failed || !p->read_errors
+      || !p->csum_errors || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -555,6 +565,13 @@ pool_open (const struct config *cfg, unsigned flags)
     if (!p->devs[i] || p->failed[i])
       alloc_set_usable (p->alloc, i, false);
   }
+  /* After an unclean stop, make the replicas of every dirty column agree
+   * before anything reads them. */
+  if (p->writable
+      && (!(p->resync = resync_new (p)) || resync_recover (p->resync) == -1)) {
+    strata_error_prefix ("pool %s: crash resync", cfg->name);
+    goto fail;
+  }
   free (sbs);
   free (have_sb);
   free (openerr);
@@ -581,6 +598,13 @@ pool_close (struct pool *p)
 {
   if (!p)
     return;
+  /* A clean stop leaves no column dirty. */
+  if (p->resync)
+    resync_stop (p->resync);
+  if (p->resync && resync_clean (p->resync, true) == -1)
+    fprintf (stderr, "strata: pool %s: %s; the next open resyncs the "
+             "columns written last\n", p->cfg->name, strata_last_error ());
+  resync_free (p->resync);
   journal_close (p->journal);
   alloc_free (p->alloc);
   meta_free (p->meta);
@@ -594,6 +618,9 @@ pool_close (struct pool *p)
   free (p->dirty);
   free (p->failed);
   free (p->read_errors);
+  free (p->csum_errors);
+  free (p->repairs);
+  pthread_mutex_destroy (&p->walk_lock);
   pthread_mutex_destroy (&p->admin_lock);
   pthread_mutex_destroy (&p->fail_lock);
   free (p);
@@ -708,6 +735,36 @@ pool_device_problem (struct pool *p, uint32_t i)
 {
   return i < p->ndevs ? p->problem[i] : "no such device";
 }
+
+void
+pool_device_csum_error (struct pool *p, uint32_t i)
+{
+  if (i < p->ndevs)
+    atomic_fetch_add (&p->csum_errors[i], 1);
+}
+
+void
+pool_device_repaired (struct pool *p, uint32_t i, uint32_t blocks)
+{
+  if (i < p->ndevs)
+    atomic_fetch_add (&p->repairs[i], blocks);
+}
+
+uint64_t
+pool_device_csum_errors (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? atomic_load (&p->csum_errors[i]) : 0;
+}
+
+uint64_t
+pool_device_repairs (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? atomic_load (&p->repairs[i]) : 0;
+}
+
+void pool_walk_lock (struct pool *p) { pthread_mutex_lock (&p->walk_lock); }
+void pool_walk_unlock (struct pool *p) { pthread_mutex_unlock (&p->walk_lock); }
+struct resync *pool_resync (struct pool *p) { return p->resync; }
 
 uint64_t
 pool_extent_offset (struct pool *p, struct meta_extent e, uint64_t off)
@@ -906,9 +963,14 @@ pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   }
   /* Commit in bounded records; a crash between them leaves some chunks
    * allocated but already zeroed, which reads the same. */
-  for (size_t k = 0; k < ni; k += 4096)
-    if (journal_append (p->journal, items + k, MIN (4096, ni - k)) == -1)
+  for (size_t k = 0; k < ni; k += 4096) {
+    int rr;
+    pool_walk_lock (p);
+    rr = journal_append (p->journal, items + k, MIN (4096, ni - k));
+    pool_walk_unlock (p);
+    if (rr == -1)
       goto out;
+  }
   alloc_release (p->alloc, ext, ni * per);
   r = 0;
  out:
@@ -1098,7 +1160,9 @@ pool_volume_delete (struct pool *p, const char *name)
   }
   fbuf_init_write (&e);
   meta_entry_vol_delete (&e, v->id);
+  pool_walk_lock (p);
   r = commit_one (p, META_E_VOL_DELETE, &e);
+  pool_walk_unlock (p);
   if (r == -1)
     unclaim (p, v);
  out:

@@ -95,4 +95,22 @@ uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
 
 const char *pool_device_problem (struct pool *p, uint32_t i);
 
+/* Checksum errors found on device I, and blocks (or checksum slots)
+ * rewritten there with good data, since the pool opened.  Safe from any
+ * thread. */
+void pool_device_csum_error (struct pool *p, uint32_t i);
+void pool_device_repaired (struct pool *p, uint32_t i, uint32_t blocks);
+uint64_t pool_device_csum_errors (struct pool *p, uint32_t i);
+uint64_t pool_device_repairs (struct pool *p, uint32_t i);
+
+/* Held by whoever walks the chunk maps outside the data path (the
+ * cleaner, scrub) and by whoever frees chunks or volumes, so that a walk
+ * never meets freed memory.  Never held across a wait for the data
+ * path's io_lock. */
+void pool_walk_lock (struct pool *p);
+void pool_walk_unlock (struct pool *p);
+
+/* The pool's dirty-column tracker (resync.h); NULL if read-only. */
+struct resync *pool_resync (struct pool *p);
+
 #endif /* STRATA_POOL_H */

@@ -11,9 +11,19 @@
  * extent range or client buffer is not aligned goes through a bounce
  * buffer; for a write, the partial first and last blocks are read first
  * (read-modify-write).  Only those two blocks of a request can be
- * partial, because stripe units are multiples of 4 KiB.  Two writers of
- * different bytes of one block would lose an update, so each partial
- * block is guarded by a hashed mutex held across its read and write.
+ * partial, because stripe units are multiples of 4 KiB.
+ *
+ * Checksums (csum.h): a write computes the crc32c of every block it
+ * writes into the column's array before the data goes out, after the
+ * column is marked dirty (resync.h).  Overlapping writes are serialised
+ * by a range lock over the blocks they touch, held across their I/O, so
+ * that data and checksum land in the same order on every replica (and
+ * a partial block's read-modify-write cannot lose a neighbour's bytes).
+ * A read verifies every block.  A block that does not match may only be
+ * racing a write, so the read is done again with io_lock held
+ * exclusively (no write in flight): from every replica, keeping the
+ * copies that match and rewriting those that do not (self-healing read).
+ * No matching copy is EIO.
  *
  * Chunk lifetime: the first write to a chunk allocates it (phase 1, no
  * lock held) and then does its I/O holding io_lock shared (phase 2).
@@ -30,12 +40,22 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "csum.h"
+#include "crc32c.h"
 #include "error.h"
+#include "resync.h"
 #include "util.h"
 #include "volume.h"
 
-#define RMW_LOCKS 256
 #define RMW_DONE (1u << 31)	/* piece->ok: partial blocks read */
+
+/* A range of blocks being written: [a0, a1) of the extent offsets of
+ * column COL of chunk CHUNK. */
+struct wrange {
+  uint64_t chunk;
+  uint32_t col;
+  uint64_t a0, a1;
+};
 
 /* Shared by every handle of one volume. */
 struct vshared {
@@ -47,9 +67,12 @@ struct vshared {
   pthread_cond_t busy_cond;	/* signalled when a chunk leaves busy[] */
   uint64_t *busy;		/* chunks being allocated or freed */
   size_t nbusy, cap;
-  /* Read-modify-write of a partial block: held across the read and the
-   * write of that block (see design notes). */
-  pthread_mutex_t rmw[RMW_LOCKS];
+  /* The range lock (see design notes): protects ranges[], nranges,
+   * rcap; writers wait on range_cond for an overlapping range to go. */
+  pthread_mutex_t range_lock;
+  pthread_cond_t range_cond;
+  struct wrange *ranges;
+  size_t nranges, rcap;
   _Atomic uint64_t rr;		/* spreads reads over replicas */
   /* Buffer alignment the pool's devices need for reads and for writes
    * (1 where they go through the page cache).  Set once at open. */
@@ -71,6 +94,7 @@ struct piece {
   char *bounce;			/* aligned copy, or NULL if direct */
   uint64_t a0, a1;		/* aligned extent range covered by bounce */
   struct meta_chunk *c;
+  uint32_t *cs;			/* the column's checksums */
   uint32_t ok;			/* write: replicas that took it */
 };
 
@@ -81,7 +105,8 @@ struct scratch {
   size_t rqcap;
   char *bounce;
   size_t bcap;
-  uint32_t *u32;		/* 2 * pieces: replicas tried, piece of request */
+  uint32_t *u32;		/* 3 * pieces: replicas tried, piece of
+				 * request, suspect */
   size_t u32cap;
 };
 
@@ -129,7 +154,7 @@ get_scratch (size_t npc, size_t nrq, size_t bounce)
     free (s->pc);
     free (s->u32);
     s->pc = malloc (npc * sizeof *s->pc);
-    s->u32 = malloc (2 * npc * sizeof *s->u32);
+    s->u32 = malloc (3 * npc * sizeof *s->u32);
     s->pccap = s->pc && s->u32 ? npc : 0;
     if (!s->pc || !s->u32)
       goto nomem;
@@ -179,8 +204,8 @@ shared_new (struct pool *p)
   pthread_rwlockattr_destroy (&a);
   pthread_mutex_init (&s->busy_lock, NULL);
   pthread_cond_init (&s->busy_cond, NULL);
-  for (size_t i = 0; i < RMW_LOCKS; i++)
-    pthread_mutex_init (&s->rmw[i], NULL);
+  pthread_mutex_init (&s->range_lock, NULL);
+  pthread_cond_init (&s->range_cond, NULL);
   return s;
 }
 
@@ -190,8 +215,9 @@ shared_free (struct vshared *s)
   pthread_rwlock_destroy (&s->io_lock);
   pthread_mutex_destroy (&s->busy_lock);
   pthread_cond_destroy (&s->busy_cond);
-  for (size_t i = 0; i < RMW_LOCKS; i++)
-    pthread_mutex_destroy (&s->rmw[i]);
+  pthread_mutex_destroy (&s->range_lock);
+  pthread_cond_destroy (&s->range_cond);
+  free (s->ranges);
   free (s->busy);
   free (s);
 }
@@ -483,6 +509,243 @@ plan_bounce (struct piece *pc, size_t n, char *arena, size_t mem_align,
   return need;
 }
 
+/* ---- range lock, checksums ---- */
+
+static bool
+overlaps (const struct wrange *x, const struct piece *p)
+{
+  return x->chunk == p->chunk && x->col == p->col && x->a0 < p->a1
+    && p->a0 < x->a1;
+}
+
+/* Take the range lock over [a0, a1) of every piece of PC, all at once
+ * (so that two requests can never hold parts and wait for each other). */
+static int
+range_lock (struct vshared *s, const struct piece *pc, size_t n)
+{
+  pthread_mutex_lock (&s->range_lock);
+  for (;;) {
+    bool busy = false;
+    for (size_t k = 0; k < s->nranges && !busy; k++)
+      for (size_t i = 0; i < n && !busy; i++)
+        busy = overlaps (&s->ranges[k], &pc[i]);
+    if (!busy)
+      break;
+    pthread_cond_wait (&s->range_cond, &s->range_lock);
+  }
+  if (s->nranges + n > s->rcap) {
+    size_t cap = MAX (s->rcap * 2, s->nranges + n + 16);
+    struct wrange *nr = realloc (s->ranges, cap * sizeof *nr);
+    if (!nr) {
+      pthread_mutex_unlock (&s->range_lock);
+      return strata_error (ENOMEM, "out of memory");
+    }
+    s->ranges = nr;
+    s->rcap = cap;
+  }
+  for (size_t i = 0; i < n; i++)
+    s->ranges[s->nranges++] = (struct wrange) { pc[i].chunk, pc[i].col,
+                                                pc[i].a0, pc[i].a1 };
+  pthread_mutex_unlock (&s->range_lock);
+  return 0;
+}
+
+static void
+range_unlock (struct vshared *s, const struct piece *pc, size_t n)
+{
+  pthread_mutex_lock (&s->range_lock);
+  for (size_t i = 0; i < n; i++)
+    for (size_t k = 0; k < s->nranges; k++) {
+      struct wrange *x = &s->ranges[k];
+      if (x->chunk == pc[i].chunk && x->col == pc[i].col
+          && x->a0 == pc[i].a0 && x->a1 == pc[i].a1) {
+        *x = s->ranges[--s->nranges];
+        break;
+      }
+    }
+  pthread_cond_broadcast (&s->range_cond);
+  pthread_mutex_unlock (&s->range_lock);
+}
+
+/* Look up the checksum arrays of the pieces' columns. */
+static int
+get_csums (struct volume *v, struct piece *pc, size_t n)
+{
+  for (size_t i = 0; i < n; i++) {
+    pc[i].cs = NULL;
+    if (pc[i].c && !(pc[i].cs = csum_get (v->p, v->mv, pc[i].c, pc[i].col)))
+      return -1;
+  }
+  return 0;
+}
+
+/* Whether reads of piece P can be checked: a read-only pool has not
+ * resynced dirty columns, whose checksums on disk may be behind. */
+static bool
+verifiable (struct volume *v, const struct piece *p)
+{
+  return pool_writable (v->p)
+    || atomic_load (&p->c->col[p->col].state) == META_COL_CLEAN;
+}
+
+/* Check the whole blocks of BUF, which holds [A0, A1) of piece P's
+ * extent, against the column's checksums.  Returns true if all match. */
+static bool
+blocks_ok (const struct piece *p, const char *buf, uint64_t a0, uint64_t a1)
+{
+  for (uint64_t o = a0; o < a1; o += STRATA_BLOCK)
+    if (crc32c (0, buf + (o - a0), STRATA_BLOCK) != p->cs[o / STRATA_BLOCK])
+      return false;
+  return true;
+}
+
+/* The volume offset of byte EOFF of column COL of chunk CHUNK. */
+static uint64_t
+volume_offset (struct volume *v, uint64_t chunk, uint32_t col, uint64_t eoff)
+{
+  struct meta_volume *mv = v->mv;
+
+  return chunk * mv->chunk_size + (eoff / mv->unit) * mv->unit * mv->width
+    + (uint64_t) col * mv->unit + eoff % mv->unit;
+}
+
+/* The self-healing read of piece P (see design notes), with io_lock
+ * held exclusively: read [a0, a1) from every usable replica, keep for
+ * each block a copy that matches its checksum, rewrite the copies that
+ * do not, and copy the good data to the client's buffer. */
+static int
+heal_piece (struct volume *v, struct piece *p)
+{
+  uint32_t R = v->mv->replicas;
+  uint64_t len = p->a1 - p->a0;
+  size_t nb = len / STRATA_BLOCK, nr = 0, nw = 0;
+  char *bufs[8] = { NULL };
+  struct dev_req rq[8], *wq = calloc (nb * R + 1, sizeof *wq);
+  int r = 0;
+
+  if (!wq)
+    return strata_error (ENOMEM, "out of memory");
+  for (uint32_t rep = 0; rep < R; rep++) {
+    struct meta_extent e = p->c->ext[p->col * R + rep];
+    if (!pool_device_usable (v->p, e.dev))
+      continue;
+    if (!(bufs[rep] = device_alloc_buf (len))) {
+      r = strata_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    rq[nr] = piece_req (v, p, rep, DEV_READ, bufs[rep], p->a0, p->a1, false);
+    rq[nr++].tag = rep;
+  }
+  device_submit (rq, nr);
+  for (size_t k = 0; k < nr; k++)
+    if (rq[k].res != 0) {
+      char why[200];
+      snprintf (why, sizeof why, "read failed: %s", strerror (-rq[k].res));
+      pool_device_read_error (v->p, p->c->ext[p->col * R + rq[k].tag].dev,
+                              why);
+      free (bufs[rq[k].tag]);
+      bufs[rq[k].tag] = NULL;
+    }
+
+  for (size_t b = 0; b < nb; b++) {
+    uint64_t o = p->a0 + b * STRATA_BLOCK;
+    uint32_t want = p->cs[o / STRATA_BLOCK];
+    int good = -1;
+    uint32_t badmask = 0;
+
+    for (uint32_t rep = 0; rep < R; rep++) {
+      if (!bufs[rep])
+        continue;
+      if (crc32c (0, bufs[rep] + b * STRATA_BLOCK, STRATA_BLOCK) == want) {
+        if (good < 0)
+          good = rep;
+      }
+      else
+        badmask |= 1u << rep;
+    }
+    for (uint32_t rep = 0; rep < R; rep++) {
+      struct meta_extent e = p->c->ext[p->col * R + rep];
+      if (!(badmask & (1u << rep)))
+        continue;
+      pool_device_csum_error (v->p, e.dev);
+      fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
+               "extent %" PRIu32 " block %" PRIu64 " (volume bytes %" PRIu64
+               "-%" PRIu64 ")%s\n", v->mv->name,
+               pool_meta (v->p)->devices[e.dev].name, e.ext,
+               o / STRATA_BLOCK, volume_offset (v, p->chunk, p->col, o),
+               volume_offset (v, p->chunk, p->col, o) + STRATA_BLOCK - 1,
+               good >= 0 ? "; repaired" : "; no good copy");
+      if (good >= 0) {
+        pool_mark_dirty (v->p, e.dev);
+        wq[nw] = piece_req (v, p, rep, DEV_WRITE,
+                            bufs[good] + b * STRATA_BLOCK, o,
+                            o + STRATA_BLOCK, true);
+        wq[nw++].tag = rep;
+      }
+    }
+    if (good < 0) {
+      r = strata_error (EIO, "volume %s: bytes %" PRIu64 "-%" PRIu64 ": no "
+                        "copy matches its checksum", v->mv->name,
+                        volume_offset (v, p->chunk, p->col, o),
+                        volume_offset (v, p->chunk, p->col, o)
+                        + STRATA_BLOCK - 1);
+      goto out;
+    }
+    /* The good block, as much of it as the client asked for. */
+    {
+      uint64_t lo = MAX (o, p->eoff), hi = MIN (o + STRATA_BLOCK,
+                                                p->eoff + p->len);
+      memcpy (p->ubuf + (lo - p->eoff),
+              bufs[good] + b * STRATA_BLOCK + (lo - o), hi - lo);
+    }
+  }
+  device_submit (wq, nw);
+  for (size_t k = 0; k < nw; k++) {
+    struct meta_extent e = p->c->ext[p->col * R + wq[k].tag];
+    if (wq[k].res == 0)
+      pool_device_repaired (v->p, e.dev, 1);
+    else {
+      char why[200];
+      snprintf (why, sizeof why, "repair write failed: %s",
+                strerror (-wq[k].res));
+      pool_device_fail (v->p, e.dev, why);
+    }
+  }
+ out:
+  for (uint32_t rep = 0; rep < R; rep++)
+    free (bufs[rep]);
+  free (wq);
+  return r;
+}
+
+/* Read the pieces of PC marked suspect again, healing them, with io_lock
+ * held exclusively.  Chunks may have been freed since (a trim): those
+ * read as zeros now. */
+static int
+heal_pieces (struct volume *v, struct piece *pc, size_t n,
+             const uint32_t *suspect)
+{
+  int r = 0;
+
+  pthread_rwlock_wrlock (&v->s->io_lock);
+  for (size_t i = 0; i < n && r == 0; i++) {
+    struct piece *p = &pc[i];
+    if (!suspect[i])
+      continue;
+    p->c = meta_chunk_get (v->mv, p->chunk);
+    if (!p->c) {
+      memset (p->ubuf, 0, p->len);
+      continue;
+    }
+    if (!(p->cs = csum_get (v->p, v->mv, p->c, p->col)))
+      r = -1;
+    else
+      r = heal_piece (v, p);
+  }
+  pthread_rwlock_unlock (&v->s->io_lock);
+  return r;
+}
+
 /* ---- read ---- */
 
 int
@@ -492,9 +755,10 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   struct scratch *sc;
   struct piece *pc;
   struct dev_req *rq;
-  uint32_t *tried, *which;
+  uint32_t *tried, *which, *suspect;
   size_t n, nb, nr;
   uint32_t start;
+  bool heal = false;
   int r = 0;
 
   if (check_range (v, count, off) == -1)
@@ -504,8 +768,9 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   sc = get_scratch (max_pieces (v, count), 0, 0);
   if (!sc)
     return -1;
+  /* Whole blocks are read, so that they can be verified. */
   n = map_pieces (v, off, count, buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL, s->read_align, s->read_align == 1);
+  nb = plan_bounce (sc->pc, n, NULL, s->read_align, false);
   sc = get_scratch (0, n, nb);
   if (!sc)
     return -1;
@@ -513,13 +778,19 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   rq = sc->rq;
   tried = sc->u32;		/* per piece: bit mask of replicas tried */
   which = sc->u32 + sc->pccap;	/* per request: its piece */
-  plan_bounce (pc, n, sc->bounce, s->read_align, s->read_align == 1);
+  suspect = sc->u32 + 2 * sc->pccap;	/* per piece: failed verification */
+  plan_bounce (pc, n, sc->bounce, s->read_align, false);
   start = atomic_fetch_add_explicit (&s->rr, 1, memory_order_relaxed);
 
   pthread_rwlock_rdlock (&s->io_lock);
   for (size_t i = 0; i < n; i++) {
     pc[i].c = meta_chunk_get (v->mv, pc[i].chunk);
     tried[i] = 0;
+    suspect[i] = 0;
+  }
+  if (get_csums (v, pc, n) == -1) {
+    r = -1;
+    goto out;
   }
   /* Each round reads every piece not yet read from a replica not yet
    * tried; a failed piece is retried on the next replica. */
@@ -563,32 +834,25 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
                                                 + rq[k].tag].dev, why);
         continue;		/* retried next round */
       }
+      tried[which[k]] = ~0u;
+      if (verifiable (v, p)
+          && !blocks_ok (p, p->bounce ? p->bounce : p->ubuf, p->a0, p->a1)) {
+        suspect[which[k]] = 1;	/* healed below */
+        heal = true;
+        continue;
+      }
       if (p->bounce)
         memcpy (p->ubuf, p->bounce + (p->eoff - p->a0), p->len);
-      tried[which[k]] = ~0u;
     }
   }
  out:
   pthread_rwlock_unlock (&s->io_lock);
+  if (r == 0 && heal)
+    r = heal_pieces (v, pc, n, suspect);
   return r;
 }
 
 /* ---- write ---- */
-
-static uint32_t
-rmw_slot (struct volume *v, const struct piece *p, uint64_t block)
-{
-  uint64_t h = (p->chunk * 64 + p->col) * 0x9E3779B97F4A7C15ull
-    ^ (block * 0xC2B2AE3D27D4EB4Full) ^ v->mv->id;
-  return (h >> 32) % RMW_LOCKS;
-}
-
-static int
-cmp_u32 (const void *a, const void *b)
-{
-  uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
-  return x < y ? -1 : x > y;
-}
 
 /* Write pieces PC[0..N) (chunks allocated and looked up) to every
  * replica.  Called with io_lock held shared. */
@@ -597,25 +861,24 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
               bool fua)
 {
   uint32_t R = v->mv->replicas;
-  uint32_t locks[4];
-  size_t nl = 0, nr = 0;
+  struct resync *rs = pool_resync (v->p);
+  size_t nr = 0, begun = 0;
   int r = 0;
 
-  /* Partial blocks: only in the first and the last piece. */
-  for (size_t i = 0; i < n; i += (n > 1 ? n - 1 : 1)) {
-    struct piece *p = &pc[i];
-    if (p->eoff != p->a0)
-      locks[nl++] = rmw_slot (v, p, p->a0 / STRATA_BLOCK);
-    if (p->eoff + p->len != p->a1)
-      locks[nl++] = rmw_slot (v, p, p->a1 / STRATA_BLOCK - 1);
-  }
-  qsort (locks, nl, sizeof locks[0], cmp_u32);
-  for (size_t k = 0; k < nl; k++)
-    if (k == 0 || locks[k] != locks[k - 1])
-      pthread_mutex_lock (&v->s->rmw[locks[k]]);
+  if (get_csums (v, pc, n) == -1 || range_lock (v->s, pc, n) == -1)
+    return -1;
+  /* The columns are dirty before anything is written to them. */
+  for (begun = 0; begun < n; begun++)
+    if (resync_write_begin (rs, v->mv, pc[begun].chunk, pc[begun].c,
+                            pc[begun].col) == -1) {
+      begun++;
+      r = -1;
+      goto out;
+    }
 
-  /* Read the partial blocks, from another copy where one fails.  P->ok
-   * holds the replicas tried, and RMW_DONE once the blocks are in. */
+  /* Read the partial blocks, from another copy where one fails or does
+   * not match its checksum.  P->ok holds the replicas tried, and
+   * RMW_DONE once the blocks are in. */
   for (size_t i = 0; i < n; i++)
     pc[i].ok = 0;
   for (;;) {
@@ -651,23 +914,36 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     if (nr == 0)
       break;
     device_submit (rq, nr);
-    for (size_t k = 0; k < nr; k++)
-      if (rq[k].res != 0) {
-        struct piece *p = &pc[rq[k].tag / R];
-        char why[200];
+    for (size_t k = 0; k < nr; k++) {
+      struct piece *p = &pc[rq[k].tag / R];
+      uint32_t dev = p->c->ext[p->col * R + rq[k].tag % R].dev;
+      char why[200];
+      if (rq[k].res == 0) {
+        uint64_t o = rq[k].buf == p->bounce ? p->a0 : p->a1 - STRATA_BLOCK;
+        if (!verifiable (v, p) || blocks_ok (p, rq[k].buf, o,
+                                             o + STRATA_BLOCK))
+          continue;
+        /* Under the range lock no write races this block: the copy is
+         * bad.  Another is tried; the scrub repairs this one. */
+        pool_device_csum_error (v->p, dev);
         p->ok &= ~RMW_DONE;
-        snprintf (why, sizeof why, "read failed: %s", strerror (-rq[k].res));
-        pool_device_read_error (v->p, p->c->ext[p->col * R + rq[k].tag % R].dev,
-                                why);
+        continue;
       }
+      p->ok &= ~RMW_DONE;
+      snprintf (why, sizeof why, "read failed: %s", strerror (-rq[k].res));
+      pool_device_read_error (v->p, dev, why);
+    }
   }
 
-  /* Every piece to every usable replica, all at once. */
+  /* Every piece to every usable replica, all at once, with the checksums
+   * of what is written in the column's array first. */
   nr = 0;
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &pc[i];
     if (p->bounce)
       memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
+    csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
+                 p->cs + p->a0 / STRATA_BLOCK);
     p->ok = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
@@ -707,9 +983,9 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
                         ": no copy could be written", v->mv->name,
                         pc[i].chunk, pc[i].col);
  out:
-  for (size_t k = nl; k-- > 0;)
-    if (k == 0 || locks[k] != locks[k - 1])
-      pthread_mutex_unlock (&v->s->rmw[locks[k]]);
+  for (size_t i = 0; i < begun; i++)
+    resync_write_end (pc[i].c, pc[i].col);
+  range_unlock (v->s, pc, n);
   return r;
 }
 
@@ -786,7 +1062,7 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
   struct vshared *s = v->s;
   struct scratch *sc;
   uint32_t R = v->mv->replicas;
-  size_t n, nr = 0;
+  size_t n, nr = 0, begun = 0;
   int r = 0;
 
   sc = get_scratch (max_pieces (v, count), 0, 0);
@@ -797,13 +1073,36 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
   if (!sc)
     return -1;
   pthread_rwlock_rdlock (&s->io_lock);
+  /* Keep the pieces with whole blocks in allocated chunks. */
+  {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+      struct piece *p = &sc->pc[i];
+      p->a0 = round_up (p->eoff, STRATA_BLOCK);
+      p->a1 = round_down (p->eoff + p->len, STRATA_BLOCK);
+      p->c = meta_chunk_get (v->mv, p->chunk);
+      if (p->c && p->a0 < p->a1)
+        sc->pc[m++] = *p;
+    }
+    n = m;
+  }
+  if (get_csums (v, sc->pc, n) == -1 || range_lock (s, sc->pc, n) == -1) {
+    pthread_rwlock_unlock (&s->io_lock);
+    return -1;
+  }
+  for (begun = 0; begun < n; begun++)
+    if (resync_write_begin (pool_resync (v->p), v->mv, sc->pc[begun].chunk,
+                            sc->pc[begun].c, sc->pc[begun].col) == -1) {
+      begun++;
+      r = -1;
+      goto out;
+    }
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &sc->pc[i];
-    uint64_t a0 = round_up (p->eoff, STRATA_BLOCK);
-    uint64_t a1 = round_down (p->eoff + p->len, STRATA_BLOCK);
-    p->c = meta_chunk_get (v->mv, p->chunk);
-    if (!p->c || a0 >= a1)
-      continue;
+    uint64_t a0 = p->a0, a1 = p->a1;
+    /* Discarded blocks read as zeros. */
+    for (uint64_t o = a0; o < a1; o += STRATA_BLOCK)
+      p->cs[o / STRATA_BLOCK] = csum_zero_block ();
     p->ok = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
@@ -833,15 +1132,15 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     if (pool_device_fail (v->p, e.dev, why) == -1)
       r = -1;
   }
-  for (size_t i = 0; i < n && r == 0; i++) {
-    struct piece *p = &sc->pc[i];
-    if (p->c && round_up (p->eoff, STRATA_BLOCK)
-        < round_down (p->eoff + p->len, STRATA_BLOCK) && p->ok == 0)
+  for (size_t i = 0; i < n && r == 0; i++)
+    if (sc->pc[i].ok == 0)
       r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
                         ": no copy could be discarded", v->mv->name,
-                        p->chunk, p->col);
-  }
+                        sc->pc[i].chunk, sc->pc[i].col);
  out:
+  for (size_t i = 0; i < begun; i++)
+    resync_write_end (sc->pc[i].c, sc->pc[i].col);
+  range_unlock (s, sc->pc, n);
   pthread_rwlock_unlock (&s->io_lock);
   return r;
 }

@@ -3,7 +3,7 @@
  * A thin adapter: each NBD callback becomes one libstrata call.  The
  * pool is opened in .get_ready (so configuration errors are reported
  * before nbdkit forks into the background), the control socket thread
- * starts in .after_fork, and every volume is an export of the same name.
+ * and the cleaner (resync.h) start in .after_fork, and every volume is an export of the same name.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -21,6 +21,7 @@
 #include "device.h"
 #include "error.h"
 #include "pool.h"
+#include "resync.h"
 #include "volume.h"
 
 #define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
@@ -100,6 +101,10 @@ static int
 strata_after_fork (void)
 {
   device_threads_start ();
+  if (resync_start (pool_resync (pool)) == -1) {
+    nbdkit_error ("%s", strata_last_error ());
+    return -1;
+  }
   control = control_server_start (pool, cfg->control_socket, live_ctx);
   if (!control) {
     nbdkit_error ("%s", strata_last_error ());

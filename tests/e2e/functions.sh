@@ -157,3 +157,36 @@ uri () { echo "nbd+unix:///$1?socket=$SOCK"; }
 
 # sha of a set of files (for "untouched" checks)
 sums () { sha256sum "$@" | awk '{print $1}' | sha256sum | awk '{print $1}'; }
+
+# compare_replicas: with the pool stopped, every allocated column's
+# replicas hold the same bytes in the backing files ($T/dN.img, also for
+# remote members).  Prints the number of columns compared.
+compare_replicas () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+es = s['pool']['extent_size']
+devs = {d['name']: d for d in s['devices']}
+def extent(dev, ext):
+    with open('$T/%s.img' % dev, 'rb') as f:
+        f.seek(devs[dev]['data_offset'] + ext * es)
+        return f.read(es)
+n = 0
+for v in s['volumes']:
+    for ch in v['map']:
+        for col, (names, exts) in enumerate(zip(ch['columns'], ch['extents'])):
+            first = extent(names[0], exts[0])
+            for name, ext in zip(names[1:], exts[1:]):
+                if extent(name, ext) != first:
+                    sys.exit('volume %s chunk %d column %d: %s and %s differ'
+                             % (v['name'], ch['chunk'], col, names[0], name))
+            n += 1
+print(n)"
+}
+
+# csum_errors: the sum of checksum errors the serving process has found.
+csum_errors () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print(sum(d['csum_errors'] for d in json.load(sys.stdin)['devices']))"
+}

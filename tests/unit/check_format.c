@@ -27,10 +27,19 @@ START_TEST (test_sb_roundtrip_and_damage)
                           .dev_index = 3, .meta_replicas = 3,
                           .dev_size = 1ull << 30, .extent_size = 4 << 20,
                           .meta_offset = FORMAT_META_OFFSET,
-                          .meta_size = 16 << 20,
-                          .data_offset = FORMAT_META_OFFSET + (16 << 20),
-                          .extent_count = 200, .created = 1 };
+                          .meta_size = 16 << 20, .created = 1 };
   struct format_sb out;
+
+  format_data_layout (&sb);
+  /* 1 GiB - 17 MiB of room, 4 MiB + 4 KiB per extent, MiB-aligned data. */
+  ck_assert_uint_eq (sb.csum_offset, FORMAT_META_OFFSET + (16 << 20));
+  ck_assert_uint_eq (sb.csum_slot, 4096);
+  ck_assert_uint_eq (sb.data_offset % (1 << 20), 0);
+  ck_assert_uint_ge (sb.data_offset, sb.csum_offset + sb.extent_count * 4096);
+  ck_assert_uint_le (sb.data_offset + sb.extent_count * sb.extent_size,
+                     sb.dev_size);
+  ck_assert_uint_eq (sb.extent_count, 251);
+  sb.extent_count = 200;
 
   strcpy (sb.pool_name, "tank");
   strcpy (sb.dev_name, "d3");
@@ -39,6 +48,8 @@ START_TEST (test_sb_roundtrip_and_damage)
   ck_assert_int_eq (format_sb_decode (blk, &out), 0);
   ck_assert_uint_eq (out.dev_index, 3);
   ck_assert_uint_eq (out.extent_count, 200);
+  ck_assert_uint_eq (out.csum_offset, sb.csum_offset);
+  ck_assert_uint_eq (out.csum_slot, 4096);
   ck_assert_str_eq (out.pool_name, "tank");
   ck_assert_mem_eq (out.pool_uuid, sb.pool_uuid, 16);
 

@@ -34,6 +34,7 @@ main (void)
   srunner_add_suite (sr, alloc_suite ());
   srunner_add_suite (sr, journal_suite ());
   srunner_add_suite (sr, volume_suite ());
+  srunner_add_suite (sr, integrity_suite ());
   srunner_run_all (sr, CK_NORMAL);
   failed = srunner_ntests_failed (sr);
   srunner_free (sr);

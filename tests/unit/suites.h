@@ -10,6 +10,7 @@ Suite *alloc_suite (void);
 Suite *journal_suite (void);
 Suite *volume_suite (void);
 Suite *device_suite (void);
+Suite *integrity_suite (void);
 
 /* A fresh temporary directory for a test (removed by the runner's exit
  * only if empty; tests remove their files). */

@@ -1,0 +1,259 @@
+/* strata: per-block checksums (see csum.h).
+ *
+ * Design notes
+ * ------------
+ * A checksum slot is an array of little-endian crc32c values, one per
+ * 4 KiB block of the extent, padded to whole pages.  Loading a column's
+ * array reads the slot of every usable replica at once.  Normally they
+ * agree.  Where they do not (a slot damaged on one device), the block is
+ * read from every replica and the value that matches some replica's data
+ * wins; slots holding anything else are rewritten before the array is
+ * used, so a later load agrees again.  When no value matches, the first
+ * replica's is kept: reads of that block then fail verification on every
+ * copy and return EIO, which is the truth.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32c.h"
+#include "csum.h"
+#include "error.h"
+#include "util.h"
+
+static uint32_t zero_crc;
+static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
+
+static void
+zero_init (void)
+{
+  static const char z[STRATA_BLOCK];
+
+  zero_crc = crc32c (0, z, sizeof z);
+}
+
+uint32_t
+csum_zero_block (void)
+{
+  pthread_once (&zero_once, zero_init);
+  return zero_crc;
+}
+
+void
+csum_blocks (const void *buf, size_t len, uint32_t *out)
+{
+  const char *p = buf;
+
+  for (size_t i = 0; i < len / STRATA_BLOCK; i++)
+    out[i] = crc32c (0, p + i * STRATA_BLOCK, STRATA_BLOCK);
+}
+
+size_t
+csum_count (struct pool *p)
+{
+  return pool_meta (p)->extent_size / STRATA_BLOCK;
+}
+
+static uint64_t
+slot_offset (struct pool *p, struct meta_extent e)
+{
+  struct meta *m = pool_meta (p);
+
+  return m->devices[e.dev].csum_offset
+    + (uint64_t) e.ext * format_csum_slot (m->extent_size);
+}
+
+/* Settle block B where the slots disagree: read it from every replica
+ * that had a slot (HAVE) and take the value that matches one's data. */
+static uint32_t
+settle_block (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+              uint32_t col, size_t b, uint32_t **slots, uint32_t have,
+              char *blk)
+{
+  uint32_t R = v->replicas;
+  uint32_t first = 0;
+  bool any = false;
+
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent e = c->ext[col * R + r];
+    uint32_t want;
+
+    if (!(have & (1u << r)))
+      continue;
+    want = le32toh (slots[r][b]);
+    if (!any) {
+      first = want;
+      any = true;
+    }
+    if (device_pread (pool_device (p, e.dev), blk, STRATA_BLOCK,
+                      pool_extent_offset (p, e, b * STRATA_BLOCK)) == 0
+        && crc32c (0, blk, STRATA_BLOCK) == want)
+      return want;
+  }
+  return first;
+}
+
+static uint32_t *
+load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+      uint32_t col)
+{
+  uint32_t R = v->replicas;
+  size_t n = csum_count (p);
+  uint64_t slot = format_csum_slot (pool_meta (p)->extent_size);
+  uint32_t *a = malloc (n * sizeof *a);
+  uint32_t *slots[8] = { NULL };
+  struct dev_req rq[8];
+  uint32_t have = 0, bad = 0;
+  size_t nr = 0;
+  char *blk = NULL;
+
+  if (!a) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent e = c->ext[col * R + r];
+    if (!pool_device_usable (p, e.dev))
+      continue;
+    slots[r] = device_alloc_buf (slot);
+    if (!slots[r]) {
+      strata_error (ENOMEM, "out of memory");
+      goto fail;
+    }
+    rq[nr] = (struct dev_req) { .dev = pool_device (p, e.dev), .op = DEV_READ,
+                                .buf = slots[r], .len = slot,
+                                .off = slot_offset (p, e), .tag = r };
+    nr++;
+  }
+  device_submit (rq, nr);
+  for (size_t k = 0; k < nr; k++) {
+    if (rq[k].res == 0)
+      have |= 1u << rq[k].tag;
+    else {
+      char why[200];
+      snprintf (why, sizeof why, "checksum read failed: %s",
+                strerror (-rq[k].res));
+      pool_device_read_error (p, c->ext[col * R + rq[k].tag].dev, why);
+    }
+  }
+  if (have == 0) {
+    strata_error (EIO, "volume %s: no copy of the checksums of column %"
+                  PRIu32 " (extent %" PRIu32 " of device %s) can be read",
+                  v->name, col, c->ext[col * R].ext,
+                  pool_meta (p)->devices[c->ext[col * R].dev].name);
+    goto fail;
+  }
+
+  /* Take the first readable slot, then settle every disagreement. */
+  for (uint32_t r = 0; r < R; r++)
+    if (have & (1u << r)) {
+      for (size_t b = 0; b < n; b++)
+        a[b] = le32toh (slots[r][b]);
+      break;
+    }
+  for (size_t b = 0; b < n; b++) {
+    bool differ = false;
+    for (uint32_t r = 0; r < R; r++)
+      if ((have & (1u << r)) && le32toh (slots[r][b]) != a[b])
+        differ = true;
+    if (!differ)
+      continue;
+    if (!blk && !(blk = device_alloc_buf (STRATA_BLOCK))) {
+      strata_error (ENOMEM, "out of memory");
+      goto fail;
+    }
+    a[b] = settle_block (p, v, c, col, b, slots, have, blk);
+    for (uint32_t r = 0; r < R; r++)
+      if ((have & (1u << r)) && le32toh (slots[r][b]) != a[b])
+        bad |= 1u << r;
+  }
+
+  /* Rewrite the slots that disagreed, durably, before anyone uses A. */
+  if (bad && pool_writable (p)) {
+    nr = 0;
+    for (uint32_t r = 0; r < R; r++) {
+      struct meta_extent e = c->ext[col * R + r];
+      if (!(bad & (1u << r)))
+        continue;
+      for (size_t b = 0; b < n; b++)
+        slots[r][b] = htole32 (a[b]);
+      rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                    .op = DEV_WRITE, .fua = true,
+                                    .buf = slots[r], .len = slot,
+                                    .off = slot_offset (p, e), .tag = r };
+      pool_device_csum_error (p, e.dev);
+    }
+    device_submit (rq, nr);
+    for (size_t k = 0; k < nr; k++)
+      if (rq[k].res == 0)
+        pool_device_repaired (p, c->ext[col * R + rq[k].tag].dev, 1);
+  }
+  for (uint32_t r = 0; r < R; r++)
+    free (slots[r]);
+  free (blk);
+  return a;
+
+ fail:
+  for (uint32_t r = 0; r < R; r++)
+    free (slots[r]);
+  free (blk);
+  free (a);
+  return NULL;
+}
+
+uint32_t *
+csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+          uint32_t col)
+{
+  struct meta_column *mc = &c->col[col];
+  uint32_t *a = atomic_load_explicit (&mc->csum, memory_order_acquire);
+  uint32_t *expected = NULL;
+
+  if (a)
+    return a;
+  if (atomic_load (&mc->state) != META_COL_CLEAN && pool_writable (p)) {
+    size_t n = csum_count (p);
+    a = malloc (n * sizeof *a);
+    if (!a) {
+      strata_error (ENOMEM, "out of memory");
+      return NULL;
+    }
+    for (size_t b = 0; b < n; b++)
+      a[b] = csum_zero_block ();
+  }
+  else if (!(a = load (p, v, c, col)))
+    return NULL;
+  if (!atomic_compare_exchange_strong (&mc->csum, &expected, a)) {
+    free (a);
+    a = expected;
+  }
+  return a;
+}
+
+size_t
+csum_write_reqs (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+                 uint32_t col, const uint32_t *a, void *buf,
+                 struct dev_req *rq)
+{
+  uint32_t R = v->replicas;
+  size_t n = csum_count (p), nr = 0;
+  uint64_t slot = format_csum_slot (pool_meta (p)->extent_size);
+  uint32_t *le = buf;
+
+  memset (buf, 0, slot);
+  for (size_t b = 0; b < n; b++)
+    le[b] = htole32 (a[b]);
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent e = c->ext[col * R + r];
+    if (!pool_device_usable (p, e.dev))
+      continue;
+    pool_mark_dirty (p, e.dev);
+    rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                  .op = DEV_WRITE, .buf = buf, .len = slot,
+                                  .off = slot_offset (p, e), .tag = r };
+  }
+  return nr;
+}

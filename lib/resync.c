@@ -1,0 +1,582 @@
+/* strata: dirty columns, checksum write-back and crash resync (see
+ * resync.h).
+ *
+ * Design notes
+ * ------------
+ * Each column has a runtime state (struct meta_column): CLEAN, DIRTY, or
+ * CLEANING while a cleaner pass works on it.  A writer increments
+ * `writers` and then reads `state`; the cleaner sets CLEANING and then
+ * reads `writers` (both sequentially consistent), so either the cleaner
+ * sees the writer and leaves the column alone, or the writer sees
+ * CLEANING and takes the slow path.  The slow path and the whole cleaner
+ * pass hold r->lock, so a DIRTY commit made by a writer always follows
+ * the CLEAN commit of a pass that looked at the same column: the journal
+ * never says clean while a write is in flight.
+ *
+ * The cleaner holds r->lock across its I/O (checksum pages, flush,
+ * commit).  Only writers to clean columns wait for it; a pass is short
+ * and runs every RESYNC_INTERVAL seconds.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "csum.h"
+#include "error.h"
+#include "resync.h"
+#include "util.h"
+
+struct col_ref {
+  struct meta_volume *v;
+  uint64_t idx;
+  struct meta_chunk *c;
+  uint32_t col;
+};
+
+struct resync {
+  struct pool *p;
+  /* Protects pending[], npending, committing, err, and every change of a
+   * column's state away from CLEAN; held by a whole cleaner pass. */
+  pthread_mutex_t lock;
+  pthread_cond_t cond;		/* a DIRTY commit or a pass finished */
+  struct col_ref *pending;	/* columns waiting for a DIRTY commit */
+  size_t npending, cap;
+  bool committing;		/* a writer is committing pending[] */
+  int err;			/* sticky: a DIRTY commit failed */
+  /* The cleaner thread. */
+  pthread_t thread;
+  bool running;
+  pthread_mutex_t tick_lock;	/* protects stop */
+  pthread_cond_t tick;
+  bool stop;
+  _Atomic uint64_t cleaned;
+  uint64_t rec_columns, rec_bytes;
+};
+
+struct resync *
+resync_new (struct pool *p)
+{
+  struct resync *r = calloc (1, sizeof *r);
+
+  if (!r) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  r->p = p;
+  pthread_mutex_init (&r->lock, NULL);
+  pthread_cond_init (&r->cond, NULL);
+  pthread_mutex_init (&r->tick_lock, NULL);
+  pthread_cond_init (&r->tick, NULL);
+  return r;
+}
+
+void
+resync_free (struct resync *r)
+{
+  if (!r)
+    return;
+  resync_stop (r);
+  pthread_mutex_destroy (&r->lock);
+  pthread_cond_destroy (&r->cond);
+  pthread_mutex_destroy (&r->tick_lock);
+  pthread_cond_destroy (&r->tick);
+  free (r->pending);
+  free (r);
+}
+
+void
+resync_stats (struct resync *r, struct resync_stats *st)
+{
+  st->columns = r->rec_columns;
+  st->bytes = r->rec_bytes;
+  st->cleaned = atomic_load (&r->cleaned);
+}
+
+/* Commit COLS[0..N) dirty (DIRTY) or clean, in bounded entries. */
+static int
+commit_cols (struct resync *r, const struct col_ref *cols, size_t n,
+             bool dirty)
+{
+  struct meta_col_item *items = malloc (MIN (n, 4096) * sizeof *items);
+  int ret = 0;
+
+  if (!items)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t k = 0; k < n && ret == 0; k += 4096) {
+    size_t m = 0;
+    struct fbuf e;
+    struct journal_item it;
+
+    for (size_t i = k; i < MIN (n, k + 4096); i++) {
+      /* Columns of one chunk share an item. */
+      if (m > 0 && items[m - 1].vol == cols[i].v->id
+          && items[m - 1].chunk == cols[i].idx)
+        items[m - 1].mask |= 1ull << cols[i].col;
+      else
+        items[m++] = (struct meta_col_item) { cols[i].v->id, cols[i].idx,
+                                              1ull << cols[i].col };
+    }
+    fbuf_init_write (&e);
+    meta_entry_col_state (&e, dirty, items, m);
+    it = (struct journal_item) { META_E_COL_STATE, e.len, e.p };
+    ret = e.bad ? strata_error (ENOMEM, "out of memory")
+                : journal_append (pool_journal (r->p), &it, 1);
+    fbuf_free (&e);
+  }
+  free (items);
+  return ret;
+}
+
+/* ---- writers ---- */
+
+static bool
+is_pending (struct resync *r, struct meta_chunk *c, uint32_t col)
+{
+  for (size_t i = 0; i < r->npending; i++)
+    if (r->pending[i].c == c && r->pending[i].col == col)
+      return true;
+  return false;
+}
+
+/* The slow path: make the column dirty in the journal, sharing one
+ * commit with every writer that arrives meanwhile. */
+static int
+mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
+            struct meta_chunk *c, uint32_t col)
+{
+  struct meta_column *mc = &c->col[col];
+  int ret = 0;
+
+  pthread_mutex_lock (&r->lock);
+  for (;;) {
+    struct col_ref *batch;
+    size_t n;
+
+    if (atomic_load (&mc->state) == META_COL_DIRTY)
+      break;
+    if (r->err) {
+      ret = strata_error (r->err, "the journal refused a commit; the pool "
+                          "cannot record writes");
+      break;
+    }
+    if (!is_pending (r, c, col)) {
+      if (r->npending == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 64;
+        struct col_ref *np = realloc (r->pending, cap * sizeof *np);
+        if (!np) {
+          ret = strata_error (ENOMEM, "out of memory");
+          break;
+        }
+        r->pending = np;
+        r->cap = cap;
+      }
+      r->pending[r->npending++] = (struct col_ref) { v, idx, c, col };
+    }
+    if (r->committing) {
+      pthread_cond_wait (&r->cond, &r->lock);
+      continue;
+    }
+    /* Lead one commit for everything pending. */
+    batch = r->pending;
+    n = r->npending;
+    r->pending = NULL;
+    r->npending = r->cap = 0;
+    r->committing = true;
+    pthread_mutex_unlock (&r->lock);
+    ret = commit_cols (r, batch, n, true);
+    pthread_mutex_lock (&r->lock);
+    for (size_t i = 0; i < n && ret == 0; i++)
+      atomic_store (&batch[i].c->col[batch[i].col].state, META_COL_DIRTY);
+    if (ret == -1)
+      r->err = errno;
+    r->committing = false;
+    free (batch);
+    pthread_cond_broadcast (&r->cond);
+    if (ret == -1)
+      break;
+  }
+  pthread_mutex_unlock (&r->lock);
+  return ret;
+}
+
+int
+resync_write_begin (struct resync *r, struct meta_volume *v, uint64_t idx,
+                    struct meta_chunk *c, uint32_t col)
+{
+  struct meta_column *mc = &c->col[col];
+
+  atomic_fetch_add (&mc->writers, 1);
+  atomic_store_explicit (&mc->touched, true, memory_order_relaxed);
+  if (atomic_load (&mc->state) == META_COL_DIRTY)
+    return 0;
+  return mark_dirty (r, v, idx, c, col);
+}
+
+void
+resync_write_end (struct meta_chunk *c, uint32_t col)
+{
+  atomic_fetch_sub (&c->col[col].writers, 1);
+}
+
+/* ---- walking the chunk maps ---- */
+
+struct walk {
+  struct meta_volume *v;
+  struct col_ref *cols;
+  size_t n, cap;
+  bool (*want) (struct walk *w, struct meta_chunk *c, uint32_t col);
+  bool all;
+  int err;
+};
+
+static int
+walk_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct walk *w = opaque;
+
+  for (uint32_t col = 0; col < c->width; col++) {
+    if (!w->want (w, c, col))
+      continue;
+    if (w->n == w->cap) {
+      size_t cap = w->cap ? w->cap * 2 : 256;
+      struct col_ref *nc = realloc (w->cols, cap * sizeof *nc);
+      if (!nc) {
+        w->err = ENOMEM;
+        return 1;
+      }
+      w->cols = nc;
+      w->cap = cap;
+    }
+    w->cols[w->n++] = (struct col_ref) { w->v, idx, c, col };
+  }
+  return 0;
+}
+
+/* Collect the columns W->want picks over every volume.  Called with the
+ * pool's walk lock held. */
+static int
+walk (struct pool *p, struct walk *w)
+{
+  struct meta *m = pool_meta (p);
+  struct meta_volume **vols;
+  size_t nv;
+
+  pthread_mutex_lock (&m->lock);
+  nv = m->nvolumes;
+  vols = malloc ((nv ? nv : 1) * sizeof *vols);
+  if (vols)
+    memcpy (vols, m->volumes, nv * sizeof *vols);
+  pthread_mutex_unlock (&m->lock);
+  if (!vols)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < nv && !w->err; i++) {
+    w->v = vols[i];
+    meta_foreach_chunk (vols[i], walk_chunk, w);
+  }
+  free (vols);
+  if (w->err)
+    return strata_error (w->err, "out of memory");
+  return 0;
+}
+
+/* ---- the cleaner ---- */
+
+/* A dirty column left alone for a whole pass becomes CLEANING. */
+static bool
+want_clean (struct walk *w, struct meta_chunk *c, uint32_t col)
+{
+  struct meta_column *mc = &c->col[col];
+
+  if (atomic_load (&mc->state) != META_COL_DIRTY)
+    return false;
+  if (atomic_exchange (&mc->touched, false) && !w->all)
+    return false;
+  if (atomic_load (&mc->writers) > 0)
+    return false;
+  atomic_store (&mc->state, META_COL_CLEANING);
+  if (atomic_load (&mc->writers) > 0) {
+    atomic_store (&mc->state, META_COL_DIRTY);
+    return false;
+  }
+  return true;
+}
+
+/* Write the checksum slots of COLS to every usable replica. */
+static int
+write_csums (struct pool *p, struct col_ref *cols, size_t n)
+{
+  uint64_t slot = format_csum_slot (pool_meta (p)->extent_size);
+  enum { BATCH = 64 };
+  char *bufs = device_alloc_buf (BATCH * slot);
+  struct dev_req rq[BATCH * 8];
+  int ret = 0;
+
+  if (!bufs)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t k = 0; k < n && ret == 0; k += BATCH) {
+    size_t nr = 0;
+    for (size_t i = k; i < MIN (n, k + BATCH); i++) {
+      uint32_t *a = csum_get (p, cols[i].v, cols[i].c, cols[i].col);
+      if (!a) {
+        ret = -1;
+        break;
+      }
+      size_t m = csum_write_reqs (p, cols[i].v, cols[i].c, cols[i].col, a,
+                                  bufs + (i - k) * slot, rq + nr);
+      for (size_t q = nr; q < nr + m; q++)
+        rq[q].tag += (i - k) * 8;	/* column of the batch, replica */
+      nr += m;
+    }
+    if (ret == 0 && device_submit (rq, nr) == -1)
+      /* A device that cannot take its checksums is failing; the column's
+       * other copies carry on. */
+      for (size_t q = 0; q < nr && ret == 0; q++)
+        if (rq[q].res != 0) {
+          struct col_ref *cr = &cols[k + rq[q].tag / 8];
+          struct meta_extent e = cr->c->ext[cr->col * cr->v->replicas
+                                            + rq[q].tag % 8];
+          char why[200];
+          snprintf (why, sizeof why, "checksum write failed: %s",
+                    strerror (-rq[q].res));
+          ret = pool_device_fail (p, e.dev, why);
+        }
+  }
+  free (bufs);
+  return ret;
+}
+
+int
+resync_clean (struct resync *r, bool all)
+{
+  struct pool *p = r->p;
+  struct walk w = { .want = want_clean, .all = all };
+  int ret;
+
+  pool_walk_lock (p);
+  pthread_mutex_lock (&r->lock);
+  while (r->committing)
+    pthread_cond_wait (&r->cond, &r->lock);
+  ret = walk (p, &w);
+  if (ret == 0 && w.n > 0) {
+    ret = write_csums (p, w.cols, w.n);
+    if (ret == 0)
+      ret = pool_flush (p);
+    if (ret == 0)
+      ret = commit_cols (r, w.cols, w.n, false);
+  }
+  for (size_t i = 0; i < w.n; i++)
+    atomic_store (&w.cols[i].c->col[w.cols[i].col].state,
+                  ret == 0 ? META_COL_CLEAN : META_COL_DIRTY);
+  if (ret == 0)
+    atomic_fetch_add (&r->cleaned, w.n);
+  pthread_cond_broadcast (&r->cond);
+  pthread_mutex_unlock (&r->lock);
+  pool_walk_unlock (p);
+  free (w.cols);
+  return ret == 0 ? (int) MIN (w.n, INT32_MAX) : -1;
+}
+
+static void *
+cleaner (void *opaque)
+{
+  struct resync *r = opaque;
+
+  pthread_mutex_lock (&r->tick_lock);
+  while (!r->stop) {
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_sec += RESYNC_INTERVAL;
+    pthread_cond_timedwait (&r->tick, &r->tick_lock, &ts);
+    if (r->stop)
+      break;
+    pthread_mutex_unlock (&r->tick_lock);
+    if (resync_clean (r, false) == -1)
+      fprintf (stderr, "strata: pool %s: cleaner: %s\n",
+               pool_config (r->p)->name, strata_last_error ());
+    pthread_mutex_lock (&r->tick_lock);
+  }
+  pthread_mutex_unlock (&r->tick_lock);
+  return NULL;
+}
+
+int
+resync_start (struct resync *r)
+{
+  int e;
+
+  if (r->running)
+    return 0;
+  r->stop = false;
+  e = pthread_create (&r->thread, NULL, cleaner, r);
+  if (e)
+    return strata_error (e, "cannot start the cleaner thread: %s",
+                         strerror (e));
+  r->running = true;
+  return 0;
+}
+
+void
+resync_stop (struct resync *r)
+{
+  if (!r->running)
+    return;
+  pthread_mutex_lock (&r->tick_lock);
+  r->stop = true;
+  pthread_cond_signal (&r->tick);
+  pthread_mutex_unlock (&r->tick_lock);
+  pthread_join (r->thread, NULL);
+  r->running = false;
+}
+
+/* ---- recovery ---- */
+
+static bool
+want_dirty (struct walk *w, struct meta_chunk *c, uint32_t col)
+{
+  (void) w;
+  return (c->dirty >> col) & 1;
+}
+
+#define RESYNC_IO (1024 * 1024)	/* bytes per replica per step */
+
+/* Make the usable replicas of one column identical to the first one that
+ * reads, and compute its checksums.  Adds the bytes rewritten to *BYTES. */
+static int
+resync_column (struct pool *p, struct col_ref *cr, char **bufs,
+               uint64_t *bytes)
+{
+  struct meta_volume *v = cr->v;
+  uint32_t R = v->replicas;
+  uint64_t es = pool_meta (p)->extent_size;
+  size_t n = csum_count (p);
+  uint32_t *a = calloc (n, sizeof *a);
+  struct meta_column *mc = &cr->c->col[cr->col];
+  struct dev_req rq[8], *wq = NULL;
+  size_t wcap = 0;
+  int ret = 0;
+
+  if (!a)
+    return strata_error (ENOMEM, "out of memory");
+  for (uint64_t off = 0; off < es && ret == 0; off += RESYNC_IO) {
+    uint32_t len = MIN (RESYNC_IO, es - off);
+    size_t nr = 0, nw = 0;
+    int src = -1;
+
+    for (uint32_t rep = 0; rep < R; rep++) {
+      struct meta_extent e = cr->c->ext[cr->col * R + rep];
+      if (!pool_device_usable (p, e.dev))
+        continue;
+      rq[nr] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                  .op = DEV_READ, .buf = bufs[rep],
+                                  .len = len,
+                                  .off = pool_extent_offset (p, e, off),
+                                  .tag = rep };
+      nr++;
+    }
+    if (nr == 0)
+      break;			/* no copy left: nothing to make agree */
+    device_submit (rq, nr);
+    for (size_t k = 0; k < nr; k++) {
+      struct meta_extent e = cr->c->ext[cr->col * R + rq[k].tag];
+      if (rq[k].res == 0) {
+        if (src < 0)
+          src = rq[k].tag;
+        continue;
+      }
+      /* A copy that cannot be made to agree must not be read again. */
+      if (pool_device_fail (p, e.dev, "unreadable during crash resync") == -1)
+        ret = -1;
+    }
+    if (src < 0) {
+      for (size_t b = 0; b < len / STRATA_BLOCK; b++)
+        a[off / STRATA_BLOCK + b] = 0;
+      continue;
+    }
+    csum_blocks (bufs[src], len, a + off / STRATA_BLOCK);
+    if (wcap < R * (len / STRATA_BLOCK)) {
+      free (wq);
+      wcap = R * (len / STRATA_BLOCK);
+      wq = malloc (wcap * sizeof *wq);
+      if (!wq) {
+        ret = strata_error (ENOMEM, "out of memory");
+        break;
+      }
+    }
+    for (size_t k = 0; k < nr; k++) {
+      uint32_t rep = rq[k].tag;
+      struct meta_extent e = cr->c->ext[cr->col * R + rep];
+      if (rq[k].res != 0 || (int) rep == src)
+        continue;
+      for (uint32_t b = 0; b < len; b += STRATA_BLOCK)
+        if (memcmp (bufs[rep] + b, bufs[src] + b, STRATA_BLOCK) != 0) {
+          pool_mark_dirty (p, e.dev);
+          wq[nw++] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                        .op = DEV_WRITE,
+                                        .buf = bufs[src] + b,
+                                        .len = STRATA_BLOCK,
+                                        .off = pool_extent_offset (p, e,
+                                                                   off + b),
+                                        .tag = rep };
+        }
+    }
+    device_submit (wq, nw);
+    for (size_t k = 0; k < nw; k++) {
+      struct meta_extent e = cr->c->ext[cr->col * R + wq[k].tag];
+      if (wq[k].res == 0)
+        *bytes += STRATA_BLOCK;
+      else if (pool_device_fail (p, e.dev, "write failed during crash "
+                                 "resync") == -1)
+        ret = -1;
+    }
+  }
+  free (wq);
+  if (ret == 0)
+    free (atomic_exchange (&mc->csum, a));
+  else
+    free (a);
+  return ret;
+}
+
+int
+resync_recover (struct resync *r)
+{
+  struct pool *p = r->p;
+  struct walk w = { .want = want_dirty };
+  uint32_t R = 8;
+  char *bufs[8] = { NULL };
+  uint64_t bytes = 0;
+  int ret;
+
+  pool_walk_lock (p);
+  ret = walk (p, &w);
+  for (uint32_t i = 0; i < R && ret == 0 && w.n > 0; i++)
+    if (!(bufs[i] = device_alloc_buf (RESYNC_IO)))
+      ret = strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < w.n && ret == 0; i++)
+    ret = resync_column (p, &w.cols[i], bufs, &bytes);
+  if (ret == 0 && w.n > 0)
+    ret = write_csums (p, w.cols, w.n);
+  if (ret == 0 && w.n > 0)
+    ret = pool_flush (p);
+  if (ret == 0 && w.n > 0)
+    ret = commit_cols (r, w.cols, w.n, false);
+  if (ret == 0) {
+    for (size_t i = 0; i < w.n; i++)
+      atomic_store (&w.cols[i].c->col[w.cols[i].col].state, META_COL_CLEAN);
+    r->rec_columns = w.n;
+    r->rec_bytes = bytes;
+    if (w.n > 0)
+      fprintf (stderr, "strata: pool %s: crash resync: %zu columns checked, "
+               "%" PRIu64 " bytes rewritten\n", pool_config (p)->name, w.n,
+               bytes);
+  }
+  pool_walk_unlock (p);
+  for (uint32_t i = 0; i < R; i++)
+    free (bufs[i]);
+  free (w.cols);
+  return ret;
+}

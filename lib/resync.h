@@ -1,0 +1,67 @@
+/* strata: dirty columns, checksum write-back and crash resync.
+ *
+ * A column is dirty in the journal (meta_chunk.dirty) while its replicas
+ * may differ from each other or from the checksum slots on disk: from
+ * before the first write to it until the cleaner has written its
+ * checksums to every replica, flushed, and committed it clean.  After an
+ * unclean stop, only dirty columns need resync: one replica is chosen,
+ * the others are made identical to it, and the checksums are computed
+ * from its data.  That is also why a crash in the middle of a write never
+ * shows up as a checksum error afterwards.
+ *
+ * Steady writing costs no commits: a column stays dirty while it is being
+ * written, and the cleaner only cleans columns left alone for a whole
+ * pass (RESYNC_INTERVAL).  A new chunk is dirty from its allocation
+ * entry on, so first writes cost no extra commit either.
+ *
+ * This is part of the pool: pool_open() (writable) runs resync_recover()
+ * and pool_close() a last resync_clean().
+ */
+#ifndef STRATA_RESYNC_H
+#define STRATA_RESYNC_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "pool.h"
+
+#define RESYNC_INTERVAL 5	/* seconds between cleaner passes */
+
+struct resync;
+
+struct resync *resync_new (struct pool *p);
+void resync_free (struct resync *r);
+
+/* Before writing column COL of chunk C (index IDX of volume V): count
+ * the write in and make sure the column is dirty in the journal (one
+ * group commit shared by concurrent callers).  Returns 0, or -1 with
+ * errno if the commit failed; the write must then not be made (the
+ * caller still calls resync_write_end).  The caller holds the volume's
+ * io_lock shared, so C cannot be freed meanwhile. */
+int resync_write_begin (struct resync *r, struct meta_volume *v,
+                        uint64_t idx, struct meta_chunk *c, uint32_t col);
+void resync_write_end (struct meta_chunk *c, uint32_t col);
+
+/* A cleaner pass (see above); with ALL, every dirty column not being
+ * written right now (a clean stop).  Returns the number of columns
+ * cleaned, or -1 with errno. */
+int resync_clean (struct resync *r, bool all);
+
+/* Run resync_clean() every RESYNC_INTERVAL seconds in a thread. */
+int resync_start (struct resync *r);
+void resync_stop (struct resync *r);
+
+/* Make the replicas and checksums of every column that is dirty in the
+ * journal agree (see above), then commit them clean.  A replica that
+ * cannot be read meanwhile is failed.  Returns 0 or -1. */
+int resync_recover (struct resync *r);
+
+/* What the last resync_recover() did. */
+struct resync_stats {
+  uint64_t columns;		/* dirty columns resynced at open */
+  uint64_t bytes;		/* bytes rewritten on replicas that differed */
+  uint64_t cleaned;		/* columns committed clean since open */
+};
+void resync_stats (struct resync *r, struct resync_stats *st);
+
+#endif /* STRATA_RESYNC_H */

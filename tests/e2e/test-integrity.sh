@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Checksums and self-healing reads (TESTING.md 13, the read half): one
+# byte, one block, then a whole member overwritten behind strata's back.
+# Reads through NBD still return exactly what was written, status counts
+# the bad copies on exactly the damaged device, and the bad copies are
+# rewritten.  A 1-replica volume with a damaged block gives EIO for it.
+source "$(dirname "$0")/functions.sh"
+requires nbdkit nbdsh
+
+make_pool 3 256MiB "{ name: r2, size: 32MiB, replicas: 2 }" \
+                   "{ name: r1, size: 8MiB }"
+head -c 32M /dev/urandom > "$T/ref2"
+head -c 8M /dev/urandom > "$T/ref1"
+start_server
+nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/ref2','rb').read(), 0); h.flush()"
+nbdsh -u "$(uri r1)" -c "h.pwrite(open('$T/ref1','rb').read(), 0); h.flush()"
+stop_server
+
+# Where copies live: "dev extent data_offset" for volume V, chunk 0,
+# replica R (the single column: stripe_width is 1).
+where () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+v = [v for v in s['volumes'] if v['name'] == '$1'][0]
+ch = [c for c in v['map'] if c['chunk'] == 0][0]
+dev = ch['columns'][0][$2]
+d = [d for d in s['devices'] if d['name'] == dev][0]
+print(dev, ch['extents'][0][$2], d['data_offset'])"
+}
+# poke FILE OFFSET BYTES: overwrite in place.
+poke () { $PY -c "
+import os
+fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
+# device_field DEV FIELD: from the serving process's status.
+device_field () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
+}
+check_r2 () {
+  nbdsh -u "$(uri r2)" -c "
+ref = open('$T/ref2','rb').read()
+for k in range(3):
+    assert h.pread(len(ref), 0) == ref, 'r2 differs from what was written'"
+}
+
+read -r dev ext data < <(where r2 0)
+ES=$((4 << 20))
+# 1. One byte of one copy, in block 3.
+poke "$T/$dev.img" $((data + ext * ES + 3 * 4096 + 100)) ff
+start_server
+check_r2
+[ "$(device_field "$dev" csum_errors)" = 1 ] || fail "csum_errors on $dev: $(device_field "$dev" csum_errors), want 1"
+[ "$(device_field "$dev" repaired)" = 1 ] || fail "repaired on $dev: $(device_field "$dev" repaired), want 1"
+for d in d0 d1 d2; do
+  [ "$d" = "$dev" ] && continue
+  [ "$(device_field "$d" csum_errors)" = 0 ] || fail "$d reports checksum errors it does not have"
+done
+grep "checksum mismatch on device $dev, extent $ext block 3 " "$T/nbdkit.log" >/dev/null \
+  || fail "the log does not name device $dev extent $ext block 3"
+stop_server
+# The damaged copy now holds the good data again.
+cmp <(dd if="$T/$dev.img" bs=4096 skip=$(((data + ext * ES) / 4096 + 3)) count=1 2>/dev/null) \
+    <(dd if="$T/ref2" bs=4096 skip=3 count=1 2>/dev/null) || fail "block 3 of $dev was not repaired"
+ok "one flipped byte: correct reads, counted on $dev, repaired"
+
+# 2. A whole block of the other copy.
+read -r dev1 ext1 data1 < <(where r2 1)
+head -c 4096 /dev/urandom | dd of="$T/$dev1.img" bs=4096 seek=$(((data1 + ext1 * ES) / 4096 + 9)) conv=notrunc 2>/dev/null
+start_server
+check_r2
+[ "$(device_field "$dev1" csum_errors)" = 1 ] || fail "csum_errors on $dev1: want 1"
+stop_server
+ok "one overwritten block: correct reads, counted on $dev1"
+
+# 3. A 1-replica volume has no good copy: EIO, never garbage or zeros.
+stop_server
+read -r dev0 ext0 data0 < <(where r1 0)
+poke "$T/$dev0.img" $((data0 + ext0 * ES + 5 * 4096)) 00ff00ff
+start_server
+nbdsh -u "$(uri r1)" -c "
+import errno
+ref = open('$T/ref1','rb').read()
+try:
+    h.pread(4096, 5 * 4096)
+    raise SystemExit('a damaged block with no good copy was returned')
+except nbd.Error as e:
+    assert e.errnum == errno.EIO, e
+assert h.pread(5 * 4096, 0) == ref[:5 * 4096]
+assert h.pread(1 << 20, 6 * 4096) == ref[6 * 4096:6 * 4096 + (1 << 20)]"
+ok "1 replica, damaged block: EIO; its neighbours read back right"
+stop_server
+
+# 4. One member overwritten from its checksum area to its end (its
+# superblock and metadata are left alone): every read is still right.
+coff=$("$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$dev'][0]['csum_offset'])")
+$PY -c "
+import os
+fd = os.open('$T/$dev.img', os.O_WRONLY)
+for o in range($coff, os.fstat(fd).st_size, 1 << 20):
+    os.pwrite(fd, os.urandom(1 << 20), o)
+os.close(fd)"
+start_server
+check_r2
+check_r2
+bad=$(device_field "$dev" csum_errors)
+fixed=$(device_field "$dev" repaired)
+# Each read of a piece from the bad member heals that whole piece (an
+# extent: 1024 blocks); reads from the good copy find nothing.
+[ "$bad" -ge 1024 ] || fail "only $bad checksum errors on the overwritten member $dev"
+[ "$fixed" = "$bad" ] || fail "$bad bad blocks found on $dev but $fixed repaired"
+ok "a whole member overwritten: correct reads, $bad bad blocks found and repaired on $dev"
+
