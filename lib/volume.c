@@ -684,12 +684,14 @@ heal_piece (struct volume *v, struct piece *p)
       }
     }
     if (good < 0) {
-      r = strata_error (EIO, "volume %s: bytes %" PRIu64 "-%" PRIu64 ": no "
-                        "copy matches its checksum", v->mv->name,
-                        volume_offset (v, p->chunk, p->col, o),
-                        volume_offset (v, p->chunk, p->col, o)
-                        + STRATA_BLOCK - 1);
-      goto out;
+      /* The read fails; the other blocks are still repaired. */
+      if (r == 0)
+        r = strata_error (EIO, "volume %s: bytes %" PRIu64 "-%" PRIu64 ": "
+                          "no copy matches its checksum", v->mv->name,
+                          volume_offset (v, p->chunk, p->col, o),
+                          volume_offset (v, p->chunk, p->col, o)
+                          + STRATA_BLOCK - 1);
+      continue;
     }
     /* The good block, as much of it as the client asked for. */
     {
@@ -711,6 +713,8 @@ heal_piece (struct volume *v, struct piece *p)
       pool_device_fail (v->p, e.dev, why);
     }
   }
+  if (r == -1)
+    errno = EIO;		/* the repairs above may have set another */
  out:
   for (uint32_t rep = 0; rep < R; rep++)
     free (bufs[rep]);
