@@ -268,7 +268,7 @@ walk (struct pool *p, struct walk *w)
   pthread_mutex_lock (&m->lock);
   nv = m->nvolumes;
   vols = malloc ((nv ? nv : 1) * sizeof *vols);
-  if (vols)
+  if (vols && nv > 0)
     memcpy (vols, m->volumes, nv * sizeof *vols);
   pthread_mutex_unlock (&m->lock);
   if (!vols)
