@@ -484,13 +484,13 @@ piece_req (struct volume *v, const struct piece *p, uint32_t r, uint8_t op,
   };
 }
 
-/* Decide, for each piece, whether it can use the client buffer directly,
- * and hand out bounce space.  MEM_ALIGN is the buffer alignment the
- * devices need; with PARTIAL_OK (reads through the page cache) a piece
- * need not cover whole blocks.  Returns the bounce bytes needed. */
+/* Decide, for each piece, whether it can use the client buffer directly
+ * (it covers whole blocks, which reads need for verification and writes
+ * for their checksums, and the buffer has MEM_ALIGN, the alignment the
+ * devices need), and hand out bounce space.  Returns the bounce bytes
+ * needed. */
 static size_t
-plan_bounce (struct piece *pc, size_t n, char *arena, size_t mem_align,
-             bool partial_ok)
+plan_bounce (struct piece *pc, size_t n, char *arena, size_t mem_align)
 {
   size_t need = 0;
 
@@ -498,8 +498,7 @@ plan_bounce (struct piece *pc, size_t n, char *arena, size_t mem_align,
     struct piece *p = &pc[i];
     p->a0 = round_down (p->eoff, STRATA_BLOCK);
     p->a1 = round_up (p->eoff + p->len, STRATA_BLOCK);
-    if ((partial_ok || (p->a0 == p->eoff && p->a1 == p->eoff + p->len))
-        && p->ubuf && is_aligned ((uintptr_t) p->ubuf, mem_align))
+    if (p->a0 == p->eoff && p->a1 == p->eoff + p->len && p->ubuf && is_aligned ((uintptr_t) p->ubuf, mem_align))
       p->bounce = NULL;
     else {
       p->bounce = arena ? arena + need : (char *) 1;
@@ -774,7 +773,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
     return -1;
   /* Whole blocks are read, so that they can be verified. */
   n = map_pieces (v, off, count, buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL, s->read_align, false);
+  nb = plan_bounce (sc->pc, n, NULL, s->read_align);
   sc = get_scratch (0, n, nb);
   if (!sc)
     return -1;
@@ -783,7 +782,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   tried = sc->u32;		/* per piece: bit mask of replicas tried */
   which = sc->u32 + sc->pccap;	/* per request: its piece */
   suspect = sc->u32 + 2 * sc->pccap;	/* per piece: failed verification */
-  plan_bounce (pc, n, sc->bounce, s->read_align, false);
+  plan_bounce (pc, n, sc->bounce, s->read_align);
   start = atomic_fetch_add_explicit (&s->rr, 1, memory_order_relaxed);
 
   pthread_rwlock_rdlock (&s->io_lock);
@@ -1012,11 +1011,11 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   if (!sc)
     return -1;
   n = map_pieces (v, off, count, (char *) buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL, s->write_align, false);
+  nb = plan_bounce (sc->pc, n, NULL, s->write_align);
   sc = get_scratch (0, n * v->mv->replicas + 4, nb);
   if (!sc)
     return -1;
-  plan_bounce (sc->pc, n, sc->bounce, s->write_align, false);
+  plan_bounce (sc->pc, n, sc->bounce, s->write_align);
 
  again:
   /* Phase 1: allocate missing chunks, with no lock held. */

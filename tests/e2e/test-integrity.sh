@@ -71,8 +71,11 @@ head -c 4096 /dev/urandom | dd of="$T/$dev1.img" bs=4096 seek=$(((data1 + ext1 *
 start_server
 check_r2
 [ "$(device_field "$dev1" csum_errors)" = 1 ] || fail "csum_errors on $dev1: want 1"
+[ "$(device_field "$dev1" repaired)" = 1 ] || fail "repaired on $dev1: want 1"
 stop_server
-ok "one overwritten block: correct reads, counted on $dev1"
+cmp <(dd if="$T/$dev1.img" bs=4096 skip=$(((data1 + ext1 * ES) / 4096 + 9)) count=1 2>/dev/null) \
+    <(dd if="$T/ref2" bs=4096 skip=9 count=1 2>/dev/null) || fail "block 9 of $dev1 was not repaired"
+ok "one overwritten block: correct reads, counted on $dev1, repaired"
 
 # 3. A 1-replica volume has no good copy: EIO, never garbage or zeros.
 stop_server
