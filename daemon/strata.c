@@ -4,14 +4,18 @@
  *   strata apply CONFIG [--dry-run] [--prune] [--allow-shrink]
  *   strata status CONFIG [--json [--map]]
  *   strata volume create|resize|delete CONFIG NAME [SIZE] [options]
+ *   strata scrub CONFIG [VOLUME] [--repair] [--rate MIB/S] [--restart]
+ *   strata rebuild CONFIG [--rate MIB/S]
+ *   strata device fail|remove CONFIG NAME
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
- * While a pool is served, status/apply/volume go to the serving process
+ * While a pool is served, the admin verbs go to the serving process
  * over the pool's control socket; otherwise the tool opens the pool
  * itself, under the pool's exclusive lock.  Only main() prints and exits.
  */
 #include <errno.h>
 #include <libgen.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +43,12 @@ usage (FILE *f)
            "                                 [--stripe-unit U] [--class C]\n"
            "  volume resize CONFIG NAME SIZE [--shrink]\n"
            "  volume delete CONFIG NAME\n"
+           "  scrub CONFIG [VOLUME] [--repair] [--rate MIB/S] [--restart] [--json]\n"
+           "                                 check every copy against its checksums\n"
+           "  rebuild CONFIG [--rate MIB/S] [--json]\n"
+           "                                 new copies for columns on failed devices\n"
+           "  device fail CONFIG NAME        mark a device failed\n"
+           "  device remove CONFIG NAME      move every copy off a device, then remove it\n"
            "  serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]\n"
            "                                 serve every volume over NBD\n"
            "\n"
@@ -94,7 +104,29 @@ cmd_init (int argc, char **argv)
   return 0;
 }
 
-/* status, apply, volume: through the control socket if the pool is
+/* The pool opened here, for the signal handler: ^C stops a long job at
+ * its next step, with its place saved and the pool closed cleanly. */
+static struct pool *volatile open_pool;
+
+static void
+on_signal (int sig)
+{
+  (void) sig;
+  if (open_pool)
+    for (int k = 0; k < META_JOB_KINDS; k++)
+      pool_job_cancel (open_pool, k);
+}
+
+/* Whether VERB is a long job that draws a progress bar. */
+static bool
+long_job (int argc, char **argv)
+{
+  return strcmp (argv[0], "scrub") == 0 || strcmp (argv[0], "rebuild") == 0
+    || (argc > 1 && strcmp (argv[0], "device") == 0
+        && strcmp (argv[1], "remove") == 0);
+}
+
+/* status, apply, volume ...: through the control socket if the pool is
  * served, else on the pool opened here.  ARGV is the admin command line
  * with CONFIG already removed. */
 static int
@@ -103,7 +135,7 @@ run_admin (const char *file, int argc, char **argv)
   struct config *cfg = load_config (file);
   struct admin_ctx ctx = { .online = false };
   char *abs = NULL;
-  char **av = calloc (argc + 3, sizeof *av);
+  char **av = calloc (argc + 4, sizeof *av);
   int code, ac = argc;
   struct pool *p;
 
@@ -114,6 +146,8 @@ run_admin (const char *file, int argc, char **argv)
     av[ac++] = (char *) "--config";
     av[ac++] = abs ? abs : (char *) file;
   }
+  if (long_job (argc, argv) && isatty (STDERR_FILENO))
+    av[ac++] = (char *) "--progress";
   if (control_call (cfg->control_socket, ac, av, stdout, stderr, &code) == 0)
     goto done;
   if (errno != ENOENT && errno != ECONNREFUSED) {
@@ -127,7 +161,14 @@ run_admin (const char *file, int argc, char **argv)
     code = 1;
     goto done;
   }
-  code = admin_run (p, &ctx, argc, argv, stdout, stderr);
+  open_pool = p;
+  if (long_job (argc, argv)) {
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigaction (SIGINT, &sa, NULL);
+    sigaction (SIGTERM, &sa, NULL);
+  }
+  code = admin_run (p, &ctx, ac, av, stdout, stderr);
+  open_pool = NULL;
   pool_close (p);
  done:
   free (abs);
@@ -252,7 +293,8 @@ main (int argc, char **argv)
     return cmd_init (argc - 1, argv + 1);
   if (strcmp (cmd, "serve") == 0)
     return cmd_serve (argc - 1, argv + 1);
-  if (strcmp (cmd, "status") == 0 || strcmp (cmd, "apply") == 0) {
+  if (strcmp (cmd, "status") == 0 || strcmp (cmd, "apply") == 0
+      || strcmp (cmd, "scrub") == 0 || strcmp (cmd, "rebuild") == 0) {
     char *av[64];
     int ac = 0;
     if (argc < 3 || argv[2][0] == '-') {
@@ -264,12 +306,16 @@ main (int argc, char **argv)
       av[ac++] = argv[i];
     return run_admin (argv[2], ac, av);
   }
-  if (strcmp (cmd, "volume") == 0) {
+  if (strcmp (cmd, "volume") == 0 || strcmp (cmd, "device") == 0) {
     char *av[64];
     int ac = 0;
     if (argc < 4) {
-      fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
-               "NAME [SIZE] [options]\n");
+      if (strcmp (cmd, "volume") == 0)
+        fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
+                 "NAME [SIZE] [options]\n");
+      else
+        fprintf (stderr, "usage: strata device fail|remove CONFIG NAME "
+                 "[options]\n");
       return 2;
     }
     av[ac++] = argv[1];

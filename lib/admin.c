@@ -9,14 +9,23 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admin.h"
 #include "error.h"
+#include "rebuild.h"
+#include "scrub.h"
 #include "util.h"
 #include "volume.h"
+
+/* Commands may arrive at once on the control socket: getopt's state and
+ * the verbs that change the pool run one at a time under this lock.
+ * scrub and rebuild drop it once their options are parsed. */
+static pthread_mutex_t verb_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void
 json_str (FILE *f, const char *s)
@@ -168,6 +177,90 @@ replica_state (int s)
   }
 }
 
+static const char *const job_names[META_JOB_KINDS] = { "scrub", "rebuild" };
+
+/* The state of a job for status: "running" when it runs in this process,
+ * else the record's. */
+static const char *
+job_state (struct pool *p, int k)
+{
+  const struct meta_job *j = &pool_meta (p)->jobs[k];
+
+  if (j->state == META_JOB_RUNNING && pool_job_running (p, k))
+    return "running";
+  return meta_job_state_name (j->state);
+}
+
+static const char *
+job_volume (struct pool *p, const struct meta_job *j)
+{
+  struct meta_volume *v = j->vol ? meta_find_volume_id (pool_meta (p), j->vol)
+                                 : NULL;
+  return v ? v->name : j->vol ? "(deleted)" : NULL;
+}
+
+/* Called with the meta lock held. */
+static void
+job_json (struct pool *p, FILE *out, int k)
+{
+  const struct meta_job *j = &pool_meta (p)->jobs[k];
+  const char *vol = job_volume (p, j);
+
+  fprintf (out, "%s\"%s\":{\"state\":\"%s\",\"volume\":", k ? "," : "",
+           job_names[k], job_state (p, k));
+  if (vol)
+    json_str (out, vol);
+  else
+    fprintf (out, "null");
+  fprintf (out, ",\"repair\":%s,\"done\":%" PRIu64 ",\"total\":%" PRIu64
+           ",\"blocks\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"repaired\":%"
+           PRIu64 ",\"unrepaired\":%" PRIu64 ",\"started\":%" PRIu64
+           ",\"updated\":%" PRIu64 "}",
+           j->flags & META_JOB_REPAIR ? "true" : "false", j->done, j->total,
+           j->blocks, j->errors, j->repaired, j->unrepaired, j->started,
+           j->updated);
+}
+
+static void
+job_text (struct pool *p, FILE *out, int k)
+{
+  const struct meta_job *j = &pool_meta (p)->jobs[k];
+  const char *st = job_state (p, k), *vol = job_volume (p, j);
+  char when[64], a[32], b[32], amount[80];
+  time_t t = j->updated;
+  struct tm tm;
+  int pct = j->total ? (int) (100.0 * MIN (j->done, j->total) / j->total) : 100;
+
+  if (j->state == META_JOB_NONE) {
+    fprintf (out, "%-8s never run\n", job_names[k]);
+    return;
+  }
+  strftime (when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", gmtime_r (&t, &tm));
+  if (k == META_JOB_SCRUB)
+    snprintf (amount, sizeof amount, "%s of %s",
+              util_human_size (j->done, a, sizeof a),
+              util_human_size (j->total, b, sizeof b));
+  else
+    snprintf (amount, sizeof amount, "%" PRIu64 " of %" PRIu64 " columns",
+              j->done, j->total);
+  fprintf (out, "%-8s %s", job_names[k], st);
+  if (j->state == META_JOB_RUNNING)
+    fprintf (out, " at %d%% (%s)", pct, amount);
+  else
+    fprintf (out, " %s (%s)", when, amount);
+  if (k == META_JOB_SCRUB)
+    fprintf (out, "%s%s%s: %" PRIu64 " errors, %" PRIu64 " repaired, %" PRIu64
+             " with no good copy", vol ? " of volume " : "", vol ? vol : "",
+             j->flags & META_JOB_REPAIR ? " with --repair" : "", j->errors,
+             j->repaired, j->unrepaired);
+  else
+    fprintf (out, ": %" PRIu64 " bad blocks taken from another copy, %" PRIu64
+             " columns left without a new copy", j->errors, j->unrepaired);
+  if (j->state == META_JOB_RUNNING && strcmp (st, "running") != 0)
+    fprintf (out, "; strata %s continues it", job_names[k]);
+  fputc ('\n', out);
+}
+
 static int
 cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
             FILE *out, FILE *err)
@@ -202,6 +295,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   util_uuid_format (m->pool_uuid, u);
   nri = journal_info (pool_journal (p), ri, ARRAY_SIZE (ri));
 
+  /* Chunk maps are walked below: rebuild frees replaced chunks only
+   * under the walk lock. */
+  pool_walk_lock (p);
   pthread_mutex_lock (&m->lock);
   if (json) {
     fprintf (out, "{\"pool\":{\"name\":");
@@ -285,8 +381,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       }
       fputc ('}', out);
     }
-    fprintf (out, "]}\n");
+    fprintf (out, "],\"jobs\":{");
+    for (int k = 0; k < META_JOB_KINDS; k++)
+      job_json (p, out, k);
+    fprintf (out, "}}\n");
     pthread_mutex_unlock (&m->lock);
+    pool_walk_unlock (p);
     return 0;
   }
 
@@ -349,7 +449,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                               sizeof b),
              v->replicas, stripe, health_text (p, v, h, sizeof h));
   }
+  fputc ('\n', out);
+  for (int k = 0; k < META_JOB_KINDS; k++)
+    job_text (p, out, k);
   pthread_mutex_unlock (&m->lock);
+  pool_walk_unlock (p);
   return 0;
 }
 
@@ -630,6 +734,246 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
   return rc;
 }
 
+/* --rate: MiB/s, 0 for no limit. */
+static int
+parse_rate (const char *verb, const char *arg, uint64_t *rate, FILE *err)
+{
+  char *end;
+  double v;
+
+  errno = 0;
+  v = strtod (arg, &end);
+  if (errno || end == arg || *end || v < 0 || v > 1e6) {
+    fprintf (err, "strata %s: --rate %s: expected a rate in MiB/s (0 for no "
+             "limit)\n", verb, arg);
+    return -1;
+  }
+  *rate = v * 1048576.0;
+  return 0;
+}
+
+/* Options shared by scrub and rebuild. */
+struct job_args {
+  bool json, bar, repair, restart, stop;
+  uint64_t rate;
+  const char *volume;
+};
+
+static int
+parse_job (const struct admin_ctx *ctx, int argc, char **argv,
+           struct job_args *a, FILE *err)
+{
+  static const struct option opts[] = {
+    { "json", no_argument, NULL, 'j' },
+    { "progress", no_argument, NULL, 'P' },
+    { "repair", no_argument, NULL, 'r' },
+    { "restart", no_argument, NULL, 'R' },
+    { "stop", no_argument, NULL, 's' },
+    { "rate", required_argument, NULL, 'l' },
+    { NULL, 0, NULL, 0 },
+  };
+  bool scrub = strcmp (argv[0], "scrub") == 0;
+  int ch;
+
+  char *av[64];
+  int ac = 0;
+
+  *a = (struct job_args) { .rate = ctx->online ? ADMIN_ONLINE_RATE : 0 };
+  /* A VOLUME may come before or after the options: take it out first. */
+  for (int i = 0; i < argc && ac < 63; i++) {
+    if (i == 0 || argv[i][0] == '-') {
+      av[ac++] = argv[i];
+      if (strcmp (argv[i], "--rate") == 0 && i + 1 < argc)
+        av[ac++] = argv[++i];
+      continue;
+    }
+    if (!scrub || a->volume) {
+      fprintf (err, "strata %s: unexpected argument %s\n", argv[0], argv[i]);
+      return 2;
+    }
+    a->volume = argv[i];
+  }
+  av[ac] = NULL;
+  argc = ac;
+  argv = av;
+  optind = 1;
+  opterr = 0;
+  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+    switch (ch) {
+      case 'j': a->json = true; break;
+      case 'P': a->bar = true; break;
+      case 's': a->stop = true; break;
+      case 'r':
+      case 'R':
+        if (!scrub)
+          goto bad;
+        if (ch == 'r')
+          a->repair = true;
+        else
+          a->restart = true;
+        break;
+      case 'l':
+        if (parse_rate (argv[0], optarg, &a->rate, err) == -1)
+          return 2;
+        break;
+      default:
+        goto bad;
+    }
+  }
+  return 0;
+ bad:
+  fprintf (err, "strata %s: unknown option %s\n", argv[0], argv[optind - 1]);
+  return 2;
+}
+
+/* scrub and rebuild; called with verb_lock held, which they drop. */
+static int
+cmd_job (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
+         FILE *out, FILE *err)
+{
+  bool scrub = strcmp (argv[0], "scrub") == 0;
+  uint8_t kind = scrub ? META_JOB_SCRUB : META_JOB_REBUILD;
+  struct job_args a;
+  int r = parse_job (ctx, argc, argv, &a, err);
+
+  pthread_mutex_unlock (&verb_lock);
+  if (r)
+    return r;
+  if (a.stop) {
+    if (!pool_job_running (p, kind)) {
+      fprintf (err, "strata %s: no %s is running\n", argv[0], argv[0]);
+      return 1;
+    }
+    pool_job_cancel (p, kind);
+    fprintf (out, "asked the running %s to stop; it saves its place and "
+             "'strata %s' continues it\n", argv[0], argv[0]);
+    return 0;
+  }
+  if (scrub) {
+    struct scrub_opts o = { .volume = a.volume, .repair = a.repair,
+                            .restart = a.restart, .json = a.json,
+                            .bar = a.bar, .rate = a.rate };
+    r = scrub_run (p, &o, out, err);
+  }
+  else {
+    struct rebuild_opts o = { .json = a.json, .bar = a.bar, .rate = a.rate,
+                              .drain = -1, .prefer = -1 };
+    r = rebuild_run (p, &o, out, err);
+  }
+  if (r == -1)
+    fprintf (err, "strata %s: %s\n", argv[0], strata_last_error ());
+  return r == -1 ? 1 : r;
+}
+
+static int
+find_device (struct pool *p, const char *name, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+
+  for (uint32_t i = 0; i < m->ndevices; i++)
+    if (strcmp (m->devices[i].name, name) == 0)
+      return i;
+  fprintf (err, "strata device: pool %s has no device named %s\n", m->name,
+           name);
+  return -1;
+}
+
+static int
+commit_state (struct pool *p, uint32_t dev, uint8_t state, FILE *err)
+{
+  if (pool_device_set_state (p, dev, state) == -1) {
+    fprintf (err, "strata device: %s\n", strata_last_error ());
+    return 1;
+  }
+  return 0;
+}
+
+/* device fail|remove NAME.  Called with verb_lock held; remove drops it
+ * while it moves data. */
+static int
+cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
+            char **argv, FILE *out, FILE *err, bool *unlocked)
+{
+  struct meta *m = pool_meta (p);
+  struct job_args a;
+  const char *sub;
+  int dev, r;
+
+  if (argc < 3) {
+    fprintf (err, "usage: strata device fail|remove CONFIG NAME [options]\n");
+    return 2;
+  }
+  sub = argv[1];
+  if ((dev = find_device (p, argv[2], err)) < 0)
+    return 1;
+  if (strcmp (sub, "fail") == 0) {
+    if (argc != 3) {
+      fprintf (err, "strata device fail: unexpected argument %s\n", argv[3]);
+      return 2;
+    }
+    if (m->devices[dev].state == META_DEV_FAILED
+        || m->devices[dev].state == META_DEV_REMOVED) {
+      fprintf (out, "device %s is %s already\n", m->devices[dev].name,
+               meta_dev_state_name (m->devices[dev].state));
+      return 0;
+    }
+    if (pool_device_fail (p, dev, "marked failed by the operator") == -1) {
+      fprintf (err, "strata device fail: %s\n", strata_last_error ());
+      return 1;
+    }
+    fprintf (out, "device %s marked failed; its copies are no longer used. "
+             "Run 'strata rebuild' to give the columns it held new copies.\n",
+             m->devices[dev].name);
+    return 0;
+  }
+  if (strcmp (sub, "remove") == 0) {
+    struct rebuild_opts o;
+    argv[2] = argv[0];		/* parse the options after NAME */
+    if ((r = parse_job (ctx, argc - 2, argv + 2, &a, err)) != 0)
+      return r;
+    if (m->devices[dev].state == META_DEV_REMOVED) {
+      fprintf (err, "strata device remove: device %s is removed already\n",
+               m->devices[dev].name);
+      return 1;
+    }
+    if (m->devices[dev].flags & FORMAT_SB_META) {
+      fprintf (err, "strata device remove: device %s holds a metadata "
+               "replica; moving metadata replicas is not supported yet "
+               "(mark it failed instead: the others carry the journal while "
+               "they are a majority)\n", m->devices[dev].name);
+      return 1;
+    }
+    *unlocked = true;
+    pthread_mutex_unlock (&verb_lock);
+    /* Drain: no new copies there, every copy moved off, then removed. */
+    alloc_set_usable (pool_alloc (p), dev, false);
+    o = (struct rebuild_opts) { .json = a.json, .bar = a.bar, .rate = a.rate,
+                                .drain = dev, .prefer = -1 };
+    r = rebuild_run (p, &o, out, err);
+    if (r != 0) {
+      if (pool_device_usable (p, dev))
+        alloc_set_usable (pool_alloc (p), dev, true);
+      if (r == -1)
+        fprintf (err, "strata device remove: %s\n", strata_last_error ());
+      else
+        fprintf (err, "strata device remove: device %s was not removed: some "
+                 "of its copies have nowhere to go without losing redundancy "
+                 "(see above); the copies moved so far stay moved\n",
+                 m->devices[dev].name);
+      return 1;
+    }
+    if (commit_state (p, dev, META_DEV_REMOVED, err))
+      return 1;
+    fprintf (out, "device %s removed from pool %s; it holds no copies now "
+             "and can be taken out of %s\n", m->devices[dev].name, m->name,
+             pool_config (p)->file);
+    return 0;
+  }
+  fprintf (err, "strata device: unknown subcommand \"%s\" (fail, remove)\n",
+           sub);
+  return 2;
+}
+
 bool
 admin_verb_writes (const char *verb, int argc, char **argv)
 {
@@ -646,22 +990,32 @@ int
 admin_run (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
            FILE *out, FILE *err)
 {
+  bool unlocked = false;
   int r;
 
   if (argc < 1) {
     fprintf (err, "strata: no command\n");
     return 2;
   }
+  pthread_mutex_lock (&verb_lock);
   if (strcmp (argv[0], "status") == 0)
     r = cmd_status (p, ctx, argc, argv, out, err);
   else if (strcmp (argv[0], "apply") == 0)
     r = cmd_apply (p, argc, argv, out, err);
   else if (strcmp (argv[0], "volume") == 0)
     r = cmd_volume (p, argc, argv, out, err);
+  else if (strcmp (argv[0], "scrub") == 0 || strcmp (argv[0], "rebuild") == 0) {
+    unlocked = true;
+    r = cmd_job (p, ctx, argc, argv, out, err);
+  }
+  else if (strcmp (argv[0], "device") == 0)
+    r = cmd_device (p, ctx, argc, argv, out, err, &unlocked);
   else {
     fprintf (err, "strata: unknown command \"%s\"\n", argv[0]);
     r = 2;
   }
+  if (!unlocked)
+    pthread_mutex_unlock (&verb_lock);
   fflush (out);
   fflush (err);
   return r;

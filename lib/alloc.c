@@ -184,6 +184,60 @@ release_locked (struct alloc *a, const struct meta_extent *ext, size_t n)
   }
 }
 
+/* Place one replica beside the LEN extents of COL (the copies of its
+ * column placed so far): a usable device of CLASS with space, not used
+ * by COL, best by (domains of COL it clashes with, extents of this chunk
+ * it holds already: USE, may be NULL), then at random weighted by free
+ * space.  Takes the extent.  Returns 0, or -1 if no device fits.  Called
+ * with the lock held; CAND has room for a->n. */
+static int
+place_one (struct alloc *a, const char *class, const struct meta_extent *col,
+           uint32_t len, const uint32_t *use, uint32_t *cand,
+           struct meta_extent *out)
+{
+  uint32_t best_clash = UINT32_MAX, best_use = UINT32_MAX, nc = 0;
+  uint64_t total = 0, pick;
+
+  for (uint32_t i = 0; i < a->n; i++) {
+    struct adev *d = &a->d[i];
+    uint32_t clash = 0, u = use ? use[i] : 0;
+    bool same_dev = false;
+    if (!d->usable || d->nfree == 0
+        || (class[0] && strcmp (class, d->class) != 0))
+      continue;
+    for (uint32_t k = 0; k < len; k++) {
+      if (col[k].dev == i)
+        same_dev = true;
+      else if (strcmp (a->d[col[k].dev].domain, d->domain) == 0)
+        clash++;
+    }
+    if (same_dev)
+      continue;
+    if (clash < best_clash || (clash == best_clash && u < best_use)) {
+      best_clash = clash;
+      best_use = u;
+      nc = 0;
+      total = 0;
+    }
+    if (clash == best_clash && u == best_use) {
+      cand[nc++] = i;
+      total += d->nfree;
+    }
+  }
+  if (nc == 0)
+    return -1;
+  pick = rng_next (a) % total;
+  for (uint32_t k = 0; k < nc; k++) {
+    if (pick < a->d[cand[k]].nfree) {
+      out->dev = cand[k];
+      break;
+    }
+    pick -= a->d[cand[k]].nfree;
+  }
+  out->ext = take_extent (&a->d[out->dev]);
+  return 0;
+}
+
 int
 alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
              const char *class, struct meta_extent *out)
@@ -203,36 +257,7 @@ alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
   for (uint32_t c = 0; c < width; c++) {
     for (uint32_t r = 0; r < replicas; r++) {
       struct meta_extent *col = &out[c * replicas];
-      uint32_t best_clash = UINT32_MAX, best_use = UINT32_MAX, nc = 0;
-      uint64_t total = 0, pick;
-
-      for (uint32_t i = 0; i < a->n; i++) {
-        struct adev *d = &a->d[i];
-        uint32_t clash = 0;
-        bool same_dev = false;
-        if (!d->usable || d->nfree == 0
-            || (class[0] && strcmp (class, d->class) != 0))
-          continue;
-        for (uint32_t k = 0; k < r; k++) {
-          if (col[k].dev == i)
-            same_dev = true;
-          else if (strcmp (a->d[col[k].dev].domain, d->domain) == 0)
-            clash++;
-        }
-        if (same_dev)
-          continue;
-        if (clash < best_clash || (clash == best_clash && use[i] < best_use)) {
-          best_clash = clash;
-          best_use = use[i];
-          nc = 0;
-          total = 0;
-        }
-        if (clash == best_clash && use[i] == best_use) {
-          cand[nc++] = i;
-          total += d->nfree;
-        }
-      }
-      if (nc == 0) {
+      if (place_one (a, class, col, r, use, cand, &col[r]) == -1) {
         release_locked (a, out, done);
         pthread_mutex_unlock (&a->lock);
         free (use);
@@ -242,15 +267,6 @@ alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
                              replicas, replicas, class[0] ? " of class " : "",
                              class);
       }
-      pick = rng_next (a) % total;
-      for (uint32_t k = 0; k < nc; k++) {
-        if (pick < a->d[cand[k]].nfree) {
-          col[r].dev = cand[k];
-          break;
-        }
-        pick -= a->d[cand[k]].nfree;
-      }
-      col[r].ext = take_extent (&a->d[col[r].dev]);
       use[col[r].dev]++;
       done = c * replicas + r + 1;
     }
@@ -258,6 +274,43 @@ alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
   pthread_mutex_unlock (&a->lock);
   free (use);
   free (cand);
+  return 0;
+}
+
+int
+alloc_replica (struct alloc *a, const char *class,
+               const struct meta_extent *keep, uint32_t nkeep,
+               int32_t prefer, struct meta_extent *out)
+{
+  uint32_t *cand = calloc (a->n, sizeof *cand);
+  int r;
+
+  if (!cand)
+    return strata_error (ENOMEM, "out of memory");
+  pthread_mutex_lock (&a->lock);
+  r = -1;
+  if (prefer >= 0 && (uint32_t) prefer < a->n) {
+    struct adev *d = &a->d[prefer];
+    bool fits = d->usable && d->nfree > 0
+      && (!class[0] || strcmp (class, d->class) == 0);
+    for (uint32_t k = 0; k < nkeep && fits; k++)
+      if (keep[k].dev == (uint32_t) prefer
+          || strcmp (a->d[keep[k].dev].domain, d->domain) == 0)
+        fits = false;
+    if (fits) {
+      out->dev = prefer;
+      out->ext = take_extent (d);
+      r = 0;
+    }
+  }
+  if (r == -1)
+    r = place_one (a, class, keep, nkeep, NULL, cand, out);
+  pthread_mutex_unlock (&a->lock);
+  free (cand);
+  if (r == -1)
+    return strata_error (ENOSPC, "no usable device%s%s with a free extent "
+                         "that holds no copy of this column",
+                         class[0] ? " of class " : "", class);
   return 0;
 }
 

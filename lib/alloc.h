@@ -42,6 +42,15 @@ void alloc_set_usable (struct alloc *a, uint32_t dev, bool usable);
 int alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
                  const char *class, struct meta_extent *out);
 
+/* Choose one extent for a new copy of a column whose other copies are
+ * the NKEEP extents of KEEP: on a usable device that holds none of them,
+ * in a failure domain none of them is in where one has space; device
+ * PREFER if it qualifies (and shares no domain with them), when it is
+ * not -1.  Returns 0, or -1 with ENOSPC and a message. */
+int alloc_replica (struct alloc *a, const char *class,
+                   const struct meta_extent *keep, uint32_t nkeep,
+                   int32_t prefer, struct meta_extent *out);
+
 /* Return N extents to the free pool. */
 void alloc_release (struct alloc *a, const struct meta_extent *ext, size_t n);
 

@@ -1,11 +1,13 @@
 /* strata: control socket server and client (see control.h).
  *
- * Design notes: the server runs one thread that accepts a connection,
- * reads one request, runs it through admin_run() with FILE streams that
- * turn every write into a frame on the socket (fopencookie), and closes
- * the connection.  Commands are therefore serialised, which the pool's
- * admin lock would do anyway.  A poll() with a timeout lets the thread
- * notice shutdown.
+ * Design notes: the server runs one thread that accepts connections and
+ * one thread per connection, which reads one request, runs it through
+ * admin_run() with FILE streams that turn every write into a frame on
+ * the socket (fopencookie), and closes the connection.  Commands may
+ * therefore run at once (status while a scrub runs); admin_run()
+ * serialises what must be.  A poll() with a timeout lets the accepting
+ * thread notice shutdown; stopping cancels the long jobs and waits for
+ * every command to end.
  */
 #include <endian.h>
 #include <errno.h>
@@ -20,6 +22,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "device.h"
 #include "error.h"
 #include "util.h"
 
@@ -33,6 +36,14 @@ struct control_server {
   pthread_t thread;
   volatile int stop;
   control_ctx_fn ctx_fn;
+  pthread_mutex_t lock;		/* protects active */
+  pthread_cond_t idle;		/* signalled when active drops */
+  int active;			/* connection threads running */
+};
+
+struct conn {
+  struct control_server *s;
+  int fd;
 };
 
 static int
@@ -157,21 +168,54 @@ serve_one (struct control_server *s, int fd)
 }
 
 static void *
+conn_thread (void *arg)
+{
+  struct conn *c = arg;
+  struct control_server *s = c->s;
+
+  serve_one (s, c->fd);
+  close (c->fd);
+  free (c);
+  device_thread_exit ();	/* this thread's io_uring */
+  pthread_mutex_lock (&s->lock);
+  s->active--;
+  pthread_cond_broadcast (&s->idle);
+  pthread_mutex_unlock (&s->lock);
+  return NULL;
+}
+
+static void *
 server_thread (void *arg)
 {
   struct control_server *s = arg;
 
   while (!s->stop) {
     struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
-    int c;
+    struct conn *c;
+    pthread_attr_t a;
+    pthread_t t;
+    int fd;
 
     if (poll (&pfd, 1, 200) <= 0)
       continue;
-    c = accept4 (s->fd, NULL, NULL, SOCK_CLOEXEC);
-    if (c == -1)
+    fd = accept4 (s->fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd == -1)
       continue;
-    serve_one (s, c);
-    close (c);
+    if (!(c = malloc (sizeof *c))) {
+      close (fd);
+      continue;
+    }
+    *c = (struct conn) { s, fd };
+    pthread_mutex_lock (&s->lock);
+    s->active++;
+    pthread_mutex_unlock (&s->lock);
+    pthread_attr_init (&a);
+    pthread_attr_setdetachstate (&a, PTHREAD_CREATE_DETACHED);
+    if (pthread_create (&t, &a, conn_thread, c) != 0) {
+      /* No thread: serve it here. */
+      conn_thread (c);
+    }
+    pthread_attr_destroy (&a);
   }
   return NULL;
 }
@@ -195,6 +239,8 @@ control_server_start (struct pool *p, const char *path, control_ctx_fn ctx_fn)
   strcpy (sa.sun_path, path);
   s->p = p;
   s->ctx_fn = ctx_fn;
+  pthread_mutex_init (&s->lock, NULL);
+  pthread_cond_init (&s->idle, NULL);
   s->path = strdup (path);
   s->fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (s->fd == -1) {
@@ -244,6 +290,13 @@ control_server_stop (struct control_server *s)
     return;
   s->stop = 1;
   pthread_join (s->thread, NULL);
+  /* Long jobs save their place and stop; then every command has ended. */
+  for (int k = 0; k < META_JOB_KINDS; k++)
+    pool_job_cancel (s->p, k);
+  pthread_mutex_lock (&s->lock);
+  while (s->active > 0)
+    pthread_cond_wait (&s->idle, &s->lock);
+  pthread_mutex_unlock (&s->lock);
   close (s->fd);
   unlink (s->path);
   free (s->path);

@@ -57,8 +57,8 @@ csum_count (struct pool *p)
   return pool_meta (p)->extent_size / STRATA_BLOCK;
 }
 
-static uint64_t
-slot_offset (struct pool *p, struct meta_extent e)
+uint64_t
+csum_slot_offset (struct pool *p, struct meta_extent e)
 {
   struct meta *m = pool_meta (p);
 
@@ -125,7 +125,7 @@ load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
     }
     rq[nr] = (struct dev_req) { .dev = pool_device (p, e.dev), .op = DEV_READ,
                                 .buf = slots[r], .len = slot,
-                                .off = slot_offset (p, e), .tag = r };
+                                .off = csum_slot_offset (p, e), .tag = r };
     nr++;
   }
   device_submit (rq, nr);
@@ -183,7 +183,7 @@ load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
       rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                     .op = DEV_WRITE, .fua = true,
                                     .buf = slots[r], .len = slot,
-                                    .off = slot_offset (p, e), .tag = r };
+                                    .off = csum_slot_offset (p, e), .tag = r };
       pool_device_csum_error (p, e.dev);
     }
     device_submit (rq, nr);
@@ -253,7 +253,7 @@ csum_write_reqs (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
     pool_mark_dirty (p, e.dev);
     rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                   .op = DEV_WRITE, .buf = buf, .len = slot,
-                                  .off = slot_offset (p, e), .tag = r };
+                                  .off = csum_slot_offset (p, e), .tag = r };
   }
   return nr;
 }

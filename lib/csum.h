@@ -36,6 +36,9 @@ size_t csum_count (struct pool *p);
 uint32_t *csum_get (struct pool *p, struct meta_volume *v,
                     struct meta_chunk *c, uint32_t col);
 
+/* Where the checksum slot of extent E is on its device. */
+uint64_t csum_slot_offset (struct pool *p, struct meta_extent e);
+
 /* Queue writes of the whole array A of column COL of chunk C into RQ (as
  * many as there are usable replicas, at most the volume's replica count),
  * using BUF (csum slot size, aligned; the caller's until the requests

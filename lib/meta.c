@@ -91,7 +91,40 @@ volume_free (struct meta_volume *v)
   }
   for (unsigned i = 0; i < v->nretired; i++)
     free (v->retired[i]);
+  while (v->retired_chunks) {
+    struct meta_chunk *c = v->retired_chunks;
+    v->retired_chunks = c->retired;
+    free (c);			/* its col[] went to the new chunk */
+  }
   free (v);
+}
+
+void
+meta_volume_reap (struct meta *m, struct meta_volume *v)
+{
+  struct meta_chunk *c;
+
+  pthread_mutex_lock (&m->lock);
+  c = v->retired_chunks;
+  v->retired_chunks = NULL;
+  pthread_mutex_unlock (&m->lock);
+  while (c) {
+    struct meta_chunk *next = c->retired;
+    free (c);
+    c = next;
+  }
+}
+
+const char *
+meta_job_state_name (uint8_t s)
+{
+  switch (s) {
+    case META_JOB_NONE: return "never run";
+    case META_JOB_RUNNING: return "interrupted";
+    case META_JOB_DONE: return "finished";
+    case META_JOB_FAILED: return "failed";
+    default: return "unknown";
+  }
 }
 
 static void
@@ -105,6 +138,7 @@ meta_clear (struct meta *m)
   m->nvolumes = 0;
   m->devices = NULL;
   m->ndevices = 0;
+  memset (m->jobs, 0, sizeof m->jobs);
 }
 
 void
@@ -471,6 +505,63 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       return 0;
     }
 
+    case META_E_EXT_REPLACE: {
+      uint64_t idx;
+      uint32_t slot;
+      struct meta_extent e;
+      struct meta_chunk *c, *nc;
+
+      id = fbuf_get_u32 (&b);
+      idx = fbuf_get_u64 (&b);
+      slot = fbuf_get_u32 (&b);
+      e.dev = fbuf_get_u32 (&b);
+      e.ext = fbuf_get_u32 (&b);
+      v = meta_find_volume_id (m, id);
+      if (b.bad || !v || idx >= meta_volume_nchunks (v)
+          || !(c = meta_chunk_get (v, idx)) || slot >= c->n
+          || extents_ok (m, 1, &e) == -1)
+        return strata_error (EBADMSG, "malformed extent-replace entry");
+      /* A new chunk beside the old one, sharing its column state, so
+       * that lock-free readers of the old one stay safe. */
+      nc = malloc (sizeof *nc + c->n * sizeof nc->ext[0]);
+      if (!nc)
+        return strata_error (ENOMEM, "out of memory");
+      memcpy (nc, c, sizeof *nc + c->n * sizeof nc->ext[0]);
+      nc->retired = NULL;
+      nc->ext[slot] = e;
+      chunk_set (v, idx, nc);
+      pthread_mutex_lock (&m->lock);
+      c->retired = v->retired_chunks;
+      v->retired_chunks = c;
+      pthread_mutex_unlock (&m->lock);
+      return 0;
+    }
+
+    case META_E_JOB: {
+      uint8_t kind = fbuf_get_u8 (&b);
+      struct meta_job j;
+
+      j.state = fbuf_get_u8 (&b);
+      j.flags = fbuf_get_u8 (&b);
+      j.vol = fbuf_get_u32 (&b);
+      j.pos_vol = fbuf_get_u32 (&b);
+      j.pos_chunk = fbuf_get_u64 (&b);
+      j.started = fbuf_get_u64 (&b);
+      j.updated = fbuf_get_u64 (&b);
+      j.done = fbuf_get_u64 (&b);
+      j.total = fbuf_get_u64 (&b);
+      j.blocks = fbuf_get_u64 (&b);
+      j.errors = fbuf_get_u64 (&b);
+      j.repaired = fbuf_get_u64 (&b);
+      j.unrepaired = fbuf_get_u64 (&b);
+      if (b.bad || kind >= META_JOB_KINDS || j.state > META_JOB_FAILED)
+        return strata_error (EBADMSG, "malformed job entry");
+      pthread_mutex_lock (&m->lock);
+      m->jobs[kind] = j;
+      pthread_mutex_unlock (&m->lock);
+      return 0;
+    }
+
     case META_E_DEV_STATE: {
       uint32_t dev = fbuf_get_u32 (&b);
       uint8_t st = fbuf_get_u8 (&b);
@@ -556,6 +647,36 @@ struct snap_ctx {
   uint32_t n;
 };
 
+void
+meta_entry_ext_replace (struct fbuf *out, uint32_t vol, uint64_t chunk,
+                        uint32_t slot, struct meta_extent e)
+{
+  fbuf_put_u32 (out, vol);
+  fbuf_put_u64 (out, chunk);
+  fbuf_put_u32 (out, slot);
+  fbuf_put_u32 (out, e.dev);
+  fbuf_put_u32 (out, e.ext);
+}
+
+void
+meta_entry_job (struct fbuf *out, uint8_t kind, const struct meta_job *j)
+{
+  fbuf_put_u8 (out, kind);
+  fbuf_put_u8 (out, j->state);
+  fbuf_put_u8 (out, j->flags);
+  fbuf_put_u32 (out, j->vol);
+  fbuf_put_u32 (out, j->pos_vol);
+  fbuf_put_u64 (out, j->pos_chunk);
+  fbuf_put_u64 (out, j->started);
+  fbuf_put_u64 (out, j->updated);
+  fbuf_put_u64 (out, j->done);
+  fbuf_put_u64 (out, j->total);
+  fbuf_put_u64 (out, j->blocks);
+  fbuf_put_u64 (out, j->errors);
+  fbuf_put_u64 (out, j->repaired);
+  fbuf_put_u64 (out, j->unrepaired);
+}
+
 static int
 snap_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 {
@@ -605,6 +726,18 @@ meta_snapshot (struct meta *m, struct fbuf *out)
     fbuf_put_str (out, v->class);
     fbuf_put_u64 (out, atomic_load (&v->nchunks));
     meta_foreach_chunk (v, snap_chunk, &s);
+  }
+  /* Job records: a trailing section (checkpoints without it load with
+   * no job history). */
+  for (int k = 0; k < META_JOB_KINDS; k++) {
+    struct fbuf e;
+    fbuf_init_write (&e);
+    meta_entry_job (&e, k, &m->jobs[k]);
+    fbuf_put_u32 (out, e.len);
+    fbuf_put_bytes (out, e.p, e.len);
+    if (e.bad)
+      out->bad = true;
+    fbuf_free (&e);
   }
   if (out->bad)
     return strata_error (ENOMEM, "out of memory writing a checkpoint");
@@ -698,6 +831,13 @@ meta_load (struct meta *m, const void *data, size_t len)
       }
       atomic_fetch_add (&v->nchunks, 1);
     }
+  }
+  for (int k = 0; k < META_JOB_KINDS && b.pos < b.len; k++) {
+    uint32_t n = fbuf_get_u32 (&b);
+    if (b.bad || n > b.len - b.pos
+        || meta_apply (m, META_E_JOB, (const char *) data + b.pos, n) == -1)
+      goto bad;
+    b.pos += n;
   }
   if (b.pos != b.len)
     goto bad;

@@ -33,6 +33,8 @@ enum meta_entry_type {
   META_E_CHUNK_FREE = 6,
   META_E_DEV_STATE = 7,
   META_E_COL_STATE = 8,		/* columns marked dirty or clean */
+  META_E_EXT_REPLACE = 9,	/* one copy of a column moved (rebuild) */
+  META_E_JOB = 10,		/* scrub or rebuild progress */
 };
 
 enum meta_dev_state { META_DEV_UP = 0, META_DEV_DEGRADED = 1,
@@ -75,6 +77,7 @@ struct meta_column {
  * replicas which differ, or checksums on disk that do not match the data
  * (crash resync); it changes only through the journal. */
 struct meta_chunk {
+  struct meta_chunk *retired;	/* next on the volume's retired list */
   uint32_t n;			/* width * replicas */
   uint32_t width;
   uint64_t dirty;
@@ -101,11 +104,38 @@ struct meta_volume {
   _Atomic (struct meta_map_top *) map;
   struct meta_map_top *retired[64];	/* old tops, freed with the volume */
   unsigned nretired;
+  /* Chunks replaced by EXT_REPLACE (lock-free readers may still hold
+   * them); their column state now belongs to the new chunk.  Protected
+   * by meta->lock; freed by meta_volume_reap() or with the volume. */
+  struct meta_chunk *retired_chunks;
   _Atomic uint64_t nchunks;	/* allocated chunks */
   /* The next three are protected by meta->lock. */
   int users;			/* open data-path handles */
   bool busy;			/* being deleted or shrunk: no new handles */
   void *dp;			/* data-path state, owned by volume.c */
+};
+
+/* A long job's record (scrub, rebuild), kept in the journal so that a
+ * job stopped by anything, kill -9 included, can continue where it was
+ * and status can show the last results.  Positions are a volume id and
+ * a chunk index: everything before them is done. */
+enum meta_job_kind { META_JOB_SCRUB = 0, META_JOB_REBUILD = 1,
+                     META_JOB_KINDS = 2 };
+enum meta_job_state { META_JOB_NONE = 0, META_JOB_RUNNING = 1,
+                      META_JOB_DONE = 2, META_JOB_FAILED = 3 };
+#define META_JOB_REPAIR 0x1	/* scrub --repair */
+struct meta_job {
+  uint8_t state;		/* enum meta_job_state */
+  uint8_t flags;
+  uint32_t vol;			/* the volume id it is limited to, 0: all */
+  uint32_t pos_vol;		/* where it is */
+  uint64_t pos_chunk;
+  uint64_t started, updated;	/* Unix seconds */
+  uint64_t done, total;		/* bytes (scrub) or columns (rebuild) */
+  uint64_t blocks;		/* blocks checked or copied */
+  uint64_t errors;		/* bad blocks found (all copies counted) */
+  uint64_t repaired;		/* bad copies rewritten */
+  uint64_t unrepaired;		/* blocks left alone: no copy to trust */
 };
 
 struct meta {
@@ -118,6 +148,7 @@ struct meta {
   uint32_t ndevices;
   struct meta_volume **volumes;
   size_t nvolumes;
+  struct meta_job jobs[META_JOB_KINDS];	/* protected by lock */
 };
 
 /* A new, empty state (no devices, no volumes). */
@@ -155,6 +186,18 @@ struct meta_col_item {
 };
 void meta_entry_col_state (struct fbuf *out, bool dirty,
                            const struct meta_col_item *items, size_t n);
+
+/* Copy SLOT of chunk CHUNK of volume VOL to extent E (rebuild). */
+void meta_entry_ext_replace (struct fbuf *out, uint32_t vol, uint64_t chunk,
+                             uint32_t slot, struct meta_extent e);
+void meta_entry_job (struct fbuf *out, uint8_t kind,
+                     const struct meta_job *j);
+
+/* Free the chunks V retired by EXT_REPLACE.  The caller makes sure no
+ * reader still holds them (volume_quiesce()). */
+void meta_volume_reap (struct meta *m, struct meta_volume *v);
+
+const char *meta_job_state_name (uint8_t state);
 
 /* Lookups; the caller holds m->lock or is the only thread. */
 struct meta_volume *meta_find_volume (struct meta *m, const char *name);

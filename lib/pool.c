@@ -57,6 +57,9 @@ struct pool {
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
   int lockfd;			/* the pool lock file, or -1 */
   pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
+  /* Long jobs running in this process (job.h), per enum meta_job_kind. */
+  _Atomic bool job_running[META_JOB_KINDS];
+  _Atomic bool job_cancel[META_JOB_KINDS];
 };
 
 /* Device open flags for the io: setting of CD. */
@@ -693,6 +696,25 @@ pool_device_fail (struct pool *p, uint32_t i, const char *why)
   return r;
 }
 
+int
+pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
+{
+  int r;
+
+  if (i >= p->ndevs)
+    return strata_error (EINVAL, "no device %" PRIu32, i);
+  pthread_mutex_lock (&p->fail_lock);
+  r = commit_dev_state (p, i, state);
+  if (r == 0 && (state == META_DEV_FAILED || state == META_DEV_REMOVED)) {
+    atomic_store_explicit (&p->failed[i], true, memory_order_release);
+    alloc_set_usable (p->alloc, i, false);
+    snprintf (p->problem[i], sizeof p->problem[i], "%s",
+              meta_dev_state_name (state));
+  }
+  pthread_mutex_unlock (&p->fail_lock);
+  return r;
+}
+
 /* The first error of an up device makes it degraded: still in use, but
  * flagged in the metadata until an operator looks.  A failed commit here
  * changes nothing: the device is used as before. */
@@ -995,6 +1017,66 @@ commit_one (struct pool *p, uint16_t type, struct fbuf *e)
              : journal_append (p->journal, &it, 1);
   fbuf_free (e);
   return r;
+}
+
+int
+pool_commit_job (struct pool *p, uint8_t kind, const struct meta_job *j)
+{
+  struct fbuf e;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  fbuf_init_write (&e);
+  meta_entry_job (&e, kind, j);
+  return commit_one (p, META_E_JOB, &e);
+}
+
+int
+pool_commit_ext_replace (struct pool *p, struct meta_volume *v, uint64_t idx,
+                         uint32_t slot, struct meta_extent e)
+{
+  struct fbuf b;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  fbuf_init_write (&b);
+  meta_entry_ext_replace (&b, v->id, idx, slot, e);
+  return commit_one (p, META_E_EXT_REPLACE, &b);
+}
+
+bool
+pool_job_claim (struct pool *p, uint8_t kind)
+{
+  bool no = false;
+
+  if (!atomic_compare_exchange_strong (&p->job_running[kind], &no, true))
+    return false;
+  atomic_store (&p->job_cancel[kind], false);
+  return true;
+}
+
+void
+pool_job_release (struct pool *p, uint8_t kind)
+{
+  atomic_store (&p->job_running[kind], false);
+}
+
+bool
+pool_job_running (struct pool *p, uint8_t kind)
+{
+  return atomic_load (&p->job_running[kind]);
+}
+
+void
+pool_job_cancel (struct pool *p, uint8_t kind)
+{
+  atomic_store (&p->job_cancel[kind], true);
+}
+
+bool
+pool_job_cancelled (struct pool *p, uint8_t kind)
+{
+  return atomic_load (&p->job_cancel[kind]);
 }
 
 int

@@ -91,6 +91,8 @@ uint32_t pool_ndevices (struct pool *p);
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
+/* Commit STATE for device I (an operator's decision: removed). */
+int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
 
 const char *pool_device_problem (struct pool *p, uint32_t i);
@@ -109,6 +111,22 @@ uint64_t pool_device_repairs (struct pool *p, uint32_t i);
  * path's io_lock. */
 void pool_walk_lock (struct pool *p);
 void pool_walk_unlock (struct pool *p);
+
+/* Commit a job record (scrub, rebuild progress) or the move of copy
+ * SLOT of chunk IDX of V to extent E.  Returns 0 or -1. */
+int pool_commit_job (struct pool *p, uint8_t kind, const struct meta_job *j);
+int pool_commit_ext_replace (struct pool *p, struct meta_volume *v,
+                             uint64_t idx, uint32_t slot,
+                             struct meta_extent e);
+
+/* Jobs of kind KIND (enum meta_job_kind) running in this process: at
+ * most one each.  claim() is false if one runs already; cancel() asks
+ * it to stop at its next step (it saves its place first). */
+bool pool_job_claim (struct pool *p, uint8_t kind);
+void pool_job_release (struct pool *p, uint8_t kind);
+bool pool_job_running (struct pool *p, uint8_t kind);
+void pool_job_cancel (struct pool *p, uint8_t kind);
+bool pool_job_cancelled (struct pool *p, uint8_t kind);
 
 /* The pool's dirty-column tracker (resync.h); NULL if read-only. */
 struct resync *pool_resync (struct pool *p);

@@ -209,6 +209,13 @@ resync_write_begin (struct resync *r, struct meta_volume *v, uint64_t idx,
 {
   struct meta_column *mc = &c->col[col];
 
+  /* A dirty column without an array is taken for a new one (csum.h):
+   * the array must be in memory before the column turns dirty. */
+  if (!atomic_load_explicit (&mc->csum, memory_order_acquire)
+      && !csum_get (r->p, v, c, col)) {
+    atomic_fetch_add (&mc->writers, 1);	/* the caller's write_end */
+    return -1;
+  }
   atomic_fetch_add (&mc->writers, 1);
   atomic_store_explicit (&mc->touched, true, memory_order_relaxed);
   if (atomic_load (&mc->state) == META_COL_DIRTY)

@@ -32,9 +32,10 @@ struct resync;
 struct resync *resync_new (struct pool *p);
 void resync_free (struct resync *r);
 
-/* Before writing column COL of chunk C (index IDX of volume V): count
- * the write in and make sure the column is dirty in the journal (one
- * group commit shared by concurrent callers).  Returns 0, or -1 with
+/* Before writing column COL of chunk C (index IDX of volume V): load
+ * its checksum array if it is not in memory, count the write in and
+ * make sure the column is dirty in the journal (one group commit shared
+ * by concurrent callers).  Returns 0, or -1 with
  * errno if the commit failed; the write must then not be made (the
  * caller still calls resync_write_end).  The caller holds the volume's
  * io_lock shared, so C cannot be freed meanwhile. */

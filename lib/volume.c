@@ -870,6 +870,10 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
 
   if (get_csums (v, pc, n) == -1 || range_lock (v->s, pc, n) == -1)
     return -1;
+  /* A rebuild may have moved a copy while we waited (volume_column_hold):
+   * the chunks as they are now, under the range lock. */
+  for (size_t i = 0; i < n; i++)
+    pc[i].c = meta_chunk_get (v->mv, pc[i].chunk);
   /* The columns are dirty before anything is written to them. */
   for (begun = 0; begun < n; begun++)
     if (resync_write_begin (rs, v->mv, pc[begun].chunk, pc[begun].c,
@@ -1093,6 +1097,8 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     pthread_rwlock_unlock (&s->io_lock);
     return -1;
   }
+  for (size_t i = 0; i < n; i++)
+    sc->pc[i].c = meta_chunk_get (v->mv, sc->pc[i].chunk);
   for (begun = 0; begun < n; begun++)
     if (resync_write_begin (pool_resync (v->p), v->mv, sc->pc[begun].chunk,
                             sc->pc[begun].c, sc->pc[begun].col) == -1) {
@@ -1270,4 +1276,62 @@ volume_grow_prepare (struct volume *v, uint64_t old_size, uint64_t new_size)
   if (a0 < end && discard_blocks (v, end - a0, a0) == -1)
     return -1;
   return 0;
+}
+
+/* ---- column access for scrub and rebuild ---- */
+
+static struct piece
+column_piece (uint64_t idx, uint32_t col, uint64_t a0, uint64_t a1)
+{
+  return (struct piece) { .chunk = idx, .col = col, .a0 = a0, .a1 = a1 };
+}
+
+int
+volume_column_hold (struct volume *v, uint64_t idx, uint32_t col,
+                    uint64_t a0, uint64_t a1, struct meta_chunk **c)
+{
+  struct piece pc = column_piece (idx, col, a0, a1);
+
+  pthread_rwlock_rdlock (&v->s->io_lock);
+  if (!meta_chunk_get (v->mv, idx)) {
+    pthread_rwlock_unlock (&v->s->io_lock);
+    *c = NULL;
+    return 0;
+  }
+  if (range_lock (v->s, &pc, 1) == -1) {
+    pthread_rwlock_unlock (&v->s->io_lock);
+    return -1;
+  }
+  *c = meta_chunk_get (v->mv, idx);
+  return 0;
+}
+
+void
+volume_column_release (struct volume *v, uint64_t idx, uint32_t col,
+                       uint64_t a0, uint64_t a1)
+{
+  struct piece pc = column_piece (idx, col, a0, a1);
+
+  range_unlock (v->s, &pc, 1);
+  pthread_rwlock_unlock (&v->s->io_lock);
+}
+
+void
+volume_quiesce (struct volume *v)
+{
+  pthread_rwlock_wrlock (&v->s->io_lock);
+  pthread_rwlock_unlock (&v->s->io_lock);
+}
+
+struct meta_volume *
+volume_meta (struct volume *v)
+{
+  return v->mv;
+}
+
+uint64_t
+volume_column_offset (struct volume *v, uint64_t idx, uint32_t col,
+                      uint64_t eoff)
+{
+  return volume_offset (v, idx, col, eoff);
 }

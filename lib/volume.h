@@ -71,4 +71,27 @@ int volume_extents (struct volume *v, uint32_t count, uint64_t off,
 int volume_grow_prepare (struct volume *v, uint64_t old_size,
                          uint64_t new_size);
 
+/* Column access for scrub and rebuild.  volume_column_hold() keeps
+ * bytes [A0, A1) of column COL of chunk IDX from being written (the
+ * range lock every write takes) and the chunk from being freed, and sets
+ * *C to the chunk, or to NULL (nothing held) if it is not allocated.
+ * Returns 0, or -1 with errno.  A writer waiting meanwhile looks the
+ * chunk up again once it has the range, so a copy moved by EXT_REPLACE
+ * under the hold gets every later write.  Release with the same
+ * arguments.  Never hold two at once. */
+int volume_column_hold (struct volume *v, uint64_t idx, uint32_t col,
+                        uint64_t a0, uint64_t a1, struct meta_chunk **c);
+void volume_column_release (struct volume *v, uint64_t idx, uint32_t col,
+                            uint64_t a0, uint64_t a1);
+
+/* Wait until every request that started before the call has finished
+ * (after which no request uses a chunk retired before it). */
+void volume_quiesce (struct volume *v);
+
+struct meta_volume *volume_meta (struct volume *v);
+
+/* The volume byte of byte EOFF of column COL of chunk IDX. */
+uint64_t volume_column_offset (struct volume *v, uint64_t idx, uint32_t col,
+                               uint64_t eoff);
+
 #endif /* STRATA_VOLUME_H */

@@ -1,0 +1,70 @@
+/* strata: what scrub and rebuild share as long jobs.
+ *
+ * A job keeps its record (struct meta_job) in the journal: it commits it
+ * when it starts, about once a second while it runs, and when it ends,
+ * so a job stopped by anything (kill -9 included) knows where to go on
+ * from, and status can show how far a job got and what it found.  A job
+ * also limits its rate of device I/O, draws a progress bar, and stops at
+ * its next step when cancelled (pool_job_cancel()).
+ */
+#ifndef STRATA_JOB_H
+#define STRATA_JOB_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "pool.h"
+
+#define JOB_SAVE_INTERVAL 1.0	/* seconds between progress commits */
+
+struct job {
+  struct pool *p;
+  uint8_t kind;			/* enum meta_job_kind */
+  const char *name;		/* "scrub", "rebuild" */
+  struct meta_job rec;		/* the record, as the job updates it */
+  uint64_t rate;		/* device bytes per second; 0: no limit */
+  const char *unit;		/* what rec.done counts: "bytes", "columns" */
+  FILE *err;			/* progress goes here */
+  bool bar;			/* a terminal: redraw one line */
+  /* This run. */
+  double t0, last_save, last_show;
+  uint64_t io;			/* device bytes read and written */
+  uint64_t done0;		/* rec.done when the run started */
+};
+
+/* Set up J for a run of kind KIND on P.  The caller fills in J->rec. */
+void job_init (struct job *j, struct pool *p, uint8_t kind, const char *name,
+               const char *unit, uint64_t rate, FILE *err, bool bar);
+
+/* Commit the record now (FORCE) or if JOB_SAVE_INTERVAL has passed since
+ * the last commit.  Returns 0 or -1. */
+int job_save (struct job *j, bool force);
+
+/* After a step that moved IO_BYTES of device data: sleep as long as the
+ * rate limit wants, and show progress. */
+void job_step (struct job *j, uint64_t io_bytes);
+
+/* Whether the job should stop (cancelled, or the pool is closing). */
+bool job_cancelled (struct job *j);
+
+/* End the progress display (a newline after a bar). */
+void job_progress_done (struct job *j);
+
+/* Seconds of this run, and device bytes per second. */
+double job_elapsed (struct job *j);
+
+/* The volumes a job visits, in id order: all of them if VOL is 0, else
+ * the one with that id.  *OUT is malloc'd (free it).  Returns the count,
+ * or -1 on ENOMEM. */
+struct job_volume {
+  uint32_t id;
+  char name[FORMAT_NAME_MAX];
+};
+ssize_t job_volumes (struct pool *p, uint32_t vol, struct job_volume **out);
+
+/* Unix time now. */
+uint64_t job_now (void);
+
+#endif /* STRATA_JOB_H */

@@ -1,0 +1,594 @@
+/* strata: rebuild (see rebuild.h).
+ *
+ * Design notes
+ * ------------
+ * Order of one column: hold it against writes (volume_column_hold), mark
+ * it dirty as a writer would (resync_write_begin: the cleaner then leaves
+ * it alone, and a crash before the end resyncs it), read a surviving
+ * copy verifying each block (a bad block comes from another copy), and
+ * for each lost copy: allocate an extent, write the data and the
+ * checksum slot, flush that device, and only then commit EXT_REPLACE.
+ * The journal entry swaps the chunk pointer (meta.h); writers that
+ * waited for the hold look the chunk up again and write the new copy
+ * too.  A crash before the commit leaves the old state and an extent
+ * that is free again at the next open.
+ *
+ * The replaced extents are on failed, removed or draining devices, which
+ * the allocator never uses again, so they need no zeroing.  The old
+ * chunk headers are freed (and the extents returned) in batches, after
+ * volume_quiesce() has waited out every request that might hold them.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32c.h"
+#include "csum.h"
+#include "error.h"
+#include "job.h"
+#include "rebuild.h"
+#include "resync.h"
+#include "util.h"
+#include "volume.h"
+
+#define REBUILD_IO (1u << 20)	/* bytes per device request */
+#define REBUILD_BATCH 32	/* columns between reaps */
+#define REBUILD_LIST_MAX 100	/* moves listed in the text report */
+
+struct item {
+  uint32_t vi;			/* index into vols[] */
+  uint64_t idx;
+  uint32_t col;
+  uint32_t alive;		/* copies on devices not lost */
+};
+
+struct move {
+  uint32_t vi;
+  uint64_t idx;
+  uint32_t col;
+  struct meta_extent from, to;
+};
+
+struct rebuild {
+  struct pool *p;
+  const struct rebuild_opts *o;
+  struct job job;
+  struct job_volume *vols;
+  size_t nvols;
+  struct volume **handles;	/* [nvols], opened on first use */
+  bool *touched;		/* [nvols] since the last reap */
+  struct item *items;
+  size_t nitems, capitems;
+  struct meta_extent *old;	/* extents to return after the reap */
+  size_t nold, capold;
+  struct move *moves;
+  size_t nmoves, capmoves;
+  uint64_t copied, bad_blocks, no_good, no_space, no_copy;
+  int err;
+};
+
+static bool
+lost (struct rebuild *b, uint32_t dev)
+{
+  uint8_t st = pool_meta (b->p)->devices[dev].state;
+
+  return st == META_DEV_FAILED || st == META_DEV_REMOVED
+    || (int32_t) dev == b->o->drain;
+}
+
+/* ---- the work list ---- */
+
+struct collect {
+  struct rebuild *b;
+  uint32_t vi, replicas;
+};
+
+static int
+collect_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct collect *cc = opaque;
+  struct rebuild *b = cc->b;
+  uint32_t R = cc->replicas;
+
+  for (uint32_t col = 0; col < c->width; col++) {
+    uint32_t gone = 0;
+    for (uint32_t r = 0; r < R; r++)
+      gone += lost (b, c->ext[col * R + r].dev);
+    if (!gone)
+      continue;
+    if (b->nitems == b->capitems) {
+      size_t cap = b->capitems ? b->capitems * 2 : 256;
+      struct item *n = realloc (b->items, cap * sizeof *n);
+      if (!n) {
+        b->err = ENOMEM;
+        return 1;
+      }
+      b->items = n;
+      b->capitems = cap;
+    }
+    b->items[b->nitems++] = (struct item) { cc->vi, idx, col, R - gone };
+  }
+  return 0;
+}
+
+static int
+by_alive (const void *x, const void *y)
+{
+  const struct item *a = x, *b = y;
+
+  if (a->alive != b->alive)
+    return a->alive < b->alive ? -1 : 1;
+  if (a->vi != b->vi)
+    return a->vi < b->vi ? -1 : 1;
+  if (a->idx != b->idx)
+    return a->idx < b->idx ? -1 : 1;
+  return a->col < b->col ? -1 : a->col > b->col;
+}
+
+static int
+collect (struct rebuild *b)
+{
+  struct meta *m = pool_meta (b->p);
+
+  pool_walk_lock (b->p);
+  for (size_t i = 0; i < b->nvols && !b->err; i++) {
+    struct meta_volume *mv;
+    struct collect cc = { b, i, 0 };
+    pthread_mutex_lock (&m->lock);
+    mv = meta_find_volume_id (m, b->vols[i].id);
+    pthread_mutex_unlock (&m->lock);
+    if (!mv)
+      continue;
+    cc.replicas = mv->replicas;
+    meta_foreach_chunk (mv, collect_chunk, &cc);
+  }
+  pool_walk_unlock (b->p);
+  if (b->err)
+    return strata_error (b->err, "out of memory");
+  qsort (b->items, b->nitems, sizeof *b->items, by_alive);
+  return 0;
+}
+
+/* ---- one column ---- */
+
+static int
+push (void **arr, size_t *n, size_t *cap, size_t size, const void *x)
+{
+  if (*n == *cap) {
+    size_t c = *cap ? *cap * 2 : 64;
+    void *a = realloc (*arr, c * size);
+    if (!a)
+      return strata_error (ENOMEM, "out of memory");
+    *arr = a;
+    *cap = c;
+  }
+  memcpy ((char *) *arr + *n * size, x, size);
+  (*n)++;
+  return 0;
+}
+
+/* Read the column from SRC (a mask of replicas that can be read) into
+ * BUF, each block from a copy that matches CS where there is one.
+ * Returns device bytes read, or -1 if nothing could be read. */
+static int64_t
+read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
+             uint32_t R, uint32_t src, const uint32_t *cs, char *buf)
+{
+  struct pool *p = b->p;
+  uint64_t es = pool_meta (p)->extent_size;
+  size_t nb = es / STRATA_BLOCK;
+  int64_t io = 0;
+  char *blk = NULL;
+  int first = -1;
+
+  /* The whole column from the first copy that reads. */
+  for (uint32_t r = 0; r < R && first < 0; r++) {
+    struct meta_extent e = c->ext[col * R + r];
+    struct dev_req rq[64];
+    size_t nr = 0;
+    bool ok = true;
+    if (!(src & (1u << r)))
+      continue;
+    for (uint64_t o = 0; o < es; o += REBUILD_IO) {
+      rq[nr++] = (struct dev_req) {
+        .dev = pool_device (p, e.dev), .op = DEV_READ, .buf = buf + o,
+        .len = MIN (REBUILD_IO, es - o), .off = pool_extent_offset (p, e, o),
+      };
+      if (nr == ARRAY_SIZE (rq) || o + REBUILD_IO >= es) {
+        device_submit (rq, nr);
+        for (size_t k = 0; k < nr; k++)
+          if (rq[k].res != 0) {
+            char why[200];
+            snprintf (why, sizeof why, "rebuild read failed: %s",
+                      strerror (-rq[k].res));
+            pool_device_read_error (p, e.dev, why);
+            ok = false;
+          }
+        nr = 0;
+      }
+    }
+    io += es;
+    if (ok)
+      first = r;
+    else
+      src &= ~(1u << r);
+  }
+  if (first < 0)
+    return -1;
+
+  /* Blocks that do not match come from another copy. */
+  for (size_t bl = 0; bl < nb; bl++) {
+    bool fixed = false;
+    if (crc32c (0, buf + bl * STRATA_BLOCK, STRATA_BLOCK) == cs[bl])
+      continue;
+    b->bad_blocks++;
+    pool_device_csum_error (p, c->ext[col * R + first].dev);
+    if (!blk && !(blk = device_alloc_buf (STRATA_BLOCK)))
+      return strata_error (ENOMEM, "out of memory");
+    for (uint32_t r = 0; r < R && !fixed; r++) {
+      struct meta_extent e = c->ext[col * R + r];
+      if (!(src & (1u << r)) || (int) r == first)
+        continue;
+      io += STRATA_BLOCK;
+      if (device_pread (pool_device (p, e.dev), blk, STRATA_BLOCK,
+                        pool_extent_offset (p, e, bl * STRATA_BLOCK)) == 0
+          && crc32c (0, blk, STRATA_BLOCK) == cs[bl]) {
+        memcpy (buf + bl * STRATA_BLOCK, blk, STRATA_BLOCK);
+        fixed = true;
+      }
+    }
+    if (!fixed)
+      b->no_good++;		/* copied as it is: reads of it stay EIO */
+  }
+  free (blk);
+  return io;
+}
+
+/* Write BUF and the checksums CS to extent E, durably.  Returns 0 or
+ * -1. */
+static int
+write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
+            const uint32_t *cs)
+{
+  struct pool *p = b->p;
+  uint64_t es = pool_meta (p)->extent_size;
+  uint64_t slotsz = format_csum_slot (es);
+  struct device *d = pool_device (p, e.dev);
+  struct dev_req rq[65];
+  char *slot = device_alloc_buf (slotsz);
+  uint32_t *le = (uint32_t *) slot;
+  int r = 0;
+
+  if (!slot)
+    return strata_error (ENOMEM, "out of memory");
+  memset (slot, 0, slotsz);
+  for (size_t k = 0; k < es / STRATA_BLOCK; k++)
+    le[k] = htole32 (cs[k]);
+  pool_mark_dirty (p, e.dev);
+  for (uint64_t o = 0; o < es && r == 0; o += 64 * (uint64_t) REBUILD_IO) {
+    size_t nr = 0;
+    for (uint64_t q = o; q < MIN (es, o + 64 * (uint64_t) REBUILD_IO);
+         q += REBUILD_IO)
+      rq[nr++] = (struct dev_req) {
+        .dev = d, .op = DEV_WRITE, .buf = (char *) buf + q,
+        .len = MIN (REBUILD_IO, es - q), .off = pool_extent_offset (p, e, q),
+      };
+    if (o == 0)
+      rq[nr++] = (struct dev_req) { .dev = d, .op = DEV_WRITE, .buf = slot,
+                                    .len = slotsz,
+                                    .off = csum_slot_offset (p, e) };
+    if (device_submit (rq, nr) == -1)
+      r = -1;
+  }
+  if (r == 0 && device_flush (d) == -1)
+    r = -1;
+  if (r == -1)
+    strata_error (EIO, "writing the new copy to device %s failed",
+                  pool_meta (p)->devices[e.dev].name);
+  free (slot);
+  return r;
+}
+
+static struct volume *
+handle (struct rebuild *b, uint32_t vi)
+{
+  if (!b->handles[vi])
+    b->handles[vi] = volume_open (b->p, b->vols[vi].name);
+  return b->handles[vi];
+}
+
+/* Give column IT its lost copies.  Returns device bytes moved, or -1 on
+ * a failure that stops the rebuild. */
+static int64_t
+rebuild_column (struct rebuild *b, const struct item *it)
+{
+  struct pool *p = b->p;
+  struct volume *v = handle (b, it->vi);
+  struct meta_volume *mv;
+  uint64_t es = pool_meta (p)->extent_size;
+  struct meta_extent keep[16];
+  uint32_t nkeep = 0, src = 0, R;
+  struct meta_chunk *c;
+  uint32_t *cs;
+  char *buf = NULL;
+  int64_t io = 0, k;
+  bool begun = false;
+
+  if (!v)
+    return 0;			/* the volume went away */
+  mv = volume_meta (v);
+  R = mv->replicas;
+  if (volume_column_hold (v, it->idx, it->col, 0, es, &c) == -1)
+    return -1;
+  if (!c)
+    return 0;			/* freed meanwhile */
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent e = c->ext[it->col * R + r];
+    /* A draining device's copy is still a good source. */
+    if (pool_device_usable (p, e.dev))
+      src |= 1u << r;
+    if (!lost (b, e.dev))
+      keep[nkeep++] = e;
+  }
+  if (nkeep == R)
+    goto out;			/* nothing lost any more */
+  if (!src) {
+    b->no_copy++;
+    fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
+             PRIu32 ": no copy left to rebuild from\n", mv->name, it->idx,
+             it->col);
+    goto out;
+  }
+  if (resync_write_begin (pool_resync (p), mv, it->idx, c, it->col) == -1) {
+    io = -1;
+    goto out;
+  }
+  begun = true;
+  if (!(cs = csum_get (p, mv, c, it->col))
+      || !(buf = device_alloc_buf (es))) {
+    io = -1;
+    goto out;
+  }
+  if ((k = read_column (b, c, it->col, R, src, cs, buf)) == -1) {
+    b->no_copy++;
+    fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
+             PRIu32 ": no copy could be read\n", mv->name, it->idx, it->col);
+    goto out;
+  }
+  io += k;
+
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent from, to;
+    struct move mo;
+    c = meta_chunk_get (mv, it->idx);
+    from = c->ext[it->col * R + r];
+    if (!lost (b, from.dev))
+      continue;
+    if (alloc_replica (pool_alloc (p), mv->class, keep, nkeep, b->o->prefer,
+                       &to) == -1) {
+      b->no_space++;
+      fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64
+               " column %" PRIu32 ": %s\n", mv->name, it->idx, it->col,
+               strata_last_error ());
+      continue;
+    }
+    if (write_copy (b, to, buf, cs) == -1) {
+      alloc_release (pool_alloc (p), &to, 1);
+      pool_device_fail (p, to.dev, strata_last_error ());
+      b->no_space++;
+      continue;
+    }
+    io += es;
+    if (pool_commit_ext_replace (p, mv, it->idx, it->col * R + r, to) == -1) {
+      alloc_release (pool_alloc (p), &to, 1);
+      io = -1;
+      goto out;
+    }
+    keep[nkeep++] = to;
+    b->copied += es;
+    b->touched[it->vi] = true;
+    mo = (struct move) { it->vi, it->idx, it->col, from, to };
+    if (push ((void **) &b->old, &b->nold, &b->capold, sizeof from, &from)
+        == -1
+        || (b->nmoves < REBUILD_LIST_MAX
+            && push ((void **) &b->moves, &b->nmoves, &b->capmoves,
+                     sizeof mo, &mo) == -1)) {
+      io = -1;
+      goto out;
+    }
+  }
+ out:
+  if (begun)
+    resync_write_end (c, it->col);	/* the column state is shared */
+  volume_column_release (v, it->idx, it->col, 0, es);
+  free (buf);
+  return io;
+}
+
+/* Free the chunk headers retired since the last reap and return the
+ * replaced extents, once no request can hold them. */
+static void
+reap (struct rebuild *b)
+{
+  struct meta *m = pool_meta (b->p);
+
+  for (size_t i = 0; i < b->nvols; i++)
+    if (b->touched[i] && b->handles[i])
+      volume_quiesce (b->handles[i]);
+  pool_walk_lock (b->p);
+  for (size_t i = 0; i < b->nvols; i++)
+    if (b->touched[i] && b->handles[i]) {
+      meta_volume_reap (m, volume_meta (b->handles[i]));
+      b->touched[i] = false;
+    }
+  alloc_release (pool_alloc (b->p), b->old, b->nold);
+  b->nold = 0;
+  pool_walk_unlock (b->p);
+}
+
+/* ---- the run ---- */
+
+static void
+report (struct rebuild *b, FILE *out, bool finished, bool resumed)
+{
+  struct meta *m = pool_meta (b->p);
+  struct meta_job *r = &b->job.rec;
+  double secs = job_elapsed (&b->job);
+  uint64_t left = b->no_space + b->no_copy;
+  char a[32], s[32];
+
+  if (b->o->json) {
+    fprintf (out, "{\"job\":\"rebuild\",\"state\":\"%s\",\"resumed\":%s,"
+             "\"columns\":%" PRIu64 ",\"total\":%" PRIu64 ",\"bytes\":%"
+             PRIu64 ",\"bad_blocks\":%" PRIu64 ",\"no_good_copy\":%" PRIu64
+             ",\"no_space\":%" PRIu64 ",\"no_copy_left\":%" PRIu64
+             ",\"seconds\":%.3f,\"device_bytes\":%" PRIu64 ",\"moves\":[",
+             finished ? "finished" : "interrupted",
+             resumed ? "true" : "false", r->done, r->total, b->copied,
+             b->bad_blocks, b->no_good, b->no_space, b->no_copy, secs,
+             b->job.io);
+    for (size_t i = 0; i < b->nmoves; i++) {
+      struct move *mo = &b->moves[i];
+      fprintf (out, "%s{\"volume\":\"%s\",\"chunk\":%" PRIu64 ",\"column\":%"
+               PRIu32 ",\"from\":[\"%s\",%" PRIu32 "],\"to\":[\"%s\",%"
+               PRIu32 "]}", i ? "," : "", b->vols[mo->vi].name, mo->idx,
+               mo->col, m->devices[mo->from.dev].name, mo->from.ext,
+               m->devices[mo->to.dev].name, mo->to.ext);
+    }
+    fprintf (out, "]}\n");
+    return;
+  }
+  fprintf (out, "rebuild %s: %" PRIu64 " of %" PRIu64 " columns done, %s "
+           "copied in %.1f s (%s/s)%s\n",
+           finished ? "finished" : "interrupted", r->done, r->total,
+           util_human_size (b->copied, a, sizeof a), secs,
+           util_human_size (secs > 0 ? b->job.io / secs : 0, s, sizeof s),
+           resumed ? ", continuing an interrupted rebuild" : "");
+  for (size_t i = 0; i < b->nmoves; i++) {
+    struct move *mo = &b->moves[i];
+    fprintf (out, "  volume %s chunk %" PRIu64 " column %" PRIu32 ": copy "
+             "on %s (%s) is now on %s, extent %" PRIu32 "\n",
+             b->vols[mo->vi].name, mo->idx, mo->col,
+             m->devices[mo->from.dev].name,
+             meta_dev_state_name (m->devices[mo->from.dev].state),
+             m->devices[mo->to.dev].name, mo->to.ext);
+  }
+  if (b->nmoves == REBUILD_LIST_MAX)
+    fprintf (out, "  ... (the first %d are listed)\n", REBUILD_LIST_MAX);
+  fprintf (out, "bad blocks taken from another copy: %" PRIu64
+           "; blocks with no good copy: %" PRIu64 "\n", b->bad_blocks,
+           b->no_good);
+  if (left)
+    fprintf (out, "%" PRIu64 " columns are still missing copies (%" PRIu64
+             " for want of space or a device in another domain, %" PRIu64
+             " with no copy left)\n", left, b->no_space, b->no_copy);
+}
+
+int
+rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
+             FILE *err)
+{
+  struct meta *m = pool_meta (p);
+  struct rebuild b = { .p = p, .o = o };
+  struct meta_job prev;
+  ssize_t nv;
+  bool finished = false, resumed = false;
+  int ret = -1;
+
+  if (!pool_writable (p))
+    return strata_error (EROFS, "rebuild needs the pool open for writing");
+  if (!pool_job_claim (p, META_JOB_REBUILD))
+    return strata_error (EBUSY, "a rebuild is already running on pool %s "
+                         "(see strata status)", m->name);
+  if ((nv = job_volumes (p, 0, &b.vols)) == -1)
+    goto out;
+  b.nvols = nv;
+  b.handles = calloc (nv + 1, sizeof *b.handles);
+  b.touched = calloc (nv + 1, sizeof *b.touched);
+  if (!b.handles || !b.touched) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  if (collect (&b) == -1)
+    goto out;
+
+  job_init (&b.job, p, META_JOB_REBUILD, "rebuild", "columns", o->rate, err,
+            o->bar);
+  pthread_mutex_lock (&m->lock);
+  prev = m->jobs[META_JOB_REBUILD];
+  pthread_mutex_unlock (&m->lock);
+  if (prev.state == META_JOB_RUNNING) {
+    /* What the interrupted run finished is no longer on the list. */
+    resumed = true;
+    b.job.rec = prev;
+    b.job.rec.total = prev.done + b.nitems;
+    fprintf (err, "strata: continuing the rebuild interrupted after %" PRIu64
+             " of %" PRIu64 " columns; %zu left\n", prev.done, prev.total,
+             b.nitems);
+  }
+  else
+    b.job.rec = (struct meta_job) { .state = META_JOB_RUNNING,
+                                    .started = job_now (),
+                                    .total = b.nitems };
+  b.job.done0 = b.job.rec.done;
+  if (job_save (&b.job, true) == -1)
+    goto out;
+
+  for (size_t i = 0; i < b.nitems; i++) {
+    int64_t io;
+    if (job_cancelled (&b.job))
+      goto stopped;
+    io = rebuild_column (&b, &b.items[i]);
+    if (io == -1)
+      goto stopped;
+    b.job.rec.done++;
+    b.job.rec.blocks += io / STRATA_BLOCK;
+    b.job.rec.errors = (resumed ? prev.errors : 0) + b.bad_blocks;
+    b.job.rec.repaired = (resumed ? prev.repaired : 0) + b.bad_blocks
+      - b.no_good;
+    b.job.rec.unrepaired = (resumed ? prev.unrepaired : 0) + b.no_space
+      + b.no_copy;
+    job_step (&b.job, io);
+    if ((i + 1) % REBUILD_BATCH == 0)
+      reap (&b);
+    if (job_save (&b.job, false) == -1)
+      goto stopped;
+  }
+  finished = true;
+
+ stopped:
+  job_progress_done (&b.job);
+  reap (&b);
+  {
+    char *why = finished || job_cancelled (&b.job) ? NULL
+                : strdup (strata_last_error ());
+    if (finished)
+      b.job.rec.state = META_JOB_DONE;
+    if (job_save (&b.job, true) == -1 && finished)
+      goto out;
+    report (&b, out, finished, resumed);
+    if (!finished) {
+      if (why)
+        strata_error (EIO, "%s", why);
+      else
+        strata_error (EINTR, "rebuild stopped; run it again to continue");
+      free (why);
+      goto out;
+    }
+  }
+  ret = b.no_space + b.no_copy > 0 ? 1 : 0;
+ out:
+  pool_job_release (p, META_JOB_REBUILD);
+  for (size_t i = 0; i < b.nvols; i++)
+    if (b.handles && b.handles[i])
+      volume_close (b.handles[i]);
+  free (b.handles);
+  free (b.touched);
+  free (b.vols);
+  free (b.items);
+  free (b.old);
+  free (b.moves);
+  return ret;
+}

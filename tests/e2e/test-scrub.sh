@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# strata scrub (TESTING.md 13): on a clean pool it finds nothing and
+# changes no byte of any device's checksum and data areas; one byte, one
+# block, then a whole member overwritten behind strata's back are named
+# by device and extent, repaired with --repair (online and offline), and
+# a second scrub finds nothing; a block with no good copy is reported and
+# left alone; a scrub killed with kill -9 continues where it was.
+source "$(dirname "$0")/functions.sh"
+requires nbdkit nbdsh
+
+make_pool 3 256MiB "{ name: r2, size: 64MiB, replicas: 2, stripe_width: 2, stripe_unit: 256KiB }" \
+                   "{ name: r1, size: 8MiB }"
+head -c 48M /dev/urandom > "$T/ref2"
+head -c 8M /dev/urandom > "$T/ref1"
+start_server
+nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/ref2','rb').read(), 0); h.flush()"
+nbdsh -u "$(uri r1)" -c "h.pwrite(open('$T/ref1','rb').read(), 0); h.flush()"
+stop_server
+ES=$((4 << 20))
+
+# devinfo DEV FIELD
+devinfo () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
+}
+# where VOLUME CHUNK COLUMN REPLICA: "dev extent data_offset"
+where () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+v = [v for v in s['volumes'] if v['name'] == '$1'][0]
+ch = [c for c in v['map'] if c['chunk'] == $2][0]
+dev = ch['columns'][$3][$4]
+d = [d for d in s['devices'] if d['name'] == dev][0]
+print(dev, ch['extents'][$3][$4], d['data_offset'])"
+}
+poke () { $PY -c "
+import os
+fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
+# The checksum and data areas of every member: what a scrub may repair.
+# (The metadata area takes the scrub's progress records.)
+areas () {
+  for i in 0 1 2; do
+    off=$(devinfo d$i csum_offset)
+    tail -c +$((off + 1)) "$T/d$i.img" | sha256sum
+  done | sha256sum | awk '{print $1}'
+}
+check_data () {
+  nbdsh -u "$(uri r2)" -c "assert h.pread(48 << 20, 0) == open('$T/ref2','rb').read(), 'r2 differs'"
+}
+json_field () { $PY -c "import json, sys; print(json.load(open('$1'))$2)"; }
+
+# 1. A clean pool: nothing found, no byte of the data changed.
+before=$(areas)
+"$STRATA" scrub "$CONFIG" --json > "$T/s1.json" || fail "scrub of a clean pool failed: $(cat "$T/s1.json")"
+[ "$(json_field "$T/s1.json" "['errors']")" = 0 ] || fail "a clean pool has scrub errors"
+blocks=$(json_field "$T/s1.json" "['blocks']")
+# 48 MiB of r2 on 2 copies + 8 MiB of r1: 26624 blocks of 4 KiB.
+[ "$blocks" = $(( (48 * 2 + 8) * 256 )) ] || fail "scrub checked $blocks blocks, want $(( (48 * 2 + 8) * 256 ))"
+[ "$(areas)" = "$before" ] || fail "scrub of a clean pool changed the data or checksum area"
+ok "clean pool: $blocks blocks checked, no errors, no byte of data or checksums changed"
+
+# 2. One byte of one copy (offline): named, repaired, then clean.
+read -r dev ext data < <(where r2 1 0 0)
+poke "$T/$dev.img" $((data + ext * ES + 17 * 4096 + 99)) 5a
+"$STRATA" scrub "$CONFIG" > "$T/s2.out" 2>"$T/s2.err" && fail "scrub found nothing wrong: $(cat "$T/s2.out")"
+grep "device $dev, extent $ext, block 17 (volume r2 " "$T/s2.out" >/dev/null \
+  || fail "the report does not name device $dev extent $ext block 17: $(cat "$T/s2.out")"
+[ "$(grep -c 'checksum mismatch' "$T/s2.out")" = 1 ] || fail "more than one finding: $(cat "$T/s2.out")"
+grep "errors: 1 ($dev 1)" "$T/s2.out" >/dev/null || fail "report: $(cat "$T/s2.out")"
+"$STRATA" scrub "$CONFIG" --repair > "$T/s3.out" 2>&1 || fail "scrub --repair failed: $(cat "$T/s3.out")"
+grep "device $dev, extent $ext, block 17 .*repaired" "$T/s3.out" >/dev/null || fail "not repaired: $(cat "$T/s3.out")"
+read -r odev oext odata < <(where r2 1 0 1)
+cmp <(dd if="$T/$dev.img" bs=4096 skip=$(((data + ext * ES) / 4096 + 17)) count=1 2>/dev/null) \
+    <(dd if="$T/$odev.img" bs=4096 skip=$(((odata + oext * ES) / 4096 + 17)) count=1 2>/dev/null) \
+  || fail "block 17 of $dev does not match the other copy after the repair"
+"$STRATA" scrub "$CONFIG" > "$T/s4.out" 2>&1 || fail "second scrub still finds something: $(cat "$T/s4.out")"
+grep "errors: 0;" "$T/s4.out" >/dev/null || fail "second scrub: $(cat "$T/s4.out")"
+ok "one byte: scrub names $dev extent $ext block 17, --repair fixes it, the next scrub is clean"
+
+# 3. One block of the other copy, online, while the pool is served.
+read -r dev1 ext1 data1 < <(where r2 2 1 1)
+head -c 4096 /dev/urandom | dd of="$T/$dev1.img" bs=4096 seek=$(((data1 + ext1 * ES) / 4096 + 200)) conv=notrunc 2>/dev/null
+start_server
+"$STRATA" scrub "$CONFIG" r2 --repair --json > "$T/s5.json" || fail "online scrub --repair failed"
+$PY - "$T/s5.json" "$dev1" "$ext1" <<'PY' || fail "online scrub report: $(cat "$T/s5.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+f = r["findings"]
+assert len(f) == 1, f
+assert f[0]["device"] == sys.argv[2] and f[0]["extent"] == int(sys.argv[3]), f
+assert f[0]["blocks"] == [200, 200] and f[0]["repaired"], f
+assert r["errors"] == 1 and r["repaired"] == 1 and r["volume"] == "r2", r
+PY
+check_data
+"$STRATA" scrub "$CONFIG" r2 --json > "$T/s6.json" || fail "second online scrub: $(cat "$T/s6.json")"
+[ "$(json_field "$T/s6.json" "['errors']")" = 0 ] || fail "second online scrub found errors"
+"$STRATA" status "$CONFIG" | grep -E "^scrub +finished .* 0 errors" >/dev/null \
+  || fail "status does not show the last scrub: $("$STRATA" status "$CONFIG" | tail -3)"
+stop_server
+ok "one block, online: named ($dev1 extent $ext1 block 200), repaired, next scrub clean, status shows it"
+
+# 4. A whole member overwritten from its checksum area to its end: one
+# that holds no copy of the 1-replica r1.
+read -r r1dev _ _ < <(where r1 0 0 0)
+for dev in d0 d1 d2; do [ "$dev" != "$r1dev" ] && break; done
+coff=$(devinfo "$dev" csum_offset)
+$PY -c "
+import os
+fd = os.open('$T/$dev.img', os.O_WRONLY)
+for o in range($coff, os.fstat(fd).st_size, 1 << 20):
+    os.pwrite(fd, os.urandom(1 << 20), o)
+os.close(fd)"
+start_server
+"$STRATA" scrub "$CONFIG" --repair --json > "$T/s7.json" 2>"$T/s7.err" || fail "scrub --repair of a trashed member: $(cat "$T/s7.err")"
+$PY - "$T/s7.json" "$dev" <<'PY' || fail "trashed member report: $(head -c 2000 "$T/s7.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+assert r["errors"] > 0 and r["repaired"] == r["errors"], r
+devs = {d["name"]: d for d in r["devices"]}
+for name, d in devs.items():
+    if name == sys.argv[2]:
+        assert d["errors"] > 0, d
+    else:
+        assert d["errors"] == 0, d
+assert all(f["device"] == sys.argv[2] for f in r["findings"]), r["findings"][:3]
+print("repaired", r["repaired"], "blocks on", sys.argv[2])
+PY
+check_data
+"$STRATA" scrub "$CONFIG" > "$T/s8.out" 2>&1 || fail "scrub after repairing a member: $(cat "$T/s8.out")"
+stop_server
+compare_replicas > /dev/null || fail "replicas differ after the repair"
+ok "a whole member overwritten: every error on $dev, all repaired, replicas equal, next scrub clean"
+
+# 5. No good copy (1 replica): reported, left alone, exit 1.
+read -r dev0 ext0 data0 < <(where r1 0 0 0)
+poke "$T/$dev0.img" $((data0 + ext0 * ES + 3 * 4096)) 00ff00ff
+"$STRATA" scrub "$CONFIG" r1 --repair > "$T/s9.out" 2>&1 && fail "a block with no good copy was not reported"
+grep "device $dev0, extent $ext0, block 3 .*no good copy, left alone" "$T/s9.out" >/dev/null \
+  || fail "report: $(cat "$T/s9.out")"
+[ "$(dd if="$T/$dev0.img" bs=4096 skip=$(((data0 + ext0 * ES) / 4096 + 3)) count=1 2>/dev/null | head -c 4 | od -An -tx1 | tr -d ' ')" = 00ff00ff ] \
+  || fail "scrub --repair changed a block it could not prove wrong"
+ok "no good copy: reported, left alone"
+"$STRATA" volume delete "$CONFIG" r1 >/dev/null
+
+# 6. kill -9 in the middle of a slow online scrub: it continues there.
+start_server
+"$STRATA" scrub "$CONFIG" --restart --rate 8 > "$T/s10.out" 2>&1 &
+spid=$!
+for _ in $(seq 100); do
+  d=$("$STRATA" status "$CONFIG" --json | $PY -c "import json,sys; print(json.load(sys.stdin)['jobs']['scrub']['done'])")
+  [ "$d" -gt 0 ] && break
+  sleep 0.2
+done
+[ "$d" -gt 0 ] || fail "the scrub made no progress"
+"$STRATA" status "$CONFIG" | grep -E "^scrub +running at" >/dev/null || fail "status does not show the running scrub"
+stop_server KILL
+wait $spid 2>/dev/null || true
+"$STRATA" status "$CONFIG" --json > "$T/st.json"
+state=$(json_field "$T/st.json" "['jobs']['scrub']['state']")
+done1=$(json_field "$T/st.json" "['jobs']['scrub']['done']")
+total=$(json_field "$T/st.json" "['jobs']['scrub']['total']")
+[ "$state" = interrupted ] || fail "after kill -9 the scrub is '$state', want interrupted"
+[ "$done1" -gt 0 ] && [ "$done1" -lt "$total" ] || fail "saved progress $done1 of $total"
+start_server
+"$STRATA" scrub "$CONFIG" --rate 0 --json > "$T/s11.json" 2>"$T/s11.err" || fail "resumed scrub failed: $(cat "$T/s11.err")"
+grep "continuing the scrub interrupted" "$T/s11.err" >/dev/null || fail "the scrub started over: $(cat "$T/s11.err")"
+$PY - "$T/s11.json" "$done1" <<'PY' || fail "resumed scrub: $(cat "$T/s11.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+done1 = int(sys.argv[2])
+assert r["resumed"] and r["state"] == "finished", r
+assert r["bytes"] == r["total"] == 48 << 20, r
+# This run read only what was left: 2 copies of (total - done1) bytes.
+assert r["run"]["blocks"] == 2 * (r["total"] - done1) // 4096, (r["run"], done1)
+assert r["errors"] == 0, r
+PY
+stop_server
+ok "kill -9 at $done1 of $total bytes: the next scrub continued there and finished"
