@@ -4,7 +4,8 @@
 # the same storage.  Prints a table with ratios.
 #
 # RUNTIME=seconds per measured job (after a 2 s ramp), ROUNDS=how many
-# times each job runs; the table shows the median.  The three targets take
+# times each job runs; the table shows the median.  SECTIONS picks the
+# tables: "local remote integrity" (the default) or a subset.  The three targets take
 # turns going first in each round, and every job starts after `sync`, so
 # that no target pays for another's page-cache writeback.
 set -euo pipefail
@@ -13,6 +14,8 @@ TOP=$(cd "$(dirname "$0")/../.." && pwd)
 STRATA=$TOP/build/strata
 RUNTIME=${RUNTIME:-6}
 ROUNDS=${ROUNDS:-3}
+SECTIONS=${SECTIONS:-local remote integrity}
+want () { case " $SECTIONS " in *" $1 "*) return 0;; esac; return 1; }
 D=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 trap 'for p in "$D"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.5; rm -rf "$D"' EXIT
 
@@ -101,11 +104,13 @@ row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
   printf '%-22s %12s %12s %12s %9.2fx %9.2fx\n' "$label" "$s" "$f" "$r" \
     "$(echo "$s / $f" | bc -l)" "$(echo "$s / $r" | bc -l)"
 }
+if want local; then
 row "s1 seq write MB/s" bw write 1M s1
 row "s1 seq read MB/s" bw read 1M s1
 row "s1 4k randread IOPS" iops randread 4k s1
 row "s1 4k randwrite IOPS" iops randwrite 4k s1
 row "m2 seq write MB/s" bw write 1M m2
+fi
 
 # pair LABEL UNIT RW BS "A args" "B args": A beside B, median of ROUNDS.
 pair () {
@@ -122,11 +127,59 @@ pair () {
   b=$(printf '%s' "${res[1]}" | median)
   printf '%-22s %12s %12s %9.2fx\n' "$label" "$a" "$b" "$(echo "$a / $b" | bc -l)"
 }
+if want remote; then
 printf '\n%-22s %12s %12s %10s\n' "remote job" "remote" "local" "ratio"
 pair "s1 seq write MB/s" bw write 1M "$(nbd s1 "$D/rstrata.sock")" "$(nbd s1 "$D/strata.sock")"
 pair "s1 seq read MB/s" bw read 1M "$(nbd s1 "$D/rstrata.sock")" "$(nbd s1 "$D/strata.sock")"
 printf '%-22s %12s %12s %10s\n' "" "remote" "one member" "ratio"
 pair "s1 4k randread IOPS" iops randread 4k "$(nbd s1 "$D/rstrata.sock")" "$(nbd "" "$D/m0.sock")"
+fi
+
+# Integrity (issue 4): scrub and rebuild of m2 (1 GiB written, 2 copies)
+# unthrottled, beside raw fio sequential read of the same storage; and
+# client 4k random reads on m2 while a rebuild runs at the default rate,
+# beside the same reads with none.
+if want integrity; then
+jobrate () {  # jobrate JSON: "copied-or-checked MB/s  device MB/s"
+  /usr/bin/python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+data = r["bytes"] if r["job"] == "rebuild" else r["blocks"] * 4096
+secs = r["seconds"] if r["job"] == "rebuild" else r["run"]["seconds"]
+dev = r["device_bytes"] if r["job"] == "rebuild" else r["run"]["device_bytes"]
+print("%.0f %.0f" % (data / secs / 1e6, dev / secs / 1e6))' "$1"
+}
+rawread=""
+scrubs=""
+for ((i = 0; i < ROUNDS; i++)); do
+  rawread+="$(fio_job read 1M $(raw "$D/raw.img") | cut -d' ' -f1)"$'\n'
+  sync
+  "$STRATA" scrub "$D/pool.yaml" m2 --restart --rate 0 --json > "$D/scrub.json"
+  scrubs+="$(jobrate "$D/scrub.json" | cut -d' ' -f1)"$'\n'
+done
+rr=$(printf '%s' "$rawread" | median)
+sc=$(printf '%s' "$scrubs" | median)
+printf '\n%-26s %12s %12s %10s\n' "integrity job" "strata" "raw-fio" "ratio"
+printf '%-26s %12s %12s %9.2fx\n' "scrub MB/s (unthrottled)" "$sc" "$rr" "$(echo "$sc / $rr" | bc -l)"
+
+base=$(fio_job randread 4k $(nbd m2 "$D/strata.sock") | cut -d' ' -f2)
+"$STRATA" device fail "$D/pool.yaml" d3 >/dev/null
+"$STRATA" rebuild "$D/pool.yaml" --json > "$D/rb1.json" 2>/dev/null &
+rb=$!
+during=$(fio_job randread 4k $(nbd m2 "$D/strata.sock") | cut -d' ' -f2)
+still=$(kill -0 $rb 2>/dev/null && echo yes || echo no)
+wait $rb || true	# s1 (1 replica) has columns on d3 that cannot be rebuilt
+read -r rb1 rb1dev < <(jobrate "$D/rb1.json")
+printf '%-26s %12s %12s %9.2fx\n' "4k randread IOPS, rebuild" "$during" "$base" "$(echo "$during / $base" | bc -l)"
+echo "  (rebuild at the default rate: $rb1 MB/s copied; still running when fio ended: $still)"
+
+sync
+"$STRATA" device fail "$D/pool.yaml" d2 >/dev/null
+"$STRATA" rebuild "$D/pool.yaml" --rate 0 --json > "$D/rb2.json" 2>/dev/null || true
+read -r rb2 rb2dev < <(jobrate "$D/rb2.json")
+printf '%-26s %12s %12s %9.2fx\n' "rebuild MB/s (unthrottled)" "$rb2" "$rr" "$(echo "$rb2 / $rr" | bc -l)"
+echo "  (rebuild device I/O, reads and writes: $rb2dev MB/s)"
+fi
 echo
 echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of"
 echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell."
@@ -135,3 +188,5 @@ echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
 echo "Remote (issue 3): s1 over 4 remote members (nbdkit file on unix sockets)"
 echo ">= 0.8x the local s1 on 1M seq read/write, >= 1.0x fio straight to one"
 echo "member on 4k randread."
+echo "Integrity (issue 4): scrub and rebuild >= 0.7x raw seq read unthrottled;"
+echo "clients keep >= 0.5x their 4k randread IOPS during a default-rate rebuild."

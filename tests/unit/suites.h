@@ -11,6 +11,7 @@ Suite *journal_suite (void);
 Suite *volume_suite (void);
 Suite *device_suite (void);
 Suite *integrity_suite (void);
+Suite *meta_suite (void);
 
 /* A fresh temporary directory for a test (removed by the runner's exit
  * only if empty; tests remove their files). */
