@@ -271,6 +271,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   };
   struct meta *m = pool_meta (p);
   struct journal_replica_info ri[64];
+  uint64_t last_index;
   size_t nri;
   bool json = false, map = false;
   char u[37], a[32], b[32], c[32];
@@ -294,6 +295,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   }
   util_uuid_format (m->pool_uuid, u);
   nri = journal_info (pool_journal (p), ri, ARRAY_SIZE (ri));
+  /* Before the meta lock: a commit applies entries under the journal's
+   * lock and then takes the meta lock. */
+  last_index = journal_last_index (pool_journal (p));
 
   /* Chunk maps are walked below: rebuild frees replaced chunks only
    * under the walk lock. */
@@ -306,7 +310,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64 "},",
              u, m->extent_size, ctx->online ? "true" : "false",
              ctx->connections, journal_term (pool_journal (p)),
-             journal_last_index (pool_journal (p)));
+             last_index);
     fprintf (out, "\"metadata_replicas\":[");
     for (size_t i = 0; i < nri; i++) {
       fprintf (out, "%s{\"device\":", i ? "," : "");
@@ -397,7 +401,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, "connections: %d\n", ctx->connections);
   fprintf (out, "metadata: term %" PRIu64 ", index %" PRIu64 ";",
            journal_term (pool_journal (p)),
-           journal_last_index (pool_journal (p)));
+           last_index);
   for (size_t i = 0; i < nri; i++)
     fprintf (out, " %s %s%s%s%s", ri[i].name, replica_state (ri[i].state),
              ri[i].repaired ? " (repaired at open)" : "",

@@ -13,14 +13,20 @@
  * too.  A crash before the commit leaves the old state and an extent
  * that is free again at the next open.
  *
+ * REBUILD_WORKERS threads take columns from the sorted list, so that
+ * device I/O and the journal commits of several columns overlap (their
+ * commits share group commits).  Each holds one column at a time.  The
+ * counts, the move list and the rate limit are under b->lock.
+ *
  * The replaced extents are on failed, removed or draining devices, which
  * the allocator never uses again, so they need no zeroing.  The old
- * chunk headers are freed (and the extents returned) in batches, after
+ * chunk headers are freed (and the extents returned) at the end, after
  * volume_quiesce() has waited out every request that might hold them.
  */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +40,7 @@
 #include "volume.h"
 
 #define REBUILD_IO (1u << 20)	/* bytes per device request */
-#define REBUILD_BATCH 32	/* columns between reaps */
+#define REBUILD_WORKERS 4	/* columns copied at once */
 #define REBUILD_LIST_MAX 100	/* moves listed in the text report */
 
 struct item {
@@ -52,6 +58,7 @@ struct move {
 };
 
 struct rebuild {
+  pthread_mutex_t lock;		/* protects everything below but items */
   struct pool *p;
   const struct rebuild_opts *o;
   struct job job;
@@ -67,6 +74,10 @@ struct rebuild {
   size_t nmoves, capmoves;
   uint64_t copied, bad_blocks, no_good, no_space, no_copy;
   int err;
+  size_t next;			/* the next item to take */
+  bool stop;			/* a worker failed */
+  char why[256];		/* its error */
+  struct meta_job base;		/* the counts of the run continued */
 };
 
 static bool
@@ -223,7 +234,9 @@ read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
     bool fixed = false;
     if (crc32c (0, buf + bl * STRATA_BLOCK, STRATA_BLOCK) == cs[bl])
       continue;
+    pthread_mutex_lock (&b->lock);
     b->bad_blocks++;
+    pthread_mutex_unlock (&b->lock);
     pool_device_csum_error (p, c->ext[col * R + first].dev);
     if (!blk && !(blk = device_alloc_buf (STRATA_BLOCK)))
       return strata_error (ENOMEM, "out of memory");
@@ -239,8 +252,11 @@ read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
         fixed = true;
       }
     }
-    if (!fixed)
+    if (!fixed) {
+      pthread_mutex_lock (&b->lock);
       b->no_good++;		/* copied as it is: reads of it stay EIO */
+      pthread_mutex_unlock (&b->lock);
+    }
   }
   free (blk);
   return io;
@@ -294,9 +310,22 @@ write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
 static struct volume *
 handle (struct rebuild *b, uint32_t vi)
 {
+  struct volume *v;
+
+  pthread_mutex_lock (&b->lock);
   if (!b->handles[vi])
     b->handles[vi] = volume_open (b->p, b->vols[vi].name);
-  return b->handles[vi];
+  v = b->handles[vi];
+  pthread_mutex_unlock (&b->lock);
+  return v;
+}
+
+static void
+count (struct rebuild *b, uint64_t *what)
+{
+  pthread_mutex_lock (&b->lock);
+  (*what)++;
+  pthread_mutex_unlock (&b->lock);
 }
 
 /* Give column IT its lost copies.  Returns device bytes moved, or -1 on
@@ -335,7 +364,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
   if (nkeep == R)
     goto out;			/* nothing lost any more */
   if (!src) {
-    b->no_copy++;
+    count (b, &b->no_copy);
     fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
              PRIu32 ": no copy left to rebuild from\n", mv->name, it->idx,
              it->col);
@@ -352,7 +381,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
     goto out;
   }
   if ((k = read_column (b, c, it->col, R, src, cs, buf)) == -1) {
-    b->no_copy++;
+    count (b, &b->no_copy);
     fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
              PRIu32 ": no copy could be read\n", mv->name, it->idx, it->col);
     goto out;
@@ -368,16 +397,18 @@ rebuild_column (struct rebuild *b, const struct item *it)
       continue;
     if (alloc_replica (pool_alloc (p), mv->class, keep, nkeep, b->o->prefer,
                        &to) == -1) {
-      b->no_space++;
+      count (b, &b->no_space);
       fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64
                " column %" PRIu32 ": %s\n", mv->name, it->idx, it->col,
                strata_last_error ());
       continue;
     }
     if (write_copy (b, to, buf, cs) == -1) {
+      char why[256];
+      snprintf (why, sizeof why, "%s", strata_last_error ());
       alloc_release (pool_alloc (p), &to, 1);
-      pool_device_fail (p, to.dev, strata_last_error ());
-      b->no_space++;
+      pool_device_fail (p, to.dev, why);
+      count (b, &b->no_space);
       continue;
     }
     io += es;
@@ -387,17 +418,19 @@ rebuild_column (struct rebuild *b, const struct item *it)
       goto out;
     }
     keep[nkeep++] = to;
+    mo = (struct move) { it->vi, it->idx, it->col, from, to };
+    pthread_mutex_lock (&b->lock);
     b->copied += es;
     b->touched[it->vi] = true;
-    mo = (struct move) { it->vi, it->idx, it->col, from, to };
     if (push ((void **) &b->old, &b->nold, &b->capold, sizeof from, &from)
         == -1
         || (b->nmoves < REBUILD_LIST_MAX
             && push ((void **) &b->moves, &b->nmoves, &b->capmoves,
-                     sizeof mo, &mo) == -1)) {
+                     sizeof mo, &mo) == -1))
       io = -1;
+    pthread_mutex_unlock (&b->lock);
+    if (io == -1)
       goto out;
-    }
   }
  out:
   if (begun)
@@ -429,6 +462,52 @@ reap (struct rebuild *b)
 }
 
 /* ---- the run ---- */
+
+static void
+stop_with (struct rebuild *b, const char *why)
+{
+  if (!b->stop)
+    snprintf (b->why, sizeof b->why, "%s", why);
+  b->stop = true;
+}
+
+static void *
+worker (void *opaque)
+{
+  struct rebuild *b = opaque;
+
+  for (;;) {
+    size_t i;
+    int64_t io;
+
+    pthread_mutex_lock (&b->lock);
+    if (b->stop || b->next >= b->nitems || job_cancelled (&b->job)) {
+      pthread_mutex_unlock (&b->lock);
+      break;
+    }
+    i = b->next++;
+    pthread_mutex_unlock (&b->lock);
+    io = rebuild_column (b, &b->items[i]);
+    pthread_mutex_lock (&b->lock);
+    if (io == -1)
+      stop_with (b, strata_last_error ());
+    else {
+      struct meta_job *r = &b->job.rec;
+      r->done++;
+      r->blocks += io / STRATA_BLOCK;
+      r->errors = b->base.errors + b->bad_blocks;
+      r->repaired = b->base.repaired + b->bad_blocks - b->no_good;
+      r->unrepaired = b->base.unrepaired + b->no_space + b->no_copy;
+      /* Under the lock: the rate limit holds for all workers together. */
+      job_step (&b->job, io);
+      if (job_save (&b->job, false) == -1)
+        stop_with (b, strata_last_error ());
+    }
+    pthread_mutex_unlock (&b->lock);
+  }
+  device_thread_exit ();	/* this thread's io_uring */
+  return NULL;
+}
 
 static void
 report (struct rebuild *b, FILE *out, bool finished, bool resumed)
@@ -491,7 +570,7 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
              FILE *err)
 {
   struct meta *m = pool_meta (p);
-  struct rebuild b = { .p = p, .o = o };
+  struct rebuild b = { .lock = PTHREAD_MUTEX_INITIALIZER, .p = p, .o = o };
   struct meta_job prev;
   ssize_t nv;
   bool finished = false, resumed = false;
@@ -522,7 +601,7 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   if (prev.state == META_JOB_RUNNING) {
     /* What the interrupted run finished is no longer on the list. */
     resumed = true;
-    b.job.rec = prev;
+    b.job.rec = b.base = prev;
     b.job.rec.total = prev.done + b.nitems;
     fprintf (err, "strata: continuing the rebuild interrupted after %" PRIu64
              " of %" PRIu64 " columns; %zu left\n", prev.done, prev.total,
@@ -536,34 +615,22 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   if (job_save (&b.job, true) == -1)
     goto out;
 
-  for (size_t i = 0; i < b.nitems; i++) {
-    int64_t io;
-    if (job_cancelled (&b.job))
-      goto stopped;
-    io = rebuild_column (&b, &b.items[i]);
-    if (io == -1)
-      goto stopped;
-    b.job.rec.done++;
-    b.job.rec.blocks += io / STRATA_BLOCK;
-    b.job.rec.errors = (resumed ? prev.errors : 0) + b.bad_blocks;
-    b.job.rec.repaired = (resumed ? prev.repaired : 0) + b.bad_blocks
-      - b.no_good;
-    b.job.rec.unrepaired = (resumed ? prev.unrepaired : 0) + b.no_space
-      + b.no_copy;
-    job_step (&b.job, io);
-    if ((i + 1) % REBUILD_BATCH == 0)
-      reap (&b);
-    if (job_save (&b.job, false) == -1)
-      goto stopped;
+  {
+    pthread_t t[REBUILD_WORKERS];
+    int n = 0;
+    for (int k = 0; k < REBUILD_WORKERS && (size_t) k < b.nitems; k++)
+      if (pthread_create (&t[n], NULL, worker, &b) == 0)
+        n++;
+    if (n == 0 && b.nitems > 0)
+      worker (&b);		/* no thread: work here */
+    for (int k = 0; k < n; k++)
+      pthread_join (t[k], NULL);
   }
-  finished = true;
-
- stopped:
+  finished = !b.stop && b.next >= b.nitems && !job_cancelled (&b.job);
   job_progress_done (&b.job);
   reap (&b);
   {
-    char *why = finished || job_cancelled (&b.job) ? NULL
-                : strdup (strata_last_error ());
+    char *why = finished || !b.stop ? NULL : strdup (b.why);
     if (finished)
       b.job.rec.state = META_JOB_DONE;
     if (job_save (&b.job, true) == -1 && finished)
