@@ -113,7 +113,7 @@ for o in range($coff, os.fstat(fd).st_size, 1 << 20):
     os.pwrite(fd, os.urandom(1 << 20), o)
 os.close(fd)"
 start_server
-"$STRATA" scrub "$CONFIG" --repair --json > "$T/s7.json" 2>"$T/s7.err" || fail "scrub --repair of a trashed member: $(cat "$T/s7.err")"
+"$STRATA" scrub "$CONFIG" --repair --json > "$T/s7.json" 2>"$T/s7.err" || fail "scrub --repair of a trashed member: $(cat "$T/s7.err") $(head -c 1500 "$T/s7.json")"
 $PY - "$T/s7.json" "$dev" <<'PY' || fail "trashed member report: $(head -c 2000 "$T/s7.json")"
 import json, sys
 r = json.load(open(sys.argv[1]))
