@@ -190,3 +190,28 @@ csum_errors () {
 import json, sys
 print(sum(d['csum_errors'] for d in json.load(sys.stdin)['devices']))"
 }
+
+# copy_at VOLUME CHUNK COLUMN REPLICA: where that copy lives, as
+# "device extent data_offset" (from status --json --map).
+copy_at () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+v = [v for v in s['volumes'] if v['name'] == '$1'][0]
+ch = [c for c in v['map'] if c['chunk'] == $2][0]
+dev = ch['columns'][$3][$4]
+d = [d for d in s['devices'] if d['name'] == dev][0]
+print(dev, ch['extents'][$3][$4], d['data_offset'])"
+}
+
+# poke FILE OFFSET HEXBYTES: overwrite bytes in place, behind strata's back.
+poke () { $PY -c "
+import os
+fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
+
+# device_field DEV FIELD: a field of device DEV in status --json.
+device_field () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
+}

@@ -16,28 +16,6 @@ nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/ref2','rb').read(), 0); h.flush()"
 nbdsh -u "$(uri r1)" -c "h.pwrite(open('$T/ref1','rb').read(), 0); h.flush()"
 stop_server
 
-# Where copies live: "dev extent data_offset" for volume V, chunk 0,
-# replica R (the single column: stripe_width is 1).
-where () {
-  "$STRATA" status "$CONFIG" --json --map | $PY -c "
-import json, sys
-s = json.load(sys.stdin)
-v = [v for v in s['volumes'] if v['name'] == '$1'][0]
-ch = [c for c in v['map'] if c['chunk'] == 0][0]
-dev = ch['columns'][0][$2]
-d = [d for d in s['devices'] if d['name'] == dev][0]
-print(dev, ch['extents'][0][$2], d['data_offset'])"
-}
-# poke FILE OFFSET BYTES: overwrite in place.
-poke () { $PY -c "
-import os
-fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
-# device_field DEV FIELD: from the serving process's status.
-device_field () {
-  "$STRATA" status "$CONFIG" --json | $PY -c "
-import json, sys
-print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
-}
 check_r2 () {
   nbdsh -u "$(uri r2)" -c "
 ref = open('$T/ref2','rb').read()
@@ -45,7 +23,7 @@ for k in range(3):
     assert h.pread(len(ref), 0) == ref, 'r2 differs from what was written'"
 }
 
-read -r dev ext data < <(where r2 0)
+read -r dev ext data < <(copy_at r2 0 0 0)
 ES=$((4 << 20))
 # 1. One byte of one copy, in block 3.
 poke "$T/$dev.img" $((data + ext * ES + 3 * 4096 + 100)) ff
@@ -66,7 +44,7 @@ cmp <(dd if="$T/$dev.img" bs=4096 skip=$(((data + ext * ES) / 4096 + 3)) count=1
 ok "one flipped byte: correct reads, counted on $dev, repaired"
 
 # 2. A whole block of the other copy.
-read -r dev1 ext1 data1 < <(where r2 1)
+read -r dev1 ext1 data1 < <(copy_at r2 0 0 1)
 head -c 4096 /dev/urandom | dd of="$T/$dev1.img" bs=4096 seek=$(((data1 + ext1 * ES) / 4096 + 9)) conv=notrunc 2>/dev/null
 start_server
 check_r2
@@ -79,7 +57,7 @@ ok "one overwritten block: correct reads, counted on $dev1, repaired"
 
 # 3. A 1-replica volume has no good copy: EIO, never garbage or zeros.
 stop_server
-read -r dev0 ext0 data0 < <(where r1 0)
+read -r dev0 ext0 data0 < <(copy_at r1 0 0 0)
 poke "$T/$dev0.img" $((data0 + ext0 * ES + 5 * 4096)) 00ff00ff
 start_server
 nbdsh -u "$(uri r1)" -c "
@@ -97,9 +75,7 @@ stop_server
 
 # 4. One member overwritten from its checksum area to its end (its
 # superblock and metadata are left alone): every read is still right.
-coff=$("$STRATA" status "$CONFIG" --json | $PY -c "
-import json, sys
-print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$dev'][0]['csum_offset'])")
+coff=$(device_field "$dev" csum_offset)
 $PY -c "
 import os
 fd = os.open('$T/$dev.img', os.O_WRONLY)

@@ -18,31 +18,11 @@ nbdsh -u "$(uri r1)" -c "h.pwrite(open('$T/ref1','rb').read(), 0); h.flush()"
 stop_server
 ES=$((4 << 20))
 
-# devinfo DEV FIELD
-devinfo () {
-  "$STRATA" status "$CONFIG" --json | $PY -c "
-import json, sys
-print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
-}
-# where VOLUME CHUNK COLUMN REPLICA: "dev extent data_offset"
-where () {
-  "$STRATA" status "$CONFIG" --json --map | $PY -c "
-import json, sys
-s = json.load(sys.stdin)
-v = [v for v in s['volumes'] if v['name'] == '$1'][0]
-ch = [c for c in v['map'] if c['chunk'] == $2][0]
-dev = ch['columns'][$3][$4]
-d = [d for d in s['devices'] if d['name'] == dev][0]
-print(dev, ch['extents'][$3][$4], d['data_offset'])"
-}
-poke () { $PY -c "
-import os
-fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
 # The checksum and data areas of every member: what a scrub may repair.
 # (The metadata area takes the scrub's progress records.)
 areas () {
   for i in 0 1 2; do
-    off=$(devinfo d$i csum_offset)
+    off=$(device_field d$i csum_offset)
     tail -c +$((off + 1)) "$T/d$i.img" | sha256sum
   done | sha256sum | awk '{print $1}'
 }
@@ -62,7 +42,7 @@ blocks=$(json_field "$T/s1.json" "['blocks']")
 ok "clean pool: $blocks blocks checked, no errors, no byte of data or checksums changed"
 
 # 2. One byte of one copy (offline): named, repaired, then clean.
-read -r dev ext data < <(where r2 1 0 0)
+read -r dev ext data < <(copy_at r2 1 0 0)
 poke "$T/$dev.img" $((data + ext * ES + 17 * 4096 + 99)) 5a
 "$STRATA" scrub "$CONFIG" > "$T/s2.out" 2>"$T/s2.err" && fail "scrub found nothing wrong: $(cat "$T/s2.out")"
 grep "device $dev, extent $ext, block 17 (volume r2 " "$T/s2.out" >/dev/null \
@@ -71,7 +51,7 @@ grep "device $dev, extent $ext, block 17 (volume r2 " "$T/s2.out" >/dev/null \
 grep "errors: 1 ($dev 1)" "$T/s2.out" >/dev/null || fail "report: $(cat "$T/s2.out")"
 "$STRATA" scrub "$CONFIG" --repair > "$T/s3.out" 2>&1 || fail "scrub --repair failed: $(cat "$T/s3.out")"
 grep "device $dev, extent $ext, block 17 .*repaired" "$T/s3.out" >/dev/null || fail "not repaired: $(cat "$T/s3.out")"
-read -r odev oext odata < <(where r2 1 0 1)
+read -r odev oext odata < <(copy_at r2 1 0 1)
 cmp <(dd if="$T/$dev.img" bs=4096 skip=$(((data + ext * ES) / 4096 + 17)) count=1 2>/dev/null) \
     <(dd if="$T/$odev.img" bs=4096 skip=$(((odata + oext * ES) / 4096 + 17)) count=1 2>/dev/null) \
   || fail "block 17 of $dev does not match the other copy after the repair"
@@ -80,7 +60,7 @@ grep "errors: 0;" "$T/s4.out" >/dev/null || fail "second scrub: $(cat "$T/s4.out
 ok "one byte: scrub names $dev extent $ext block 17, --repair fixes it, the next scrub is clean"
 
 # 3. One block of the other copy, online, while the pool is served.
-read -r dev1 ext1 data1 < <(where r2 2 1 1)
+read -r dev1 ext1 data1 < <(copy_at r2 2 1 1)
 head -c 4096 /dev/urandom | dd of="$T/$dev1.img" bs=4096 seek=$(((data1 + ext1 * ES) / 4096 + 200)) conv=notrunc 2>/dev/null
 start_server
 "$STRATA" scrub "$CONFIG" r2 --repair --json > "$T/s5.json" || fail "online scrub --repair failed"
@@ -102,10 +82,13 @@ stop_server
 ok "one block, online: named ($dev1 extent $ext1 block 200), repaired, next scrub clean, status shows it"
 
 # 4. A whole member overwritten from its checksum area to its end: one
-# that holds no copy of the 1-replica r1.
-read -r r1dev _ _ < <(where r1 0 0 0)
-for dev in d0 d1 d2; do [ "$dev" != "$r1dev" ] && break; done
-coff=$(devinfo "$dev" csum_offset)
+# that holds no extent of the 1-replica r1 (2 chunks: at most 2 devices).
+r1devs=$("$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+v = [v for v in json.load(sys.stdin)['volumes'] if v['name'] == 'r1'][0]
+print(' '.join(sorted({n for ch in v['map'] for col in ch['columns'] for n in col})))")
+for dev in d0 d1 d2; do case " $r1devs " in *" $dev "*) ;; *) break;; esac; done
+coff=$(device_field "$dev" csum_offset)
 $PY -c "
 import os
 fd = os.open('$T/$dev.img', os.O_WRONLY)
@@ -134,7 +117,7 @@ compare_replicas > /dev/null || fail "replicas differ after the repair"
 ok "a whole member overwritten: every error on $dev, all repaired, replicas equal, next scrub clean"
 
 # 5. No good copy (1 replica): reported, left alone, exit 1.
-read -r dev0 ext0 data0 < <(where r1 0 0 0)
+read -r dev0 ext0 data0 < <(copy_at r1 0 0 0)
 poke "$T/$dev0.img" $((data0 + ext0 * ES + 3 * 4096)) 00ff00ff
 "$STRATA" scrub "$CONFIG" r1 --repair > "$T/s9.out" 2>&1 && fail "a block with no good copy was not reported"
 grep "device $dev0, extent $ext0, block 3 .*no good copy, left alone" "$T/s9.out" >/dev/null \
@@ -149,11 +132,15 @@ start_server
 "$STRATA" scrub "$CONFIG" --restart --rate 8 > "$T/s10.out" 2>&1 &
 spid=$!
 for _ in $(seq 100); do
-  d=$("$STRATA" status "$CONFIG" --json | $PY -c "import json,sys; print(json.load(sys.stdin)['jobs']['scrub']['done'])")
-  [ "$d" -gt 0 ] && break
+  # (the record of the last scrub shows until this one saves its own)
+  read -r st d < <("$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+j = json.load(sys.stdin)['jobs']['scrub']
+print(j['state'], j['done'])")
+  [ "$st" = running ] && [ "$d" -gt 0 ] && break
   sleep 0.2
 done
-[ "$d" -gt 0 ] || fail "the scrub made no progress"
+[ "$st" = running ] && [ "$d" -gt 0 ] || fail "the scrub made no progress"
 "$STRATA" status "$CONFIG" | grep -E "^scrub +running at" >/dev/null || fail "status does not show the running scrub"
 stop_server KILL
 wait $spid 2>/dev/null || true
