@@ -120,6 +120,25 @@ job_progress_done (struct job *j)
   }
 }
 
+int
+job_end (struct job *j, bool finished)
+{
+  if (finished)
+    j->rec.state = META_JOB_DONE;
+  if (job_save (j, true) == -1 && finished)
+    return -1;
+  return 0;
+}
+
+int
+job_stopped (struct job *j, const char *why)
+{
+  if (why)
+    return strata_error (EIO, "%s", why);
+  return strata_error (EINTR, "%s stopped; run it again to continue",
+                       j->name);
+}
+
 bool
 job_cancelled (struct job *j)
 {

@@ -52,6 +52,15 @@ bool job_cancelled (struct job *j);
 /* End the progress display (a newline after a bar). */
 void job_progress_done (struct job *j);
 
+/* The end of a run.  job_end() saves the record: finished (DONE), or as
+ * it is, still "running", so that the next run continues it.  Returns 0,
+ * or -1 if a finished run's record could not be saved.  After the
+ * report, job_stopped() sets the error of a run that did not finish:
+ * WHY, the failed step's error, or "stopped" when WHY is NULL (it was
+ * cancelled).  Returns -1. */
+int job_end (struct job *j, bool finished);
+int job_stopped (struct job *j, const char *why);
+
 /* Seconds of this run, and device bytes per second. */
 double job_elapsed (struct job *j);
 

@@ -18,10 +18,13 @@
  * commits share group commits).  Each holds one column at a time.  The
  * counts, the move list and the rate limit are under b->lock.
  *
- * The replaced extents are on failed, removed or draining devices, which
- * the allocator never uses again, so they need no zeroing.  The old
- * chunk headers are freed (and the extents returned) at the end, after
- * volume_quiesce() has waited out every request that might hold them.
+ * The old chunk headers are freed and the replaced extents returned at
+ * the end, after volume_quiesce() has waited out every request that
+ * might hold them.  Replaced extents on a device still in use (a drain)
+ * are zeroed first; those on failed or removed devices are never
+ * allocated again.  A crash between an EXT_REPLACE commit and that
+ * zeroing leaves a free extent with old data on a drained device that
+ * stayed up; a draining state kept in the journal would close that.
  */
 #include <endian.h>
 #include <errno.h>
@@ -440,6 +443,46 @@ rebuild_column (struct rebuild *b, const struct item *it)
   return io;
 }
 
+/* Zero the old extents on devices still in use (a device being drained)
+ * and flush them, so that they read as zeros before they are free again
+ * (pool.c's invariant: a drain that is refused makes the device usable
+ * again).  Extents on failed or removed devices are never allocated
+ * again and are left as they are.  Returns false if an extent on a live
+ * device could not be zeroed: the caller then keeps them all. */
+static bool
+zero_old (struct rebuild *b)
+{
+  struct pool *p = b->p;
+  struct dev_req *rq = calloc (b->nold + pool_ndevices (p) + 1, sizeof *rq);
+  bool *touched = calloc (pool_ndevices (p) + 1, sizeof *touched);
+  size_t nr = 0;
+  bool ok = rq && touched;
+
+  for (size_t i = 0; i < b->nold && ok; i++) {
+    struct meta_extent e = b->old[i];
+    if (!pool_device_usable (p, e.dev))
+      continue;
+    rq[nr++] = (struct dev_req) {
+      .dev = pool_device (p, e.dev), .op = DEV_ZERO,
+      .len = pool_meta (p)->extent_size,
+      .off = pool_extent_offset (p, e, 0),
+    };
+    touched[e.dev] = true;
+  }
+  if (ok && nr > 0) {
+    ok = device_submit (rq, nr) == 0;
+    nr = 0;
+    for (uint32_t d = 0; ok && d < pool_ndevices (p); d++)
+      if (touched[d])
+        rq[nr++] = (struct dev_req) { .dev = pool_device (p, d),
+                                      .op = DEV_FLUSH };
+    ok = ok && device_submit (rq, nr) == 0;
+  }
+  free (rq);
+  free (touched);
+  return ok;
+}
+
 /* Free the chunk headers retired since the last reap and return the
  * replaced extents, once no request can hold them. */
 static void
@@ -456,9 +499,14 @@ reap (struct rebuild *b)
       meta_volume_reap (m, volume_meta (b->handles[i]));
       b->touched[i] = false;
     }
-  alloc_release (pool_alloc (b->p), b->old, b->nold);
-  b->nold = 0;
   pool_walk_unlock (b->p);
+  if (zero_old (b))
+    alloc_release (pool_alloc (b->p), b->old, b->nold);
+  else
+    fprintf (stderr, "strata: rebuild: the replaced extents could not be "
+             "zeroed; they stay out of use until the pool is opened "
+             "again\n");
+  b->nold = 0;
 }
 
 /* ---- the run ---- */
@@ -629,21 +677,12 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   finished = !b.stop && b.next >= b.nitems && !job_cancelled (&b.job);
   job_progress_done (&b.job);
   reap (&b);
-  {
-    char *why = finished || !b.stop ? NULL : strdup (b.why);
-    if (finished)
-      b.job.rec.state = META_JOB_DONE;
-    if (job_save (&b.job, true) == -1 && finished)
-      goto out;
-    report (&b, out, finished, resumed);
-    if (!finished) {
-      if (why)
-        strata_error (EIO, "%s", why);
-      else
-        strata_error (EINTR, "rebuild stopped; run it again to continue");
-      free (why);
-      goto out;
-    }
+  if (job_end (&b.job, finished) == -1)
+    goto out;
+  report (&b, out, finished, resumed);
+  if (!finished) {
+    job_stopped (&b.job, b.stop ? b.why : NULL);
+    goto out;
   }
   ret = b.no_space + b.no_copy > 0 ? 1 : 0;
  out:

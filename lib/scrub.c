@@ -562,23 +562,19 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
  stopped:
   job_progress_done (&s.job);
   counts (&s, &base);
-  if (finished) {
-    s.job.rec.state = META_JOB_DONE;
-    if (s.job.rec.done > s.job.rec.total)
-      s.job.rec.total = s.job.rec.done;
-  }
+  if (finished && s.job.rec.done > s.job.rec.total)
+    s.job.rec.total = s.job.rec.done;	/* volumes grew meanwhile */
   {
-    /* Keep the error of the step that failed, if any. */
+    /* The error of the step that failed, if one did, before the save. */
     char *why = finished || job_cancelled (&s.job) ? NULL
                 : strdup (strata_last_error ());
-    if (job_save (&s.job, true) == -1 && finished)
+    if (job_end (&s.job, finished) == -1) {
+      free (why);
       goto out;
+    }
     report (&s, out, resumed, finished);
     if (!finished) {
-      if (why)
-        strata_error (EIO, "%s", why);
-      else
-        strata_error (EINTR, "scrub stopped; run it again to continue");
+      job_stopped (&s.job, why);
       free (why);
       goto out;
     }

@@ -143,4 +143,25 @@ compare_replicas > /dev/null || fail "replicas differ after draining d4"
 grep "was not removed" "$T/rm2.out" >/dev/null || fail "device remove d3: $(cat "$T/rm2.out")"
 status_json
 [ "$(dev_state d3)" = up ] || fail "a refused remove left d3 $(dev_state d3)"
+# The copies that did leave d3 before the refusal left zeros behind:
+# every extent of d3 that no chunk uses reads as zeros (d3 is usable
+# again, so they can be allocated).
+"$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+es = s['pool']['extent_size']
+d = [d for d in s['devices'] if d['name'] == 'd3'][0]
+used = set()
+for v in s['volumes']:
+    for ch in v['map']:
+        for names, exts in zip(ch['columns'], ch['extents']):
+            used |= {e for n, e in zip(names, exts) if n == 'd3'}
+with open('$T/d3.img', 'rb') as f:
+    for e in range(d['extents']):
+        if e in used:
+            continue
+        f.seek(d['data_offset'] + e * es)
+        assert f.read(es).count(0) == es, 'free extent %d of d3 holds data' % e
+print(len(used), 'extents of d3 in use; the rest read as zeros')
+" || fail "a free extent of d3 is not zero after the refused drain"
 ok "device remove drains d4; removing d3 is refused and d3 stays up"
