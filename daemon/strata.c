@@ -6,7 +6,7 @@
  *   strata volume create|resize|delete CONFIG NAME [SIZE] [options]
  *   strata scrub CONFIG [VOLUME] [--repair] [--rate MIB/S] [--restart]
  *   strata rebuild CONFIG [--rate MIB/S]
- *   strata device fail|remove CONFIG NAME
+ *   strata device add|fail|remove CONFIG NAME
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
  * While a pool is served, the admin verbs go to the serving process
@@ -47,6 +47,8 @@ usage (FILE *f)
            "                                 check every copy against its checksums\n"
            "  rebuild CONFIG [--rate MIB/S] [--json]\n"
            "                                 new copies for columns on failed devices\n"
+           "  device add CONFIG NAME         bring back a member that was away,\n"
+           "                                 copying only what it missed\n"
            "  device fail CONFIG NAME        mark a device failed\n"
            "  device remove CONFIG NAME      move every copy off a device, then remove it\n"
            "  serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]\n"
@@ -123,7 +125,7 @@ long_job (int argc, char **argv)
 {
   return strcmp (argv[0], "scrub") == 0 || strcmp (argv[0], "rebuild") == 0
     || (argc > 1 && strcmp (argv[0], "device") == 0
-        && strcmp (argv[1], "remove") == 0);
+        && (strcmp (argv[1], "remove") == 0 || strcmp (argv[1], "add") == 0));
 }
 
 /* status, apply, volume ...: through the control socket if the pool is
@@ -314,7 +316,7 @@ main (int argc, char **argv)
         fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
                  "NAME [SIZE] [options]\n");
       else
-        fprintf (stderr, "usage: strata device fail|remove CONFIG NAME "
+        fprintf (stderr, "usage: strata device add|fail|remove CONFIG NAME "
                  "[options]\n");
       return 2;
     }

@@ -44,7 +44,7 @@ json_str (FILE *f, const char *s)
 }
 
 struct health {
-  uint64_t under;		/* columns with a replica on a missing device */
+  uint64_t under;		/* columns with a copy that cannot be read */
   uint64_t lost;		/* columns with no replica left */
   uint64_t shared;		/* columns with two copies in one domain */
   struct pool *p;
@@ -59,11 +59,9 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
   (void) idx;
   for (uint32_t col = 0; col < c->n / h->replicas; col++) {
     uint32_t ok = 0;
-    for (uint32_t r = 0; r < h->replicas; r++) {
-      uint32_t d = c->ext[col * h->replicas + r].dev;
-      if (pool_device_usable (h->p, d))
+    for (uint32_t r = 0; r < h->replicas; r++)
+      if (pool_copy_readable (h->p, c, h->replicas, col, r))
         ok++;
-    }
     if (ok == 0)
       h->lost++;
     else if (ok < h->replicas)
@@ -81,7 +79,8 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 
 /* status --json --map: every allocated chunk as
  * {"chunk":N,"columns":[["dev",...replicas], ...],
- *  "extents":[[extent,...replicas], ...],"dirty":MASK}. */
+ *  "extents":[[extent,...replicas], ...],"dirty":MASK,
+ *  "stale":[REPLICA-MASK, ...columns]}. */
 struct map_ctx {
   FILE *out;
   struct meta *m;
@@ -114,8 +113,46 @@ map_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
                c->ext[col * mc->replicas + r].ext);
     fputc (']', mc->out);
   }
-  fprintf (mc->out, "],\"dirty\":%" PRIu64 "}", c->dirty);
+  fprintf (mc->out, "],\"dirty\":%" PRIu64 ",\"stale\":[", c->dirty);
+  for (uint32_t col = 0; col < c->n / mc->replicas; col++)
+    fprintf (mc->out, "%s%u", col ? "," : "",
+             (unsigned) atomic_load (&c->col[col].stale));
+  fprintf (mc->out, "]}");
   return 0;
+}
+
+/* Stale copies (meta.h) per device, into PER_DEV[ndevices]. */
+struct stale_count {
+  uint64_t *per_dev;
+  uint32_t replicas;
+};
+
+static int
+stale_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct stale_count *sc = opaque;
+
+  (void) idx;
+  for (uint32_t col = 0; col < c->width; col++)
+    for (uint32_t r = 0; r < sc->replicas; r++)
+      if (meta_copy_stale (&c->col[col], r))
+        sc->per_dev[c->ext[col * sc->replicas + r].dev]++;
+  return 0;
+}
+
+/* Count the stale copies of every device; the caller holds the walk
+ * lock and m->lock.  Returns a calloc'd array or NULL. */
+static uint64_t *
+count_stale (struct pool *p)
+{
+  struct meta *m = pool_meta (p);
+  struct stale_count sc = { calloc (m->ndevices + 1, sizeof (uint64_t)), 0 };
+
+  for (size_t i = 0; i < m->nvolumes && sc.per_dev; i++) {
+    sc.replicas = m->volumes[i]->replicas;
+    meta_foreach_chunk (m->volumes[i], stale_chunk, &sc);
+  }
+  return sc.per_dev;
 }
 
 /* A device's state for status: the metadata's, or "missing" for an up
@@ -271,7 +308,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   };
   struct meta *m = pool_meta (p);
   struct journal_replica_info ri[64];
-  uint64_t last_index;
+  uint64_t last_index, *stale;
   size_t nri;
   bool json = false, map = false;
   char u[37], a[32], b[32], c[32];
@@ -303,6 +340,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
    * under the walk lock. */
   pool_walk_lock (p);
   pthread_mutex_lock (&m->lock);
+  if (!(stale = count_stale (p))) {
+    pthread_mutex_unlock (&m->lock);
+    pool_walk_unlock (p);
+    fprintf (err, "strata status: out of memory\n");
+    return 1;
+  }
   if (json) {
     fprintf (out, "{\"pool\":{\"name\":");
     json_str (out, m->name);
@@ -344,7 +387,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ",\"timeouts\":%" PRIu64 ",\"latency_us\":%" PRIu64
                  ",\"connected\":%s,\"csum_errors\":%" PRIu64
                  ",\"repaired\":%" PRIu64 ",\"data_offset\":%" PRIu64
-                 ",\"csum_offset\":%" PRIu64 ",\"problem\":",
+                 ",\"csum_offset\":%" PRIu64 ",\"stale_copies\":%" PRIu64
+                 ",\"problem\":",
                  d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
                  alloc_used_count (pool_alloc (p), i) * m->extent_size,
                  dev_state (p, i),
@@ -353,7 +397,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ds.errors, ds.timeouts, ds.latency_ns / 1000,
                  ds.connected ? "true" : "false",
                  pool_device_csum_errors (p, i), pool_device_repairs (p, i),
-                 d->data_offset, d->csum_offset);
+                 d->data_offset, d->csum_offset, stale[i]);
         json_str (out, pool_device_problem (p, i));
         fprintf (out, ",\"path\":");
         json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
@@ -391,6 +435,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, "}}\n");
     pthread_mutex_unlock (&m->lock);
     pool_walk_unlock (p);
+    free (stale);
     return 0;
   }
 
@@ -431,11 +476,18 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              d->flags & FORMAT_SB_META ? " [metadata]" : "",
              pool_device_problem (p, i)[0] ? " -- " : "",
              pool_device_problem (p, i));
-    /* The member answers (or answers again), but its copies are stale. */
+    /* The member answers (or answers again), but is not used. */
     if (d->state == META_DEV_FAILED && pool_device (p, i)
         && device_is_remote (pool_device (p, i)) && ds.connected)
-      fprintf (out, "%-10s connected; its copies are not used until it "
-               "is rebuilt\n", "");
+      fprintf (out, "%-10s connected again; 'strata device add %s' brings "
+               "it back, or 'strata rebuild' replaces it\n", "", d->name);
+    if (stale[i] && d->state == META_DEV_FAILED)
+      fprintf (out, "%-10s %" PRIu64 " of its copies missed writes; 'strata "
+               "device add %s' copies only those\n", "", stale[i], d->name);
+    else if (stale[i])
+      fprintf (out, "%-10s %" PRIu64 " of its copies missed writes (stale, "
+               "not read); 'strata rebuild' brings them up to date\n", "",
+               stale[i]);
   }
   fprintf (out, "\n%-16s %10s %10s %8s %-16s %s\n", "VOLUME", "SIZE",
            "ALLOCATED", "REPLICAS", "STRIPE", "HEALTH");
@@ -458,6 +510,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     job_text (p, out, k);
   pthread_mutex_unlock (&m->lock);
   pool_walk_unlock (p);
+  free (stale);
   return 0;
 }
 
@@ -861,7 +914,7 @@ cmd_job (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   }
   else {
     struct rebuild_opts o = { .json = a.json, .bar = a.bar, .rate = a.rate,
-                              .drain = -1, .prefer = -1 };
+                              .drain = -1, .prefer = -1, .resync = -1 };
     r = rebuild_run (p, &o, out, err);
   }
   if (r == -1)
@@ -892,8 +945,83 @@ commit_state (struct pool *p, uint32_t dev, uint8_t state, FILE *err)
   return 0;
 }
 
-/* device fail|remove NAME.  Called with verb_lock held; remove drops it
- * while it moves data. */
+/* The options after NAME of device add|remove: those of rebuild but
+ * --stop (a running device job is stopped with rebuild --stop). */
+static int
+parse_device_job (const struct admin_ctx *ctx, int argc, char **argv,
+                  struct job_args *a, FILE *err)
+{
+  char *av[64];
+  int ac = 0, r;
+
+  av[ac++] = argv[0];
+  for (int i = 3; i < argc && ac < 63; i++)
+    av[ac++] = argv[i];
+  av[ac] = NULL;
+  if ((r = parse_job (ctx, ac, av, a, err)) != 0)
+    return r;
+  if (a->stop) {
+    fprintf (err, "strata device %s: --stop is not an option here; 'strata "
+             "rebuild --stop' stops the copying it started\n", argv[1]);
+    return 2;
+  }
+  return 0;
+}
+
+/* device add NAME: a member that was away comes back (its stale copies
+ * are brought up to date, nothing else is copied).  Called with
+ * verb_lock held; dropped while data is copied. */
+static int
+device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
+            char **argv, FILE *out, FILE *err, bool *unlocked)
+{
+  struct meta *m = pool_meta (p);
+  const char *name = argv[2];
+  struct rebuild_opts o;
+  struct job_args a;
+  uint32_t dev;
+  bool back = false;
+  int r;
+
+  if ((r = parse_device_job (ctx, argc, argv, &a, err)) != 0)
+    return r;
+  for (dev = 0; dev < m->ndevices; dev++)
+    if (strcmp (m->devices[dev].name, name) == 0)
+      break;
+  if (dev == m->ndevices) {
+    fprintf (err, "strata device add: pool %s has no device named %s; adding "
+             "new devices is not supported in this version\n", m->name, name);
+    return 1;
+  }
+  if (m->devices[dev].state == META_DEV_FAILED
+      || m->devices[dev].state == META_DEV_REMOVED || !pool_device (p, dev)) {
+    if (pool_device_return (p, dev) == -1) {
+      fprintf (err, "strata device add: %s\n", strata_last_error ());
+      return 1;
+    }
+    back = true;
+  }
+  *unlocked = true;
+  pthread_mutex_unlock (&verb_lock);
+  /* Only what it missed: its stale copies. */
+  o = (struct rebuild_opts) { .json = a.json, .bar = a.bar, .rate = a.rate,
+                              .drain = -1, .prefer = -1, .resync = dev };
+  r = rebuild_run (p, &o, out, err);
+  if (r == -1) {
+    fprintf (err, "strata device add: %s\n", strata_last_error ());
+    return 1;
+  }
+  if (!a.json)
+    fprintf (out, "device %s %s pool %s%s\n", m->devices[dev].name,
+             back ? "is back in" : "is already up in", m->name,
+             r ? "; some of its stale copies could not be brought up to "
+             "date (no current copy to read; they stay stale and are not "
+             "read)" : "");
+  return r;
+}
+
+/* device add|fail|remove NAME.  Called with verb_lock held; add and
+ * remove drop it while they move data. */
 static int
 cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
             char **argv, FILE *out, FILE *err, bool *unlocked)
@@ -904,10 +1032,13 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
   int dev, r;
 
   if (argc < 3) {
-    fprintf (err, "usage: strata device fail|remove CONFIG NAME [options]\n");
+    fprintf (err, "usage: strata device add|fail|remove CONFIG NAME "
+             "[options]\n");
     return 2;
   }
   sub = argv[1];
+  if (strcmp (sub, "add") == 0)
+    return device_add (p, ctx, argc, argv, out, err, unlocked);
   if ((dev = find_device (p, argv[2], err)) < 0)
     return 1;
   if (strcmp (sub, "fail") == 0) {
@@ -932,8 +1063,7 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
   }
   if (strcmp (sub, "remove") == 0) {
     struct rebuild_opts o;
-    argv[2] = argv[0];		/* parse the options after NAME */
-    if ((r = parse_job (ctx, argc - 2, argv + 2, &a, err)) != 0)
+    if ((r = parse_device_job (ctx, argc, argv, &a, err)) != 0)
       return r;
     if (m->devices[dev].state == META_DEV_REMOVED) {
       fprintf (err, "strata device remove: device %s is removed already\n",
@@ -952,7 +1082,7 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
     /* Drain: no new copies there, every copy moved off, then removed. */
     alloc_set_usable (pool_alloc (p), dev, false);
     o = (struct rebuild_opts) { .json = a.json, .bar = a.bar, .rate = a.rate,
-                                .drain = dev, .prefer = -1 };
+                                .drain = dev, .prefer = -1, .resync = -1 };
     r = rebuild_run (p, &o, out, err);
     if (r != 0) {
       if (pool_device_usable (p, dev))

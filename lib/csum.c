@@ -116,7 +116,7 @@ load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
   }
   for (uint32_t r = 0; r < R; r++) {
     struct meta_extent e = c->ext[col * R + r];
-    if (!pool_device_usable (p, e.dev))
+    if (!pool_copy_readable (p, c, R, col, r))
       continue;
     slots[r] = device_alloc_buf (slot);
     if (!slots[r]) {
@@ -248,7 +248,7 @@ csum_write_reqs (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
     le[b] = htole32 (a[b]);
   for (uint32_t r = 0; r < R; r++) {
     struct meta_extent e = c->ext[col * R + r];
-    if (!pool_device_usable (p, e.dev))
+    if (!pool_copy_readable (p, c, R, col, r))
       continue;
     pool_mark_dirty (p, e.dev);
     rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),

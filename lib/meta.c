@@ -529,11 +529,42 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       memcpy (nc, c, sizeof *nc + c->n * sizeof nc->ext[0]);
       nc->retired = NULL;
       nc->ext[slot] = e;
+      /* The new copy holds the column's data. */
+      atomic_fetch_and (&nc->col[slot / v->replicas].stale,
+                        (uint8_t) ~(1u << (slot % v->replicas)));
       chunk_set (v, idx, nc);
       pthread_mutex_lock (&m->lock);
       c->retired = v->retired_chunks;
       v->retired_chunks = c;
       pthread_mutex_unlock (&m->lock);
+      return 0;
+    }
+
+    case META_E_STALE: {
+      uint8_t stale = fbuf_get_u8 (&b);
+      uint32_t n = fbuf_get_u32 (&b);
+      struct meta_chunk *c;
+
+      if (b.bad || stale > 1 || n > len / 17)
+        return strata_error (EBADMSG, "malformed stale-copy entry");
+      for (uint32_t i = 0; i < n; i++) {
+        uint64_t idx;
+        uint32_t col;
+        uint8_t mask;
+        id = fbuf_get_u32 (&b);
+        idx = fbuf_get_u64 (&b);
+        col = fbuf_get_u32 (&b);
+        mask = fbuf_get_u8 (&b);
+        v = meta_find_volume_id (m, id);
+        if (b.bad || !v || idx >= meta_volume_nchunks (v)
+            || !(c = meta_chunk_get (v, idx)) || col >= c->width
+            || (mask >> v->replicas) != 0)
+          return strata_error (EBADMSG, "malformed stale-copy entry");
+        if (stale)
+          atomic_fetch_or (&c->col[col].stale, mask);
+        else
+          atomic_fetch_and (&c->col[col].stale, (uint8_t) ~mask);
+      }
       return 0;
     }
 
@@ -642,9 +673,27 @@ meta_entry_col_state (struct fbuf *out, bool dirty,
   }
 }
 
+void
+meta_entry_stale (struct fbuf *out, bool stale,
+                  const struct meta_stale_item *items, size_t n)
+{
+  fbuf_put_u8 (out, stale);
+  fbuf_put_u32 (out, n);
+  for (size_t i = 0; i < n; i++) {
+    fbuf_put_u32 (out, items[i].vol);
+    fbuf_put_u64 (out, items[i].chunk);
+    fbuf_put_u32 (out, items[i].col);
+    fbuf_put_u8 (out, items[i].mask);
+  }
+}
+
 struct snap_ctx {
   struct fbuf *out;
   uint32_t n;
+  uint32_t vol;
+  struct meta_stale_item *stale;	/* the stale section (snap_stale) */
+  size_t nstale, capstale;
+  bool nomem;
 };
 
 void
@@ -691,6 +740,31 @@ snap_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
   return 0;
 }
 
+static int
+snap_stale (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct snap_ctx *s = opaque;
+
+  for (uint32_t col = 0; col < c->width; col++) {
+    uint8_t mask = atomic_load (&c->col[col].stale);
+    if (!mask)
+      continue;
+    if (s->nstale == s->capstale) {
+      size_t cap = s->capstale ? s->capstale * 2 : 64;
+      struct meta_stale_item *n = realloc (s->stale, cap * sizeof *n);
+      if (!n) {
+        s->nomem = true;
+        return 1;
+      }
+      s->stale = n;
+      s->capstale = cap;
+    }
+    s->stale[s->nstale++] = (struct meta_stale_item) { s->vol, idx, col,
+                                                       mask };
+  }
+  return 0;
+}
+
 int
 meta_snapshot (struct meta *m, struct fbuf *out)
 {
@@ -716,7 +790,7 @@ meta_snapshot (struct meta *m, struct fbuf *out)
   fbuf_put_u32 (out, m->nvolumes);
   for (size_t i = 0; i < m->nvolumes; i++) {
     struct meta_volume *v = m->volumes[i];
-    struct snap_ctx s = { out, v->width * v->replicas };
+    struct snap_ctx s = { .out = out, .n = v->width * v->replicas };
     fbuf_put_u32 (out, v->id);
     fbuf_put_str (out, v->name);
     fbuf_put_u64 (out, v->size);
@@ -727,8 +801,8 @@ meta_snapshot (struct meta *m, struct fbuf *out)
     fbuf_put_u64 (out, atomic_load (&v->nchunks));
     meta_foreach_chunk (v, snap_chunk, &s);
   }
-  /* Job records: a trailing section (checkpoints without it load with
-   * no job history). */
+  /* Job records and stale copies: trailing sections (checkpoints
+   * without them load with no job history and no stale copies). */
   for (int k = 0; k < META_JOB_KINDS; k++) {
     struct fbuf e;
     fbuf_init_write (&e);
@@ -738,6 +812,22 @@ meta_snapshot (struct meta *m, struct fbuf *out)
     if (e.bad)
       out->bad = true;
     fbuf_free (&e);
+  }
+  {
+    struct snap_ctx s = { .out = out };
+    struct fbuf e;
+    for (size_t i = 0; i < m->nvolumes; i++) {
+      s.vol = m->volumes[i]->id;
+      meta_foreach_chunk (m->volumes[i], snap_stale, &s);
+    }
+    fbuf_init_write (&e);
+    meta_entry_stale (&e, true, s.stale, s.nstale);
+    fbuf_put_u32 (out, e.len);
+    fbuf_put_bytes (out, e.p, e.len);
+    if (e.bad || s.nomem)
+      out->bad = true;
+    fbuf_free (&e);
+    free (s.stale);
   }
   if (out->bad)
     return strata_error (ENOMEM, "out of memory writing a checkpoint");
@@ -836,6 +926,13 @@ meta_load (struct meta *m, const void *data, size_t len)
     uint32_t n = fbuf_get_u32 (&b);
     if (b.bad || n > b.len - b.pos
         || meta_apply (m, META_E_JOB, (const char *) data + b.pos, n) == -1)
+      goto bad;
+    b.pos += n;
+  }
+  if (b.pos < b.len) {
+    uint32_t n = fbuf_get_u32 (&b);
+    if (b.bad || n > b.len - b.pos
+        || meta_apply (m, META_E_STALE, (const char *) data + b.pos, n) == -1)
       goto bad;
     b.pos += n;
   }

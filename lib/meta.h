@@ -35,6 +35,7 @@ enum meta_entry_type {
   META_E_COL_STATE = 8,		/* columns marked dirty or clean */
   META_E_EXT_REPLACE = 9,	/* one copy of a column moved (rebuild) */
   META_E_JOB = 10,		/* scrub or rebuild progress */
+  META_E_STALE = 11,		/* copies that missed writes, or caught up */
 };
 
 enum meta_dev_state { META_DEV_UP = 0, META_DEV_DEGRADED = 1,
@@ -59,10 +60,13 @@ struct meta_extent {
   uint32_t ext;
 };
 
-/* Runtime state of one column, owned by the data path (volume.c and
- * resync.c) but allocated and freed with its chunk, so that it lives
- * exactly as long as the extents it describes.  Not part of the
- * journal's state. */
+/* State of one column, allocated and freed with its chunk, so that it
+ * lives exactly as long as the extents it describes.  All but STALE is
+ * runtime state owned by the data path (volume.c and resync.c).  STALE
+ * is journal state: bit r is set when replica r missed a write (its
+ * device was failed or the write to it failed) and cleared when a
+ * rebuild copied the column to it again or moved that copy elsewhere.
+ * A stale copy is never read and never written by the data path. */
 enum meta_col_state { META_COL_CLEAN = 0, META_COL_DIRTY = 1,
                       META_COL_CLEANING = 2 };
 struct meta_column {
@@ -70,7 +74,15 @@ struct meta_column {
   _Atomic uint32_t writers;	/* writes in progress */
   _Atomic uint8_t state;	/* enum meta_col_state */
   _Atomic bool touched;		/* written since the last cleaner pass */
+  _Atomic uint8_t stale;	/* replicas that missed writes (journal) */
 };
+
+/* True if copy R of column COL of C missed writes. */
+static inline bool
+meta_copy_stale (struct meta_column *col, uint32_t r)
+{
+  return (atomic_load_explicit (&col->stale, memory_order_acquire) >> r) & 1;
+}
 
 /* An allocated chunk: width * replicas extents, column-major
  * (ext[col * replicas + r]).  DIRTY has a bit per column that may hold
@@ -186,6 +198,18 @@ struct meta_col_item {
 };
 void meta_entry_col_state (struct fbuf *out, bool dirty,
                            const struct meta_col_item *items, size_t n);
+
+/* A STALE entry of N items: the copies MASK[i] (a bit per replica) of
+ * column COL[i] of chunk CHUNK[i] of volume VOL[i] missed writes
+ * (STALE) or hold the column's data again. */
+struct meta_stale_item {
+  uint32_t vol;
+  uint64_t chunk;
+  uint32_t col;
+  uint8_t mask;
+};
+void meta_entry_stale (struct fbuf *out, bool stale,
+                       const struct meta_stale_item *items, size_t n);
 
 /* Copy SLOT of chunk CHUNK of volume VOL to extent E (rebuild). */
 void meta_entry_ext_replace (struct fbuf *out, uint32_t vol, uint64_t chunk,

@@ -715,6 +715,127 @@ pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
   return r;
 }
 
+/* Open device I of the metadata, as the YAML declares it, and check
+ * that its superblock is the member's.  Returns the device (added to
+ * p->opened when newly opened), or NULL with a message. */
+static struct device *
+member_open (struct pool *p, uint32_t i)
+{
+  const struct meta_device *md = &p->meta->devices[i];
+  const struct config_device *cd = config_find_device (p->cfg, md->name);
+  struct device *d = p->devs[i];
+  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  struct format_sb sb;
+  char u[37];
+  bool opened = false;
+
+  if (!buf) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (!cd) {
+    strata_error (ENOENT, "device %s is not declared in %s", md->name,
+                  p->cfg->file);
+    goto fail;
+  }
+  /* Opened at pool open, but its superblock could not be read then. */
+  for (size_t q = 0; q < p->nopened && !d; q++)
+    if (strcmp (device_path (p->opened[q]), config_device_where (cd)) == 0)
+      d = p->opened[q];
+  if (!d) {
+    struct device **o = realloc (p->opened, (p->nopened + 1) * sizeof *o);
+    if (!o) {
+      strata_error (ENOMEM, "out of memory");
+      goto fail;
+    }
+    p->opened = o;
+    d = cd->uri ? device_open_nbd (cd->uri, 0)
+                : device_open_local (cd->path, io_flags (cd), 0);
+    if (!d) {
+      strata_error_prefix ("device %s (%s)", md->name,
+                           config_device_where (cd));
+      goto fail;
+    }
+    opened = true;
+    if (device_lock (d) == -1) {
+      strata_error_prefix ("device %s (%s)", md->name,
+                           config_device_where (cd));
+      goto fail;
+    }
+  }
+  if (device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
+    strata_error_prefix ("device %s (%s): reading its superblock", md->name,
+                         config_device_where (cd));
+    goto fail;
+  }
+  if (format_sb_decode (buf, &sb) == -1) {
+    strata_error (EINVAL, "device %s (%s) holds no strata superblock: it is "
+                  "not the member that left the pool", md->name,
+                  config_device_where (cd));
+    goto fail;
+  }
+  if (memcmp (sb.pool_uuid, p->uuid, 16) != 0 || sb.dev_index != i
+      || memcmp (sb.dev_uuid, md->uuid, 16) != 0) {
+    util_uuid_format (sb.dev_uuid, u);
+    strata_error (EINVAL, "device %s (%s) is not the member that left pool "
+                  "%s: its superblock names device \"%s\" %s of pool \"%s\"",
+                  md->name, config_device_where (cd), p->cfg->name,
+                  sb.dev_name, u, sb.pool_name);
+    goto fail;
+  }
+  free (buf);
+  if (opened)
+    p->opened[p->nopened++] = d;
+  return d;
+
+ fail:
+  free (buf);
+  if (opened && d)
+    device_close (d);
+  return NULL;
+}
+
+int
+pool_device_return (struct pool *p, uint32_t i)
+{
+  const struct meta_device *md;
+  struct device *d;
+  int r = -1;
+
+  if (i >= p->ndevs)
+    return strata_error (EINVAL, "no device %" PRIu32, i);
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  md = &p->meta->devices[i];
+  pthread_mutex_lock (&p->fail_lock);
+  if (md->state == META_DEV_REMOVED) {
+    char u[37];
+    util_uuid_format (md->uuid, u);
+    strata_error (EPERM, "device %s (%s) was replaced: the pool holds its "
+                  "copies elsewhere and it was marked removed; it cannot "
+                  "rejoin pool %s.  To use the disk again, wipe it and "
+                  "declare it as a new device", md->name, u, p->cfg->name);
+    goto out;
+  }
+  if (!(d = member_open (p, i)))
+    goto out;
+  if (commit_dev_state (p, i, META_DEV_UP) == -1)
+    goto out;
+  /* Lock-free readers look at the device pointer only once it is
+   * usable. */
+  p->devs[i] = d;
+  atomic_store (&p->read_errors[i], 0);
+  p->problem[i][0] = '\0';
+  atomic_store_explicit (&p->failed[i], false, memory_order_release);
+  alloc_set_usable (p->alloc, i, true);
+  fprintf (stderr, "strata: pool %s: device %s is back\n", p->cfg->name,
+           md->name);
+  r = 0;
+ out:
+  pthread_mutex_unlock (&p->fail_lock);
+  return r;
+}
+
 /* The first error of an up device makes it degraded: still in use, but
  * flagged in the metadata until an operator looks.  A failed commit here
  * changes nothing: the device is used as before. */
@@ -802,7 +923,7 @@ pool_mark_dirty (struct pool *p, uint32_t dev)
     atomic_store (&p->dirty[dev], true);
 }
 
-/* True if some column of some volume has no usable replica left. */
+/* True if some column of some volume has no readable copy left. */
 static int
 lost_column (void *opaque, uint64_t idx, struct meta_chunk *c)
 {
@@ -813,7 +934,7 @@ lost_column (void *opaque, uint64_t idx, struct meta_chunk *c)
   for (uint32_t col = 0; col < v->width; col++) {
     bool ok = false;
     for (uint32_t r = 0; r < v->replicas; r++)
-      ok |= pool_device_usable (p, c->ext[col * v->replicas + r].dev);
+      ok |= pool_copy_readable (p, c, v->replicas, col, r);
     if (!ok)
       return 1;
   }
@@ -1042,6 +1163,32 @@ pool_commit_ext_replace (struct pool *p, struct meta_volume *v, uint64_t idx,
   fbuf_init_write (&b);
   meta_entry_ext_replace (&b, v->id, idx, slot, e);
   return commit_one (p, META_E_EXT_REPLACE, &b);
+}
+
+int
+pool_commit_stale (struct pool *p, bool stale,
+                   const struct meta_stale_item *items, size_t n)
+{
+  struct fbuf e;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  if (n == 0)
+    return 0;
+  fbuf_init_write (&e);
+  meta_entry_stale (&e, stale, items, n);
+  if (commit_one (p, META_E_STALE, &e) == -1)
+    return strata_error_prefix ("pool %s: marking copies %s", p->cfg->name,
+                                stale ? "stale" : "current");
+  return 0;
+}
+
+bool
+pool_copy_readable (struct pool *p, struct meta_chunk *c, uint32_t R,
+                    uint32_t col, uint32_t r)
+{
+  return pool_device_usable (p, c->ext[col * R + r].dev)
+    && !meta_copy_stale (&c->col[col], r);
 }
 
 bool

@@ -91,6 +91,13 @@ uint32_t pool_ndevices (struct pool *p);
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
+/* Bring failed device I back (strata device add of a member that was
+ * away): open it if it is not open, check that its superblock is the
+ * one of the member that left (pool and device UUID), and commit it up.
+ * Its copies that missed writes stay stale (never read) until a rebuild
+ * copies them.  A removed (replaced) device is refused.  Returns 0, or
+ * -1 with a message. */
+int pool_device_return (struct pool *p, uint32_t i);
 /* Commit STATE for device I (an operator's decision: removed). */
 int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
@@ -118,6 +125,17 @@ int pool_commit_job (struct pool *p, uint8_t kind, const struct meta_job *j);
 int pool_commit_ext_replace (struct pool *p, struct meta_volume *v,
                              uint64_t idx, uint32_t slot,
                              struct meta_extent e);
+
+/* Commit that the copies named by ITEMS missed writes (STALE true,
+ * before the write that missed them is acknowledged) or hold their
+ * column's data again (after a rebuild copied it).  Returns 0 or -1. */
+int pool_commit_stale (struct pool *p, bool stale,
+                       const struct meta_stale_item *items, size_t n);
+
+/* True if copy R of column COL of C may be read: its device is usable
+ * and the copy missed no write.  Lock-free. */
+bool pool_copy_readable (struct pool *p, struct meta_chunk *c, uint32_t R,
+                         uint32_t col, uint32_t r);
 
 /* Jobs of kind KIND (enum meta_job_kind) running in this process: at
  * most one each.  claim() is false if one runs already; cancel() asks

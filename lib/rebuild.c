@@ -76,6 +76,7 @@ struct rebuild {
   struct move *moves;
   size_t nmoves, capmoves;
   uint64_t copied, bad_blocks, no_good, no_space, no_copy;
+  uint64_t resynced;		/* stale copies copied in place */
   int err;
   size_t next;			/* the next item to take */
   bool stop;			/* a worker failed */
@@ -90,6 +91,26 @@ lost (struct rebuild *b, uint32_t dev)
 
   return st == META_DEV_FAILED || st == META_DEV_REMOVED
     || (int32_t) dev == b->o->drain;
+}
+
+/* What copy R of column COL of C needs: nothing, a new extent (its
+ * device is lost), or the column copied to it again (it is stale on a
+ * usable device).  Resyncing one device, only its stale copies count. */
+enum need { KEEP, MOVE, RECOPY };
+
+static enum need
+need (struct rebuild *b, struct meta_chunk *c, uint32_t R, uint32_t col,
+      uint32_t r)
+{
+  uint32_t dev = c->ext[col * R + r].dev;
+  bool stale = meta_copy_stale (&c->col[col], r)
+    && pool_device_usable (b->p, dev);
+
+  if (b->o->resync >= 0)
+    return stale && (int32_t) dev == b->o->resync ? RECOPY : KEEP;
+  if (lost (b, dev))
+    return MOVE;
+  return stale ? RECOPY : KEEP;
 }
 
 /* ---- the work list ---- */
@@ -109,7 +130,7 @@ collect_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
   for (uint32_t col = 0; col < c->width; col++) {
     uint32_t gone = 0;
     for (uint32_t r = 0; r < R; r++)
-      gone += lost (b, c->ext[col * R + r].dev);
+      gone += need (b, c, R, col, r) != KEEP;
     if (!gone)
       continue;
     if (b->nitems == b->capitems) {
@@ -341,7 +362,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
   struct meta_volume *mv;
   uint64_t es = pool_meta (p)->extent_size;
   struct meta_extent keep[16];
-  uint32_t nkeep = 0, src = 0, R;
+  uint32_t nkeep = 0, src = 0, todo = 0, R;
   struct meta_chunk *c;
   uint32_t *cs;
   char *buf = NULL;
@@ -357,15 +378,17 @@ rebuild_column (struct rebuild *b, const struct item *it)
   if (!c)
     return 0;			/* freed meanwhile */
   for (uint32_t r = 0; r < R; r++) {
-    struct meta_extent e = c->ext[it->col * R + r];
+    enum need nd = need (b, c, R, it->col, r);
     /* A draining device's copy is still a good source. */
-    if (pool_device_usable (p, e.dev))
+    if (pool_copy_readable (p, c, R, it->col, r))
       src |= 1u << r;
-    if (!lost (b, e.dev))
-      keep[nkeep++] = e;
+    if (nd != MOVE)
+      keep[nkeep++] = c->ext[it->col * R + r];
+    if (nd != KEEP)
+      todo++;
   }
-  if (nkeep == R)
-    goto out;			/* nothing lost any more */
+  if (todo == 0)
+    goto out;			/* done meanwhile */
   if (!src) {
     count (b, &b->no_copy);
     fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
@@ -394,10 +417,41 @@ rebuild_column (struct rebuild *b, const struct item *it)
   for (uint32_t r = 0; r < R; r++) {
     struct meta_extent from, to;
     struct move mo;
+    enum need nd;
     c = meta_chunk_get (mv, it->idx);
     from = c->ext[it->col * R + r];
-    if (!lost (b, from.dev))
+    nd = need (b, c, R, it->col, r);
+    if (nd == KEEP)
       continue;
+    if (nd == RECOPY) {
+      /* In place: the copy is current again once its data and checksum
+       * slot are durable. */
+      struct meta_stale_item si = { mv->id, it->idx, it->col, 1u << r };
+      if (write_copy (b, from, buf, cs) == -1) {
+        char why[256];
+        snprintf (why, sizeof why, "%s", strata_last_error ());
+        pool_device_fail (p, from.dev, why);
+        count (b, &b->no_space);
+        continue;
+      }
+      io += es;
+      if (pool_commit_stale (p, false, &si, 1) == -1) {
+        io = -1;
+        goto out;
+      }
+      mo = (struct move) { it->vi, it->idx, it->col, from, from };
+      pthread_mutex_lock (&b->lock);
+      b->copied += es;
+      b->resynced++;
+      if (b->nmoves < REBUILD_LIST_MAX
+          && push ((void **) &b->moves, &b->nmoves, &b->capmoves, sizeof mo,
+                   &mo) == -1)
+        io = -1;
+      pthread_mutex_unlock (&b->lock);
+      if (io == -1)
+        goto out;
+      continue;
+    }
     if (alloc_replica (pool_alloc (p), mv->class, keep, nkeep, b->o->prefer,
                        &to) == -1) {
       count (b, &b->no_space);
@@ -571,11 +625,12 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              "\"columns\":%" PRIu64 ",\"total\":%" PRIu64 ",\"bytes\":%"
              PRIu64 ",\"bad_blocks\":%" PRIu64 ",\"no_good_copy\":%" PRIu64
              ",\"no_space\":%" PRIu64 ",\"no_copy_left\":%" PRIu64
-             ",\"seconds\":%.3f,\"device_bytes\":%" PRIu64 ",\"moves\":[",
+             ",\"resynced\":%" PRIu64 ",\"seconds\":%.3f,\"device_bytes\":%"
+             PRIu64 ",\"moves\":[",
              finished ? "finished" : "interrupted",
              resumed ? "true" : "false", r->done, r->total, b->copied,
-             b->bad_blocks, b->no_good, b->no_space, b->no_copy, secs,
-             b->job.io);
+             b->bad_blocks, b->no_good, b->no_space, b->no_copy, b->resynced,
+             secs, b->job.io);
     for (size_t i = 0; i < b->nmoves; i++) {
       struct move *mo = &b->moves[i];
       fprintf (out, "%s{\"volume\":\"%s\",\"chunk\":%" PRIu64 ",\"column\":%"
@@ -595,6 +650,13 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
            resumed ? ", continuing an interrupted rebuild" : "");
   for (size_t i = 0; i < b->nmoves; i++) {
     struct move *mo = &b->moves[i];
+    if (mo->from.dev == mo->to.dev && mo->from.ext == mo->to.ext) {
+      fprintf (out, "  volume %s chunk %" PRIu64 " column %" PRIu32 ": "
+               "stale copy on %s, extent %" PRIu32 ", copied again\n",
+               b->vols[mo->vi].name, mo->idx, mo->col,
+               m->devices[mo->to.dev].name, mo->to.ext);
+      continue;
+    }
     fprintf (out, "  volume %s chunk %" PRIu64 " column %" PRIu32 ": copy "
              "on %s (%s) is now on %s, extent %" PRIu32 "\n",
              b->vols[mo->vi].name, mo->idx, mo->col,
@@ -604,6 +666,9 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
   }
   if (b->nmoves == REBUILD_LIST_MAX)
     fprintf (out, "  ... (the first %d are listed)\n", REBUILD_LIST_MAX);
+  if (b->resynced)
+    fprintf (out, "stale copies brought up to date: %" PRIu64 "\n",
+             b->resynced);
   fprintf (out, "bad blocks taken from another copy: %" PRIu64
            "; blocks with no good copy: %" PRIu64 "\n", b->bad_blocks,
            b->no_good);
@@ -611,6 +676,28 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
     fprintf (out, "%" PRIu64 " columns are still missing copies (%" PRIu64
              " for want of space or a device in another domain, %" PRIu64
              " with no copy left)\n", left, b->no_space, b->no_copy);
+}
+
+/* A failed device that holds no copy after a full rebuild has been
+ * replaced: mark it removed, so that it is refused if it comes back (its
+ * superblock still names it as a member).  Returns 0 or -1. */
+static int
+retire_replaced (struct rebuild *b, FILE *out)
+{
+  struct pool *p = b->p;
+  struct meta *m = pool_meta (p);
+
+  for (uint32_t d = 0; d < pool_ndevices (p); d++) {
+    if (m->devices[d].state != META_DEV_FAILED
+        || alloc_used_count (pool_alloc (p), d) != 0)
+      continue;
+    if (pool_device_set_state (p, d, META_DEV_REMOVED) == -1)
+      return -1;
+    if (!b->o->json)
+      fprintf (out, "device %s holds no copies any more: marked removed "
+               "(replaced); it cannot rejoin the pool\n", m->devices[d].name);
+  }
+  return 0;
 }
 
 int
@@ -685,6 +772,9 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
     goto out;
   }
   ret = b.no_space + b.no_copy > 0 ? 1 : 0;
+  if (ret == 0 && o->resync < 0 && o->drain < 0 && retire_replaced (&b, out)
+      == -1)
+    ret = -1;
  out:
   pool_job_release (p, META_JOB_REBUILD);
   for (size_t i = 0; i < b.nvols; i++)

@@ -3,7 +3,13 @@
  * rebuild_run() finds every column with a copy on a failed or removed
  * device (or on the device being drained) and gives it a new copy on a
  * usable device, in a failure domain its other copies are not in while
- * the pool has one: columns with the fewest surviving copies first.  It
+ * the pool has one: columns with the fewest surviving copies first.
+ * A stale copy on a usable device (one that missed writes while its
+ * device was away, meta.h) gets the column copied to it again in place;
+ * with RESYNC set, that is all it does, for that device only (strata
+ * device add of a member that comes back).  A failed device that holds
+ * no copy at the end of a full rebuild has been replaced: it is marked
+ * removed, and can never come back.  It
  * copies only allocated extents, verifying every block against its
  * checksum on the way (a bad block is taken from another copy), and
  * publishes the new copy with one journal entry only once the data is
@@ -29,6 +35,7 @@ struct rebuild_opts {
   uint64_t rate;		/* device bytes per second; 0: no limit */
   int32_t drain;		/* also move every copy off this device (-1) */
   int32_t prefer;		/* put new copies here where possible (-1) */
+  int32_t resync;		/* only this device's stale copies (-1) */
 };
 
 /* Run a rebuild and print its report to OUT.  Returns 0 if every column

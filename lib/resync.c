@@ -16,6 +16,13 @@
  * The cleaner holds r->lock across its I/O (checksum pages, flush,
  * commit).  Only writers to clean columns wait for it; a pass is short
  * and runs every RESYNC_INTERVAL seconds.
+ *
+ * A dirty column's copy on a device that cannot be used may miss the
+ * column's new checksum slot (and, after a crash, part of the last
+ * writes): it is made stale before the column is marked clean, so that
+ * a member that comes back never offers a copy whose slot is behind its
+ * data.  A copy crash resync cannot read or rewrite is made stale before
+ * its device is failed.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -313,6 +320,37 @@ want_clean (struct walk *w, struct meta_chunk *c, uint32_t col)
 }
 
 /* Write the checksum slots of COLS to every usable replica. */
+/* The copies of the dirty columns COLS on devices that cannot be used
+ * now may hold any part of the last writes (those in progress at a
+ * crash), and their checksum slots are not rewritten with the others':
+ * they are made stale, so that nothing reads them before a rebuild has
+ * copied the column to them again.  Returns 0 or -1. */
+static int
+stale_unusable (struct pool *p, struct col_ref *cols, size_t n)
+{
+  struct meta_stale_item *items = malloc ((n + 1) * sizeof *items);
+  size_t k = 0;
+  int ret;
+
+  if (!items)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    struct col_ref *cr = &cols[i];
+    uint32_t R = cr->v->replicas;
+    uint8_t m = 0;
+    for (uint32_t rep = 0; rep < R; rep++)
+      if (!pool_device_usable (p, cr->c->ext[cr->col * R + rep].dev)
+          && !meta_copy_stale (&cr->c->col[cr->col], rep))
+        m |= 1u << rep;
+    if (m)
+      items[k++] = (struct meta_stale_item) { cr->v->id, cr->idx, cr->col,
+                                              m };
+  }
+  ret = pool_commit_stale (p, true, items, k);
+  free (items);
+  return ret;
+}
+
 static int
 write_csums (struct pool *p, struct col_ref *cols, size_t n)
 {
@@ -324,6 +362,7 @@ write_csums (struct pool *p, struct col_ref *cols, size_t n)
 
   if (!bufs)
     return strata_error (ENOMEM, "out of memory");
+  ret = stale_unusable (p, cols, n);
   for (size_t k = 0; k < n && ret == 0; k += BATCH) {
     size_t nr = 0;
     for (size_t i = k; i < MIN (n, k + BATCH); i++) {
@@ -346,10 +385,14 @@ write_csums (struct pool *p, struct col_ref *cols, size_t n)
           struct col_ref *cr = &cols[k + rq[q].tag / 8];
           struct meta_extent e = cr->c->ext[cr->col * cr->v->replicas
                                             + rq[q].tag % 8];
+          struct meta_stale_item it = { cr->v->id, cr->idx, cr->col,
+                                        1u << (rq[q].tag % 8) };
           char why[200];
           snprintf (why, sizeof why, "checksum write failed: %s",
                     strerror (-rq[q].res));
-          ret = pool_device_fail (p, e.dev, why);
+          ret = pool_commit_stale (p, true, &it, 1);
+          if (ret == 0)
+            ret = pool_device_fail (p, e.dev, why);
         }
   }
   free (bufs);
@@ -475,7 +518,7 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
 
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = cr->c->ext[cr->col * R + rep];
-      if (!pool_device_usable (p, e.dev))
+      if (!pool_copy_readable (p, cr->c, R, cr->col, rep))
         continue;
       rq[nr] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                   .op = DEV_READ, .buf = bufs[rep],
@@ -484,8 +527,13 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
                                   .tag = rep };
       nr++;
     }
-    if (nr == 0)
-      break;			/* no copy left: nothing to make agree */
+    if (nr == 0) {
+      /* No copy left: nothing to make agree, and no data to take the
+       * checksums from (the column's state is left as it is). */
+      free (a);
+      a = NULL;
+      break;
+    }
     device_submit (rq, nr);
     for (size_t k = 0; k < nr; k++) {
       struct meta_extent e = cr->c->ext[cr->col * R + rq[k].tag];
@@ -495,8 +543,14 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
         continue;
       }
       /* A copy that cannot be made to agree must not be read again. */
-      if (pool_device_fail (p, e.dev, "unreadable during crash resync") == -1)
-        ret = -1;
+      {
+        struct meta_stale_item it = { v->id, cr->idx, cr->col,
+                                      1u << rq[k].tag };
+        if (pool_commit_stale (p, true, &it, 1) == -1
+            || pool_device_fail (p, e.dev, "unreadable during crash "
+                                 "resync") == -1)
+          ret = -1;
+      }
     }
     if (src < 0) {
       for (size_t b = 0; b < len / STRATA_BLOCK; b++)
@@ -531,17 +585,20 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
         }
     }
     device_submit (wq, nw);
-    for (size_t k = 0; k < nw; k++) {
+    for (size_t k = 0; k < nw && ret == 0; k++) {
       struct meta_extent e = cr->c->ext[cr->col * R + wq[k].tag];
+      struct meta_stale_item it = { v->id, cr->idx, cr->col,
+                                    1u << wq[k].tag };
       if (wq[k].res == 0)
         *bytes += STRATA_BLOCK;
-      else if (pool_device_fail (p, e.dev, "write failed during crash "
-                                 "resync") == -1)
+      else if (pool_commit_stale (p, true, &it, 1) == -1
+               || pool_device_fail (p, e.dev, "write failed during crash "
+                                    "resync") == -1)
         ret = -1;
     }
   }
   free (wq);
-  if (ret == 0)
+  if (ret == 0 && a)
     free (atomic_exchange (&mc->csum, a));
   else
     free (a);

@@ -25,6 +25,14 @@
  * copies that match and rewriting those that do not (self-healing read).
  * No matching copy is EIO.
  *
+ * Missed writes (DESIGN.md section 4): a copy a write skips (its device
+ * is failed or away) or whose write fails is marked stale in the
+ * journal (meta.h) before the write is acknowledged; a skipped one
+ * before any copy is written, and a failed one before its device is
+ * marked failed, so that a crash in between never leaves a copy that
+ * differs but is not stale.  Stale copies are neither read nor written
+ * until a rebuild copies the column to them (strata device add).
+ *
  * Chunk lifetime: the first write to a chunk allocates it (phase 1, no
  * lock held) and then does its I/O holding io_lock shared (phase 2).
  * Freeing whole chunks (trim, zero) takes io_lock exclusively, which
@@ -96,6 +104,7 @@ struct piece {
   struct meta_chunk *c;
   uint32_t *cs;			/* the column's checksums */
   uint32_t ok;			/* write: replicas that took it */
+  uint8_t missed;		/* write: replicas skipped or failed */
 };
 
 struct scratch {
@@ -451,25 +460,61 @@ pick_replica (struct volume *v, const struct piece *p, uint32_t start,
     uint32_t r = (start + k) % R;
     if (tried & (1u << r))
       continue;
-    if (pool_device_usable (v->p, p->c->ext[p->col * R + r].dev))
+    if (pool_copy_readable (v->p, p->c, R, p->col, r))
       return r;
   }
   return -1;
 }
 
-/* A write skips a replica whose device is not usable.  A device that is
- * merely missing (not opened) is marked failed first, so that the copy
- * it holds is known to be stale before the write is acknowledged.
- * Returns 1 to write the replica, 0 to skip it, -1 on error. */
+/* A write skips a copy that is stale (it stays stale until a rebuild
+ * copies the whole column to it) and one whose device is not usable.  A
+ * device that is merely missing (not opened) is marked failed first.
+ * The copies skipped are noted in P->missed.  Returns 1 to write copy
+ * R, 0 to skip it, -1 on error. */
 static int
-replica_writable (struct volume *v, struct meta_extent e)
+replica_writable (struct volume *v, struct piece *p, uint32_t r)
 {
+  struct meta_extent e = p->c->ext[p->col * v->mv->replicas + r];
+
+  if (meta_copy_stale (&p->c->col[p->col], r))
+    return 0;
   if (pool_device_usable (v->p, e.dev))
     return 1;
   if (!pool_device (v->p, e.dev)
       && pool_device_fail (v->p, e.dev, "not available") == -1)
     return -1;
+  p->missed |= 1u << r;
   return 0;
+}
+
+/* Commit that the copies in the pieces' missed masks are stale, where
+ * the journal does not say so already: before the write is
+ * acknowledged (DESIGN.md section 4).  Returns 0 or -1. */
+static int
+commit_missed (struct volume *v, struct piece *pc, size_t n)
+{
+  struct meta_stale_item *items;
+  size_t k = 0;
+  int r;
+
+  for (size_t i = 0; i < n; i++)
+    if (pc[i].missed & ~atomic_load (&pc[i].c->col[pc[i].col].stale))
+      k++;
+  if (k == 0)
+    return 0;
+  items = malloc (k * sizeof *items);
+  if (!items)
+    return strata_error (ENOMEM, "out of memory");
+  k = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t m = pc[i].missed & ~atomic_load (&pc[i].c->col[pc[i].col].stale);
+    if (m)
+      items[k++] = (struct meta_stale_item) { v->mv->id, pc[i].chunk,
+                                              pc[i].col, m };
+  }
+  r = pool_commit_stale (v->p, true, items, k);
+  free (items);
+  return r;
 }
 
 static struct dev_req
@@ -625,8 +670,7 @@ heal_piece (struct volume *v, struct piece *p)
   if (!wq)
     return strata_error (ENOMEM, "out of memory");
   for (uint32_t rep = 0; rep < R; rep++) {
-    struct meta_extent e = p->c->ext[p->col * R + rep];
-    if (!pool_device_usable (v->p, e.dev))
+    if (!pool_copy_readable (v->p, p->c, R, p->col, rep))
       continue;
     if (!(bufs[rep] = device_alloc_buf (len))) {
       r = strata_error (ENOMEM, "out of memory");
@@ -952,9 +996,10 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
                  p->cs + p->a0 / STRATA_BLOCK);
     p->ok = 0;
+    p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      int w = replica_writable (v, e);
+      int w = replica_writable (v, p, rep);
       if (w == -1) {
         r = -1;
         goto out;
@@ -969,19 +1014,31 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
       rq[nr++].tag = i * R + rep;
     }
   }
+  /* A copy skipped is stale in the journal before any copy changes, so
+   * that crash resync never takes it for a current one. */
+  if (commit_missed (v, pc, n) == -1) {
+    r = -1;
+    goto out;
+  }
   device_submit (rq, nr);
-  /* A replica that missed the write is stale: its device is failed (a
-   * journal commit) before the write is acknowledged. */
+  /* A copy whose write failed is stale, and then its device failed, in
+   * the journal before the write is acknowledged. */
   for (size_t k = 0; k < nr; k++) {
+    if (rq[k].res == 0)
+      pc[rq[k].tag / R].ok++;
+    else
+      pc[rq[k].tag / R].missed |= 1u << (rq[k].tag % R);
+  }
+  if (commit_missed (v, pc, n) == -1)
+    r = -1;
+  for (size_t k = 0; k < nr && r == 0; k++) {
     struct piece *p = &pc[rq[k].tag / R];
-    struct meta_extent e = p->c->ext[p->col * R + rq[k].tag % R];
     char why[200];
-    if (rq[k].res == 0) {
-      p->ok++;
+    if (rq[k].res == 0)
       continue;
-    }
     snprintf (why, sizeof why, "write failed: %s", strerror (-rq[k].res));
-    if (pool_device_fail (v->p, e.dev, why) == -1)
+    if (pool_device_fail (v->p, p->c->ext[p->col * R + rq[k].tag % R].dev,
+                          why) == -1)
       r = -1;
   }
   for (size_t i = 0; i < n && r == 0; i++)
@@ -1113,9 +1170,10 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     for (uint64_t o = a0; o < a1; o += STRATA_BLOCK)
       p->cs[o / STRATA_BLOCK] = csum_zero_block ();
     p->ok = 0;
+    p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      int w = replica_writable (v, e);
+      int w = replica_writable (v, p, rep);
       if (w == -1) {
         r = -1;
         goto out;
@@ -1127,18 +1185,28 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
       sc->rq[nr++].tag = i * R + rep;
     }
   }
+  if (commit_missed (v, sc->pc, n) == -1) {
+    r = -1;
+    goto out;
+  }
   device_submit (sc->rq, nr);
   for (size_t k = 0; k < nr; k++) {
+    if (sc->rq[k].res == 0)
+      sc->pc[sc->rq[k].tag / R].ok++;
+    else
+      sc->pc[sc->rq[k].tag / R].missed |= 1u << (sc->rq[k].tag % R);
+  }
+  if (commit_missed (v, sc->pc, n) == -1)
+    r = -1;
+  for (size_t k = 0; k < nr && r == 0; k++) {
     struct piece *p = &sc->pc[sc->rq[k].tag / R];
-    struct meta_extent e = p->c->ext[p->col * R + sc->rq[k].tag % R];
     char why[200];
-    if (sc->rq[k].res == 0) {
-      p->ok++;
+    if (sc->rq[k].res == 0)
       continue;
-    }
     snprintf (why, sizeof why, "discard failed: %s",
               strerror (-sc->rq[k].res));
-    if (pool_device_fail (v->p, e.dev, why) == -1)
+    if (pool_device_fail (v->p, p->c->ext[p->col * R + sc->rq[k].tag % R].dev,
+                          why) == -1)
       r = -1;
   }
   for (size_t i = 0; i < n && r == 0; i++)

@@ -2,7 +2,8 @@
 # strata rebuild (TESTING.md 12, 14): a remote member starts failing in
 # the middle of a fio verify run, and `strata rebuild` runs online under
 # the same load: fio sees zero errors, the volumes come back healthy and
-# every column's copies compare equal in the backing files.  Then a
+# every column's copies compare equal in the backing files; the replaced
+# member is marked removed and refused when re-added.  Then a
 # second member is marked failed (`strata device fail`), a slow rebuild
 # is killed with kill -9 and the next one continues with what was left.
 # Last, `strata device remove` drains a member and refuses to remove one
@@ -63,6 +64,18 @@ status_json
 [ "$(health r2)" = healthy ] || fail "r2 after the rebuild: $(health r2)"
 [ "$(health r3)" = healthy ] || fail "r3 after the rebuild: $(health r3)"
 ok "member 1 failed under fio verify: zero errors; rebuild gave $moved columns new copies under load; r2 and r3 healthy"
+
+# d1 was replaced: it is removed, and re-adding it is refused (even with
+# its member answering again), with nothing changed.
+[ "$(dev_state d1)" = removed ] || fail "d1 is $(dev_state d1) after the rebuild, not removed"
+rm -f "$T/m1.fail"
+if "$STRATA" device add "$CONFIG" d1 > "$T/readd.out" 2>&1; then
+  fail "re-adding the replaced member d1 was accepted: $(cat "$T/readd.out")"
+fi
+grep -q "was replaced" "$T/readd.out" || fail "device add d1: $(cat "$T/readd.out")"
+status_json
+[ "$(dev_state d1)" = removed ] || fail "d1 is $(dev_state d1) after the refused add"
+ok "the replaced member d1 is removed; device add d1 is refused: $(head -n1 "$T/readd.out")"
 
 # Placement after the rebuild: no two copies of a column in one domain.
 "$STRATA" status "$CONFIG" --json --map | $PY -c "

@@ -74,7 +74,7 @@ sys.exit(0 if d3["connected"] and d3["state"] == "failed" else 1)' "$T/status.js
   sleep 0.2
 done
 "$STRATA" status "$CONFIG" > "$T/status.txt"
-grep -A1 -E "^d3 .* failed" "$T/status.txt" | grep "connected; its copies are not used" >/dev/null \
+grep -A1 -E "^d3 .* failed" "$T/status.txt" | grep "connected again; .strata device add d3. brings it back" >/dev/null \
   || { cat "$T/status.txt"; fail "d3 not shown reconnected and still failed"; }
 for _ in $(seq 100); do
   grep "strata: .*m3.sock: reconnected" "$T/nbdkit.log" >/dev/null && break

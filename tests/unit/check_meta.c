@@ -1,8 +1,8 @@
 /* Unit tests: the metadata state's newer entries.  EXT_REPLACE moves one
  * copy and keeps the column's runtime state with the new chunk; job
- * records survive a checkpoint; a checkpoint without job records (older
- * writers) still loads; malformed entries are refused and change
- * nothing. */
+ * records and stale copies survive a checkpoint; a checkpoint without
+ * them (older writers) still loads; malformed entries are refused and
+ * change nothing. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,10 +124,13 @@ START_TEST (test_jobs_checkpoint)
     ck_assert_uint_eq (c->ext[2].dev, 0);
     ck_assert_uint_eq (c->ext[2].ext, 3);
   }
-  /* A checkpoint of an older writer ends after the volumes. */
+  /* A checkpoint of an older writer ends after the volumes (or after
+   * the job records: no stale section, 4 + 5 bytes with no items). */
+  ck_assert_int_eq (meta_load (m3, ck.p, ck.len - 9), 0);
+  ck_assert_mem_eq (&m3->jobs[META_JOB_SCRUB], &j, sizeof j);
   fbuf_init_write (&e);
   meta_entry_job (&e, META_JOB_SCRUB, &j);
-  nojobs = ck.len - META_JOB_KINDS * (4 + e.len);
+  nojobs = ck.len - 9 - META_JOB_KINDS * (4 + e.len);
   fbuf_free (&e);
   ck_assert_int_eq (meta_load (m3, ck.p, nojobs), 0);
   ck_assert_int_eq (m3->jobs[META_JOB_SCRUB].state, META_JOB_NONE);
@@ -141,6 +144,64 @@ START_TEST (test_jobs_checkpoint)
 }
 END_TEST
 
+static int
+stale (struct meta *m, bool set, uint32_t vol, uint64_t chunk, uint32_t col,
+       uint8_t mask)
+{
+  struct meta_stale_item it = { vol, chunk, col, mask };
+  struct fbuf e;
+  int r;
+
+  fbuf_init_write (&e);
+  meta_entry_stale (&e, set, &it, 1);
+  r = meta_apply (m, META_E_STALE, e.p, e.len);
+  fbuf_free (&e);
+  return r;
+}
+
+START_TEST (test_stale)
+{
+  struct meta *m = make_state (), *m2 = meta_new ();
+  struct meta_volume *v = meta_find_volume (m, "v");
+  struct meta_chunk *c = meta_chunk_get (v, 0);
+  struct fbuf ck;
+
+  /* Copy 1 of column 1 missed writes; then copy 0 of column 0. */
+  ck_assert_int_eq (stale (m, true, 1, 0, 1, 2), 0);
+  ck_assert (meta_copy_stale (&c->col[1], 1));
+  ck_assert (!meta_copy_stale (&c->col[1], 0));
+  ck_assert (!meta_copy_stale (&c->col[0], 1));
+  ck_assert_int_eq (stale (m, true, 1, 0, 0, 1), 0);
+  /* Malformed: no such column, replica, chunk or volume. */
+  ck_assert_int_eq (stale (m, true, 1, 0, 2, 1), -1);
+  ck_assert_int_eq (stale (m, true, 1, 0, 0, 4), -1);
+  ck_assert_int_eq (stale (m, true, 1, 1, 0, 1), -1);
+  ck_assert_int_eq (stale (m, true, 7, 0, 0, 1), -1);
+  ck_assert_uint_eq (c->col[0].stale, 1);
+  ck_assert_uint_eq (c->col[1].stale, 2);
+
+  /* A checkpoint keeps them. */
+  fbuf_init_write (&ck);
+  ck_assert_int_eq (meta_snapshot (m, &ck), 0);
+  ck_assert_int_eq (meta_load (m2, ck.p, ck.len), 0);
+  {
+    struct meta_chunk *c2 = meta_chunk_get (meta_find_volume (m2, "v"), 0);
+    ck_assert_uint_eq (c2->col[0].stale, 1);
+    ck_assert_uint_eq (c2->col[1].stale, 2);
+  }
+  fbuf_free (&ck);
+
+  /* Copied again in place: current.  Moved elsewhere: current. */
+  ck_assert_int_eq (stale (m, false, 1, 0, 0, 1), 0);
+  ck_assert_uint_eq (c->col[0].stale, 0);
+  ck_assert_int_eq (replace (m, 1, 0, 3, (struct meta_extent) { 0, 9 }), 0);
+  c = meta_chunk_get (v, 0);
+  ck_assert_uint_eq (c->col[1].stale, 0);
+  meta_free (m);
+  meta_free (m2);
+}
+END_TEST
+
 Suite *
 meta_suite (void)
 {
@@ -149,6 +210,7 @@ meta_suite (void)
 
   tcase_add_test (tc, test_ext_replace);
   tcase_add_test (tc, test_jobs_checkpoint);
+  tcase_add_test (tc, test_stale);
   suite_add_tcase (s, tc);
   return s;
 }
