@@ -5,8 +5,9 @@
  * The unit of work is one column: it is held against writes over its
  * whole extent (volume_column_hold), so the checksum array in memory is
  * exactly what every in-sync copy must hold, and a clean column's
- * checksum slots must equal it.  Every usable copy and its slot are read
- * at once; then, block by block, the copies that match the checksum are
+ * checksum slots must equal it.  Every readable copy (usable and not
+ * stale, meta.h) and its slot are read at once; then, block by block,
+ * the copies that match the checksum are
  * good and the others bad.  Repairs write a good copy over each bad one
  * with FUA before the hold is released.  A block with no good copy is
  * left as it is (reads of it fail with EIO, which is the truth).
@@ -157,7 +158,7 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
 
   for (uint32_t r = 0; r < R; r++) {
     struct meta_extent e = c->ext[col * R + r];
-    if (!pool_device_usable (p, e.dev))
+    if (!pool_copy_readable (p, c, R, col, r))
       continue;
     if (!(buf[r] = device_alloc_buf (es))
         || (clean && !(slot[r] = device_alloc_buf (slotsz)))) {
