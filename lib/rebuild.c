@@ -182,7 +182,8 @@ collect (struct rebuild *b)
   pool_walk_unlock (b->p);
   if (b->err)
     return strata_error (b->err, "out of memory");
-  qsort (b->items, b->nitems, sizeof *b->items, by_alive);
+  if (b->nitems > 1)		/* qsort must not be given NULL */
+    qsort (b->items, b->nitems, sizeof *b->items, by_alive);
   return 0;
 }
 
@@ -362,7 +363,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
   struct meta_volume *mv;
   uint64_t es = pool_meta (p)->extent_size;
   struct meta_extent keep[16];
-  uint32_t nkeep = 0, src = 0, todo = 0, R;
+  uint32_t nkeep = 0, src = 0, wanted = 0, R;
   struct meta_chunk *c;
   uint32_t *cs;
   char *buf = NULL;
@@ -385,9 +386,9 @@ rebuild_column (struct rebuild *b, const struct item *it)
     if (nd != MOVE)
       keep[nkeep++] = c->ext[it->col * R + r];
     if (nd != KEEP)
-      todo++;
+      wanted++;
   }
-  if (todo == 0)
+  if (wanted == 0)
     goto out;			/* done meanwhile */
   if (!src) {
     count (b, &b->no_copy);
