@@ -979,18 +979,14 @@ device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
   const char *name = argv[2];
   struct rebuild_opts o;
   struct job_args a;
-  uint32_t dev;
   bool back = false;
-  int r;
+  int dev, r;
 
   if ((r = parse_device_job (ctx, argc, argv, &a, err)) != 0)
     return r;
-  for (dev = 0; dev < m->ndevices; dev++)
-    if (strcmp (m->devices[dev].name, name) == 0)
-      break;
-  if (dev == m->ndevices) {
-    fprintf (err, "strata device add: pool %s has no device named %s; adding "
-             "new devices is not supported in this version\n", m->name, name);
+  if ((dev = find_device (p, name, err)) < 0) {
+    fprintf (err, "strata device add: adding new devices to a pool is not "
+             "supported in this version\n");
     return 1;
   }
   if (m->devices[dev].state == META_DEV_FAILED
