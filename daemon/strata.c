@@ -6,7 +6,8 @@
  *   strata volume create|resize|delete CONFIG NAME [SIZE] [options]
  *   strata scrub CONFIG [VOLUME] [--repair] [--rate MIB/S] [--restart]
  *   strata rebuild CONFIG [--rate MIB/S]
- *   strata device add|fail|remove CONFIG NAME
+ *   strata device add|fail|remove CONFIG NAME [options]
+ *   strata device replace CONFIG OLD NEW [options]
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
  * While a pool is served, the admin verbs go to the serving process
@@ -47,10 +48,15 @@ usage (FILE *f)
            "                                 check every copy against its checksums\n"
            "  rebuild CONFIG [--rate MIB/S] [--json]\n"
            "                                 new copies for columns on failed devices\n"
-           "  device add CONFIG NAME         bring back a member that was away,\n"
+           "  device add CONFIG NAME [--force]\n"
+           "                                 add a device newly declared in CONFIG, or\n"
+           "                                 bring back a member that was away,\n"
            "                                 copying only what it missed\n"
            "  device fail CONFIG NAME        mark a device failed\n"
            "  device remove CONFIG NAME      move every copy off a device, then remove it\n"
+           "  device replace CONFIG OLD NEW [--force]\n"
+           "                                 move every copy of OLD to NEW (added first\n"
+           "                                 if new), then remove OLD\n"
            "  serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]\n"
            "                                 serve every volume over NBD\n"
            "\n"
@@ -125,7 +131,8 @@ long_job (int argc, char **argv)
 {
   return strcmp (argv[0], "scrub") == 0 || strcmp (argv[0], "rebuild") == 0
     || (argc > 1 && strcmp (argv[0], "device") == 0
-        && (strcmp (argv[1], "remove") == 0 || strcmp (argv[1], "add") == 0));
+        && (strcmp (argv[1], "remove") == 0 || strcmp (argv[1], "add") == 0
+            || strcmp (argv[1], "replace") == 0));
 }
 
 /* status, apply, volume ...: through the control socket if the pool is
@@ -317,6 +324,7 @@ main (int argc, char **argv)
                  "NAME [SIZE] [options]\n");
       else
         fprintf (stderr, "usage: strata device add|fail|remove CONFIG NAME "
+                 "[options]\n       strata device replace CONFIG OLD NEW "
                  "[options]\n");
       return 2;
     }

@@ -121,7 +121,7 @@ map_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
   return 0;
 }
 
-/* Stale copies (meta.h) per device, into PER_DEV[ndevices]. */
+/* Stale copies (meta.h) per device, into PER_DEV[META_MAX_DEVICES]. */
 struct stale_count {
   uint64_t *per_dev;
   uint32_t replicas;
@@ -146,13 +146,28 @@ static uint64_t *
 count_stale (struct pool *p)
 {
   struct meta *m = pool_meta (p);
-  struct stale_count sc = { calloc (m->ndevices + 1, sizeof (uint64_t)), 0 };
+  struct stale_count sc = { calloc (META_MAX_DEVICES, sizeof (uint64_t)), 0 };
 
   for (size_t i = 0; i < m->nvolumes && sc.per_dev; i++) {
     sc.replicas = m->volumes[i]->replicas;
     meta_foreach_chunk (m->volumes[i], stale_chunk, &sc);
   }
   return sc.per_dev;
+}
+
+/* The index of member NAME, or -1 (with a message on ERR if not NULL). */
+static int
+find_device (struct pool *p, const char *name, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+
+  for (uint32_t i = 0; i < m->ndevices; i++)
+    if (strcmp (m->devices[i].name, name) == 0)
+      return i;
+  if (err)
+    fprintf (err, "strata device: pool %s has no device named %s\n", m->name,
+             name);
+  return -1;
 }
 
 /* A device's state for status: the metadata's, or "missing" for an up
@@ -172,7 +187,7 @@ static const char *
 dev_host (struct pool *p, uint32_t i, char *buf, size_t len)
 {
   const struct config_device *cd =
-    config_find_device (pool_config (p), pool_meta (p)->devices[i].name);
+    pool_declared_device (p, pool_meta (p)->devices[i].name, false);
 
   if (cd && cd->uri)
     config_uri_host (cd->uri, buf, len);
@@ -307,6 +322,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     { NULL, 0, NULL, 0 },
   };
   struct meta *m = pool_meta (p);
+  struct config *fresh = NULL;
+  const struct config *yaml = pool_config (p);
   struct journal_replica_info ri[64];
   uint64_t last_index, *stale;
   size_t nri;
@@ -330,6 +347,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (err, "strata status: unexpected argument %s\n", argv[optind]);
     return 2;
   }
+  /* Devices declared but not members are listed from the YAML as it
+   * is now (one may have been declared since the pool was opened), or
+   * as it was if it cannot be read. */
+  if (config_parse_file (pool_config (p)->file, &fresh) == 0
+      && strcmp (fresh->name, m->name) == 0)
+    yaml = fresh;
   util_uuid_format (m->pool_uuid, u);
   nri = journal_info (pool_journal (p), ri, ARRAY_SIZE (ri));
   /* Before the meta lock: a commit applies entries under the journal's
@@ -343,6 +366,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   if (!(stale = count_stale (p))) {
     pthread_mutex_unlock (&m->lock);
     pool_walk_unlock (p);
+    config_free (fresh);
     fprintf (err, "strata status: out of memory\n");
     return 1;
   }
@@ -429,6 +453,14 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       }
       fputc ('}', out);
     }
+    fprintf (out, "],\"not_members\":[");
+    for (size_t i = 0, k = 0; i < yaml->ndevices; i++) {
+      const char *name = yaml->devices[i].name;
+      if (find_device (p, name, NULL) >= 0)
+        continue;
+      fprintf (out, "%s", k++ ? "," : "");
+      json_str (out, name);
+    }
     fprintf (out, "],\"jobs\":{");
     for (int k = 0; k < META_JOB_KINDS; k++)
       job_json (p, out, k);
@@ -436,6 +468,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     pthread_mutex_unlock (&m->lock);
     pool_walk_unlock (p);
     free (stale);
+    config_free (fresh);
     return 0;
   }
 
@@ -489,6 +522,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                "not read); 'strata rebuild' brings them up to date\n", "",
                stale[i]);
   }
+  for (size_t i = 0; i < yaml->ndevices; i++) {
+    const struct config_device *cd = &yaml->devices[i];
+    if (find_device (p, cd->name, NULL) < 0)
+      fprintf (out, "%-10s %s: declared, not a member; 'strata device add "
+               "%s' adds it\n", cd->name, config_device_where (cd), cd->name);
+  }
   fprintf (out, "\n%-16s %10s %10s %8s %-16s %s\n", "VOLUME", "SIZE",
            "ALLOCATED", "REPLICAS", "STRIPE", "HEALTH");
   if (m->nvolumes == 0)
@@ -511,6 +550,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   pthread_mutex_unlock (&m->lock);
   pool_walk_unlock (p);
   free (stale);
+  config_free (fresh);
   return 0;
 }
 
@@ -923,19 +963,6 @@ cmd_job (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
 }
 
 static int
-find_device (struct pool *p, const char *name, FILE *err)
-{
-  struct meta *m = pool_meta (p);
-
-  for (uint32_t i = 0; i < m->ndevices; i++)
-    if (strcmp (m->devices[i].name, name) == 0)
-      return i;
-  fprintf (err, "strata device: pool %s has no device named %s\n", m->name,
-           name);
-  return -1;
-}
-
-static int
 commit_state (struct pool *p, uint32_t dev, uint8_t state, FILE *err)
 {
   if (pool_device_set_state (p, dev, state) == -1) {
@@ -945,18 +972,23 @@ commit_state (struct pool *p, uint32_t dev, uint8_t state, FILE *err)
   return 0;
 }
 
-/* The options after NAME of device add|remove: those of rebuild but
- * --stop (a running device job is stopped with rebuild --stop). */
+/* The options of device add|remove|replace, from argv[FIRST] on: those
+ * of rebuild but --stop (a running device job is stopped with rebuild
+ * --stop), and --force where FORCE is not NULL. */
 static int
 parse_device_job (const struct admin_ctx *ctx, int argc, char **argv,
-                  struct job_args *a, FILE *err)
+                  int first, struct job_args *a, bool *force, FILE *err)
 {
   char *av[64];
   int ac = 0, r;
 
   av[ac++] = argv[0];
-  for (int i = 3; i < argc && ac < 63; i++)
-    av[ac++] = argv[i];
+  for (int i = first; i < argc && ac < 63; i++) {
+    if (force && strcmp (argv[i], "--force") == 0)
+      *force = true;
+    else
+      av[ac++] = argv[i];
+  }
   av[ac] = NULL;
   if ((r = parse_job (ctx, ac, av, a, err)) != 0)
     return r;
@@ -965,6 +997,32 @@ parse_device_job (const struct admin_ctx *ctx, int argc, char **argv,
              "rebuild --stop' stops the copying it started\n", argv[1]);
     return 2;
   }
+  return 0;
+}
+
+/* Add NAME, declared in the YAML but not a member, as a new device. */
+static int
+add_new_device (struct pool *p, const char *name, bool force, bool json,
+                FILE *out, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+  int dev;
+
+  if (pool_device_add (p, name, force, json ? NULL : out) == -1) {
+    fprintf (err, "strata device add: %s\n", strata_last_error ());
+    return 1;
+  }
+  dev = find_device (p, name, NULL);
+  if (json) {
+    fprintf (out, "{\"device\":");
+    json_str (out, name);
+    fprintf (out, ",\"added\":true,\"index\":%d,\"extents\":%" PRIu64
+             "}\n", dev, m->devices[dev].extent_count);
+  }
+  else
+    fprintf (out, "device %s added to pool %s: %" PRIu64 " free extents, "
+             "used for new chunks from now on\n", name, m->name,
+             m->devices[dev].extent_count);
   return 0;
 }
 
@@ -979,15 +1037,17 @@ device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
   const char *name = argv[2];
   struct rebuild_opts o;
   struct job_args a;
-  bool back = false;
+  bool back = false, force = false;
   int dev, r;
 
-  if ((r = parse_device_job (ctx, argc, argv, &a, err)) != 0)
+  if ((r = parse_device_job (ctx, argc, argv, 3, &a, &force, err)) != 0)
     return r;
-  if ((dev = find_device (p, name, err)) < 0) {
-    fprintf (err, "strata device add: adding new devices to a pool is not "
-             "supported in this version\n");
-    return 1;
+  if ((dev = find_device (p, name, NULL)) < 0)
+    return add_new_device (p, name, force, a.json, out, err);
+  if (force) {
+    fprintf (err, "strata device add: device %s is a member of pool %s: "
+             "--force is for a new device only\n", name, m->name);
+    return 2;
   }
   if (m->devices[dev].state == META_DEV_FAILED
       || m->devices[dev].state == META_DEV_REMOVED || !pool_device (p, dev)) {
@@ -1016,8 +1076,113 @@ device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
   return r;
 }
 
-/* device add|fail|remove NAME.  Called with verb_lock held; add and
- * remove drop it while they move data. */
+/* Move every copy off device DEV (draining it: no new copies there
+ * meanwhile), onto PREFER where it fits, then mark DEV removed.  Called
+ * with verb_lock dropped.  Returns 0, or 1 with a message. */
+static int
+drain (struct pool *p, const char *verb, uint32_t dev, int32_t prefer,
+       const struct job_args *a, FILE *out, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+  struct rebuild_opts o = { .json = a->json, .bar = a->bar, .rate = a->rate,
+                            .drain = dev, .prefer = prefer, .resync = -1 };
+  int r;
+
+  alloc_set_usable (pool_alloc (p), dev, false);
+  r = rebuild_run (p, &o, out, err);
+  if (r != 0) {
+    if (pool_device_usable (p, dev))
+      alloc_set_usable (pool_alloc (p), dev, true);
+    if (r == -1)
+      fprintf (err, "strata device %s: %s\n", verb, strata_last_error ());
+    else
+      fprintf (err, "strata device %s: device %s was not removed: some of "
+               "its copies have nowhere to go without losing redundancy "
+               "(see above); the copies moved so far stay moved\n", verb,
+               m->devices[dev].name);
+    return 1;
+  }
+  return commit_state (p, dev, META_DEV_REMOVED, err);
+}
+
+/* Refuse to drain a device that holds a metadata replica. */
+static bool
+holds_metadata (struct pool *p, uint32_t dev, const char *verb, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+
+  if (!(m->devices[dev].flags & FORMAT_SB_META))
+    return false;
+  fprintf (err, "strata device %s: device %s holds a metadata replica; "
+           "moving metadata replicas is not supported yet (mark it failed "
+           "instead: the others carry the journal while they are a "
+           "majority)\n", verb, m->devices[dev].name);
+  return true;
+}
+
+/* device replace OLD NEW: NEW (a new device declared in the YAML, added
+ * here, or an up member) takes every copy OLD holds, read from OLD
+ * while it is usable or from the other copies; then OLD is removed.
+ * Called with verb_lock held; dropped while data is copied. */
+static int
+device_replace (struct pool *p, const struct admin_ctx *ctx, int argc,
+                char **argv, FILE *out, FILE *err, bool *unlocked)
+{
+  struct meta *m = pool_meta (p);
+  struct job_args a;
+  bool force = false;
+  int old, new, r;
+
+  if (argc < 4 || argv[3][0] == '-') {
+    fprintf (err, "usage: strata device replace CONFIG OLD NEW [--force] "
+             "[--rate MB/s] [--json] [--progress]\n");
+    return 2;
+  }
+  if ((r = parse_device_job (ctx, argc, argv, 4, &a, &force, err)) != 0)
+    return r;
+  if ((old = find_device (p, argv[2], err)) < 0)
+    return 1;
+  if (m->devices[old].state == META_DEV_REMOVED) {
+    fprintf (err, "strata device replace: device %s is removed already\n",
+             m->devices[old].name);
+    return 1;
+  }
+  if (holds_metadata (p, old, "replace", err))
+    return 1;
+  if (strcmp (argv[2], argv[3]) == 0) {
+    fprintf (err, "strata device replace: %s cannot replace itself\n",
+             argv[2]);
+    return 2;
+  }
+  if ((new = find_device (p, argv[3], NULL)) < 0) {
+    if ((r = add_new_device (p, argv[3], force, a.json, out, err)) != 0)
+      return r;
+    new = find_device (p, argv[3], err);
+  }
+  else if (force) {
+    fprintf (err, "strata device replace: device %s is a member of pool %s: "
+             "--force is for a new device only\n", argv[3], m->name);
+    return 2;
+  }
+  else if (!pool_device_usable (p, new)) {
+    fprintf (err, "strata device replace: device %s is %s: it cannot take "
+             "copies\n", argv[3], meta_dev_state_name (m->devices[new].state));
+    return 1;
+  }
+  *unlocked = true;
+  pthread_mutex_unlock (&verb_lock);
+  if ((r = drain (p, "replace", old, new, &a, out, err)) != 0)
+    return r;
+  if (!a.json)
+    fprintf (out, "device %s replaced by %s in pool %s: it holds no copies "
+             "now, is marked removed and can be taken out of %s\n",
+             m->devices[old].name, m->devices[new].name, m->name,
+             pool_config (p)->file);
+  return 0;
+}
+
+/* device add|fail|remove|replace.  Called with verb_lock held; add,
+ * remove and replace drop it while they move data. */
 static int
 cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
             char **argv, FILE *out, FILE *err, bool *unlocked)
@@ -1029,12 +1194,15 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
 
   if (argc < 3) {
     fprintf (err, "usage: strata device add|fail|remove CONFIG NAME "
+             "[options]\n       strata device replace CONFIG OLD NEW "
              "[options]\n");
     return 2;
   }
   sub = argv[1];
   if (strcmp (sub, "add") == 0)
     return device_add (p, ctx, argc, argv, out, err, unlocked);
+  if (strcmp (sub, "replace") == 0)
+    return device_replace (p, ctx, argc, argv, out, err, unlocked);
   if ((dev = find_device (p, argv[2], err)) < 0)
     return 1;
   if (strcmp (sub, "fail") == 0) {
@@ -1058,49 +1226,27 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
     return 0;
   }
   if (strcmp (sub, "remove") == 0) {
-    struct rebuild_opts o;
-    if ((r = parse_device_job (ctx, argc, argv, &a, err)) != 0)
+    if ((r = parse_device_job (ctx, argc, argv, 3, &a, NULL, err)) != 0)
       return r;
     if (m->devices[dev].state == META_DEV_REMOVED) {
       fprintf (err, "strata device remove: device %s is removed already\n",
                m->devices[dev].name);
       return 1;
     }
-    if (m->devices[dev].flags & FORMAT_SB_META) {
-      fprintf (err, "strata device remove: device %s holds a metadata "
-               "replica; moving metadata replicas is not supported yet "
-               "(mark it failed instead: the others carry the journal while "
-               "they are a majority)\n", m->devices[dev].name);
+    if (holds_metadata (p, dev, "remove", err))
       return 1;
-    }
     *unlocked = true;
     pthread_mutex_unlock (&verb_lock);
     /* Drain: no new copies there, every copy moved off, then removed. */
-    alloc_set_usable (pool_alloc (p), dev, false);
-    o = (struct rebuild_opts) { .json = a.json, .bar = a.bar, .rate = a.rate,
-                                .drain = dev, .prefer = -1, .resync = -1 };
-    r = rebuild_run (p, &o, out, err);
-    if (r != 0) {
-      if (pool_device_usable (p, dev))
-        alloc_set_usable (pool_alloc (p), dev, true);
-      if (r == -1)
-        fprintf (err, "strata device remove: %s\n", strata_last_error ());
-      else
-        fprintf (err, "strata device remove: device %s was not removed: some "
-                 "of its copies have nowhere to go without losing redundancy "
-                 "(see above); the copies moved so far stay moved\n",
-                 m->devices[dev].name);
-      return 1;
-    }
-    if (commit_state (p, dev, META_DEV_REMOVED, err))
-      return 1;
+    if ((r = drain (p, "remove", dev, -1, &a, out, err)) != 0)
+      return r;
     fprintf (out, "device %s removed from pool %s; it holds no copies now "
              "and can be taken out of %s\n", m->devices[dev].name, m->name,
              pool_config (p)->file);
     return 0;
   }
-  fprintf (err, "strata device: unknown subcommand \"%s\" (fail, remove)\n",
-           sub);
+  fprintf (err, "strata device: unknown subcommand \"%s\" (add, fail, "
+           "remove, replace)\n", sub);
   return 2;
 }
 

@@ -28,8 +28,8 @@ struct adev {
 
 struct alloc {
   pthread_mutex_t lock;		/* protects everything below */
-  struct adev *d;
-  uint32_t n;
+  struct adev *d;		/* [META_MAX_DEVICES] */
+  uint32_t n;			/* devices in use */
   uint64_t rng;
 };
 
@@ -43,12 +43,26 @@ rng_next (struct alloc *a)
   return a->rng * 0x2545F4914F6CDD1Dull;
 }
 
+static int
+init_dev (struct adev *d, const struct meta_device *md)
+{
+  d->count = md->extent_count;
+  d->nfree = d->count;
+  d->usable = md->state == META_DEV_UP;
+  memcpy (d->class, md->class, sizeof d->class);
+  memcpy (d->domain, md->domain, sizeof d->domain);
+  d->bitmap = calloc (div_round_up (d->count, 64) + 1, sizeof (uint64_t));
+  if (!d->bitmap)
+    return strata_error (ENOMEM, "out of memory");
+  return 0;
+}
+
 struct alloc *
 alloc_new (const struct meta *m, uint64_t seed)
 {
   struct alloc *a = calloc (1, sizeof *a);
 
-  if (!a || !(a->d = calloc (m->ndevices, sizeof *a->d))) {
+  if (!a || !(a->d = calloc (META_MAX_DEVICES, sizeof *a->d))) {
     free (a);
     strata_error (ENOMEM, "out of memory");
     return NULL;
@@ -58,21 +72,26 @@ alloc_new (const struct meta *m, uint64_t seed)
   if (seed == 0 && util_random (&seed, sizeof seed) == -1)
     seed = 0x9e3779b97f4a7c15ull;
   a->rng = seed ? seed : 1;
-  for (uint32_t i = 0; i < a->n; i++) {
-    struct adev *d = &a->d[i];
-    d->count = m->devices[i].extent_count;
-    d->nfree = d->count;
-    d->usable = m->devices[i].state == META_DEV_UP;
-    memcpy (d->class, m->devices[i].class, sizeof d->class);
-    memcpy (d->domain, m->devices[i].domain, sizeof d->domain);
-    d->bitmap = calloc (div_round_up (d->count, 64) + 1, sizeof (uint64_t));
-    if (!d->bitmap) {
+  for (uint32_t i = 0; i < a->n; i++)
+    if (init_dev (&a->d[i], &m->devices[i]) == -1) {
       alloc_free (a);
-      strata_error (ENOMEM, "out of memory");
       return NULL;
     }
-  }
   return a;
+}
+
+int
+alloc_add_device (struct alloc *a, uint32_t dev, const struct meta_device *md)
+{
+  int r = -1;
+
+  pthread_mutex_lock (&a->lock);
+  if (dev != a->n || dev >= META_MAX_DEVICES)
+    strata_error (EINVAL, "device %u is not the next device", dev);
+  else if ((r = init_dev (&a->d[dev], md)) == 0)
+    a->n = dev + 1;
+  pthread_mutex_unlock (&a->lock);
+  return r;
 }
 
 void
@@ -98,11 +117,13 @@ alloc_mark_used (struct alloc *a, struct meta_extent e)
 {
   struct adev *d;
 
-  if (e.dev >= a->n || e.ext >= a->d[e.dev].count)
+  pthread_mutex_lock (&a->lock);
+  if (e.dev >= a->n || e.ext >= a->d[e.dev].count) {
+    pthread_mutex_unlock (&a->lock);
     return strata_error (EBADMSG, "extent %u of device %u is out of range",
                          e.ext, e.dev);
+  }
   d = &a->d[e.dev];
-  pthread_mutex_lock (&a->lock);
   if (test_bit (d->bitmap, e.ext)) {
     pthread_mutex_unlock (&a->lock);
     return strata_error (EBADMSG, "extent %u of device %u is used twice",
@@ -246,8 +267,8 @@ alloc_chunk (struct alloc *a, uint32_t width, uint32_t replicas,
   uint32_t *cand;
   size_t done = 0;
 
-  use = calloc (a->n, sizeof *use);
-  cand = calloc (a->n, sizeof *cand);
+  use = calloc (META_MAX_DEVICES, sizeof *use);
+  cand = calloc (META_MAX_DEVICES, sizeof *cand);
   if (!use || !cand) {
     free (use);
     free (cand);
@@ -282,7 +303,7 @@ alloc_replica (struct alloc *a, const char *class,
                const struct meta_extent *keep, uint32_t nkeep,
                int32_t prefer, struct meta_extent *out)
 {
-  uint32_t *cand = calloc (a->n, sizeof *cand);
+  uint32_t *cand = calloc (META_MAX_DEVICES, sizeof *cand);
   int r;
 
   if (!cand)

@@ -26,6 +26,12 @@ struct alloc;
 struct alloc *alloc_new (const struct meta *m, uint64_t seed);
 void alloc_free (struct alloc *a);
 
+/* A device added to the pool (DEV_ADD committed): DEV must be the next
+ * index.  Its extents are free; it is usable if MD's state is up.
+ * Returns 0, or -1 (ENOMEM, EINVAL). */
+int alloc_add_device (struct alloc *a, uint32_t dev,
+                      const struct meta_device *md);
+
 /* Mark one extent used (building from state).  -1 with EBADMSG if it
  * is out of range or already used. */
 int alloc_mark_used (struct alloc *a, struct meta_extent e);

@@ -26,7 +26,8 @@ meta_new (void)
 {
   struct meta *m = calloc (1, sizeof *m);
 
-  if (!m) {
+  if (!m || !(m->devices = calloc (META_MAX_DEVICES, sizeof *m->devices))) {
+    free (m);
     strata_error (ENOMEM, "out of memory");
     return NULL;
   }
@@ -133,11 +134,10 @@ meta_clear (struct meta *m)
   for (size_t i = 0; i < m->nvolumes; i++)
     volume_free (m->volumes[i]);
   free (m->volumes);
-  free (m->devices);
   m->volumes = NULL;
   m->nvolumes = 0;
-  m->devices = NULL;
   m->ndevices = 0;
+  memset (m->devices, 0, META_MAX_DEVICES * sizeof *m->devices);
   memset (m->jobs, 0, sizeof m->jobs);
 }
 
@@ -148,6 +148,7 @@ meta_free (struct meta *m)
     return;
   meta_clear (m);
   pthread_mutex_destroy (&m->lock);
+  free (m->devices);
   free (m);
 }
 
@@ -357,6 +358,40 @@ resize_volume (struct meta_volume *v, uint64_t size)
     v->retired[v->nretired++] = old;
   }
   v->size = size;
+  return 0;
+}
+
+/* One device of the table, as checkpoints and DEV_ADD entries hold it. */
+static void
+put_device (struct fbuf *out, const struct meta_device *d)
+{
+  fbuf_put_str (out, d->name);
+  fbuf_put_bytes (out, d->uuid, 16);
+  fbuf_put_u64 (out, d->size);
+  fbuf_put_u64 (out, d->data_offset);
+  fbuf_put_u64 (out, d->csum_offset);
+  fbuf_put_u64 (out, d->extent_count);
+  fbuf_put_str (out, d->class);
+  fbuf_put_str (out, d->domain);
+  fbuf_put_u32 (out, d->flags);
+  fbuf_put_u8 (out, d->state);
+}
+
+static int
+get_device (struct fbuf *b, struct meta_device *d)
+{
+  fbuf_get_str (b, d->name, sizeof d->name);
+  fbuf_get_bytes (b, d->uuid, 16);
+  d->size = fbuf_get_u64 (b);
+  d->data_offset = fbuf_get_u64 (b);
+  d->csum_offset = fbuf_get_u64 (b);
+  d->extent_count = fbuf_get_u64 (b);
+  fbuf_get_str (b, d->class, sizeof d->class);
+  fbuf_get_str (b, d->domain, sizeof d->domain);
+  d->flags = fbuf_get_u32 (b);
+  d->state = fbuf_get_u8 (b);
+  if (b->bad || d->extent_count > UINT32_MAX || d->state > META_DEV_REMOVED)
+    return -1;
   return 0;
 }
 
@@ -593,6 +628,27 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       return 0;
     }
 
+    case META_E_DEV_ADD: {
+      uint32_t idx = fbuf_get_u32 (&b), n = m->ndevices;
+      struct meta_device d;
+
+      memset (&d, 0, sizeof d);
+      if (b.bad || idx != n || n >= META_MAX_DEVICES
+          || get_device (&b, &d) == -1 || d.extent_count == 0)
+        return strata_error (EBADMSG, "malformed device-add entry");
+      for (uint32_t i = 0; i < n; i++)
+        if (strcmp (m->devices[i].name, d.name) == 0
+            || memcmp (m->devices[i].uuid, d.uuid, 16) == 0)
+          return strata_error (EBADMSG, "device-add entry: device %s is in "
+                               "the pool already", d.name);
+      /* Fill the entry, then publish it (see meta.h). */
+      pthread_mutex_lock (&m->lock);
+      m->devices[n] = d;
+      atomic_store_explicit (&m->ndevices, n + 1, memory_order_release);
+      pthread_mutex_unlock (&m->lock);
+      return 0;
+    }
+
     case META_E_DEV_STATE: {
       uint32_t dev = fbuf_get_u32 (&b);
       uint8_t st = fbuf_get_u8 (&b);
@@ -658,6 +714,14 @@ meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state)
 {
   fbuf_put_u32 (out, dev);
   fbuf_put_u8 (out, state);
+}
+
+void
+meta_entry_dev_add (struct fbuf *out, uint32_t index,
+                    const struct meta_device *d)
+{
+  fbuf_put_u32 (out, index);
+  put_device (out, d);
 }
 
 void
@@ -773,20 +837,11 @@ meta_snapshot (struct meta *m, struct fbuf *out)
   fbuf_put_str (out, m->name);
   fbuf_put_u64 (out, m->extent_size);
   fbuf_put_u32 (out, m->next_vol_id);
-  fbuf_put_u32 (out, m->ndevices);
-  for (uint32_t i = 0; i < m->ndevices; i++) {
-    struct meta_device *d = &m->devices[i];
-    fbuf_put_str (out, d->name);
-    fbuf_put_bytes (out, d->uuid, 16);
-    fbuf_put_u64 (out, d->size);
-    fbuf_put_u64 (out, d->data_offset);
-    fbuf_put_u64 (out, d->csum_offset);
-    fbuf_put_u64 (out, d->extent_count);
-    fbuf_put_str (out, d->class);
-    fbuf_put_str (out, d->domain);
-    fbuf_put_u32 (out, d->flags);
-    fbuf_put_u8 (out, d->state);
-  }
+  uint32_t ndev = m->ndevices;
+
+  fbuf_put_u32 (out, ndev);
+  for (uint32_t i = 0; i < ndev; i++)
+    put_device (out, &m->devices[i]);
   fbuf_put_u32 (out, m->nvolumes);
   for (size_t i = 0; i < m->nvolumes; i++) {
     struct meta_volume *v = m->volumes[i];
@@ -838,7 +893,7 @@ int
 meta_load (struct meta *m, const void *data, size_t len)
 {
   struct fbuf b;
-  uint32_t nvol;
+  uint32_t nvol, ndev;
 
   meta_clear (m);
   fbuf_init_read (&b, data, len);
@@ -848,28 +903,14 @@ meta_load (struct meta *m, const void *data, size_t len)
   fbuf_get_str (&b, m->name, sizeof m->name);
   m->extent_size = fbuf_get_u64 (&b);
   m->next_vol_id = fbuf_get_u32 (&b);
-  m->ndevices = fbuf_get_u32 (&b);
-  if (b.bad || m->ndevices == 0 || m->ndevices > 1024
+  ndev = fbuf_get_u32 (&b);
+  if (b.bad || ndev == 0 || ndev > META_MAX_DEVICES
       || !is_power_of_2 (m->extent_size) || m->extent_size < STRATA_BLOCK)
     goto bad;
-  m->devices = calloc (m->ndevices, sizeof *m->devices);
-  if (!m->devices)
-    return strata_error (ENOMEM, "out of memory");
-  for (uint32_t i = 0; i < m->ndevices; i++) {
-    struct meta_device *d = &m->devices[i];
-    fbuf_get_str (&b, d->name, sizeof d->name);
-    fbuf_get_bytes (&b, d->uuid, 16);
-    d->size = fbuf_get_u64 (&b);
-    d->data_offset = fbuf_get_u64 (&b);
-    d->csum_offset = fbuf_get_u64 (&b);
-    d->extent_count = fbuf_get_u64 (&b);
-    fbuf_get_str (&b, d->class, sizeof d->class);
-    fbuf_get_str (&b, d->domain, sizeof d->domain);
-    d->flags = fbuf_get_u32 (&b);
-    d->state = fbuf_get_u8 (&b);
-    if (b.bad || d->extent_count > UINT32_MAX || d->state > META_DEV_REMOVED)
+  for (uint32_t i = 0; i < ndev; i++)
+    if (get_device (&b, &m->devices[i]) == -1)
       goto bad;
-  }
+  m->ndevices = ndev;
   nvol = fbuf_get_u32 (&b);
   if (b.bad || nvol > 65536)
     goto bad;

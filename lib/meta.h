@@ -36,7 +36,13 @@ enum meta_entry_type {
   META_E_EXT_REPLACE = 9,	/* one copy of a column moved (rebuild) */
   META_E_JOB = 10,		/* scrub or rebuild progress */
   META_E_STALE = 11,		/* copies that missed writes, or caught up */
+  META_E_DEV_ADD = 12,		/* a new member (strata device add) */
 };
+
+/* The device table has room for this many devices from the start, so
+ * that a device added while the pool is served never moves the entries
+ * lock-free readers look at (config.c allows no more). */
+#define META_MAX_DEVICES 1024
 
 enum meta_dev_state { META_DEV_UP = 0, META_DEV_DEGRADED = 1,
                       META_DEV_FAILED = 2, META_DEV_REMOVED = 3 };
@@ -156,8 +162,11 @@ struct meta {
   char name[FORMAT_NAME_MAX];
   uint64_t extent_size;
   uint32_t next_vol_id;
+  /* [META_MAX_DEVICES]; entries below ndevices are in use.  A DEV_ADD
+   * fills the next entry before it raises ndevices, so a reader that
+   * loads ndevices sees whole entries below it. */
   struct meta_device *devices;
-  uint32_t ndevices;
+  _Atomic uint32_t ndevices;
   struct meta_volume **volumes;
   size_t nvolumes;
   struct meta_job jobs[META_JOB_KINDS];	/* protected by lock */
@@ -189,6 +198,10 @@ void meta_entry_chunk_alloc (struct fbuf *out, uint32_t vol, uint64_t chunk,
                              uint32_t n, const struct meta_extent *ext);
 void meta_entry_chunk_free (struct fbuf *out, uint32_t vol, uint64_t chunk);
 void meta_entry_dev_state (struct fbuf *out, uint32_t dev, uint8_t state);
+/* A DEV_ADD entry: D becomes device INDEX, which must be the next one
+ * (meta->ndevices when applied); its name must be new to the pool. */
+void meta_entry_dev_add (struct fbuf *out, uint32_t index,
+                         const struct meta_device *d);
 /* A COL_STATE entry of N items: columns MASK[i] of chunk CHUNK[i] of
  * volume VOL[i] become dirty (DIRTY) or clean. */
 struct meta_col_item {

@@ -37,7 +37,10 @@ struct pool {
   bool writable;
   uint8_t uuid[16];
   uint64_t extent_size;
-  uint32_t ndevs;		/* from the metadata */
+  /* Per-device arrays below have room for META_MAX_DEVICES, so that
+   * pool_device_add() never moves them under lock-free readers; it
+   * fills a device's entries before it raises ndevs. */
+  _Atomic uint32_t ndevs;	/* from the metadata */
   struct device **devs;		/* [ndevs], NULL where missing */
   char (*problem)[200];		/* [ndevs], why a device is missing */
   struct device **opened;	/* every device opened, for closing */
@@ -60,6 +63,15 @@ struct pool {
   /* Long jobs running in this process (job.h), per enum meta_job_kind. */
   _Atomic bool job_running[META_JOB_KINDS];
   _Atomic bool job_cancel[META_JOB_KINDS];
+  /* Buffer alignment the devices need for reads and writes (device.h),
+   * the largest over the devices; grows when a device is added. */
+  _Atomic size_t mem_align[2];
+  /* The YAML read again by pool_device_add() for a device declared
+   * after the pool was opened; kept for the device's declaration. */
+  struct config **reloaded;
+  size_t nreloaded;
+  uint32_t meta_replicas;	/* from the superblocks */
+  pthread_mutex_t add_lock;	/* serialises pool_device_add() */
 };
 
 /* Device open flags for the io: setting of CD. */
@@ -263,11 +275,6 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   snprintf (m->name, sizeof m->name, "%s", cfg->name);
   m->extent_size = cfg->extent_size;
   m->ndevices = n;
-  m->devices = calloc (n, sizeof *m->devices);
-  if (!m->devices) {
-    strata_error (ENOMEM, "out of memory");
-    goto out;
-  }
   for (size_t i = 0; i < n; i++) {
     const struct config_device *cd = &cfg->devices[i];
     struct format_sb *sb = &sbs[i];
@@ -360,6 +367,17 @@ pool_init (const struct config *cfg, bool force, FILE *log)
 
 /* ---- open ---- */
 
+/* Raise the pool's buffer alignment to what D needs. */
+static void
+note_align (struct pool *p, struct device *d)
+{
+  for (int op = DEV_READ; op <= DEV_WRITE; op++) {
+    size_t a = device_mem_align (d, op);
+    if (a > atomic_load (&p->mem_align[op]))
+      atomic_store (&p->mem_align[op], a);
+  }
+}
+
 /* One process at a time: local devices are flock'ed, but remote members
  * cannot be, so a lock file beside the control socket stands for the
  * pool.  A pool of local devices only goes on without it when the file
@@ -397,7 +415,7 @@ pool_open (const struct config *cfg, unsigned flags)
   char (*openerr)[200] = calloc (n, sizeof *openerr);
   struct journal_member members[64];
   uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
-  size_t nmembers = 0, ref = SIZE_MAX;
+  size_t nmembers = 0, ref = SIZE_MAX, nosb = SIZE_MAX;
   uint32_t meta_replicas = 0;
 
   if (p)
@@ -410,6 +428,7 @@ pool_open (const struct config *cfg, unsigned flags)
   pthread_mutex_init (&p->admin_lock, NULL);
   pthread_mutex_init (&p->fail_lock, NULL);
   pthread_mutex_init (&p->walk_lock, NULL);
+  pthread_mutex_init (&p->add_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
   if (cfg->cache_mode != CONFIG_CACHE_NONE) {
@@ -450,13 +469,18 @@ pool_open (const struct config *cfg, unsigned flags)
       continue;
     }
     if (format_sb_decode (buf, &sbs[i]) == -1) {
-      if (errno == EINVAL)
-        strata_error (EINVAL, "device %s (%s) holds no strata superblock: it "
-                      "is not part of pool %s (was the pool initialised with "
-                      "strata init?)", cd->name, config_device_where (cd), cfg->name);
-      else
+      if (errno != EINVAL) {
         strata_error_prefix ("device %s (%s)", cd->name, config_device_where (cd));
-      goto fail;
+        goto fail;
+      }
+      /* Not formatted: a device declared to be added (strata device add),
+       * unless no device of the pool is formatted.  A member by that
+       * name is missing (its disk was wiped or swapped). */
+      if (nosb == SIZE_MAX)
+        nosb = i;
+      snprintf (openerr[i], sizeof openerr[i], "%s holds no strata "
+                "superblock (wiped, or another disk?)", config_device_where (cd));
+      continue;
     }
     if (ref == SIZE_MAX)
       ref = i;
@@ -465,12 +489,6 @@ pool_open (const struct config *cfg, unsigned flags)
       strata_error (EINVAL, "device %s (%s) belongs to pool \"%s\", not to "
                     "pool \"%s\"", cd->name, config_device_where (cd), sbs[i].pool_name,
                     ref != i ? sbs[ref].pool_name : cfg->name);
-      goto fail;
-    }
-    if (strcmp (sbs[i].dev_name, cd->name) != 0) {
-      strata_error (EINVAL, "%s:%d: device %s: %s is the pool's device \"%s\"; "
-                    "the YAML has the names mixed up", cfg->file, cd->line,
-                    cd->name, config_device_where (cd), sbs[i].dev_name);
       goto fail;
     }
     have_sb[i] = true;
@@ -486,6 +504,13 @@ pool_open (const struct config *cfg, unsigned flags)
     }
     meta_replicas = MAX (meta_replicas, sbs[i].meta_replicas);
   }
+  if (ref == SIZE_MAX && nosb != SIZE_MAX) {
+    const struct config_device *cd = &cfg->devices[nosb];
+    strata_error (EINVAL, "device %s (%s) holds no strata superblock: it "
+                  "is not part of pool %s (was the pool initialised with "
+                  "strata init?)", cd->name, config_device_where (cd), cfg->name);
+    goto fail;
+  }
   if (ref == SIZE_MAX) {
     strata_error (ENOENT, "pool %s: none of its %zu devices can be opened "
                   "(first: %s)", cfg->name, n, openerr[0]);
@@ -493,6 +518,7 @@ pool_open (const struct config *cfg, unsigned flags)
   }
   memcpy (p->uuid, sbs[ref].pool_uuid, 16);
   p->extent_size = sbs[ref].extent_size;
+  p->meta_replicas = meta_replicas;
   if (cfg->extent_size != p->extent_size) {
     strata_error (EINVAL, "%s: pool.extent_size is %" PRIu64 " bytes but "
                   "pool %s was created with %" PRIu64, cfg->file,
@@ -520,13 +546,13 @@ pool_open (const struct config *cfg, unsigned flags)
 
   /* Map the metadata's devices to what was opened. */
   p->ndevs = p->meta->ndevices;
-  p->devs = calloc (p->ndevs, sizeof *p->devs);
-  p->problem = calloc (p->ndevs, sizeof *p->problem);
-  p->dirty = calloc (p->ndevs, sizeof *p->dirty);
-  p->failed = calloc (p->ndevs, sizeof *p->failed);
-  p->read_errors = calloc (p->ndevs, sizeof *p->read_errors);
-  p->csum_errors = calloc (p->ndevs, sizeof *p->csum_errors);
-  p->repairs = calloc (p->ndevs, sizeof *p->repairs);
+  p->devs = calloc (META_MAX_DEVICES, sizeof *p->devs);
+  p->problem = calloc (META_MAX_DEVICES, sizeof *p->problem);
+  p->dirty = calloc (META_MAX_DEVICES, sizeof *p->dirty);
+  p->failed = calloc (META_MAX_DEVICES, sizeof *p->failed);
+  p->read_errors = calloc (META_MAX_DEVICES, sizeof *p->read_errors);
+  p->csum_errors = calloc (META_MAX_DEVICES, sizeof *p->csum_errors);
+  p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
   if (!p->devs || !p->problem || !p->dirty || !p->failed || !p->read_errors
       || !p->csum_errors || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
@@ -547,10 +573,24 @@ pool_open (const struct config *cfg, unsigned flags)
       continue;
     }
     k = sb->dev_index;
-    if (k >= p->ndevs || memcmp (p->meta->devices[k].uuid, sb->dev_uuid, 16)) {
-      strata_error (EINVAL, "device %s (%s) is not a member of pool %s "
-                    "according to its metadata", cd->name, config_device_where (cd),
-                    cfg->name);
+    if (k >= p->ndevs || memcmp (p->meta->devices[k].uuid, sb->dev_uuid, 16)
+        || (strcmp (sb->dev_name, cd->name) != 0
+            && p->meta->devices[k].state == META_DEV_REMOVED)) {
+      /* Formatted for this pool but not (or no longer) a member: a
+       * device add that stopped before its commit, or a removed member
+       * declared as a new device.  strata device add decides.  A member
+       * by that name is missing. */
+      for (k = 0; k < p->ndevs; k++)
+        if (strcmp (p->meta->devices[k].name, cd->name) == 0)
+          snprintf (p->problem[k], sizeof p->problem[0], "%s holds a "
+                    "superblock of this pool that is not this member's",
+                    config_device_where (cd));
+      continue;
+    }
+    if (strcmp (sb->dev_name, cd->name) != 0) {
+      strata_error (EINVAL, "%s:%d: device %s: %s is the pool's device \"%s\"; "
+                    "the YAML has the names mixed up", cfg->file, cd->line,
+                    cd->name, config_device_where (cd), sb->dev_name);
       goto fail;
     }
     for (size_t q = 0; q < p->nopened; q++)
@@ -562,11 +602,14 @@ pool_open (const struct config *cfg, unsigned flags)
   p->alloc = alloc_new (p->meta, 0);
   if (!p->alloc || alloc_load (p->alloc, p->meta) == -1)
     goto fail;
+  p->mem_align[DEV_READ] = p->mem_align[DEV_WRITE] = 1;
   for (uint32_t i = 0; i < p->ndevs; i++) {
     uint8_t st = p->meta->devices[i].state;
     p->failed[i] = st == META_DEV_FAILED || st == META_DEV_REMOVED;
     if (!p->devs[i] || p->failed[i])
       alloc_set_usable (p->alloc, i, false);
+    if (p->devs[i])
+      note_align (p, p->devs[i]);
   }
   /* After an unclean stop, make the replicas of every dirty column agree
    * before anything reads them. */
@@ -623,7 +666,11 @@ pool_close (struct pool *p)
   free (p->read_errors);
   free (p->csum_errors);
   free (p->repairs);
+  for (size_t i = 0; i < p->nreloaded; i++)
+    config_free (p->reloaded[i]);
+  free (p->reloaded);
   pthread_mutex_destroy (&p->walk_lock);
+  pthread_mutex_destroy (&p->add_lock);
   pthread_mutex_destroy (&p->admin_lock);
   pthread_mutex_destroy (&p->fail_lock);
   free (p);
@@ -722,7 +769,7 @@ static struct device *
 member_open (struct pool *p, uint32_t i)
 {
   const struct meta_device *md = &p->meta->devices[i];
-  const struct config_device *cd = config_find_device (p->cfg, md->name);
+  const struct config_device *cd = pool_declared_device (p, md->name, false);
   struct device *d = p->devs[i];
   uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
   struct format_sb sb;
@@ -824,6 +871,7 @@ pool_device_return (struct pool *p, uint32_t i)
   /* Lock-free readers look at the device pointer only once it is
    * usable. */
   p->devs[i] = d;
+  note_align (p, d);
   atomic_store (&p->read_errors[i], 0);
   p->problem[i][0] = '\0';
   atomic_store_explicit (&p->failed[i], false, memory_order_release);
@@ -833,6 +881,283 @@ pool_device_return (struct pool *p, uint32_t i)
   r = 0;
  out:
   pthread_mutex_unlock (&p->fail_lock);
+  return r;
+}
+
+size_t
+pool_mem_align (struct pool *p, enum dev_op op)
+{
+  return atomic_load_explicit (&p->mem_align[op == DEV_READ ? DEV_READ
+                                             : DEV_WRITE],
+                               memory_order_relaxed);
+}
+
+const struct config_device *
+pool_declared_device (struct pool *p, const char *name, bool reload)
+{
+  const struct config_device *cd = config_find_device (p->cfg, name);
+  struct config *c, **grown;
+
+  for (size_t i = 0; !cd && i < p->nreloaded; i++)
+    cd = config_find_device (p->reloaded[i], name);
+  if (cd || !reload)
+    return cd;
+  /* Declared since the pool was opened?  Read the YAML again. */
+  if (config_parse_file (p->cfg->file, &c) == -1) {
+    strata_error_prefix ("reading %s again for device %s", p->cfg->file,
+                         name);
+    return NULL;
+  }
+  if (strcmp (c->name, p->cfg->name) != 0) {
+    strata_error (EINVAL, "%s now declares pool \"%s\", not pool \"%s\" that "
+                  "is open", c->file, c->name, p->cfg->name);
+    config_free (c);
+    return NULL;
+  }
+  if (!(cd = config_find_device (c, name))) {
+    strata_error (ENOENT, "device %s is not declared in %s", name, c->file);
+    config_free (c);
+    return NULL;
+  }
+  grown = realloc (p->reloaded, (p->nreloaded + 1) * sizeof *grown);
+  if (!grown) {
+    config_free (c);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  p->reloaded = grown;
+  p->reloaded[p->nreloaded++] = c;
+  return cd;
+}
+
+/* May a declared device that is not a member be formatted?  B holds
+ * its first LEN bytes.  0: yes (zeros, or a device add of this pool that
+ * stopped before its commit); 1: only with --force (other data, or a
+ * removed member of this pool), 2: never (a member of this pool under
+ * another name).  WHY says what it holds. */
+static int
+add_refusal (struct pool *p, const uint8_t *b, size_t len, char *why,
+             size_t whylen)
+{
+  struct format_sb sb;
+  const char *what;
+
+  if (format_sb_decode (b, &sb) == 0 && memcmp (sb.pool_uuid, p->uuid, 16) == 0) {
+    for (uint32_t k = 0; k < p->ndevs; k++) {
+      const struct meta_device *md = &p->meta->devices[k];
+      if (memcmp (md->uuid, sb.dev_uuid, 16) != 0)
+        continue;
+      if (md->state == META_DEV_REMOVED) {
+        snprintf (why, whylen, "it is device %s of pool %s, which was "
+                  "replaced and removed: its data is stale", md->name,
+                  p->cfg->name);
+        return 1;
+      }
+      snprintf (why, whylen, "it is device %s of pool %s, declared under "
+                "another name: correct the YAML", md->name, p->cfg->name);
+      return 2;
+    }
+    return 0;
+  }
+  if (!(what = identify (b, len, why, whylen)))
+    return 0;
+  if (what != why)
+    snprintf (why, whylen, "%s", what);
+  return 1;
+}
+
+int
+pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
+{
+  const struct config_device *cd;
+  struct device *d = NULL;
+  struct format_sb sb;
+  struct meta_device md;
+  struct fbuf e;
+  struct journal_item it;
+  uint8_t *buf = NULL;
+  uint32_t n;
+  bool opened = false, created = false;
+  char why[200];
+  int r = -1, refusal;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  fbuf_init_write (&e);
+  pthread_mutex_lock (&p->add_lock);
+  n = p->ndevs;
+  for (uint32_t k = 0; k < n; k++)
+    if (strcmp (p->meta->devices[k].name, name) == 0) {
+      strata_error (EEXIST, "device %s is a member of pool %s already", name,
+                    p->cfg->name);
+      goto out;
+    }
+  if (n >= META_MAX_DEVICES) {
+    strata_error (ENOSPC, "pool %s has %u devices, the most it can have",
+                  p->cfg->name, n);
+    goto out;
+  }
+  if (!(cd = pool_declared_device (p, name, true)))
+    goto out;
+  /* Never format a member: the same path or URI under a new name. */
+  for (size_t q = 0; q < p->nopened; q++) {
+    if (strcmp (device_path (p->opened[q]), config_device_where (cd)) != 0)
+      continue;
+    for (uint32_t k = 0; k < n; k++)
+      if (p->devs[k] == p->opened[q]) {
+        strata_error (EEXIST, "device %s (%s) is device %s of pool %s "
+                      "already", name, config_device_where (cd),
+                      p->meta->devices[k].name, p->cfg->name);
+        goto out;
+      }
+    d = p->opened[q];		/* declared, opened at pool open */
+  }
+  if (!d) {
+    struct device **o = realloc (p->opened, (p->nopened + 1) * sizeof *o);
+    if (!o) {
+      strata_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    p->opened = o;
+    if (cd->uri)
+      d = device_open_nbd (cd->uri, 0);
+    else {
+      if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
+        if (cd->size == 0) {
+          strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
+                        "size: to create it as a sparse file", p->cfg->file,
+                        cd->line, cd->name, cd->path);
+          goto out;
+        }
+        created = true;
+      }
+      d = device_open_local (cd->path, (created ? DEVICE_CREATE : 0)
+                             | io_flags (cd), cd->size);
+    }
+    if (!d) {
+      strata_error_prefix ("device %s", name);
+      goto out;
+    }
+    opened = true;
+    if (device_lock (d) == -1) {
+      strata_error_prefix ("device %s", name);
+      goto out;
+    }
+  }
+  if (cd->size && !created && device_size (d) != cd->size) {
+    strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes but "
+                  "size: says %" PRIu64, p->cfg->file, cd->line, name,
+                  config_device_where (cd), device_size (d), cd->size);
+    goto out;
+  }
+  memset (&sb, 0, sizeof sb);
+  sb.version = FORMAT_VERSION;
+  memcpy (sb.pool_uuid, p->uuid, 16);
+  if (util_random (sb.dev_uuid, 16) == -1) {
+    strata_error (errno, "getrandom: %m");
+    goto out;
+  }
+  sb.dev_index = n;
+  sb.meta_replicas = p->meta_replicas;
+  sb.dev_size = device_size (d);
+  sb.extent_size = p->extent_size;
+  sb.meta_offset = FORMAT_META_OFFSET;
+  sb.meta_size = p->cfg->metadata_size;
+  format_data_layout (&sb);
+  sb.created = time (NULL);
+  snprintf (sb.pool_name, sizeof sb.pool_name, "%s", p->cfg->name);
+  snprintf (sb.dev_name, sizeof sb.dev_name, "%s", name);
+  if (sb.data_offset >= sb.dev_size || sb.extent_count == 0) {
+    strata_error (EINVAL, "device %s (%s) is too small (%" PRIu64 " bytes) "
+                  "to hold the metadata area, one extent and its checksums",
+                  name, config_device_where (cd), sb.dev_size);
+    goto out;
+  }
+  if (!created) {
+    uint32_t len = MIN (FORMAT_RESERVED_END, device_size (d));
+    if (!(buf = device_alloc_buf (FORMAT_RESERVED_END))) {
+      strata_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    if (device_pread (d, buf, len, 0) == -1) {
+      strata_error_prefix ("device %s", name);
+      goto out;
+    }
+    refusal = add_refusal (p, buf, len, why, sizeof why);
+    if (refusal == 2 || (refusal == 1 && !force)) {
+      strata_error (EEXIST, "device %s (%s) was not added: %s%s", name,
+                    config_device_where (cd), why,
+                    refusal == 1 ? "; use --force to overwrite it" : "");
+      goto out;
+    }
+    /* Every extent must read as zeros (the allocator's invariant). */
+    if (log)
+      fprintf (log, "discarding %s\n", config_device_where (cd));
+    if (device_zero (d, device_size (d), 0) == -1 || device_flush (d) == -1) {
+      strata_error_prefix ("device %s", name);
+      goto out;
+    }
+  }
+  else if (log) {
+    fprintf (log, "created %s (%s, sparse)\n", cd->path,
+             util_human_size (cd->size, why, sizeof why));
+  }
+  /* The superblock first: a crash before the commit leaves a device
+   * formatted for the pool that the metadata does not know, which
+   * pool_open() passes over and a new device add formats again. */
+  if (!buf && !(buf = device_alloc_buf (FORMAT_RESERVED_END))) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  memset (buf, 0, STRATA_BLOCK);
+  format_sb_encode (&sb, buf);
+  if (device_pwrite (d, buf, STRATA_BLOCK, FORMAT_SB_OFFSET, true) == -1) {
+    strata_error_prefix ("device %s", name);
+    goto out;
+  }
+
+  memset (&md, 0, sizeof md);
+  snprintf (md.name, sizeof md.name, "%s", name);
+  memcpy (md.uuid, sb.dev_uuid, 16);
+  md.size = sb.dev_size;
+  md.data_offset = sb.data_offset;
+  md.csum_offset = sb.csum_offset;
+  md.extent_count = sb.extent_count;
+  snprintf (md.class, sizeof md.class, "%s", cd->class);
+  snprintf (md.domain, sizeof md.domain, "%s", cd->domain);
+  md.state = META_DEV_UP;
+  meta_entry_dev_add (&e, n, &md);
+  it = (struct journal_item) { META_E_DEV_ADD, e.len, e.p };
+  pthread_mutex_lock (&p->fail_lock);
+  if (e.bad)
+    strata_error (ENOMEM, "out of memory");
+  else if (journal_append (p->journal, &it, 1) == 0) {
+    /* Committed.  Fill the entries, then publish (see struct pool). */
+    if (opened)
+      p->opened[p->nopened++] = d;
+    opened = false;
+    p->devs[n] = d;
+    p->failed[n] = false;
+    p->problem[n][0] = '\0';
+    note_align (p, d);
+    atomic_store_explicit (&p->ndevs, n + 1, memory_order_release);
+    r = alloc_add_device (p->alloc, n, &md);
+  }
+  pthread_mutex_unlock (&p->fail_lock);
+  if (r == -1)
+    strata_error_prefix ("pool %s: adding device %s", p->cfg->name, name);
+  else if (log) {
+    char sz[32];
+    fprintf (log, "formatted %s: %s, %" PRIu64 " extents\n", name,
+             util_human_size (sb.dev_size, sz, sizeof sz), sb.extent_count);
+  }
+
+ out:
+  pthread_mutex_unlock (&p->add_lock);
+  if (opened)
+    device_close (d);
+  free (buf);
+  fbuf_free (&e);
   return r;
 }
 
@@ -961,23 +1286,23 @@ pool_flush (struct pool *p)
 {
   struct dev_req reqs[64], *rq = reqs;
   size_t nr = 0;
+  uint32_t n = p->ndevs;	/* devices added meanwhile hold no writes */
   int r = 0;
   bool failed = false;
 
-  if (p->ndevs > ARRAY_SIZE (reqs)
-      && !(rq = calloc (p->ndevs, sizeof *rq)))
+  if (n > ARRAY_SIZE (reqs) && !(rq = calloc (n, sizeof *rq)))
     return strata_error (ENOMEM, "out of memory");
   /* Clear each flag before flushing: a write that completes after the
    * clear sets it again, and one that completed before is covered.
    * Failed devices hold no data anyone relies on: they are skipped. */
-  for (uint32_t i = 0; i < p->ndevs; i++)
+  for (uint32_t i = 0; i < n; i++)
     if (pool_device_usable (p, i) && atomic_exchange (&p->dirty[i], false))
       rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
   device_submit (rq, nr);
   for (size_t k = 0; k < nr; k++) {
     if (rq[k].res == 0)
       continue;
-    for (uint32_t i = 0; i < p->ndevs; i++) {
+    for (uint32_t i = 0; i < n; i++) {
       char why[160];
       if (p->devs[i] != rq[k].dev)
         continue;

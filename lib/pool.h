@@ -98,6 +98,28 @@ void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
  * copies them.  A removed (replaced) device is refused.  Returns 0, or
  * -1 with a message. */
 int pool_device_return (struct pool *p, uint32_t i);
+/* Add the device NAME to the pool (strata device add of a new device):
+ * NAME is declared in the YAML (read again if it was declared after the
+ * pool was opened) and is not a member.  Creates a sparse file where the
+ * declaration says so, refuses (EEXIST) a device that holds data or
+ * belongs to a pool unless FORCE (a member of this pool always), zeros
+ * it, writes its superblock and commits it as the next device, usable
+ * at once: new chunks may be placed on it.  Progress lines go to LOG if
+ * not NULL.  Returns 0, or -1 with a message and nothing committed.
+ * The caller serialises administrative changes. */
+int pool_device_add (struct pool *p, const char *name, bool force, FILE *log);
+
+/* The declaration of device NAME: in the YAML the pool was opened with,
+ * or read again since.  With RELOAD, a name found in neither makes the
+ * YAML be read again.  NULL (with a message) if it is not declared. */
+const struct config_device *pool_declared_device (struct pool *p,
+                                                  const char *name,
+                                                  bool reload);
+
+/* The buffer alignment the pool's devices need for OP (device.h):
+ * buffers aligned to it need no bounce.  Only grows. */
+size_t pool_mem_align (struct pool *p, enum dev_op op);
+
 /* Commit STATE for device I (an operator's decision: removed). */
 int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);

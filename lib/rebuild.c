@@ -508,8 +508,9 @@ static bool
 zero_old (struct rebuild *b)
 {
   struct pool *p = b->p;
-  struct dev_req *rq = calloc (b->nold + pool_ndevices (p) + 1, sizeof *rq);
-  bool *touched = calloc (pool_ndevices (p) + 1, sizeof *touched);
+  /* A flush per device zeroed: no more requests than extents. */
+  struct dev_req *rq = calloc (b->nold + 1, sizeof *rq);
+  bool *touched = calloc (META_MAX_DEVICES, sizeof *touched);
   size_t nr = 0;
   bool ok = rq && touched;
 
@@ -527,7 +528,7 @@ zero_old (struct rebuild *b)
   if (ok && nr > 0) {
     ok = device_submit (rq, nr) == 0;
     nr = 0;
-    for (uint32_t d = 0; ok && d < pool_ndevices (p); d++)
+    for (uint32_t d = 0; ok && d < META_MAX_DEVICES; d++)
       if (touched[d])
         rq[nr++] = (struct dev_req) { .dev = pool_device (p, d),
                                       .op = DEV_FLUSH };

@@ -62,7 +62,9 @@ struct scrub {
   size_t vi;			/* the volume being scrubbed */
   struct finding *f;
   size_t nf, capf, dropped;
-  uint64_t *dev_errors, *dev_repaired;	/* this run, per device */
+  /* This run, per device: [META_MAX_DEVICES], as devices may be added
+   * while it runs. */
+  uint64_t *dev_errors, *dev_repaired;
   uint64_t errors, repaired, unrepaired, blocks;	/* this run */
   unsigned logged;
 };
@@ -480,8 +482,8 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
   if (!pool_job_claim (p, META_JOB_SCRUB))
     return strata_error (EBUSY, "a scrub is already running on pool %s "
                          "(see strata status)", m->name);
-  s.dev_errors = calloc (m->ndevices, sizeof *s.dev_errors);
-  s.dev_repaired = calloc (m->ndevices, sizeof *s.dev_repaired);
+  s.dev_errors = calloc (META_MAX_DEVICES, sizeof *s.dev_errors);
+  s.dev_repaired = calloc (META_MAX_DEVICES, sizeof *s.dev_repaired);
   if (!s.dev_errors || !s.dev_repaired) {
     strata_error (ENOMEM, "out of memory");
     goto out;

@@ -82,9 +82,6 @@ struct vshared {
   struct wrange *ranges;
   size_t nranges, rcap;
   _Atomic uint64_t rr;		/* spreads reads over replicas */
-  /* Buffer alignment the pool's devices need for reads and for writes
-   * (1 where they go through the page cache).  Set once at open. */
-  size_t read_align, write_align;
 };
 
 struct volume {
@@ -191,21 +188,13 @@ get_scratch (size_t npc, size_t nrq, size_t bounce)
 /* ---- open / close ---- */
 
 static struct vshared *
-shared_new (struct pool *p)
+shared_new (void)
 {
   struct vshared *s = calloc (1, sizeof *s);
   pthread_rwlockattr_t a;
 
   if (!s)
     return NULL;
-  s->read_align = s->write_align = 1;
-  for (uint32_t i = 0; i < pool_ndevices (p); i++) {
-    struct device *d = pool_device (p, i);
-    if (d) {
-      s->read_align = MAX (s->read_align, device_mem_align (d, DEV_READ));
-      s->write_align = MAX (s->write_align, device_mem_align (d, DEV_WRITE));
-    }
-  }
   pthread_rwlockattr_init (&a);
   pthread_rwlockattr_setkind_np (&a,
                                  PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -254,7 +243,7 @@ volume_open (struct pool *p, const char *name)
                     m->name);
     return NULL;
   }
-  if (!mv->dp && !(mv->dp = shared_new (p))) {
+  if (!mv->dp && !(mv->dp = shared_new ())) {
     pthread_mutex_unlock (&m->lock);
     free (v);
     strata_error (ENOMEM, "out of memory");
@@ -803,7 +792,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   struct piece *pc;
   struct dev_req *rq;
   uint32_t *tried, *which, *suspect;
-  size_t n, nb, nr;
+  size_t n, nb, nr, align;
   uint32_t start;
   bool heal = false;
   int r = 0;
@@ -817,7 +806,10 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
     return -1;
   /* Whole blocks are read, so that they can be verified. */
   n = map_pieces (v, off, count, buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL, s->read_align);
+  /* The alignment the devices need (1 where they go through the page
+   * cache); read once, as a device added meanwhile may raise it. */
+  align = pool_mem_align (v->p, DEV_READ);
+  nb = plan_bounce (sc->pc, n, NULL, align);
   sc = get_scratch (0, n, nb);
   if (!sc)
     return -1;
@@ -826,7 +818,7 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   tried = sc->u32;		/* per piece: bit mask of replicas tried */
   which = sc->u32 + sc->pccap;	/* per request: its piece */
   suspect = sc->u32 + 2 * sc->pccap;	/* per piece: failed verification */
-  plan_bounce (pc, n, sc->bounce, s->read_align);
+  plan_bounce (pc, n, sc->bounce, align);
   start = atomic_fetch_add_explicit (&s->rr, 1, memory_order_relaxed);
 
   pthread_rwlock_rdlock (&s->io_lock);
@@ -1061,7 +1053,7 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   struct vshared *s = v->s;
   uint64_t cs = v->mv->chunk_size;
   struct scratch *sc;
-  size_t n, nb;
+  size_t n, nb, align;
   int r, tries = 0;
 
   if (count == 0)
@@ -1072,11 +1064,12 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   if (!sc)
     return -1;
   n = map_pieces (v, off, count, (char *) buf, sc->pc);
-  nb = plan_bounce (sc->pc, n, NULL, s->write_align);
+  align = pool_mem_align (v->p, DEV_WRITE);
+  nb = plan_bounce (sc->pc, n, NULL, align);
   sc = get_scratch (0, n * v->mv->replicas + 4, nb);
   if (!sc)
     return -1;
-  plan_bounce (sc->pc, n, sc->bounce, s->write_align);
+  plan_bounce (sc->pc, n, sc->bounce, align);
 
  again:
   /* Phase 1: allocate missing chunks, with no lock held. */

@@ -17,7 +17,6 @@ make_meta (void)
 
   m->extent_size = 4 << 20;
   m->ndevices = NDEV;
-  m->devices = calloc (NDEV, sizeof *m->devices);
   for (int i = 0; i < NDEV; i++) {
     snprintf (m->devices[i].name, sizeof m->devices[i].name, "d%d", i);
     snprintf (m->devices[i].domain, sizeof m->devices[i].domain, "host%d",
@@ -139,6 +138,42 @@ START_TEST (test_load_rejects_double_use)
 }
 END_TEST
 
+/* A device added later takes new extents, and the one it is given as
+ * preferred for a replica when its domain is free. */
+START_TEST (test_add_device)
+{
+  struct meta *m = make_meta ();
+  struct alloc *a = alloc_new (m, 3);
+  struct meta_device nd = { .name = "new", .extent_count = 50,
+                            .class = "hdd", .domain = "host9" };
+  struct meta_extent e[2], keep = { 0, 0 }, out;
+  bool used = false;
+
+  /* Only the next index. */
+  ck_assert_int_eq (alloc_add_device (a, NDEV + 1, &nd), -1);
+  ck_assert_int_eq (alloc_add_device (a, NDEV, &nd), 0);
+  ck_assert_uint_eq (alloc_free_count (a, NDEV), 50);
+  ck_assert_int_eq (alloc_mark_used (a, (struct meta_extent) { NDEV, 49 }), 0);
+  ck_assert_int_eq (alloc_mark_used (a, (struct meta_extent) { NDEV, 50 }),
+                    -1);
+  /* Weighted by free space, it is soon used by new chunks. */
+  for (int i = 0; i < 200 && !used; i++) {
+    ck_assert_int_eq (alloc_chunk (a, 1, 2, "hdd", e), 0);
+    used = e[0].dev == NDEV || e[1].dev == NDEV;
+  }
+  ck_assert (used);
+  /* A preferred device gets the copy. */
+  ck_assert_int_eq (alloc_replica (a, "hdd", &keep, 1, NDEV, &out), 0);
+  ck_assert_uint_eq (out.dev, NDEV);
+  /* Not while it clashes with the column's domain. */
+  alloc_set_usable (a, NDEV, false);
+  ck_assert_int_eq (alloc_replica (a, "hdd", &keep, 1, NDEV, &out), 0);
+  ck_assert_uint_ne (out.dev, NDEV);
+  alloc_free (a);
+  meta_free (m);
+}
+END_TEST
+
 Suite *
 alloc_suite (void)
 {
@@ -148,6 +183,7 @@ alloc_suite (void)
   tcase_add_loop_test (tc, test_random_sequences, 0, 8);
   tcase_add_test (tc, test_balance_and_spread);
   tcase_add_test (tc, test_load_rejects_double_use);
+  tcase_add_test (tc, test_add_device);
   suite_add_tcase (s, tc);
   return s;
 }

@@ -28,7 +28,6 @@ make_state (void)
   ck_assert_ptr_nonnull (m);
   m->extent_size = ES;
   m->ndevices = 3;
-  m->devices = calloc (3, sizeof *m->devices);
   for (int i = 0; i < 3; i++) {
     snprintf (m->devices[i].name, sizeof m->devices[i].name, "d%d", i);
     m->devices[i].extent_count = 16;
@@ -221,6 +220,70 @@ START_TEST (test_stale)
 }
 END_TEST
 
+static int
+dev_add (struct meta *m, uint32_t index, const char *name, uint8_t uuid0)
+{
+  struct meta_device d = { .extent_count = 8, .state = META_DEV_UP };
+  struct fbuf e;
+  int r;
+
+  snprintf (d.name, sizeof d.name, "%s", name);
+  snprintf (d.domain, sizeof d.domain, "rack2/%s", name);
+  d.uuid[0] = uuid0;
+  d.uuid[15] = 0xa5;
+  fbuf_init_write (&e);
+  meta_entry_dev_add (&e, index, &d);
+  r = meta_apply (m, META_E_DEV_ADD, e.p, e.len);
+  fbuf_free (&e);
+  return r;
+}
+
+START_TEST (test_dev_add)
+{
+  struct meta *m = make_state (), *m2 = meta_new ();
+  struct meta_extent ext[4] = { { 3, 0 }, { 1, 2 }, { 3, 7 }, { 2, 3 } };
+  struct fbuf e, ck;
+
+  /* Extents on a device not yet added are refused. */
+  fbuf_init_write (&e);
+  meta_entry_chunk_alloc (&e, 1, 1, 4, ext);
+  ck_assert_int_eq (meta_apply (m, META_E_CHUNK_ALLOC, e.p, e.len), -1);
+  ck_assert_int_eq (dev_add (m, 3, "e0", 1), 0);
+  ck_assert_uint_eq (m->ndevices, 4);
+  ck_assert_str_eq (m->devices[3].name, "e0");
+  ck_assert_str_eq (m->devices[3].domain, "rack2/e0");
+  ck_assert_uint_eq (m->devices[3].extent_count, 8);
+  ck_assert_int_eq (meta_apply (m, META_E_CHUNK_ALLOC, e.p, e.len), 0);
+  fbuf_free (&e);
+  /* Not the next index, a name or UUID in use, a truncated entry. */
+  ck_assert_int_eq (dev_add (m, 3, "e1", 2), -1);
+  ck_assert_int_eq (dev_add (m, 5, "e1", 2), -1);
+  ck_assert_int_eq (dev_add (m, 4, "d1", 2), -1);
+  ck_assert_int_eq (dev_add (m, 4, "e1", 1), -1);
+  fbuf_init_write (&e);
+  fbuf_put_u32 (&e, 4);
+  fbuf_put_str (&e, "e1");
+  ck_assert_int_eq (meta_apply (m, META_E_DEV_ADD, e.p, e.len), -1);
+  fbuf_free (&e);
+  ck_assert_uint_eq (m->ndevices, 4);
+  /* A checkpoint keeps the device and the chunk on it. */
+  fbuf_init_write (&ck);
+  ck_assert_int_eq (meta_snapshot (m, &ck), 0);
+  ck_assert_int_eq (meta_load (m2, ck.p, ck.len), 0);
+  ck_assert_uint_eq (m2->ndevices, 4);
+  ck_assert_str_eq (m2->devices[3].name, "e0");
+  ck_assert_str_eq (m2->devices[3].domain, "rack2/e0");
+  ck_assert_int_eq (memcmp (m2->devices[3].uuid, m->devices[3].uuid, 16), 0);
+  ck_assert_uint_eq (m2->devices[3].extent_count, 8);
+  ck_assert_uint_eq (m2->devices[3].state, META_DEV_UP);
+  ck_assert_uint_eq (meta_chunk_get (meta_find_volume (m2, "v"), 1)->ext[2].dev,
+                     3);
+  fbuf_free (&ck);
+  meta_free (m);
+  meta_free (m2);
+}
+END_TEST
+
 Suite *
 meta_suite (void)
 {
@@ -230,6 +293,7 @@ meta_suite (void)
   tcase_add_test (tc, test_ext_replace);
   tcase_add_test (tc, test_jobs_checkpoint);
   tcase_add_test (tc, test_stale);
+  tcase_add_test (tc, test_dev_add);
   suite_add_tcase (s, tc);
   return s;
 }
