@@ -171,6 +171,98 @@ choose_meta (const struct config *cfg, bool *meta)
     }
 }
 
+/* Open device CD of CFG to be formatted, creating it sparse where it is
+ * a file that does not exist and has a size (*CREATED, said on LOG),
+ * and lock it.  NULL with a message on failure. */
+static struct device *
+open_to_format (const struct config *cfg, const struct config_device *cd,
+                bool *created, FILE *log)
+{
+  struct device *d;
+  char sz[32];
+
+  *created = false;
+  if (cd->uri)
+    d = device_open_nbd (cd->uri, 0);
+  else {
+    if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
+      if (cd->size == 0) {
+        strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
+                      "size: to create it as a sparse file", cfg->file,
+                      cd->line, cd->name, cd->path);
+        return NULL;
+      }
+      *created = true;
+    }
+    d = device_open_local (cd->path, (*created ? DEVICE_CREATE : 0)
+                           | io_flags (cd), cd->size);
+  }
+  if (!d) {
+    strata_error_prefix ("device %s", cd->name);
+    return NULL;
+  }
+  if (log && *created)
+    fprintf (log, "created %s (%s, sparse)\n", cd->path,
+             util_human_size (cd->size, sz, sizeof sz));
+  if (device_lock (d) == -1) {
+    strata_error_prefix ("device %s", cd->name);
+    device_close (d);
+    return NULL;
+  }
+  return d;
+}
+
+/* A device that existed must be as large as its size: says. */
+static int
+check_size (const struct config *cfg, const struct config_device *cd,
+            struct device *d, bool created)
+{
+  if (cd->size && !created && device_size (d) != cd->size)
+    return strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes "
+                         "but size: says %" PRIu64, cfg->file, cd->line,
+                         cd->name, config_device_where (cd), device_size (d),
+                         cd->size);
+  return 0;
+}
+
+/* The superblock SB and device table entry MD of a new member CD of
+ * pool UUID (named and sized by CFG), as device INDEX of DEV_SIZE bytes;
+ * no metadata replica.  Returns 0, or -1 if no UUID could be drawn. */
+static int
+new_member (struct format_sb *sb, struct meta_device *md,
+            const struct config *cfg, const struct config_device *cd,
+            const uint8_t *uuid, uint32_t index, uint32_t meta_replicas,
+            uint64_t dev_size, uint64_t extent_size)
+{
+  memset (sb, 0, sizeof *sb);
+  memset (md, 0, sizeof *md);
+  sb->version = FORMAT_VERSION;
+  memcpy (sb->pool_uuid, uuid, 16);
+  if (util_random (sb->dev_uuid, 16) == -1)
+    return strata_error (errno, "getrandom: %m");
+  sb->dev_index = index;
+  sb->meta_replicas = meta_replicas;
+  sb->dev_size = dev_size;
+  sb->extent_size = extent_size;
+  sb->meta_offset = FORMAT_META_OFFSET;
+  sb->meta_size = cfg->metadata_size;
+  format_data_layout (sb);
+  sb->created = time (NULL);
+  snprintf (sb->pool_name, sizeof sb->pool_name, "%s", cfg->name);
+  snprintf (sb->dev_name, sizeof sb->dev_name, "%s", cd->name);
+
+  snprintf (md->name, sizeof md->name, "%s", cd->name);
+  memcpy (md->uuid, sb->dev_uuid, 16);
+  md->size = sb->dev_size;
+  md->data_offset = sb->data_offset;
+  md->csum_offset = sb->csum_offset;
+  md->extent_count = sb->extent_count;
+  snprintf (md->class, sizeof md->class, "%s", cd->class);
+  snprintf (md->domain, sizeof md->domain, "%s", cd->domain);
+  md->state = META_DEV_UP;
+  return 0;
+}
+
 int
 pool_init (const struct config *cfg, bool force, FILE *log)
 {
@@ -208,38 +300,9 @@ pool_init (const struct config *cfg, bool force, FILE *log)
                               + format_csum_slot (cfg->extent_size), 1 << 20)
       + cfg->extent_size;
 
-    if (cd->uri)
-      devs[i] = device_open_nbd (cd->uri, 0);
-    else {
-      if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
-        if (cd->size == 0) {
-          strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
-                        "size: to create it as a sparse file", cfg->file,
-                        cd->line, cd->name, cd->path);
-          goto out;
-        }
-        created[i] = true;
-      }
-      devs[i] = device_open_local (cd->path, (created[i] ? DEVICE_CREATE : 0)
-                                   | io_flags (cd), cd->size);
-    }
-    if (!devs[i]) {
-      strata_error_prefix ("device %s", cd->name);
+    if (!(devs[i] = open_to_format (cfg, cd, &created[i], log))
+        || check_size (cfg, cd, devs[i], created[i]) == -1)
       goto out;
-    }
-    if (log && created[i])
-      fprintf (log, "created %s (%s, sparse)\n", cd->path,
-               util_human_size (cd->size, why, sizeof why));
-    if (device_lock (devs[i]) == -1) {
-      strata_error_prefix ("device %s", cd->name);
-      goto out;
-    }
-    if (cd->size && !created[i] && device_size (devs[i]) != cd->size) {
-      strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes but "
-                    "size: says %" PRIu64, cfg->file, cd->line, cd->name,
-                    config_device_where (cd), device_size (devs[i]), cd->size);
-      goto out;
-    }
     if (device_size (devs[i]) < need) {
       strata_error (EINVAL, "%s:%d: device %s: %s is too small (%" PRIu64
                     " bytes; at least %" PRIu64 " are needed for the "
@@ -280,39 +343,16 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     struct format_sb *sb = &sbs[i];
     struct meta_device *md = &m->devices[i];
 
-    sb->version = FORMAT_VERSION;
-    sb->flags = meta_dev[i] ? FORMAT_SB_META : 0;
-    memcpy (sb->pool_uuid, uuid, 16);
-    if (util_random (sb->dev_uuid, 16) == -1) {
-      strata_error (errno, "getrandom: %m");
+    if (new_member (sb, md, cfg, cd, uuid, i, cfg->metadata_replicas,
+                    device_size (devs[i]), cfg->extent_size) == -1)
       goto out;
-    }
-    sb->dev_index = i;
-    sb->meta_replicas = cfg->metadata_replicas;
-    sb->dev_size = device_size (devs[i]);
-    sb->extent_size = cfg->extent_size;
-    sb->meta_offset = FORMAT_META_OFFSET;
-    sb->meta_size = cfg->metadata_size;
-    format_data_layout (sb);
-    sb->created = time (NULL);
-    snprintf (sb->pool_name, sizeof sb->pool_name, "%s", cfg->name);
-    snprintf (sb->dev_name, sizeof sb->dev_name, "%s", cd->name);
-
-    snprintf (md->name, sizeof md->name, "%s", cd->name);
-    memcpy (md->uuid, sb->dev_uuid, 16);
-    md->size = sb->dev_size;
-    md->data_offset = sb->data_offset;
-    md->csum_offset = sb->csum_offset;
-    md->extent_count = sb->extent_count;
-    snprintf (md->class, sizeof md->class, "%s", cd->class);
-    snprintf (md->domain, sizeof md->domain, "%s", cd->domain);
-    md->flags = sb->flags;
-    md->state = META_DEV_UP;
-    if (meta_dev[i])
+    if (meta_dev[i]) {
+      sb->flags = md->flags = FORMAT_SB_META;
       members[nmeta++] = (struct journal_member) {
         .dev = devs[i], .name = cd->name, .meta_off = sb->meta_offset,
         .meta_size = sb->meta_size,
       };
+    }
   }
   if (meta_snapshot (m, &ck) == -1)
     goto out;
@@ -1019,54 +1059,15 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
       goto out;
     }
     p->opened = o;
-    if (cd->uri)
-      d = device_open_nbd (cd->uri, 0);
-    else {
-      if (access (cd->path, F_OK) == -1 && errno == ENOENT) {
-        if (cd->size == 0) {
-          strata_error (ENOENT, "%s:%d: device %s: %s does not exist; give a "
-                        "size: to create it as a sparse file", p->cfg->file,
-                        cd->line, cd->name, cd->path);
-          goto out;
-        }
-        created = true;
-      }
-      d = device_open_local (cd->path, (created ? DEVICE_CREATE : 0)
-                             | io_flags (cd), cd->size);
-    }
-    if (!d) {
-      strata_error_prefix ("device %s", name);
+    if (!(d = open_to_format (p->cfg, cd, &created, log)))
       goto out;
-    }
     opened = true;
-    if (device_lock (d) == -1) {
-      strata_error_prefix ("device %s", name);
-      goto out;
-    }
   }
-  if (cd->size && !created && device_size (d) != cd->size) {
-    strata_error (EINVAL, "%s:%d: device %s: %s is %" PRIu64 " bytes but "
-                  "size: says %" PRIu64, p->cfg->file, cd->line, name,
-                  config_device_where (cd), device_size (d), cd->size);
+  if (check_size (p->cfg, cd, d, created) == -1)
     goto out;
-  }
-  memset (&sb, 0, sizeof sb);
-  sb.version = FORMAT_VERSION;
-  memcpy (sb.pool_uuid, p->uuid, 16);
-  if (util_random (sb.dev_uuid, 16) == -1) {
-    strata_error (errno, "getrandom: %m");
+  if (new_member (&sb, &md, p->cfg, cd, p->uuid, n, p->meta_replicas,
+                  device_size (d), p->extent_size) == -1)
     goto out;
-  }
-  sb.dev_index = n;
-  sb.meta_replicas = p->meta_replicas;
-  sb.dev_size = device_size (d);
-  sb.extent_size = p->extent_size;
-  sb.meta_offset = FORMAT_META_OFFSET;
-  sb.meta_size = p->cfg->metadata_size;
-  format_data_layout (&sb);
-  sb.created = time (NULL);
-  snprintf (sb.pool_name, sizeof sb.pool_name, "%s", p->cfg->name);
-  snprintf (sb.dev_name, sizeof sb.dev_name, "%s", name);
   if (sb.data_offset >= sb.dev_size || sb.extent_count == 0) {
     strata_error (EINVAL, "device %s (%s) is too small (%" PRIu64 " bytes) "
                   "to hold the metadata area, one extent and its checksums",
@@ -1098,10 +1099,6 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
       goto out;
     }
   }
-  else if (log) {
-    fprintf (log, "created %s (%s, sparse)\n", cd->path,
-             util_human_size (cd->size, why, sizeof why));
-  }
   /* The superblock first: a crash before the commit leaves a device
    * formatted for the pool that the metadata does not know, which
    * pool_open() passes over and a new device add formats again. */
@@ -1116,16 +1113,6 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
     goto out;
   }
 
-  memset (&md, 0, sizeof md);
-  snprintf (md.name, sizeof md.name, "%s", name);
-  memcpy (md.uuid, sb.dev_uuid, 16);
-  md.size = sb.dev_size;
-  md.data_offset = sb.data_offset;
-  md.csum_offset = sb.csum_offset;
-  md.extent_count = sb.extent_count;
-  snprintf (md.class, sizeof md.class, "%s", cd->class);
-  snprintf (md.domain, sizeof md.domain, "%s", cd->domain);
-  md.state = META_DEV_UP;
   meta_entry_dev_add (&e, n, &md);
   it = (struct journal_item) { META_E_DEV_ADD, e.len, e.p };
   pthread_mutex_lock (&p->fail_lock);
