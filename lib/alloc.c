@@ -196,9 +196,11 @@ static void
 release_locked (struct alloc *a, const struct meta_extent *ext, size_t n)
 {
   for (size_t i = 0; i < n; i++) {
-    struct adev *d = &a->d[ext[i].dev];
-    if (ext[i].dev < a->n && ext[i].ext < d->count
-        && test_bit (d->bitmap, ext[i].ext)) {
+    struct adev *d;
+    if (ext[i].dev >= a->n)
+      continue;
+    d = &a->d[ext[i].dev];
+    if (ext[i].ext < d->count && test_bit (d->bitmap, ext[i].ext)) {
       d->bitmap[ext[i].ext / 64] &= ~(1ull << (ext[i].ext % 64));
       d->nfree++;
     }

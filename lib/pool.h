@@ -111,7 +111,9 @@ int pool_device_add (struct pool *p, const char *name, bool force, FILE *log);
 
 /* The declaration of device NAME: in the YAML the pool was opened with,
  * or read again since.  With RELOAD, a name found in neither makes the
- * YAML be read again.  NULL (with a message) if it is not declared. */
+ * YAML be read again.  NULL (with a message) if it is not declared.
+ * The list of YAMLs read again is not locked: callers are the
+ * administrative verbs, which the caller serialises. */
 const struct config_device *pool_declared_device (struct pool *p,
                                                   const char *name,
                                                   bool reload);
