@@ -416,7 +416,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
                  alloc_used_count (pool_alloc (p), i) * m->extent_size,
                  dev_state (p, i),
-                 d->flags & FORMAT_SB_META ? "true" : "false",
+                 pool_meta_member (p, i) ? "true" : "false",
                  pool_device (p, i) ? "true" : "false", ds.requests,
                  ds.errors, ds.timeouts, ds.latency_ns / 1000,
                  ds.connected ? "true" : "false",
@@ -506,7 +506,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                               * m->extent_size, b, sizeof b),
              dev_state (p, i), ds.errors + ds.timeouts, bad, lat,
              pool_device (p, i) ? device_path (pool_device (p, i)) : "",
-             d->flags & FORMAT_SB_META ? " [metadata]" : "",
+             pool_meta_member (p, i) ? " [metadata]" : "",
              pool_device_problem (p, i)[0] ? " -- " : "",
              pool_device_problem (p, i));
     /* The member answers (or answers again), but is not used. */
@@ -1077,8 +1077,9 @@ device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
 }
 
 /* Move every copy off device DEV (draining it: no new copies there
- * meanwhile), onto PREFER where it fits, then mark DEV removed.  Called
- * with verb_lock dropped.  Returns 0, or 1 with a message. */
+ * meanwhile), onto PREFER where it fits, then its metadata replica if it
+ * holds one (to PREFER if it can take it), then mark DEV removed.
+ * Called with verb_lock dropped.  Returns 0, or 1 with a message. */
 static int
 drain (struct pool *p, const char *verb, uint32_t dev, int32_t prefer,
        const struct job_args *a, FILE *out, FILE *err)
@@ -1102,21 +1103,41 @@ drain (struct pool *p, const char *verb, uint32_t dev, int32_t prefer,
                m->devices[dev].name);
     return 1;
   }
+  if (pool_meta_member (p, dev)) {
+    int to = pool_meta_pick (p, dev, prefer);
+    if (to < 0 || pool_meta_move (p, dev, to) == -1) {
+      if (pool_device_usable (p, dev))
+        alloc_set_usable (pool_alloc (p), dev, true);
+      fprintf (err, "strata device %s: device %s was not removed: %s; its "
+               "copies were moved and stay moved\n", verb,
+               m->devices[dev].name, to < 0 ? "no other usable device can "
+               "take its metadata replica" : strata_last_error ());
+      return 1;
+    }
+    if (a->json)
+      fprintf (out, "{\"metadata_replica\":{\"from\":\"%s\",\"to\":\"%s\"}}\n",
+               m->devices[dev].name, m->devices[to].name);
+    else
+      fprintf (out, "metadata replica moved from %s to %s\n",
+               m->devices[dev].name, m->devices[to].name);
+  }
   return commit_state (p, dev, META_DEV_REMOVED, err);
 }
 
-/* Refuse to drain a device that holds a metadata replica. */
+/* A device that holds a metadata replica can only leave if another
+ * device can take it (PREFER first): refuse before anything moves. */
 static bool
-holds_metadata (struct pool *p, uint32_t dev, const char *verb, FILE *err)
+metadata_stuck (struct pool *p, uint32_t dev, int32_t prefer,
+                const char *verb, FILE *err)
 {
   struct meta *m = pool_meta (p);
 
-  if (!(m->devices[dev].flags & FORMAT_SB_META))
+  if (!pool_meta_member (p, dev) || pool_meta_pick (p, dev, prefer) >= 0)
     return false;
-  fprintf (err, "strata device %s: device %s holds a metadata replica; "
-           "moving metadata replicas is not supported yet (mark it failed "
-           "instead: the others carry the journal while they are a "
-           "majority)\n", verb, m->devices[dev].name);
+  fprintf (err, "strata device %s: device %s holds a metadata replica and "
+           "no other usable device can take it (every other one holds one "
+           "already); add a device to the pool first\n", verb,
+           m->devices[dev].name);
   return true;
 }
 
@@ -1147,8 +1168,6 @@ device_replace (struct pool *p, const struct admin_ctx *ctx, int argc,
              m->devices[old].name);
     return 1;
   }
-  if (holds_metadata (p, old, "replace", err))
-    return 1;
   if (strcmp (argv[2], argv[3]) == 0) {
     fprintf (err, "strata device replace: %s cannot replace itself\n",
              argv[2]);
@@ -1169,6 +1188,8 @@ device_replace (struct pool *p, const struct admin_ctx *ctx, int argc,
              "copies\n", argv[3], meta_dev_state_name (m->devices[new].state));
     return 1;
   }
+  if (metadata_stuck (p, old, new, "replace", err))
+    return 1;
   *unlocked = true;
   pthread_mutex_unlock (&verb_lock);
   if ((r = drain (p, "replace", old, new, &a, out, err)) != 0)
@@ -1233,7 +1254,7 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
                m->devices[dev].name);
       return 1;
     }
-    if (holds_metadata (p, dev, "remove", err))
+    if (metadata_stuck (p, dev, -1, "remove", err))
       return 1;
     *unlocked = true;
     pthread_mutex_unlock (&verb_lock);

@@ -75,6 +75,10 @@ format_sb_encode (const struct format_sb *sb, void *blk)
   d.dev_name[FORMAT_NAME_MAX - 1] = '\0';
   d.csum_offset = htole64 (sb->csum_offset);
   d.csum_slot = htole64 (sb->csum_slot);
+  d.meta_epoch = htole64 (sb->meta_epoch);
+  for (size_t i = 0; i < FORMAT_META_MAX; i++)
+    d.meta_members[i] = htole32 (i < sb->meta_replicas
+                                 ? sb->meta_members[i] : 0);
   d.crc = htole32 (crc32c (0, &d, offsetof (struct format_sb_disk, crc)));
   memcpy (blk, &d, sizeof d);
 }
@@ -114,12 +118,16 @@ format_sb_decode (const void *blk, struct format_sb *sb)
   sb->dev_name[FORMAT_NAME_MAX - 1] = '\0';
   sb->csum_offset = le64toh (d.csum_offset);
   sb->csum_slot = le64toh (d.csum_slot);
+  sb->meta_epoch = le64toh (d.meta_epoch);
+  for (size_t i = 0; i < FORMAT_META_MAX; i++)
+    sb->meta_members[i] = le32toh (d.meta_members[i]);
 
   /* Geometry must be self-consistent, or later arithmetic overflows. */
   if (!is_power_of_2 (sb->extent_size) || sb->extent_size < STRATA_BLOCK
       || sb->meta_size < FORMAT_MIN_META_SIZE
       || sb->meta_offset != FORMAT_META_OFFSET
-      || sb->meta_replicas == 0 || sb->meta_replicas > 64
+      || sb->meta_replicas == 0
+      || sb->meta_replicas > (sb->meta_epoch ? FORMAT_META_MAX : 64)
       || sb->csum_offset < sb->meta_offset + sb->meta_size
       || sb->csum_slot != format_csum_slot (sb->extent_size)
       || sb->extent_count > UINT32_MAX

@@ -16,7 +16,12 @@
  * are only trusted for columns that are clean in the journal (resync.h).
  *
  * Every device has a metadata area, so any device can become a metadata
- * replica; only the devices flagged FORMAT_SB_META hold a live journal.
+ * replica.  Which devices hold the journal is the membership: a list of
+ * device indexes with an epoch, written into the superblocks of the
+ * members (and of a member leaving, with FORMAT_SB_META cleared).  The
+ * superblock with the highest epoch names the members (see pool.c,
+ * "metadata membership"); an epoch of 0 is a pool made before the list,
+ * whose members are the devices flagged FORMAT_SB_META.
  *
  * The metadata area:
  *
@@ -59,6 +64,7 @@
 #define FORMAT_SB_META 0x1	/* device holds a metadata replica */
 
 #define FORMAT_NAME_MAX 64	/* names, including the NUL */
+#define FORMAT_META_MAX 16	/* metadata replicas listed at most */
 
 /* Superblock, at offset 0 of every device. */
 struct format_sb_disk {
@@ -80,7 +86,9 @@ struct format_sb_disk {
   char dev_name[FORMAT_NAME_MAX];
   uint64_t csum_offset;		/* start of the checksum area */
   uint64_t csum_slot;		/* checksum bytes per extent */
-  uint8_t reserved[252];
+  uint64_t meta_epoch;		/* generation of meta_members */
+  uint32_t meta_members[FORMAT_META_MAX];	/* [meta_replicas] indexes */
+  uint8_t reserved[180];
   uint32_t crc;			/* crc32c of every byte before it */
 } __attribute__ ((packed));
 static_assert (sizeof (struct format_sb_disk) == 512, "superblock size");
@@ -161,6 +169,8 @@ struct format_sb {
   char dev_name[FORMAT_NAME_MAX];
   uint64_t csum_offset;
   uint64_t csum_slot;
+  uint64_t meta_epoch;
+  uint32_t meta_members[FORMAT_META_MAX];
 };
 
 /* Checksum bytes kept per extent of EXTENT_SIZE bytes. */

@@ -406,13 +406,17 @@ checkpoint_locked (struct journal *j)
     ok++;
   }
   free (reqs);
+  /* The replicas that took the new header read only records of the new
+   * generation from here on; the others are lagging. */
+  if (ok > 0) {
+    j->tail = 0;
+    j->log_id = log_id;
+  }
   if (ok < majority (j->n)) {
     strata_error (EIO, "metadata checkpoint reached only %zu of %zu replicas "
                   "(a majority is %zu)", ok, j->n, majority (j->n));
     goto out;
   }
-  j->tail = 0;
-  j->log_id = log_id;
   r = 0;
  out:
   free (ckbuf);
@@ -814,6 +818,124 @@ journal_append (struct journal *j, const struct journal_item *items, size_t n)
   return 0;
 }
 
+/* Wait until no record is being written and take the journal for the
+ * caller: appends queue up meanwhile.  Called with j->lock held. */
+static void
+hold (struct journal *j)
+{
+  while (j->committing)
+    pthread_cond_wait (&j->cond, &j->lock);
+  j->committing = true;
+}
+
+static void
+unhold (struct journal *j)
+{
+  j->committing = false;
+  pthread_cond_broadcast (&j->cond);
+}
+
+/* Make M replica number j->n (not yet counted).  Its header slots are
+ * cleared first, so that headers left from an earlier life of the device
+ * can never outrank the checkpoint it is about to receive.  Returns 0
+ * or -1. */
+static int
+add_replica (struct journal *j, const struct journal_member *m)
+{
+  struct jreplica *grown, *r;
+  uint8_t *zero;
+  int ret;
+
+  if (!m->dev)
+    return strata_error (EINVAL, "a new metadata replica must be present");
+  if (j->n >= 64)
+    return strata_error (EINVAL, "a journal has at most 64 replicas");
+  grown = realloc (j->r, (j->n + 1) * sizeof *grown);
+  if (!grown)
+    return strata_error (ENOMEM, "out of memory");
+  j->r = grown;
+  r = &j->r[j->n];
+  memset (r, 0, sizeof *r);
+  r->m = *m;
+  format_meta_layout (m->meta_size, &r->lay);
+  r->hdr_slot = r->ckpt_slot = 1;
+  r->state = JOURNAL_R_LAGGING;
+  snprintf (r->problem, sizeof r->problem, "being added");
+  if (!(zero = device_alloc_buf (2 * FORMAT_HDR_SLOT)))
+    return strata_error (ENOMEM, "out of memory");
+  memset (zero, 0, 2 * FORMAT_HDR_SLOT);
+  ret = device_pwrite (m->dev, zero, 2 * FORMAT_HDR_SLOT, m->meta_off, true);
+  free (zero);
+  if (ret == -1)
+    return strata_error_prefix ("%s: clearing its metadata headers", m->name);
+  return 0;
+}
+
+int
+journal_reconfigure (struct journal *j, const struct journal_member *add,
+                     int drop, int (*publish) (void *arg), void *arg)
+{
+  int r = -1;
+
+  if (!j->writable)
+    return strata_error (EROFS, "the pool is open read-only");
+  if (!add == (drop < 0))
+    return strata_error (EINVAL, "one metadata replica is added or dropped "
+                         "at a time");
+  pthread_mutex_lock (&j->lock);
+  hold (j);
+  if (j->sticky) {
+    strata_error (j->sticky, "the metadata journal has failed; reopen the "
+                  "pool first");
+    goto out;
+  }
+  if (drop >= (int) j->n || (drop >= 0 && j->n == 1)) {
+    strata_error (EINVAL, "no metadata replica %d to drop", drop);
+    goto out;
+  }
+  if (add) {
+    uint64_t log_size;
+    if (add_replica (j, add) == -1)
+      goto out;
+    j->n++;
+    /* The checkpoint starts the log again, so a smaller log region
+     * on the new replica is fine from here on. */
+    log_size = MIN (j->log_size, j->r[j->n - 1].lay.log_size);
+    if (checkpoint_locked (j) == -1
+        || j->r[j->n - 1].state != JOURNAL_R_LIVE) {
+      strata_error (EIO, "%s: the metadata checkpoint could not be written "
+                    "to it: %s", add->name, j->r[j->n - 1].problem[0]
+                    ? j->r[j->n - 1].problem : strata_last_error ());
+      j->n--;
+      goto out;
+    }
+    j->log_size = log_size;
+  }
+  if (publish (arg) == -1) {
+    if (add)
+      j->n--;			/* a replica the next open may count: fine */
+    goto out;
+  }
+  if (drop >= 0) {
+    memmove (&j->r[drop], &j->r[drop + 1], (j->n - drop - 1) * sizeof *j->r);
+    j->n--;
+  }
+  r = 0;
+ out:
+  unhold (j);
+  pthread_mutex_unlock (&j->lock);
+  return r;
+}
+
+void
+journal_name_replica (struct journal *j, size_t pos, const char *name)
+{
+  pthread_mutex_lock (&j->lock);
+  if (pos < j->n)
+    j->r[pos].m.name = name;
+  pthread_mutex_unlock (&j->lock);
+}
+
 int
 journal_checkpoint (struct journal *j)
 {
@@ -822,12 +944,9 @@ journal_checkpoint (struct journal *j)
   if (!j->writable)
     return strata_error (EROFS, "the pool is open read-only");
   pthread_mutex_lock (&j->lock);
-  while (j->committing)
-    pthread_cond_wait (&j->cond, &j->lock);
-  j->committing = true;
+  hold (j);
   r = checkpoint_locked (j);
-  j->committing = false;
-  pthread_cond_broadcast (&j->cond);
+  unhold (j);
   pthread_mutex_unlock (&j->lock);
   return r;
 }

@@ -92,6 +92,25 @@ void journal_close (struct journal *j);
 int journal_append (struct journal *j, const struct journal_item *items,
                     size_t n);
 
+/* Change which devices hold the journal, one replica at a time (raft's
+ * single-server change: any majority of the old set and any majority of
+ * the new one share a replica).  With ADD, that member becomes the last
+ * replica: its two header slots are cleared and it receives a fresh
+ * checkpoint along with every other replica.  With DROP >= 0, the
+ * replica at that position (journal_info() order) stops being one.
+ * PUBLISH (ARG) then makes the new set durable where journal_open()'s
+ * caller finds it (the pool's superblocks) and returns 0 or -1; it runs
+ * with no record in flight and none written until it returns.  Only if
+ * it succeeds does the journal switch to the new set.  Returns 0, or -1
+ * with a message and the old set in use.  Not with both ADD and DROP. */
+int journal_reconfigure (struct journal *j, const struct journal_member *add,
+                         int drop, int (*publish) (void *arg), void *arg);
+
+/* Name the replica at POS NAME in messages and journal_info() (a member
+ * missing at open is named once the metadata says which it is).  NAME
+ * must outlive the journal. */
+void journal_name_replica (struct journal *j, size_t pos, const char *name);
+
 /* Write a checkpoint now.  Returns 0 or -1. */
 int journal_checkpoint (struct journal *j);
 

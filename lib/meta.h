@@ -56,7 +56,8 @@ struct meta_device {
   uint64_t extent_count;
   char class[CONFIG_CLASS_MAX];
   char domain[CONFIG_DOMAIN_MAX];
-  uint32_t flags;		/* FORMAT_SB_META */
+  uint32_t flags;		/* FORMAT_SB_META as made (pool_init, device add);
+				   the superblocks hold the current list */
   uint8_t state;		/* enum meta_dev_state */
 };
 

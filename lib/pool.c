@@ -32,6 +32,14 @@
 #include "resync.h"
 #include "util.h"
 
+/* Which devices hold the journal (format.h): device indexes in the
+ * journal's replica order, UINT32_MAX for one not known yet. */
+struct membership {
+  uint64_t epoch;
+  uint32_t n;
+  uint32_t dev[FORMAT_META_MAX];
+};
+
 struct pool {
   const struct config *cfg;
   bool writable;
@@ -70,8 +78,12 @@ struct pool {
    * after the pool was opened; kept for the device's declaration. */
   struct config **reloaded;
   size_t nreloaded;
-  uint32_t meta_replicas;	/* from the superblocks */
-  pthread_mutex_t add_lock;	/* serialises pool_device_add() */
+  pthread_mutex_t add_lock;	/* serialises pool_device_add() and
+                                   pool_meta_move() */
+  /* The metadata membership, in the journal's replica order; changed by
+   * pool_meta_move() under add_lock, read under members_lock. */
+  pthread_mutex_t members_lock;
+  struct membership mem;
 };
 
 /* Device open flags for the io: setting of CD. */
@@ -225,13 +237,29 @@ check_size (const struct config *cfg, const struct config_device *cd,
   return 0;
 }
 
+/* Write membership MS into superblock SB of device DEV. */
+static void
+sb_membership (struct format_sb *sb, const struct membership *ms,
+               uint32_t dev)
+{
+  sb->meta_epoch = ms->epoch;
+  sb->meta_replicas = ms->n;
+  sb->flags &= ~FORMAT_SB_META;
+  for (uint32_t k = 0; k < FORMAT_META_MAX; k++) {
+    sb->meta_members[k] = k < ms->n ? ms->dev[k] : 0;
+    if (k < ms->n && ms->dev[k] == dev)
+      sb->flags |= FORMAT_SB_META;
+  }
+}
+
 /* The superblock SB and device table entry MD of a new member CD of
- * pool UUID (named and sized by CFG), as device INDEX of DEV_SIZE bytes;
- * no metadata replica.  Returns 0, or -1 if no UUID could be drawn. */
+ * pool UUID (named and sized by CFG), as device INDEX of DEV_SIZE bytes,
+ * with metadata membership MS.  Returns 0, or -1 if no UUID could be
+ * drawn. */
 static int
 new_member (struct format_sb *sb, struct meta_device *md,
             const struct config *cfg, const struct config_device *cd,
-            const uint8_t *uuid, uint32_t index, uint32_t meta_replicas,
+            const uint8_t *uuid, uint32_t index, const struct membership *ms,
             uint64_t dev_size, uint64_t extent_size)
 {
   memset (sb, 0, sizeof *sb);
@@ -241,7 +269,7 @@ new_member (struct format_sb *sb, struct meta_device *md,
   if (util_random (sb->dev_uuid, 16) == -1)
     return strata_error (errno, "getrandom: %m");
   sb->dev_index = index;
-  sb->meta_replicas = meta_replicas;
+  sb_membership (sb, ms, index);
   sb->dev_size = dev_size;
   sb->extent_size = extent_size;
   sb->meta_offset = FORMAT_META_OFFSET;
@@ -260,6 +288,7 @@ new_member (struct format_sb *sb, struct meta_device *md,
   snprintf (md->class, sizeof md->class, "%s", cd->class);
   snprintf (md->domain, sizeof md->domain, "%s", cd->domain);
   md->state = META_DEV_UP;
+  md->flags = sb->flags;
   return 0;
 }
 
@@ -275,6 +304,7 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   struct meta *m = NULL;
   struct fbuf ck;
   uint8_t uuid[16];
+  struct membership ms = { .epoch = 1 };
   size_t nmeta = 0;
   int r = -1;
 
@@ -331,6 +361,9 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     goto out;
   }
   choose_meta (cfg, meta_dev);
+  for (size_t i = 0; i < n; i++)
+    if (meta_dev[i])
+      ms.dev[ms.n++] = i;
   m = meta_new ();
   if (!m)
     goto out;
@@ -343,11 +376,10 @@ pool_init (const struct config *cfg, bool force, FILE *log)
     struct format_sb *sb = &sbs[i];
     struct meta_device *md = &m->devices[i];
 
-    if (new_member (sb, md, cfg, cd, uuid, i, cfg->metadata_replicas,
-                    device_size (devs[i]), cfg->extent_size) == -1)
+    if (new_member (sb, md, cfg, cd, uuid, i, &ms, device_size (devs[i]),
+                    cfg->extent_size) == -1)
       goto out;
     if (meta_dev[i]) {
-      sb->flags = md->flags = FORMAT_SB_META;
       members[nmeta++] = (struct journal_member) {
         .dev = devs[i], .name = cd->name, .meta_off = sb->meta_offset,
         .meta_size = sb->meta_size,
@@ -445,6 +477,117 @@ lock_pool (struct pool *p, const struct config *cfg)
   return 0;
 }
 
+/* ---- metadata membership ----
+ *
+ * The devices that hold the journal are listed, with an epoch, in the
+ * superblocks (format.h).  pool_meta_move() changes the list one device
+ * at a time: the journal is held (no record in flight), a device joining
+ * gets a checkpoint, and then the new list with epoch + 1 is written to
+ * the superblock of every member of the old list and of the new one (a
+ * member leaving gets FORMAT_SB_META cleared).  The change holds once
+ * that reached a majority of both lists; only then does the journal use
+ * the new list.
+ *
+ * Opening takes the list with the highest epoch found on any device of
+ * the pool.  That is safe: a change that took hold was written to a
+ * majority of the old list, so any set of devices that is a majority of
+ * an older list shows the newer epoch; and one that did not take hold
+ * can only be found as a list that differs from the one in use by one
+ * device, whose majorities overlap with the old list's (raft's single
+ * server changes).  A former member that was away when it left still
+ * carries FORMAT_SB_META and an older list: it is not counted. */
+
+/* The journal members of the newest membership found in the superblocks
+ * SBS (HAVE_SB[i] where device i of CFG, DEV_OF[i], has one of this
+ * pool); fills MS and MEMBERS (at most 64, missing devices stand in as
+ * NULL) and returns how many. */
+static size_t
+find_members (const struct config *cfg, const struct format_sb *sbs,
+              const bool *have_sb, struct device **dev_of,
+              struct membership *ms, struct journal_member *members)
+{
+  /* A member whose device is missing still counts against the majority. */
+  static const struct journal_member missing = {
+    .dev = NULL, .name = "(missing device)",
+    .meta_off = FORMAT_META_OFFSET, .meta_size = FORMAT_MIN_META_SIZE,
+  };
+  size_t n = cfg->ndevices, newest = SIZE_MAX, nm = 0;
+  uint32_t count = 0;
+
+  for (size_t i = 0; i < n; i++)
+    if (have_sb[i] && (newest == SIZE_MAX
+                       || sbs[i].meta_epoch > sbs[newest].meta_epoch))
+      newest = i;
+  memset (ms, 0, sizeof *ms);
+  if (sbs[newest].meta_epoch == 0) {
+    /* A pool made before the list: the flagged devices, in the order of
+     * the YAML, then the missing ones, named by the metadata later. */
+    for (size_t i = 0; i < n; i++) {
+      if (!have_sb[i])
+        continue;
+      count = MAX (count, sbs[i].meta_replicas);
+      if ((sbs[i].flags & FORMAT_SB_META) && nm < FORMAT_META_MAX) {
+        ms->dev[nm] = sbs[i].dev_index;
+        members[nm++] = (struct journal_member) {
+          .dev = dev_of[i], .name = cfg->devices[i].name,
+          .meta_off = sbs[i].meta_offset, .meta_size = sbs[i].meta_size,
+        };
+      }
+    }
+    for (; nm < MIN (count, FORMAT_META_MAX); nm++) {
+      ms->dev[nm] = UINT32_MAX;
+      members[nm] = missing;
+    }
+  }
+  else {
+    const struct format_sb *ref = &sbs[newest];
+    ms->epoch = ref->meta_epoch;
+    for (nm = 0; nm < ref->meta_replicas; nm++) {
+      size_t found = SIZE_MAX;
+      ms->dev[nm] = ref->meta_members[nm];
+      /* By index; a device that shows the newest epoch first (a device
+       * add that stopped before its commit may have left another disk
+       * with the same index). */
+      for (size_t i = 0; i < n; i++)
+        if (have_sb[i] && sbs[i].dev_index == ms->dev[nm]
+            && (found == SIZE_MAX || sbs[i].meta_epoch == ref->meta_epoch))
+          found = i;
+      members[nm] = missing;
+      if (found != SIZE_MAX)
+        members[nm] = (struct journal_member) {
+          .dev = dev_of[found], .name = cfg->devices[found].name,
+          .meta_off = sbs[found].meta_offset,
+          .meta_size = sbs[found].meta_size,
+        };
+    }
+  }
+  ms->n = nm;
+  return nm;
+}
+
+/* Once the metadata is loaded: fill in the members a pool made before
+ * the list could not name, and name the missing ones in messages. */
+static void
+name_members (struct pool *p)
+{
+  struct meta *m = p->meta;
+
+  for (uint32_t k = 0; k < p->mem.n; k++) {
+    if (p->mem.dev[k] == UINT32_MAX)
+      for (uint32_t d = 0; d < p->ndevs; d++) {
+        bool listed = false;
+        for (uint32_t q = 0; q < p->mem.n; q++)
+          listed |= p->mem.dev[q] == d;
+        if (!listed && (m->devices[d].flags & FORMAT_SB_META)) {
+          p->mem.dev[k] = d;
+          break;
+        }
+      }
+    if (p->mem.dev[k] < p->ndevs)
+      journal_name_replica (p->journal, k, m->devices[p->mem.dev[k]].name);
+  }
+}
+
 struct pool *
 pool_open (const struct config *cfg, unsigned flags)
 {
@@ -453,14 +596,14 @@ pool_open (const struct config *cfg, unsigned flags)
   struct format_sb *sbs = calloc (n, sizeof *sbs);
   bool *have_sb = calloc (n, sizeof *have_sb);
   char (*openerr)[200] = calloc (n, sizeof *openerr);
+  struct device **dev_of = calloc (n, sizeof *dev_of);
   struct journal_member members[64];
   uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
   size_t nmembers = 0, ref = SIZE_MAX, nosb = SIZE_MAX;
-  uint32_t meta_replicas = 0;
 
   if (p)
     p->lockfd = -1;
-  if (!p || !sbs || !have_sb || !buf || !openerr
+  if (!p || !sbs || !have_sb || !buf || !openerr || !dev_of
       || !(p->opened = calloc (n, sizeof *p->opened))) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
@@ -469,6 +612,7 @@ pool_open (const struct config *cfg, unsigned flags)
   pthread_mutex_init (&p->fail_lock, NULL);
   pthread_mutex_init (&p->walk_lock, NULL);
   pthread_mutex_init (&p->add_lock, NULL);
+  pthread_mutex_init (&p->members_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
   if (cfg->cache_mode != CONFIG_CACHE_NONE) {
@@ -532,17 +676,7 @@ pool_open (const struct config *cfg, unsigned flags)
       goto fail;
     }
     have_sb[i] = true;
-    if (sbs[i].flags & FORMAT_SB_META) {
-      if (nmembers == ARRAY_SIZE (members)) {
-        strata_error (EINVAL, "too many metadata replicas");
-        goto fail;
-      }
-      members[nmembers++] = (struct journal_member) {
-        .dev = d, .name = cd->name, .meta_off = sbs[i].meta_offset,
-        .meta_size = sbs[i].meta_size,
-      };
-    }
-    meta_replicas = MAX (meta_replicas, sbs[i].meta_replicas);
+    dev_of[i] = d;
   }
   if (ref == SIZE_MAX && nosb != SIZE_MAX) {
     const struct config_device *cd = &cfg->devices[nosb];
@@ -558,20 +692,13 @@ pool_open (const struct config *cfg, unsigned flags)
   }
   memcpy (p->uuid, sbs[ref].pool_uuid, 16);
   p->extent_size = sbs[ref].extent_size;
-  p->meta_replicas = meta_replicas;
   if (cfg->extent_size != p->extent_size) {
     strata_error (EINVAL, "%s: pool.extent_size is %" PRIu64 " bytes but "
                   "pool %s was created with %" PRIu64, cfg->file,
                   cfg->extent_size, cfg->name, p->extent_size);
     goto fail;
   }
-  /* Metadata replicas whose device is missing still count against the
-   * majority. */
-  while (nmembers < meta_replicas && nmembers < ARRAY_SIZE (members))
-    members[nmembers++] = (struct journal_member) {
-      .dev = NULL, .name = "(missing device)",
-      .meta_off = FORMAT_META_OFFSET, .meta_size = FORMAT_MIN_META_SIZE,
-    };
+  nmembers = find_members (cfg, sbs, have_sb, dev_of, &p->mem, members);
 
   p->meta = meta_new ();
   if (!p->meta)
@@ -639,6 +766,8 @@ pool_open (const struct config *cfg, unsigned flags)
     p->problem[k][0] = '\0';
   }
 
+  name_members (p);
+
   p->alloc = alloc_new (p->meta, 0);
   if (!p->alloc || alloc_load (p->alloc, p->meta) == -1)
     goto fail;
@@ -661,6 +790,7 @@ pool_open (const struct config *cfg, unsigned flags)
   free (sbs);
   free (have_sb);
   free (openerr);
+  free (dev_of);
   free (buf);
   return p;
 
@@ -668,6 +798,7 @@ pool_open (const struct config *cfg, unsigned flags)
   free (sbs);
   free (have_sb);
   free (openerr);
+  free (dev_of);
   free (buf);
   if (p) {
     int e = errno;
@@ -711,6 +842,7 @@ pool_close (struct pool *p)
   free (p->reloaded);
   pthread_mutex_destroy (&p->walk_lock);
   pthread_mutex_destroy (&p->add_lock);
+  pthread_mutex_destroy (&p->members_lock);
   pthread_mutex_destroy (&p->admin_lock);
   pthread_mutex_destroy (&p->fail_lock);
   free (p);
@@ -1065,7 +1197,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   }
   if (check_size (p->cfg, cd, d, created) == -1)
     goto out;
-  if (new_member (&sb, &md, p->cfg, cd, p->uuid, n, p->meta_replicas,
+  if (new_member (&sb, &md, p->cfg, cd, p->uuid, n, &p->mem,
                   device_size (d), p->extent_size) == -1)
     goto out;
   if (sb.data_offset >= sb.dev_size || sb.extent_count == 0) {
@@ -1145,6 +1277,201 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
     device_close (d);
   free (buf);
   fbuf_free (&e);
+  return r;
+}
+
+bool
+pool_meta_member (struct pool *p, uint32_t dev)
+{
+  bool r = false;
+
+  pthread_mutex_lock (&p->members_lock);
+  for (uint32_t k = 0; k < p->mem.n; k++)
+    r |= p->mem.dev[k] == dev;
+  pthread_mutex_unlock (&p->members_lock);
+  return r;
+}
+
+int
+pool_meta_pick (struct pool *p, int64_t leaving, int64_t prefer)
+{
+  struct meta *m = p->meta;
+  struct membership ms;
+  int64_t best = -1;
+  bool best_free = false;
+
+  pthread_mutex_lock (&p->members_lock);
+  ms = p->mem;
+  pthread_mutex_unlock (&p->members_lock);
+  for (uint32_t d = 0; d < p->ndevs; d++) {
+    bool member = false, domain_free = true;
+    if ((int64_t) d == leaving || !pool_device_usable (p, d))
+      continue;
+    for (uint32_t k = 0; k < ms.n; k++) {
+      uint32_t o = ms.dev[k];
+      member |= o == d;
+      if (o < p->ndevs && (int64_t) o != leaving
+          && strcmp (m->devices[o].domain, m->devices[d].domain) == 0)
+        domain_free = false;
+    }
+    if (member)
+      continue;
+    if ((int64_t) d == prefer)
+      return d;
+    if (best < 0 || (domain_free && !best_free)) {
+      best = d;
+      best_free = domain_free;
+    }
+  }
+  return best;
+}
+
+struct publish {
+  struct pool *p;
+  const struct membership *from, *to;
+};
+
+/* Write the membership A->TO into the superblock of every device of
+ * A->FROM and A->TO that can be reached (journal_reconfigure's PUBLISH).
+ * Holds once a majority of each list took it.  Returns 0 or -1. */
+static int
+publish_members (void *arg)
+{
+  struct publish *a = arg;
+  struct pool *p = a->p;
+  const struct membership *lists[2] = { a->from, a->to };
+  uint32_t ok[2] = { 0, 0 };
+  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  char why[300] = "";
+
+  if (!buf)
+    return strata_error (ENOMEM, "out of memory");
+  for (int l = 0; l < 2; l++)
+    for (uint32_t k = 0; k < lists[l]->n; k++) {
+      uint32_t dev = lists[l]->dev[k];
+      struct device *d = dev < p->ndevs ? p->devs[dev] : NULL;
+      struct format_sb sb;
+      bool done = false;
+      /* A device on both lists is written once and counts for both.  A
+       * failed one is not waited for: the epoch outranks what it holds. */
+      for (uint32_t q = 0; l == 1 && q < a->from->n; q++)
+        done |= a->from->dev[q] == dev;
+      if (done || !d || !pool_device_usable (p, dev))
+        continue;
+      if (device_pread (d, buf, STRATA_BLOCK, FORMAT_SB_OFFSET) == -1
+          || format_sb_decode (buf, &sb) == -1
+          || memcmp (sb.pool_uuid, p->uuid, 16) != 0 || sb.dev_index != dev
+          || memcmp (sb.dev_uuid, p->meta->devices[dev].uuid, 16) != 0) {
+        snprintf (why, sizeof why, "device %s: its superblock could not be "
+                  "read or is not the member's", p->meta->devices[dev].name);
+        continue;
+      }
+      sb_membership (&sb, a->to, dev);
+      memset (buf, 0, STRATA_BLOCK);
+      format_sb_encode (&sb, buf);
+      if (device_pwrite (d, buf, STRATA_BLOCK, FORMAT_SB_OFFSET, true) == -1) {
+        snprintf (why, sizeof why, "device %s: %s", p->meta->devices[dev].name,
+                  strata_last_error ());
+        continue;
+      }
+      for (int c = 0; c < 2; c++)
+        for (uint32_t q = 0; q < lists[c]->n; q++)
+          ok[c] += lists[c]->dev[q] == dev;
+    }
+  free (buf);
+  if (ok[0] <= a->from->n / 2 || ok[1] <= a->to->n / 2)
+    return strata_error (EIO, "the new list of metadata replicas reached "
+                         "%u of %u old and %u of %u new members, less than a "
+                         "majority of each (%s)", ok[0], a->from->n, ok[1],
+                         a->to->n, why);
+  return 0;
+}
+
+/* One step of pool_meta_move(): device ADD joins (or -1), device DROP
+ * leaves (or -1).  Called with add_lock held. */
+static int
+meta_step (struct pool *p, int64_t add, int64_t drop)
+{
+  struct membership to = p->mem;
+  struct publish a = { p, &p->mem, &to };
+  struct journal_member jm;
+  int pos = -1, r;
+
+  to.epoch++;
+  if (add >= 0) {
+    if (to.n >= FORMAT_META_MAX)
+      return strata_error (ENOSPC, "the pool has %u metadata replicas, the "
+                           "most it can list", to.n);
+    /* Its metadata area is as its superblock says (the YAML's
+     * metadata_size may have changed since it was formatted). */
+    uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+    struct format_sb sb;
+    if (!buf)
+      return strata_error (ENOMEM, "out of memory");
+    r = device_pread (p->devs[add], buf, STRATA_BLOCK, FORMAT_SB_OFFSET);
+    if (r == 0)
+      r = format_sb_decode (buf, &sb);
+    free (buf);
+    if (r == -1)
+      return -1;
+    to.dev[to.n++] = add;
+    jm = (struct journal_member) {
+      .dev = p->devs[add], .name = p->meta->devices[add].name,
+      .meta_off = sb.meta_offset, .meta_size = sb.meta_size,
+    };
+  }
+  else {
+    for (uint32_t k = 0; k < to.n; k++)
+      if (to.dev[k] == drop)
+        pos = k;
+    memmove (&to.dev[pos], &to.dev[pos + 1],
+             (to.n - pos - 1) * sizeof to.dev[0]);
+    to.n--;
+  }
+  r = journal_reconfigure (p->journal, add >= 0 ? &jm : NULL, pos,
+                           publish_members, &a);
+  pthread_mutex_lock (&p->members_lock);
+  if (r == 0)
+    p->mem = to;
+  else
+    p->mem.epoch = to.epoch;	/* a retry must outrank what was written */
+  pthread_mutex_unlock (&p->members_lock);
+  return r;
+}
+
+int
+pool_meta_move (struct pool *p, int64_t from, int64_t to)
+{
+  int r = -1;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  pthread_mutex_lock (&p->add_lock);
+  if (from >= 0 && !pool_meta_member (p, from)) {
+    strata_error (EINVAL, "device %s holds no metadata replica",
+                  p->meta->devices[from].name);
+    goto out;
+  }
+  if (to >= 0 && (pool_meta_member (p, to) || !pool_device_usable (p, to))) {
+    strata_error (EINVAL, "device %s cannot take a metadata replica: %s",
+                  p->meta->devices[to].name,
+                  pool_meta_member (p, to) ? "it holds one already"
+                  : "it is not usable");
+    goto out;
+  }
+  if (to >= 0 && meta_step (p, to, -1) == -1) {
+    strata_error_prefix ("pool %s: giving device %s a metadata replica",
+                         p->cfg->name, p->meta->devices[to].name);
+    goto out;
+  }
+  if (from >= 0 && meta_step (p, -1, from) == -1) {
+    strata_error_prefix ("pool %s: taking the metadata replica off device %s",
+                         p->cfg->name, p->meta->devices[from].name);
+    goto out;
+  }
+  r = 0;
+ out:
+  pthread_mutex_unlock (&p->add_lock);
   return r;
 }
 

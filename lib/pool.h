@@ -109,6 +109,23 @@ int pool_device_return (struct pool *p, uint32_t i);
  * The caller serialises administrative changes. */
 int pool_device_add (struct pool *p, const char *name, bool force, FILE *log);
 
+/* Does device DEV hold a metadata replica? */
+bool pool_meta_member (struct pool *p, uint32_t dev);
+
+/* A usable device that holds no metadata replica and could take the one
+ * of device LEAVING (or -1): PREFER if it qualifies, else one whose
+ * failure domain no other metadata replica uses, else any.  Returns its
+ * index, or -1 if there is none. */
+int pool_meta_pick (struct pool *p, int64_t leaving, int64_t prefer);
+
+/* Move the metadata replica of device FROM to device TO: TO joins the
+ * journal (with a checkpoint of the metadata), then FROM leaves it, each
+ * step recorded in the superblocks (see pool.c, "metadata membership").
+ * Either may be -1: only a join, or only a leave.  Clients go on
+ * meanwhile; metadata commits wait for each step.  Returns 0, or -1 with
+ * a message; a failed leave leaves TO joined. */
+int pool_meta_move (struct pool *p, int64_t from, int64_t to);
+
 /* The declaration of device NAME: in the YAML the pool was opened with,
  * or read again since.  With RELOAD, a name found in neither makes the
  * YAML be read again.  NULL (with a message) if it is not declared.

@@ -25,6 +25,10 @@
  * allocated again.  A crash between an EXT_REPLACE commit and that
  * zeroing leaves a free extent with old data on a drained device that
  * stayed up; a draining state kept in the journal would close that.
+ *
+ * A plain rebuild first moves the metadata replicas of failed and
+ * removed devices (pool_meta_move): the journal's redundancy matters
+ * more than any one column's, and a move is one checkpoint.
  */
 #include <endian.h>
 #include <errno.h>
@@ -82,6 +86,10 @@ struct rebuild {
   bool stop;			/* a worker failed */
   char why[256];		/* its error */
   struct meta_job base;		/* the counts of the run continued */
+  /* Metadata replicas moved off lost devices, and those that could not
+   * be (restore_metadata). */
+  uint32_t meta_from[FORMAT_META_MAX], meta_to[FORMAT_META_MAX];
+  uint32_t nmeta_moves, meta_stuck;
 };
 
 static bool
@@ -641,7 +649,12 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
                mo->col, m->devices[mo->from.dev].name, mo->from.ext,
                m->devices[mo->to.dev].name, mo->to.ext);
     }
-    fprintf (out, "]}\n");
+    fprintf (out, "],\"metadata_moves\":[");
+    for (uint32_t i = 0; i < b->nmeta_moves; i++)
+      fprintf (out, "%s{\"from\":\"%s\",\"to\":\"%s\"}", i ? "," : "",
+               m->devices[b->meta_from[i]].name,
+               m->devices[b->meta_to[i]].name);
+    fprintf (out, "],\"metadata_stuck\":%" PRIu32 "}\n", b->meta_stuck);
     return;
   }
   fprintf (out, "rebuild %s: %" PRIu64 " of %" PRIu64 " columns done, %s "
@@ -650,6 +663,11 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
            util_human_size (b->copied, a, sizeof a), secs,
            util_human_size (secs > 0 ? b->job.io / secs : 0, s, sizeof s),
            resumed ? ", continuing an interrupted rebuild" : "");
+  for (uint32_t i = 0; i < b->nmeta_moves; i++)
+    fprintf (out, "  metadata replica on %s (%s) is now on %s\n",
+             m->devices[b->meta_from[i]].name,
+             meta_dev_state_name (m->devices[b->meta_from[i]].state),
+             m->devices[b->meta_to[i]].name);
   for (size_t i = 0; i < b->nmoves; i++) {
     struct move *mo = &b->moves[i];
     if (mo->from.dev == mo->to.dev && mo->from.ext == mo->to.ext) {
@@ -680,6 +698,38 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              " with no copy left)\n", left, b->no_space, b->no_copy);
 }
 
+/* Give every metadata replica on a failed or removed device a new home
+ * on a usable device that holds none (pool_meta_move).  Returns 0, or -1
+ * if the journal could not be changed. */
+static int
+restore_metadata (struct rebuild *b, FILE *err)
+{
+  struct pool *p = b->p;
+  struct meta *m = pool_meta (p);
+
+  for (uint32_t d = 0; d < pool_ndevices (p); d++) {
+    uint8_t st = m->devices[d].state;
+    int to;
+    if ((st != META_DEV_FAILED && st != META_DEV_REMOVED)
+        || !pool_meta_member (p, d))
+      continue;
+    if ((to = pool_meta_pick (p, d, -1)) < 0) {
+      b->meta_stuck++;
+      fprintf (err, "strata: rebuild: the metadata replica on device %s (%s) "
+               "has nowhere to go: every usable device holds one already\n",
+               m->devices[d].name, meta_dev_state_name (st));
+      continue;
+    }
+    if (pool_meta_move (p, d, to) == -1)
+      return -1;
+    if (b->nmeta_moves < FORMAT_META_MAX) {
+      b->meta_from[b->nmeta_moves] = d;
+      b->meta_to[b->nmeta_moves++] = to;
+    }
+  }
+  return 0;
+}
+
 /* A failed device that holds no copy after a full rebuild has been
  * replaced: mark it removed, so that it is refused if it comes back (its
  * superblock still names it as a member).  Returns 0 or -1. */
@@ -691,7 +741,8 @@ retire_replaced (struct rebuild *b, FILE *out)
 
   for (uint32_t d = 0; d < pool_ndevices (p); d++) {
     if (m->devices[d].state != META_DEV_FAILED
-        || alloc_used_count (pool_alloc (p), d) != 0)
+        || alloc_used_count (pool_alloc (p), d) != 0
+        || pool_meta_member (p, d))
       continue;
     if (pool_device_set_state (p, d, META_DEV_REMOVED) == -1)
       return -1;
@@ -727,6 +778,9 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
+  /* The journal's redundancy first: one checkpoint per replica moved. */
+  if (o->resync < 0 && o->drain < 0 && restore_metadata (&b, err) == -1)
+    goto out;
   if (collect (&b) == -1)
     goto out;
 
@@ -773,7 +827,7 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
     job_stopped (&b.job, b.stop ? b.why : NULL);
     goto out;
   }
-  ret = b.no_space + b.no_copy > 0 ? 1 : 0;
+  ret = b.no_space + b.no_copy + b.meta_stuck > 0 ? 1 : 0;
   if (ret == 0 && o->resync < 0 && o->drain < 0 && retire_replaced (&b, out)
       == -1)
     ret = -1;

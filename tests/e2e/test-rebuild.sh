@@ -7,7 +7,7 @@
 # second member is marked failed (`strata device fail`), a slow rebuild
 # is killed with kill -9 and the next one continues with what was left.
 # Last, `strata device remove` drains a member and refuses to remove one
-# whose copies would have nowhere to go.
+# whose metadata replica or copies would have nowhere to go.
 source "$(dirname "$0")/functions.sh"
 requires nbdkit fio nbdsh
 export STRATA_REMOTE=1
@@ -152,6 +152,21 @@ for v in s['volumes']:
             assert 'd4' not in names, (v['name'], ch['chunk'], names)
 " || fail "a copy is still on the removed d4"
 compare_replicas > /dev/null || fail "replicas differ after draining d4"
+# d0, d3 and d5 are left, and each holds a metadata replica now (the
+# rebuilds moved those of d1 and d2, the drain that of d4): removing d3
+# is refused before anything moves.
+members=$("$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print(' '.join(d['name'] for d in json.load(sys.stdin)['devices'] if d['metadata']))")
+[ "$members" = "d0 d3 d5" ] || fail "metadata replicas on $members, not d0 d3 d5"
+"$STRATA" device remove "$CONFIG" d3 > "$T/rm2.out" 2>&1 && fail "d3 was removed although its metadata replica has nowhere to go"
+grep "d3 holds a metadata replica and no other usable device can take it" "$T/rm2.out" >/dev/null \
+  || fail "device remove d3: $(cat "$T/rm2.out")"
+# A small new device could take the replica but not d3's copies: the
+# drain starts and is refused for want of space.
+start_member 6 24MiB
+sed -i "/^volumes:/i\\  - { name: d6, uri: \"nbd+unix:///?socket=$T/m6.sock\", domain: host6 }" "$CONFIG"
+"$STRATA" device add "$CONFIG" d6 > "$T/add6.out" 2>&1 || fail "device add d6: $(cat "$T/add6.out")"
 "$STRATA" device remove "$CONFIG" d3 > "$T/rm2.out" 2>&1 && fail "d3 was removed although r3 needs three members"
 grep "was not removed" "$T/rm2.out" >/dev/null || fail "device remove d3: $(cat "$T/rm2.out")"
 status_json
@@ -177,4 +192,4 @@ with open('$T/d3.img', 'rb') as f:
         assert f.read(es).count(0) == es, 'free extent %d of d3 holds data' % e
 print(len(used), 'extents of d3 in use; the rest read as zeros')
 " || fail "a free extent of d3 is not zero after the refused drain"
-ok "device remove drains d4; removing d3 is refused and d3 stays up"
+ok "device remove drains d4; removing d3 is refused (its metadata replica, then its copies, have nowhere to go) and d3 stays up"

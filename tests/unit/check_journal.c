@@ -1,7 +1,7 @@
 /* Unit tests: the raft-lite journal.  Commit, group commit from several
  * threads, checkpoints, reopen; a minority of replicas torn, truncated,
  * wiped or flipped at random keeps everything committed; a majority lost
- * is refused clearly. */
+ * is refused clearly; replicas join and leave. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -295,6 +295,120 @@ START_TEST (test_majority_lost)
 }
 END_TEST
 
+static int publish_calls;
+
+static int
+publish_ok (void *arg)
+{
+  (void) arg;
+  publish_calls++;
+  return 0;
+}
+
+static int
+publish_fail (void *arg)
+{
+  (void) arg;
+  publish_calls++;
+  return strata_error (EIO, "superblocks not written");
+}
+
+/* A fourth device joins and an old one leaves, one step each; what is
+ * committed before and after is recovered from the new set alone, and
+ * from the joined device alone whatever its area held before. */
+START_TEST (test_reconfigure)
+{
+  struct fixture f;
+  struct kv s = { { 0 }, 0 }, got = { { 0 }, 0 }, empty = { { 0 }, 0 };
+  struct journal_replica_info info[8];
+  struct journal_member four[4], newset[3];
+  struct device *extra;
+  char extra_path[300];
+  struct journal *j;
+  struct fbuf ck;
+
+  fx_init (&f);
+  snprintf (extra_path, sizeof extra_path, "%s/m3", f.dir);
+  extra = device_open_local (extra_path, DEVICE_CREATE, META_SIZE);
+  ck_assert_ptr_nonnull (extra);
+  /* The joining device held a journal of its own before, with many
+   * checkpoints (high header sequence numbers). */
+  four[0] = (struct journal_member) { extra, extra_path, 0, META_SIZE };
+  fbuf_init_write (&ck);
+  kv_snapshot (&empty, &ck);
+  ck_assert_int_eq (journal_format (four, 1, uuid, ck.p, ck.len), 0);
+  fbuf_free (&ck);
+  {
+    struct kv old = { { 0 }, 0 };
+    j = journal_open (four, 1, uuid, JOURNAL_WRITE, &ops, &old);
+    ck_assert_ptr_nonnull (j);
+    for (int i = 0; i < 40; i++)
+      ck_assert_int_eq (journal_checkpoint (j), 0);
+    ck_assert_int_eq (put (j, 7, 999), 0);
+    journal_close (j);
+  }
+
+  j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_ptr_nonnull (j);
+  ck_assert_int_eq (put (j, 1, 100), 0);
+
+  /* A join whose publication fails changes nothing. */
+  four[0] = (struct journal_member) { extra, extra_path, 0, META_SIZE };
+  publish_calls = 0;
+  ck_assert_int_eq (journal_reconfigure (j, &four[0], -1, publish_fail, NULL),
+                    -1);
+  ck_assert_int_eq (publish_calls, 1);
+  ck_assert_uint_eq (journal_info (j, info, 8), 3);
+  ck_assert_int_eq (put (j, 2, 200), 0);
+  /* Both at once is refused. */
+  ck_assert_int_eq (journal_reconfigure (j, &four[0], 0, publish_ok, NULL),
+                    -1);
+
+  ck_assert_int_eq (journal_reconfigure (j, &four[0], -1, publish_ok, NULL),
+                    0);
+  ck_assert_uint_eq (journal_info (j, info, 8), 4);
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq (info[i].state, JOURNAL_R_LIVE);
+  ck_assert_int_eq (put (j, 3, 300), 0);
+  /* m0 leaves. */
+  ck_assert_int_eq (journal_reconfigure (j, NULL, 0, publish_ok, NULL), 0);
+  ck_assert_uint_eq (journal_info (j, info, 8), 3);
+  ck_assert_str_eq (info[2].name, extra_path);
+  for (int i = 0; i < 100; i++)	/* through a few checkpoints */
+    ck_assert_int_eq (put (j, 4 + i % 8, 400 + i), 0);
+  journal_close (j);
+
+  newset[0] = f.m[1];
+  newset[1] = f.m[2];
+  newset[2] = four[0];
+  j = journal_open (newset, 3, uuid, 0, &ops, &got);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_mem_eq (got.v, s.v, sizeof s.v);
+  ck_assert_uint_eq (got.v[1], 100);
+  ck_assert_uint_eq (got.v[2], 200);
+  ck_assert_uint_eq (got.v[3], 300);
+  ck_assert_uint_eq (got.v[7], 499);
+  journal_close (j);
+  /* The joined device alone holds the newest state, not its old one. */
+  memset (&got, 0, sizeof got);
+  j = journal_open (&four[0], 1, uuid, 0, &ops, &got);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_mem_eq (got.v, s.v, sizeof s.v);
+  journal_close (j);
+  /* The one that left stopped at the step it left. */
+  memset (&got, 0, sizeof got);
+  j = journal_open (&f.m[0], 1, uuid, 0, &ops, &got);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_uint_eq (got.v[3], 300);
+  ck_assert_uint_eq (got.v[4], 0);
+  journal_close (j);
+
+  device_close (extra);
+  fx_close (&f);
+  test_rmdir (f.dir);
+}
+END_TEST
+
 Suite *
 journal_suite (void)
 {
@@ -305,6 +419,7 @@ journal_suite (void)
   tcase_add_test (tc, test_group_commit_and_reopen);
   tcase_add_loop_test (tc, test_minority_damage, 0, 12);
   tcase_add_test (tc, test_majority_lost);
+  tcase_add_test (tc, test_reconfigure);
   suite_add_tcase (s, tc);
   return s;
 }
