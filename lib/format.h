@@ -150,6 +150,61 @@ struct format_le_disk {
 } __attribute__ ((packed));
 static_assert (sizeof (struct format_le_disk) == 24, "log entry size");
 
+/* ---- the cache log (cache.h) ----
+ *
+ * A cache area is two alternating 4 KiB header slots, then a ring of
+ * log_size bytes.  Every record starts on a 4 KiB boundary with a 4 KiB
+ * header block and never wraps: one that would is preceded by a PAD
+ * record to the end of the ring.  Positions are LSNs, byte offsets in an
+ * endless log; a record at LSN x lies at ring offset x % log_size.  The
+ * header's tail is the clean point: every record below it is destaged
+ * (or dead), so recovery reads the ring from tail to tail + log_size and
+ * takes every record whose header and data checksums match and whose
+ * LSN is its position in that window.  Records of an earlier lap have a
+ * lower LSN, records of another cache another log_id. */
+#define FORMAT_CH_MAGIC "STRATACH"
+#define FORMAT_CR_MAGIC "STRATACR"
+#define FORMAT_CACHE_HDRS (2 * 4096)	/* header slots before the ring */
+#define FORMAT_CR_MAX_BLOCKS 1000	/* data blocks per record at most */
+
+enum format_cr_type { FORMAT_CR_WRITE = 1, FORMAT_CR_ZERO = 2,
+                      FORMAT_CR_PAD = 3 };
+
+/* Cache header, in each of the two header slots. */
+struct format_ch_disk {
+  char magic[8];
+  uint32_t version;
+  uint32_t reserved0;
+  uint8_t pool_uuid[16];
+  uint64_t log_id;		/* drawn at format; records carry it */
+  uint64_t seq;			/* the valid slot with the higher seq wins */
+  uint64_t tail;		/* LSN of the clean point */
+  uint64_t log_size;		/* bytes of the ring */
+  uint8_t reserved[188];
+  uint32_t crc;
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_ch_disk) == 256, "cache header size");
+
+/* A record header, at the start of its 4 KiB header block; for a write,
+ * NBLK data blocks follow the header block. */
+struct format_cr_disk {
+  char magic[8];
+  uint64_t log_id;
+  uint64_t lsn;			/* its position in the endless log */
+  uint32_t type;		/* enum format_cr_type */
+  uint32_t vol;			/* volume id */
+  uint64_t blk;			/* first 4 KiB block of the volume */
+  uint32_t nblk;		/* blocks written or zeroed; PAD: blocks skipped */
+  uint32_t reserved0;
+  uint8_t reserved[12];
+  uint32_t crc;			/* of this header and the NBLK block crcs */
+  /* Followed in the header block by NBLK little-endian crc32c, one per
+   * data block (writes only). */
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_cr_disk) == 64, "cache record size");
+static_assert (sizeof (struct format_cr_disk) + 4 * FORMAT_CR_MAX_BLOCKS
+               <= 4096, "a record's block checksums fit its header block");
+
 /* In-memory superblock. */
 struct format_sb {
   uint32_t version;

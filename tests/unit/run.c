@@ -33,6 +33,7 @@ main (void)
   srunner_add_suite (sr, device_suite ());
   srunner_add_suite (sr, alloc_suite ());
   srunner_add_suite (sr, journal_suite ());
+  srunner_add_suite (sr, cache_suite ());
   srunner_add_suite (sr, meta_suite ());
   srunner_add_suite (sr, volume_suite ());
   srunner_add_suite (sr, integrity_suite ());

@@ -12,6 +12,7 @@ Suite *volume_suite (void);
 Suite *device_suite (void);
 Suite *integrity_suite (void);
 Suite *meta_suite (void);
+Suite *cache_suite (void);
 
 /* A fresh temporary directory for a test (removed by the runner's exit
  * only if empty; tests remove their files). */
