@@ -109,8 +109,13 @@ assert h.pread(8 << 20, 20 << 20) == open('$T/more', 'rb').read(), 'the later wr
 stop_server
 start_member 3 128MiB
 start_server
-"$STRATA" status "$CONFIG" | grep -q "^metadata: .*d3 in sync" \
-  || { "$STRATA" status "$CONFIG"; fail "d3's replica is not in sync again"; }
+for _ in $(seq 50); do
+  "$STRATA" status "$CONFIG" > "$T/st.out" 2>&1 || true
+  grep -q "^metadata: .*d3 in sync" "$T/st.out" && break
+  sleep 0.2
+done
+grep -q "^metadata: .*d3 in sync" "$T/st.out" \
+  || { cat "$T/st.out"; fail "d3's replica is not in sync again"; }
 stop_server
 n=$(compare_replicas) || fail "replicas differ"
 ok "with d2 back the pool opens with every write after the move; $n columns compare equal"
