@@ -927,6 +927,7 @@ cache_destage (struct cache *c, uint64_t max_bytes,
   size_t nlv = 0, take = 0, caplv = 0;
   uint64_t bytes = 0, end;
   uint8_t *data = NULL;
+  uint64_t *lsns = NULL;
   struct zrange zero = { 0 };
   bool is_zero = false;
   int64_t ret = -1;
@@ -985,38 +986,52 @@ cache_destage (struct cache *c, uint64_t max_bytes,
       strata_error (ENOMEM, "out of memory");
       goto out;
     }
-    /* The data, verified; then runs of adjacent blocks to the sink. */
+    /* The data, all at once from the first mirror in use, verified (a
+     * bad block from the other); then runs of adjacent blocks to the
+     * sink. */
+    size_t first = c->failed[0] && c->n > 1 ? 1 : 0;
+    struct dev_req *rq = calloc (nlv, sizeof *rq);
+    if (!rq) {
+      strata_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    for (size_t i = 0; i < nlv; i++)
+      rq[i] = (struct dev_req) { .dev = c->m[first].dev, .op = DEV_READ,
+                                 .buf = data + i * BLK, .len = BLK,
+                                 .off = ring_off (c, &c->m[first],
+                                                  lv[i].lsn) };
+    device_submit (rq, nlv);
     for (size_t i = 0; i < nlv; i++) {
-      bool good = false;
+      bool good = rq[i].res == 0
+        && crc32c (0, data + i * BLK, BLK) == lv[i].crc;
       for (size_t m = 0; m < c->n && !good; m++)
-        good = !c->failed[m]
+        good = m != first && !c->failed[m]
           && device_pread (c->m[m].dev, data + i * BLK, BLK,
                            ring_off (c, &c->m[m], lv[i].lsn)) == 0
           && crc32c (0, data + i * BLK, BLK) == lv[i].crc;
       if (!good) {
+        free (rq);
         strata_error (EIO, "destage: block %" PRIu64 " of volume %" PRIu32
                       " matches its checksum on no cache mirror",
                       key_blk (lv[i].key), key_vol (lv[i].key));
         goto out;
       }
     }
+    free (rq);
+    if (!(lsns = malloc (nlv * sizeof *lsns))) {
+      strata_error (ENOMEM, "out of memory");
+      goto out;
+    }
+    for (size_t i = 0; i < nlv; i++)
+      lsns[i] = lv[i].lsn;
     for (size_t i = 0; i < nlv;) {
       size_t k = 1;
-      uint64_t *lsns = malloc (nlv * sizeof *lsns);
-      int w;
-      if (!lsns) {
-        strata_error (ENOMEM, "out of memory");
-        goto out;
-      }
       while (i + k < nlv && lv[i + k].key == lv[i].key + k
              && key_vol (lv[i + k].key) == key_vol (lv[i].key))
         k++;
-      for (size_t q = 0; q < k; q++)
-        lsns[q] = lv[i + q].lsn;
-      w = sink->write (sink->opaque, key_vol (lv[i].key),
-                       key_blk (lv[i].key), k, data + i * BLK, lsns);
-      free (lsns);
-      if (w == -1)
+      if (sink->write (sink->opaque, key_vol (lv[i].key),
+                       key_blk (lv[i].key), k, data + i * BLK, lsns + i)
+          == -1)
         goto out;
       i += k;
     }
@@ -1055,6 +1070,7 @@ cache_destage (struct cache *c, uint64_t max_bytes,
   ret = bytes;
  out:
   free (lv);
+  free (lsns);
   free (data);
   return ret;
 }
