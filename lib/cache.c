@@ -37,6 +37,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +74,7 @@ struct cache {
   pthread_cond_t room;		/* the tail moved, or a reader finished */
   struct cache_dev m[2];
   size_t n;
-  bool failed[2];
+  _Atomic bool failed[2];	/* read without the lock by the I/O paths */
   bool latched;
   uint8_t pool_uuid[16];
   uint64_t log_id, log_size, seq;

@@ -1340,44 +1340,62 @@ publish_members (void *arg)
   struct publish *a = arg;
   struct pool *p = a->p;
   const struct membership *lists[2] = { a->from, a->to };
-  uint32_t ok[2] = { 0, 0 };
-  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  uint32_t dev[2 * FORMAT_META_MAX], ok[2] = { 0, 0 };
+  struct dev_req rq[2 * FORMAT_META_MAX], wr[2 * FORMAT_META_MAX];
+  size_t nd = 0, nw = 0, widx[2 * FORMAT_META_MAX];
+  uint8_t *buf;
   char why[300] = "";
 
-  if (!buf)
-    return strata_error (ENOMEM, "out of memory");
+  /* Every device of either list once; a failed one is not waited for:
+   * the epoch outranks what it holds. */
   for (int l = 0; l < 2; l++)
     for (uint32_t k = 0; k < lists[l]->n; k++) {
-      uint32_t dev = lists[l]->dev[k];
-      struct device *d = dev < p->ndevs ? p->devs[dev] : NULL;
-      struct format_sb sb;
-      bool done = false;
-      /* A device on both lists is written once and counts for both.  A
-       * failed one is not waited for: the epoch outranks what it holds. */
-      for (uint32_t q = 0; l == 1 && q < a->from->n; q++)
-        done |= a->from->dev[q] == dev;
-      if (done || !d || !pool_device_usable (p, dev))
-        continue;
-      if (device_pread (d, buf, STRATA_BLOCK, FORMAT_SB_OFFSET) == -1
-          || format_sb_decode (buf, &sb) == -1
-          || memcmp (sb.pool_uuid, p->uuid, 16) != 0 || sb.dev_index != dev
-          || memcmp (sb.dev_uuid, p->meta->devices[dev].uuid, 16) != 0) {
-        snprintf (why, sizeof why, "device %s: its superblock could not be "
-                  "read or is not the member's", p->meta->devices[dev].name);
-        continue;
-      }
-      sb_membership (&sb, a->to, dev);
-      memset (buf, 0, STRATA_BLOCK);
-      format_sb_encode (&sb, buf);
-      if (device_pwrite (d, buf, STRATA_BLOCK, FORMAT_SB_OFFSET, true) == -1) {
-        snprintf (why, sizeof why, "device %s: %s", p->meta->devices[dev].name,
-                  strata_last_error ());
-        continue;
-      }
-      for (int c = 0; c < 2; c++)
-        for (uint32_t q = 0; q < lists[c]->n; q++)
-          ok[c] += lists[c]->dev[q] == dev;
+      uint32_t d = lists[l]->dev[k];
+      bool seen = false;
+      for (size_t q = 0; q < nd; q++)
+        seen |= dev[q] == d;
+      if (!seen && pool_device_usable (p, d))
+        dev[nd++] = d;
     }
+  if (!(buf = device_alloc_buf ((nd + 1) * STRATA_BLOCK)))
+    return strata_error (ENOMEM, "out of memory");
+
+  /* Read every superblock at once, then write every new one at once. */
+  for (size_t q = 0; q < nd; q++)
+    rq[q] = (struct dev_req) { .dev = p->devs[dev[q]], .op = DEV_READ,
+                               .buf = buf + q * STRATA_BLOCK,
+                               .len = STRATA_BLOCK, .off = FORMAT_SB_OFFSET };
+  device_submit (rq, nd);
+  for (size_t q = 0; q < nd; q++) {
+    uint8_t *b = buf + q * STRATA_BLOCK;
+    struct format_sb sb;
+    if (rq[q].res != 0 || format_sb_decode (b, &sb) == -1
+        || memcmp (sb.pool_uuid, p->uuid, 16) != 0 || sb.dev_index != dev[q]
+        || memcmp (sb.dev_uuid, p->meta->devices[dev[q]].uuid, 16) != 0) {
+      snprintf (why, sizeof why, "device %s: its superblock could not be "
+                "read or is not the member's", p->meta->devices[dev[q]].name);
+      continue;
+    }
+    sb_membership (&sb, a->to, dev[q]);
+    memset (b, 0, STRATA_BLOCK);
+    format_sb_encode (&sb, b);
+    widx[nw] = q;
+    wr[nw++] = (struct dev_req) { .dev = p->devs[dev[q]], .op = DEV_WRITE,
+                                  .fua = true, .buf = b, .len = STRATA_BLOCK,
+                                  .off = FORMAT_SB_OFFSET };
+  }
+  device_submit (wr, nw);
+  for (size_t w = 0; w < nw; w++) {
+    uint32_t d = dev[widx[w]];
+    if (wr[w].res != 0) {
+      snprintf (why, sizeof why, "device %s: writing its superblock: %s",
+                p->meta->devices[d].name, strerror (-wr[w].res));
+      continue;
+    }
+    for (int l = 0; l < 2; l++)
+      for (uint32_t k = 0; k < lists[l]->n; k++)
+        ok[l] += lists[l]->dev[k] == d;
+  }
   free (buf);
   if (ok[0] <= a->from->n / 2 || ok[1] <= a->to->n / 2)
     return strata_error (EIO, "the new list of metadata replicas reached "
