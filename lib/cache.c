@@ -29,9 +29,16 @@
  * counts that alternate, as in RCU).
  *
  * Mirrors: every record goes to both at the same place.  A mirror whose
- * write or flush fails is dropped from then on; the pool must record
- * that durably (the device marked failed) so that a later open never
- * reads the stale mirror alone.
+ * write or flush fails is dropped from then on, and before any write
+ * or flush that reached only the other is acknowledged, the header is
+ * written again with the dropped mirror in its failed mask
+ * (persist_failed): the dropped mirror's own header then has the lower
+ * seq, so a later open never reads the stale mirror.  Header writes are
+ * serialised by hlock, and the tail they record never goes back.
+ *
+ * Write-through records are clean: their blocks are in the index for
+ * reads, but the destager skips them, and they leave the index with
+ * their record.
  */
 #include <endian.h>
 #include <errno.h>
@@ -55,6 +62,7 @@ struct ent {
   uint64_t key;			/* 0: empty; else 1 + (vol << 40 | blk) */
   uint64_t lsn;			/* of the block's data */
   uint32_t crc;
+  bool clean;			/* the backing copies hold it (write-through) */
 };
 
 struct zrange {
@@ -66,11 +74,14 @@ struct rec {
   uint64_t lsn, len;		/* len: bytes of the ring it takes */
   uint64_t blk;
   uint32_t type, vol, nblk;
+  bool clean;
   bool done;
 };
 
 struct cache {
   pthread_mutex_t lock;		/* protects everything below but the I/O */
+  pthread_mutex_t hlock;	/* serialises header writes; taken first */
+  uint32_t persisted;		/* the failed mask the header holds */
   pthread_cond_t room;		/* the tail moved, or a reader finished */
   struct cache_dev m[2];
   size_t n;
@@ -79,9 +90,10 @@ struct cache {
   uint8_t pool_uuid[16];
   uint64_t log_id, log_size, seq;
   uint64_t tail, head;
+  uint64_t htail;		/* the tail the header holds (hlock) */
   struct ent *tab;
   size_t cap, count;		/* cap: a power of 2 */
-  uint64_t dirty;
+  uint64_t dirty;		/* entries that are not clean */
   struct zrange *zr;
   size_t nzr, capzr;
   struct rec *recs;		/* a ring of caprecs, from r0 */
@@ -175,7 +187,7 @@ zeroed_after (struct cache *c, uint32_t vol, uint64_t blk, uint64_t lsn)
  * holds something newer.  Under c->lock.  Returns 0 or -1. */
 static int
 admit (struct cache *c, uint32_t vol, uint64_t blk, uint64_t lsn,
-       uint32_t crc)
+       uint32_t crc, bool clean)
 {
   uint64_t key = key_of (vol, blk);
   struct ent *e = find (c, key);
@@ -184,8 +196,10 @@ admit (struct cache *c, uint32_t vol, uint64_t blk, uint64_t lsn,
     return 0;
   if (e) {
     if (e->lsn < lsn) {
+      c->dirty += (uint64_t) e->clean - clean;
       e->lsn = lsn;
       e->crc = crc;
+      e->clean = clean;
     }
     return 0;
   }
@@ -193,12 +207,20 @@ admit (struct cache *c, uint32_t vol, uint64_t blk, uint64_t lsn,
     return -1;
   for (size_t i = slot_of (c, key);; i = (i + 1) & (c->cap - 1))
     if (c->tab[i].key == 0) {
-      c->tab[i] = (struct ent) { key, lsn, crc };
+      c->tab[i] = (struct ent) { key, lsn, crc, clean };
       break;
     }
   c->count++;
-  c->dirty++;
+  c->dirty += !clean;
   return 0;
+}
+
+/* Remove entry E from the index.  Under c->lock. */
+static void
+drop (struct cache *c, struct ent *e)
+{
+  c->dirty -= !e->clean;
+  del (c, e);
 }
 
 /* A zero record at LSN: older blocks of the range leave the index.
@@ -223,18 +245,14 @@ admit_zero (struct cache *c, uint32_t vol, uint64_t blk, uint64_t nblk,
       while (c->tab[i].key && key_vol (c->tab[i].key) == vol
              && key_blk (c->tab[i].key) >= blk
              && key_blk (c->tab[i].key) - blk < nblk
-             && c->tab[i].lsn < lsn) {
-        del (c, &c->tab[i]);
-        c->dirty--;
-      }
+             && c->tab[i].lsn < lsn)
+        drop (c, &c->tab[i]);
     return 0;
   }
   for (uint64_t b = blk; b < blk + nblk; b++) {
     struct ent *e = find (c, key_of (vol, b));
-    if (e && e->lsn < lsn) {
-      del (c, e);
-      c->dirty--;
-    }
+    if (e && e->lsn < lsn)
+      drop (c, e);
   }
   return 0;
 }
@@ -247,9 +265,20 @@ ring_off (const struct cache *c, const struct cache_dev *m, uint64_t lsn)
 
 /* ---- headers ---- */
 
+static uint32_t
+failed_mask (const struct cache *c)
+{
+  uint32_t mask = 0;
+
+  for (size_t i = 0; i < c->n; i++)
+    if (c->failed[i])
+      mask |= 1u << i;
+  return mask;
+}
+
 static void
 encode_header (const struct cache *c, uint64_t seq, uint64_t tail,
-               void *blk)
+               uint32_t failed, void *blk)
 {
   struct format_ch_disk h;
 
@@ -257,6 +286,7 @@ encode_header (const struct cache *c, uint64_t seq, uint64_t tail,
   memset (&h, 0, sizeof h);
   memcpy (h.magic, FORMAT_CH_MAGIC, 8);
   h.version = htole32 (FORMAT_VERSION);
+  h.failed = htole32 (failed);
   memcpy (h.pool_uuid, c->pool_uuid, 16);
   h.log_id = htole64 (c->log_id);
   h.seq = htole64 (seq);
@@ -269,7 +299,7 @@ encode_header (const struct cache *c, uint64_t seq, uint64_t tail,
 /* Decode the header in BLK into C's fields; 0 if valid. */
 static int
 decode_header (struct cache *c, const void *blk, uint64_t *seq,
-               uint64_t *tail)
+               uint64_t *tail, uint32_t *failed)
 {
   struct format_ch_disk h;
 
@@ -284,11 +314,13 @@ decode_header (struct cache *c, const void *blk, uint64_t *seq,
   c->log_size = le64toh (h.log_size);
   *seq = le64toh (h.seq);
   *tail = le64toh (h.tail);
+  *failed = le32toh (h.failed);
   return 0;
 }
 
-/* Record TAIL in the slot the current header is not in, on every
- * mirror in use, with FUA.  Returns 0 if one mirror at least took it. */
+/* Record TAIL and the mirrors dropped in the slot the current header is
+ * not in, on every mirror in use, with FUA.  The caller holds hlock.
+ * Returns 0 if one mirror at least took it. */
 static int
 write_header (struct cache *c, uint64_t tail)
 {
@@ -296,10 +328,11 @@ write_header (struct cache *c, uint64_t tail)
   struct dev_req rq[2];
   size_t nr = 0, ok = 0;
   uint64_t seq = c->seq + 1;
+  uint32_t mask = failed_mask (c);
 
   if (!blk)
     return strata_error (ENOMEM, "out of memory");
-  encode_header (c, seq, tail, blk);
+  encode_header (c, seq, tail, mask, blk);
   for (size_t i = 0; i < c->n; i++)
     if (!c->failed[i])
       rq[nr++] = (struct dev_req) {
@@ -310,15 +343,38 @@ write_header (struct cache *c, uint64_t tail)
   for (size_t k = 0; k < nr; k++) {
     if (rq[k].res == 0)
       ok++;
-    else
+    else if (!c->failed[rq[k].tag]) {
       c->failed[rq[k].tag] = true;
+      fprintf (stderr, "strata: cache mirror %s dropped: header write "
+               "failed: %s\n", c->m[rq[k].tag].name, strerror (-rq[k].res));
+    }
   }
   free (blk);
   if (ok == 0)
     return strata_error (EIO, "the cache header could not be written to "
                          "any mirror");
   c->seq = seq;
+  c->htail = tail;
+  __atomic_store_n (&c->persisted, mask, __ATOMIC_RELEASE);
   return 0;
+}
+
+/* Make the header name every mirror dropped so far, before a write or
+ * flush that went to the others alone is acknowledged: a later open
+ * must never take the dropped one's older header and records.  Returns
+ * 0, or -1 if no mirror took the header. */
+static int
+persist_failed (struct cache *c)
+{
+  int r = 0;
+
+  if (failed_mask (c) == __atomic_load_n (&c->persisted, __ATOMIC_ACQUIRE))
+    return 0;
+  pthread_mutex_lock (&c->hlock);
+  while (r == 0 && failed_mask (c) != c->persisted)
+    r = write_header (c, c->htail);
+  pthread_mutex_unlock (&c->hlock);
+  return r;
 }
 
 int
@@ -348,7 +404,7 @@ cache_format (const struct cache_dev *mirrors, size_t n,
     return strata_error (ENOMEM, "out of memory");
   /* Slot 1 holds seq 1; slot 0 is cleared. */
   memset (blk, 0, BLK);
-  encode_header (&c, 1, 0, blk + BLK);
+  encode_header (&c, 1, 0, 0, blk + BLK);
   for (size_t i = 0; i < n && r == 0; i++)
     if (device_pwrite (mirrors[i].dev, blk, 2 * BLK, mirrors[i].off, true)
         == -1)
@@ -469,7 +525,8 @@ replay (struct cache *c, const struct cache_dev *m)
       if (ok) {
         for (uint32_t i = 0; i < nblk; i++)
           if (admit (c, le32toh (h.vol), le64toh (h.blk) + i,
-                     pos + BLK * (i + 1), le32toh (cr[i])) == -1)
+                     pos + BLK * (i + 1), le32toh (cr[i]),
+                     le32toh (h.flags) & FORMAT_CR_CLEAN) == -1)
             goto out;
       }
       /* A torn record was never acknowledged durable: passed over. */
@@ -487,6 +544,7 @@ replay (struct cache *c, const struct cache_dev *m)
     {
       struct rec rc = { .lsn = pos, .len = len, .blk = le64toh (h.blk),
                         .type = type, .vol = le32toh (h.vol), .nblk = nblk,
+                        .clean = le32toh (h.flags) & FORMAT_CR_CLEAN,
                         .done = true };
       /* Holes between records are kept as PAD records, so that the
        * front of the list is always the tail. */
@@ -516,6 +574,7 @@ cache_open (const struct cache_dev *mirrors, size_t n,
   uint8_t *blk = device_alloc_buf (2 * BLK);
   int best = -1;
   uint64_t best_seq = 0, best_tail = 0, best_id = 0, best_size = 0;
+  uint32_t best_failed = 0;
 
   if (!c || !blk) {
     strata_error (ENOMEM, "out of memory");
@@ -526,6 +585,7 @@ cache_open (const struct cache_dev *mirrors, size_t n,
     goto fail;
   }
   pthread_mutex_init (&c->lock, NULL);
+  pthread_mutex_init (&c->hlock, NULL);
   pthread_cond_init (&c->room, NULL);
   memcpy (c->pool_uuid, pool_uuid, 16);
   c->n = n;
@@ -537,7 +597,8 @@ cache_open (const struct cache_dev *mirrors, size_t n,
       continue;
     for (int s = 0; s < 2; s++) {
       uint64_t seq, tail;
-      if (decode_header (c, blk + s * BLK, &seq, &tail) == -1)
+      uint32_t failed;
+      if (decode_header (c, blk + s * BLK, &seq, &tail, &failed) == -1)
         continue;
       c->failed[i] = false;
       if (best < 0 || seq > best_seq) {
@@ -546,9 +607,14 @@ cache_open (const struct cache_dev *mirrors, size_t n,
         best_tail = tail;
         best_id = c->log_id;
         best_size = c->log_size;
+        best_failed = failed;
       }
     }
   }
+  /* The newest header names the mirrors that missed records. */
+  for (size_t i = 0; i < n; i++)
+    if (best_failed & (1u << i))
+      c->failed[i] = true;
   if (best < 0) {
     strata_error (EIO, "no cache mirror holds a valid cache header (%s%s%s)",
                   mirrors[0].name, n > 1 ? ", " : "",
@@ -556,7 +622,8 @@ cache_open (const struct cache_dev *mirrors, size_t n,
     goto fail;
   }
   c->seq = best_seq;
-  c->tail = best_tail;
+  c->tail = c->htail = best_tail;
+  c->persisted = best_failed;
   c->log_id = best_id;
   c->log_size = best_size;
   if (grow (c) == -1 || replay (c, &c->m[best]) == -1) {
@@ -581,6 +648,7 @@ cache_close (struct cache *c)
   free (c->zr);
   free (c->recs);
   pthread_mutex_destroy (&c->lock);
+  pthread_mutex_destroy (&c->hlock);
   pthread_cond_destroy (&c->room);
   free (c);
 }
@@ -653,6 +721,7 @@ encode_record (const struct cache *c, uint8_t *hb, const struct rec *r,
   h.vol = htole32 (r->vol);
   h.blk = htole64 (r->blk);
   h.nblk = htole32 (r->nblk);
+  h.flags = htole32 (r->clean ? FORMAT_CR_CLEAN : 0);
   for (uint32_t i = 0; r->type == FORMAT_CR_WRITE && i < r->nblk; i++) {
     uint32_t le = htole32 (crcs[i]);
     memcpy (hb + sizeof h + 4 * i, &le, 4);
@@ -667,9 +736,10 @@ encode_record (const struct cache *c, uint8_t *hb, const struct rec *r,
 /* Write one record (at most FORMAT_CR_MAX_BLOCKS blocks). */
 static int
 write_record (struct cache *c, uint32_t type, uint32_t vol, uint64_t blk,
-              uint32_t nblk, const uint8_t *buf, bool fua)
+              uint32_t nblk, const uint8_t *buf, bool fua, bool clean)
 {
   struct rec r = { .type = type, .vol = vol, .blk = blk, .nblk = nblk,
+                   .clean = clean,
                    .len = BLK + (type == FORMAT_CR_WRITE ? (uint64_t) nblk * BLK : 0) };
   struct rec pad;
   uint32_t crcs[FORMAT_CR_MAX_BLOCKS];
@@ -732,26 +802,28 @@ write_record (struct cache *c, uint32_t type, uint32_t vol, uint64_t blk,
   else if (type == FORMAT_CR_WRITE) {
     ret = 0;
     for (uint32_t i = 0; i < nblk && ret == 0; i++)
-      ret = admit (c, vol, blk + i, lsn + BLK * (i + 1), crcs[i]);
+      ret = admit (c, vol, blk + i, lsn + BLK * (i + 1), crcs[i], clean);
   }
   else
     ret = admit_zero (c, vol, blk, nblk, lsn);
   pthread_mutex_unlock (&c->lock);
   free (hb);
+  if (ret == 0 && persist_failed (c) == -1)
+    ret = -1;
   return ret;
 }
 
-int
-cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
-             const void *buf, bool fua)
+static int
+write_blocks (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
+              const void *buf, bool fua, bool clean)
 {
   if (!buf)
-    return write_record (c, FORMAT_CR_ZERO, vol, blk, nblk, NULL, fua);
+    return write_record (c, FORMAT_CR_ZERO, vol, blk, nblk, NULL, fua, false);
   while (nblk > 0) {
     uint32_t k = MIN (nblk, FORMAT_CR_MAX_BLOCKS);
     /* A record never takes more than a quarter of the ring. */
     k = MIN (k, MAX (1, c->log_size / 4 / BLK - 1));
-    if (write_record (c, FORMAT_CR_WRITE, vol, blk, k, buf, fua) == -1)
+    if (write_record (c, FORMAT_CR_WRITE, vol, blk, k, buf, fua, clean) == -1)
       return -1;
     blk += k;
     nblk -= k;
@@ -761,11 +833,25 @@ cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
 }
 
 int
+cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
+             const void *buf, bool fua)
+{
+  return write_blocks (c, vol, blk, nblk, buf, fua, false);
+}
+
+int
+cache_write_clean (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
+                   const void *buf)
+{
+  return write_blocks (c, vol, blk, nblk, buf, false, true);
+}
+
+int
 cache_forget (struct cache *c, uint32_t vol, uint64_t nblk)
 {
   for (uint64_t b = 0; b < nblk; b += 1u << 31)
     if (write_record (c, FORMAT_CR_ZERO, vol, b, MIN (nblk - b, 1u << 31),
-                      NULL, false) == -1)
+                      NULL, false, false) == -1)
       return -1;
   return 0;
 }
@@ -803,7 +889,7 @@ cache_flush (struct cache *c)
   pthread_mutex_unlock (&c->lock);
   if (ok == 0)
     return strata_error (EIO, "the cache flush failed on every mirror");
-  return 0;
+  return persist_failed (c);
 }
 
 /* ---- reading ---- */
@@ -947,7 +1033,9 @@ cache_destage (struct cache *c, uint64_t max_bytes,
       bytes = r->len;
       break;
     }
-    for (uint32_t i = 0; r->type == FORMAT_CR_WRITE && i < r->nblk; i++) {
+    /* Clean blocks need no writing back: they leave with their record. */
+    for (uint32_t i = 0; r->type == FORMAT_CR_WRITE && !r->clean
+                         && i < r->nblk; i++) {
       struct ent *e = find (c, key_of (r->vol, r->blk + i));
       uint64_t l = r->lsn + BLK * (i + 1);
       if (!e || e->lsn != l)
@@ -1046,9 +1134,16 @@ cache_destage (struct cache *c, uint64_t max_bytes,
   for (size_t i = 0; i < nlv; i++) {
     struct ent *e = find (c, lv[i].key);
     if (e && e->lsn == lv[i].lsn) {
-      del (c, e);
-      c->dirty--;
+      drop (c, e);
       c->destaged++;
+    }
+  }
+  for (size_t k = 0; k < take; k++) {
+    struct rec *r = rec_at (c, k);
+    for (uint32_t i = 0; r->clean && i < r->nblk; i++) {
+      struct ent *e = find (c, key_of (r->vol, r->blk + i));
+      if (e && e->lsn == r->lsn + BLK * (i + 1))
+        drop (c, e);
     }
   }
   if (is_zero)
@@ -1059,9 +1154,12 @@ cache_destage (struct cache *c, uint64_t max_bytes,
       }
   wait_readers (c);
   pthread_mutex_unlock (&c->lock);
-  /* Only the destager writes the header: no lock across the I/O. */
-  if (write_header (c, end) == -1)
+  pthread_mutex_lock (&c->hlock);
+  if (write_header (c, end) == -1) {
+    pthread_mutex_unlock (&c->hlock);
     goto out;
+  }
+  pthread_mutex_unlock (&c->hlock);
   pthread_mutex_lock (&c->lock);
   c->r0 = (c->r0 + take) % c->caprecs;
   c->nrecs -= take;
@@ -1082,7 +1180,8 @@ cache_info (struct cache *c, struct cache_info *out)
   pthread_mutex_lock (&c->lock);
   *out = (struct cache_info) {
     .log_size = c->log_size, .used = c->head - c->tail,
-    .dirty_blocks = c->dirty, .hits = c->hits, .misses = c->misses,
+    .dirty_blocks = c->dirty, .clean_blocks = c->count - c->dirty,
+    .hits = c->hits, .misses = c->misses,
     .destaged = c->destaged, .latched = c->latched,
   };
   for (size_t i = 0; i < c->n; i++) {
@@ -1090,4 +1189,61 @@ cache_info (struct cache *c, struct cache_info *out)
     out->mirrors += !c->failed[i];
   }
   pthread_mutex_unlock (&c->lock);
+}
+
+bool
+cache_holds (struct cache *c, uint32_t vol, uint64_t blk, uint64_t nblk)
+{
+  bool r = false;
+
+  pthread_mutex_lock (&c->lock);
+  for (size_t i = 0; i < c->nzr && !r; i++)
+    r = c->zr[i].vol == vol && c->zr[i].blk < blk + nblk
+      && blk < c->zr[i].blk + c->zr[i].nblk;
+  if (nblk > c->count)
+    for (size_t i = 0; i < c->cap && !r; i++)
+      r = c->tab[i].key && key_vol (c->tab[i].key) == vol
+        && key_blk (c->tab[i].key) >= blk && key_blk (c->tab[i].key) - blk < nblk;
+  else
+    for (uint64_t b = blk; b < blk + nblk && !r; b++)
+      r = find (c, key_of (vol, b)) != NULL;
+  pthread_mutex_unlock (&c->lock);
+  return r;
+}
+
+int
+cache_dirty_ranges (struct cache *c,
+                    int (*fn) (void *opaque, uint32_t vol, uint64_t blk,
+                               uint64_t nblk),
+                    void *opaque)
+{
+  struct live *lv;
+  size_t n = 0;
+  int r = 0;
+
+  pthread_mutex_lock (&c->lock);
+  lv = malloc ((c->dirty + c->nzr + 1) * sizeof *lv);
+  if (!lv) {
+    pthread_mutex_unlock (&c->lock);
+    return strata_error (ENOMEM, "out of memory");
+  }
+  for (size_t i = 0; i < c->cap; i++)
+    if (c->tab[i].key && !c->tab[i].clean)
+      lv[n++] = (struct live) { .key = c->tab[i].key, .lsn = 1 };
+  /* A zero not yet destaged: the backing copies hold older data. */
+  for (size_t i = 0; i < c->nzr; i++)
+    lv[n++] = (struct live) { .key = key_of (c->zr[i].vol, c->zr[i].blk),
+                              .lsn = c->zr[i].nblk };
+  pthread_mutex_unlock (&c->lock);
+  qsort (lv, n, sizeof *lv, by_key);
+  for (size_t i = 0; i < n && r == 0;) {
+    uint32_t vol = key_vol (lv[i].key);
+    uint64_t b0 = key_blk (lv[i].key), b1 = b0 + lv[i].lsn;
+    for (i++; i < n && key_vol (lv[i].key) == vol
+           && key_blk (lv[i].key) <= b1; i++)
+      b1 = MAX (b1, key_blk (lv[i].key) + lv[i].lsn);
+    r = fn (opaque, vol, b0, b1 - b0);
+  }
+  free (lv);
+  return r;
 }

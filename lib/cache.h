@@ -12,8 +12,10 @@
  * Durability: cache_write() returns once the record is written on every
  * mirror that works; with FUA, once it is on stable storage there.
  * cache_flush() makes every record written before it durable.  A mirror
- * whose write or flush fails is dropped (cache_info says so); a failed
- * flush with no mirror left latches: every later flush fails.
+ * whose write or flush fails is dropped (cache_info says so), and the
+ * header on the others says so before the call returns, so that a later
+ * open never reads the dropped one; a failed flush with no mirror left
+ * latches: every later flush fails.
  *
  * The destager (cache_destage) takes the oldest records, hands their
  * live blocks to the caller in address order, adjacent blocks merged,
@@ -66,6 +68,11 @@ void cache_close (struct cache *c);
 int cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
                  const void *buf, bool fua);
 
+/* Store NBLK blocks that the backing copies hold already (write-through):
+ * kept for reads and never destaged; no FUA needed.  Returns 0 or -1. */
+int cache_write_clean (struct cache *c, uint32_t vol, uint64_t blk,
+                       uint32_t nblk, const void *buf);
+
 /* Make every record written before the call durable on every mirror.
  * Returns 0, or -1 (EIO) once a flush has failed on the last mirror. */
 int cache_flush (struct cache *c);
@@ -109,6 +116,7 @@ struct cache_info {
   uint64_t log_size;		/* ring bytes */
   uint64_t used;		/* bytes from the tail to the head */
   uint64_t dirty_blocks;	/* blocks held that are not destaged */
+  uint64_t clean_blocks;	/* blocks held for reads only */
   uint64_t hits, misses;	/* blocks looked up by cache_read */
   uint64_t destaged;		/* blocks written back since open */
   uint32_t mirrors;		/* mirrors in use */
@@ -116,5 +124,17 @@ struct cache_info {
   bool latched;			/* a flush failed with no mirror left */
 };
 void cache_info (struct cache *c, struct cache_info *out);
+
+/* Does the cache hold (or zero) any of blocks [BLK, BLK + NBLK) of VOL? */
+bool cache_holds (struct cache *c, uint32_t vol, uint64_t blk, uint64_t nblk);
+
+/* Call FN for every range of blocks whose newest data only the cache
+ * holds (dirty blocks and zeros not yet destaged), merged, in address
+ * order: what is lost if the cache is.  Stops when FN returns non-zero
+ * and returns that; -1 if out of memory. */
+int cache_dirty_ranges (struct cache *c,
+                        int (*fn) (void *opaque, uint32_t vol, uint64_t blk,
+                                   uint64_t nblk),
+                        void *opaque);
 
 #endif /* STRATA_CACHE_H */

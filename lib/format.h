@@ -161,7 +161,10 @@ static_assert (sizeof (struct format_le_disk) == 24, "log entry size");
  * (or dead), so recovery reads the ring from tail to tail + log_size and
  * takes every record whose header and data checksums match and whose
  * LSN is its position in that window.  Records of an earlier lap have a
- * lower LSN, records of another cache another log_id. */
+ * lower LSN, records of another cache another log_id.  The header's
+ * FAILED mask names the mirrors dropped after a failed write or flush:
+ * they missed records, so the header with the higher seq (which only a
+ * working mirror can hold) keeps them from ever being read again. */
 #define FORMAT_CH_MAGIC "STRATACH"
 #define FORMAT_CR_MAGIC "STRATACR"
 #define FORMAT_CACHE_HDRS (2 * 4096)	/* header slots before the ring */
@@ -169,12 +172,15 @@ static_assert (sizeof (struct format_le_disk) == 24, "log entry size");
 
 enum format_cr_type { FORMAT_CR_WRITE = 1, FORMAT_CR_ZERO = 2,
                       FORMAT_CR_PAD = 3 };
+/* A write whose data the backing copies hold already (write-through):
+ * kept for reads, never destaged. */
+#define FORMAT_CR_CLEAN 0x1
 
 /* Cache header, in each of the two header slots. */
 struct format_ch_disk {
   char magic[8];
   uint32_t version;
-  uint32_t reserved0;
+  uint32_t failed;		/* mirrors dropped (bit i: mirror i) */
   uint8_t pool_uuid[16];
   uint64_t log_id;		/* drawn at format; records carry it */
   uint64_t seq;			/* the valid slot with the higher seq wins */
@@ -195,7 +201,7 @@ struct format_cr_disk {
   uint32_t vol;			/* volume id */
   uint64_t blk;			/* first 4 KiB block of the volume */
   uint32_t nblk;		/* blocks written or zeroed; PAD: blocks skipped */
-  uint32_t reserved0;
+  uint32_t flags;		/* FORMAT_CR_CLEAN */
   uint8_t reserved[12];
   uint32_t crc;			/* of this header and the NBLK block crcs */
   /* Followed in the header block by NBLK little-endian crc32c, one per
