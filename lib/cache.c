@@ -48,6 +48,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cache.h"
 #include "crc32c.h"
@@ -76,7 +77,16 @@ struct rec {
   uint32_t type, vol, nblk;
   bool clean;
   bool done;
+  uint64_t t;			/* when it was placed (or found), ms */
 };
+
+static uint64_t
+now_ms (void)
+{
+  struct timespec ts;
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 struct cache {
   pthread_mutex_t lock;		/* protects everything below but the I/O */
@@ -416,8 +426,11 @@ cache_format (const struct cache_dev *mirrors, size_t n,
 /* ---- recovery ---- */
 
 static int
-push_rec (struct cache *c, const struct rec *r)
+push_rec (struct cache *c, const struct rec *r0)
 {
+  struct rec rr = *r0, *r = &rr;
+
+  rr.t = now_ms ();
   if (c->nrecs == c->caprecs) {
     size_t cap = c->caprecs ? c->caprecs * 2 : 256;
     struct rec *n = malloc (cap * sizeof *n);
@@ -660,7 +673,7 @@ cache_close (struct cache *c)
  * c->lock.  Returns its LSN. */
 static int
 place (struct cache *c, const struct rec *r, uint64_t *lsn,
-       struct rec *pad)
+       struct rec *pad, bool nowait)
 {
   uint64_t o, need = r->len;
 
@@ -672,6 +685,8 @@ place (struct cache *c, const struct rec *r, uint64_t *lsn,
     if (c->nrecs == 0 || need > c->log_size)
       return strata_error (ENOSPC, "a cache record of %" PRIu64 " bytes "
                            "does not fit the ring", r->len);
+    if (nowait)
+      return strata_error (EAGAIN, "the cache log is full");
     pthread_cond_wait (&c->room, &c->lock);
   }
   memset (pad, 0, sizeof *pad);
@@ -736,8 +751,9 @@ encode_record (const struct cache *c, uint8_t *hb, const struct rec *r,
 /* Write one record (at most FORMAT_CR_MAX_BLOCKS blocks). */
 static int
 write_record (struct cache *c, uint32_t type, uint32_t vol, uint64_t blk,
-              uint32_t nblk, const uint8_t *buf, bool fua, bool clean)
+              uint32_t nblk, const uint8_t *buf, unsigned flags)
 {
+  bool fua = flags & CACHE_FUA, clean = flags & CACHE_CLEAN;
   struct rec r = { .type = type, .vol = vol, .blk = blk, .nblk = nblk,
                    .clean = clean,
                    .len = BLK + (type == FORMAT_CR_WRITE ? (uint64_t) nblk * BLK : 0) };
@@ -754,7 +770,7 @@ write_record (struct cache *c, uint32_t type, uint32_t vol, uint64_t blk,
   for (uint32_t i = 0; type == FORMAT_CR_WRITE && i < nblk; i++)
     crcs[i] = crc32c (0, buf + (size_t) i * BLK, BLK);
   pthread_mutex_lock (&c->lock);
-  if (place (c, &r, &lsn, &pad) == -1) {
+  if (place (c, &r, &lsn, &pad, flags & CACHE_NOWAIT) == -1) {
     pthread_mutex_unlock (&c->lock);
     free (hb);
     return -1;
@@ -813,17 +829,18 @@ write_record (struct cache *c, uint32_t type, uint32_t vol, uint64_t blk,
   return ret;
 }
 
-static int
-write_blocks (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
-              const void *buf, bool fua, bool clean)
+int
+cache_put (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
+           const void *buf, unsigned flags)
 {
   if (!buf)
-    return write_record (c, FORMAT_CR_ZERO, vol, blk, nblk, NULL, fua, false);
+    return write_record (c, FORMAT_CR_ZERO, vol, blk, nblk, NULL,
+                         flags & ~CACHE_CLEAN);
   while (nblk > 0) {
     uint32_t k = MIN (nblk, FORMAT_CR_MAX_BLOCKS);
     /* A record never takes more than a quarter of the ring. */
     k = MIN (k, MAX (1, c->log_size / 4 / BLK - 1));
-    if (write_record (c, FORMAT_CR_WRITE, vol, blk, k, buf, fua, clean) == -1)
+    if (write_record (c, FORMAT_CR_WRITE, vol, blk, k, buf, flags) == -1)
       return -1;
     blk += k;
     nblk -= k;
@@ -836,14 +853,24 @@ int
 cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
              const void *buf, bool fua)
 {
-  return write_blocks (c, vol, blk, nblk, buf, fua, false);
+  return cache_put (c, vol, blk, nblk, buf, fua ? CACHE_FUA : 0);
 }
 
 int
 cache_write_clean (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
                    const void *buf)
 {
-  return write_blocks (c, vol, blk, nblk, buf, false, true);
+  return cache_put (c, vol, blk, nblk, buf, CACHE_CLEAN);
+}
+
+void
+cache_wait_room (struct cache *c, uint64_t bytes)
+{
+  bytes = MIN (bytes, c->log_size / 2);
+  pthread_mutex_lock (&c->lock);
+  while (c->nrecs > 0 && c->head + bytes - c->tail > c->log_size)
+    pthread_cond_wait (&c->room, &c->lock);
+  pthread_mutex_unlock (&c->lock);
 }
 
 int
@@ -851,7 +878,7 @@ cache_forget (struct cache *c, uint32_t vol, uint64_t nblk)
 {
   for (uint64_t b = 0; b < nblk; b += 1u << 31)
     if (write_record (c, FORMAT_CR_ZERO, vol, b, MIN (nblk - b, 1u << 31),
-                      NULL, false, false) == -1)
+                      NULL, 0) == -1)
       return -1;
   return 0;
 }
@@ -1180,6 +1207,8 @@ cache_info (struct cache *c, struct cache_info *out)
   pthread_mutex_lock (&c->lock);
   *out = (struct cache_info) {
     .log_size = c->log_size, .used = c->head - c->tail,
+    .head = c->head, .tail = c->tail,
+    .age_ms = c->nrecs ? now_ms () - rec_at (c, 0)->t : 0,
     .dirty_blocks = c->dirty, .clean_blocks = c->count - c->dirty,
     .hits = c->hits, .misses = c->misses,
     .destaged = c->destaged, .latched = c->latched,

@@ -68,6 +68,20 @@ void cache_close (struct cache *c);
 int cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
                  const void *buf, bool fua);
 
+/* cache_write() with FLAGS: CACHE_FUA; CACHE_CLEAN (as
+ * cache_write_clean()); CACHE_NOWAIT: fail with EAGAIN instead of
+ * waiting for room (a caller that holds a lock the destager may need
+ * waits with cache_wait_room() after dropping it).  With NOWAIT, a
+ * write of several records may have stored some of them. */
+#define CACHE_FUA 0x1
+#define CACHE_CLEAN 0x2
+#define CACHE_NOWAIT 0x4
+int cache_put (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
+               const void *buf, unsigned flags);
+
+/* Wait until BYTES (at most half the ring) would fit in the log. */
+void cache_wait_room (struct cache *c, uint64_t bytes);
+
 /* Store NBLK blocks that the backing copies hold already (write-through):
  * kept for reads and never destaged; no FUA needed.  Returns 0 or -1. */
 int cache_write_clean (struct cache *c, uint32_t vol, uint64_t blk,
@@ -115,6 +129,9 @@ int cache_forget (struct cache *c, uint32_t vol, uint64_t nblk);
 struct cache_info {
   uint64_t log_size;		/* ring bytes */
   uint64_t used;		/* bytes from the tail to the head */
+  uint64_t head, tail;		/* LSNs: where the next record goes, and
+				   the clean point */
+  uint64_t age_ms;		/* of the oldest record not destaged */
   uint64_t dirty_blocks;	/* blocks held that are not destaged */
   uint64_t clean_blocks;	/* blocks held for reads only */
   uint64_t hits, misses;	/* blocks looked up by cache_read */

@@ -415,6 +415,24 @@ parse_device (struct ctx *c, yaml_node_t *map, size_t i,
 }
 
 static int
+get_cache_mode (struct ctx *c, yaml_node_t *v, const char *full,
+                enum config_cache_mode *out)
+{
+  const char *s = scalar (v);
+
+  if (s && strcmp (s, "none") == 0)
+    *out = CONFIG_CACHE_NONE;
+  else if (s && strcmp (s, "writeback") == 0)
+    *out = CONFIG_CACHE_WRITEBACK;
+  else if (s && strcmp (s, "writethrough") == 0)
+    *out = CONFIG_CACHE_WRITETHROUGH;
+  else
+    return perr (c, v, full, "expected writeback, writethrough or none, "
+                 "got \"%s\"", s ? s : node_kind (v));
+  return 0;
+}
+
+static int
 parse_volume (struct ctx *c, yaml_node_t *map, size_t i,
               struct config_volume *v)
 {
@@ -461,9 +479,18 @@ parse_volume (struct ctx *c, yaml_node_t *map, size_t i,
       if (get_string (c, n, full, v->class, sizeof v->class) == -1)
         return -1;
     }
+    else if (strcmp (key, "cache") == 0) {
+      enum config_cache_mode mode;
+      if (get_cache_mode (c, n, full, &mode) == -1)
+        return -1;
+      if (mode != CONFIG_CACHE_NONE && c->cfg->ncache_devices == 0)
+        return perr (c, n, full, "the pool has no cache (declare one in the "
+                     "cache section)");
+      v->cache_mode = mode;
+    }
     else
       return perr (c, k, full, "unknown key (expected name, size, replicas, "
-                   "stripe_width, stripe_unit or class)");
+                   "stripe_width, stripe_unit, class or cache)");
   }
   if (!have_name || !have_size) {
     char full[40];
@@ -486,23 +513,15 @@ parse_cache (struct ctx *c, yaml_node_t *map)
     return perr (c, map, "cache", "expected a mapping, got %s", node_kind (map));
   FOR_PAIRS (c, map, pair) {
     yaml_node_t *k = NODE (c, pair->key), *v = NODE (c, pair->value);
-    const char *key = scalar (k), *s;
+    const char *key = scalar (k);
     char full[64];
 
     snprintf (full, sizeof full, "cache.%s", key ? key : "?");
     if (!key)
       return perr (c, k, "cache", "keys must be plain strings");
     if (strcmp (key, "mode") == 0) {
-      s = scalar (v);
-      if (s && strcmp (s, "none") == 0)
-        cfg->cache_mode = CONFIG_CACHE_NONE;
-      else if (s && strcmp (s, "writeback") == 0)
-        cfg->cache_mode = CONFIG_CACHE_WRITEBACK;
-      else if (s && strcmp (s, "writethrough") == 0)
-        cfg->cache_mode = CONFIG_CACHE_WRITETHROUGH;
-      else
-        return perr (c, v, full, "expected writeback, writethrough or none, "
-                     "got \"%s\"", s ? s : node_kind (v));
+      if (get_cache_mode (c, v, full, &cfg->cache_mode) == -1)
+        return -1;
     }
     else if (strcmp (key, "devices") == 0) {
       if (v->type != YAML_SEQUENCE_NODE)
@@ -542,6 +561,15 @@ config_find_device (const struct config *cfg, const char *name)
   return NULL;
 }
 
+bool
+config_is_cache_device (const struct config *cfg, const char *name)
+{
+  for (size_t i = 0; i < cfg->ncache_devices; i++)
+    if (strcmp (cfg->cache_devices[i], name) == 0)
+      return true;
+  return false;
+}
+
 const struct config_volume *
 config_find_volume (const struct config *cfg, const char *name)
 {
@@ -555,6 +583,7 @@ void
 config_volume_defaults (const struct config *cfg, struct config_volume *v)
 {
   memset (v, 0, sizeof *v);
+  v->cache_mode = CONFIG_CACHE_DEFAULT;
   v->replicas = 1;
   v->stripe_width = 1;
   v->stripe_unit = MIN (1u << 20, cfg->extent_size);
@@ -575,7 +604,9 @@ config_check_volume (const struct config *cfg, const struct config_volume *v)
   if (v->size > (1ull << 60))
     return strata_error (EINVAL, "size is larger than 1 EiB");
   for (size_t i = 0; i < cfg->ndevices; i++)
-    if (v->class[0] == '\0' || strcmp (cfg->devices[i].class, v->class) == 0)
+    if (!config_is_cache_device (cfg, cfg->devices[i].name)
+        && (v->class[0] == '\0'
+            || strcmp (cfg->devices[i].class, v->class) == 0))
       ndev++;
   if (v->class[0] && ndev == 0)
     return strata_error (EINVAL, "no device has class \"%s\"", v->class);

@@ -8,6 +8,7 @@
 #ifndef STRATA_CONFIG_H
 #define STRATA_CONFIG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,7 +18,8 @@
 #define CONFIG_DOMAIN_MAX 128
 
 enum config_cache_mode { CONFIG_CACHE_NONE, CONFIG_CACHE_WRITEBACK,
-                         CONFIG_CACHE_WRITETHROUGH };
+                         CONFIG_CACHE_WRITETHROUGH,
+                         CONFIG_CACHE_DEFAULT };	/* volume: the pool's */
 
 /* How a local device is read and written (see strata.yaml(5)). */
 enum config_io { CONFIG_IO_AUTO, CONFIG_IO_DIRECT, CONFIG_IO_BUFFERED };
@@ -40,6 +42,7 @@ struct config_volume {
   uint32_t stripe_width;
   uint64_t stripe_unit;
   char class[CONFIG_CLASS_MAX];	/* "" = any class */
+  enum config_cache_mode cache_mode;	/* CONFIG_CACHE_DEFAULT: the pool's */
   int line;
 };
 
@@ -98,6 +101,8 @@ const struct config_device *config_find_device (const struct config *cfg,
                                                 const char *name);
 const struct config_volume *config_find_volume (const struct config *cfg,
                                                 const char *name);
+/* Is device NAME one of the cache's (cache.devices)? */
+bool config_is_cache_device (const struct config *cfg, const char *name);
 
 /* Fill V with the defaults for a volume of CFG (replicas 1, one column,
  * stripe unit min(1 MiB, extent size)). */

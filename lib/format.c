@@ -332,3 +332,58 @@ fbuf_get_str (struct fbuf *b, char *s, size_t cap)
   s[n] = '\0';
   b->pos += n;
 }
+
+void
+format_cs_encode (const struct format_cs *cs, void *blk)
+{
+  struct format_cs_disk d;
+
+  memset (&d, 0, sizeof d);
+  memcpy (d.magic, FORMAT_CS_MAGIC, 8);
+  d.version = htole32 (FORMAT_VERSION);
+  d.slot = htole32 (cs->slot);
+  d.nmirrors = htole32 (cs->nmirrors);
+  memcpy (d.pool_uuid, cs->pool_uuid, 16);
+  memcpy (d.cache_uuid, cs->cache_uuid, 16);
+  memcpy (d.dev_uuid, cs->dev_uuid, 16);
+  d.area_off = htole64 (cs->area_off);
+  d.area_size = htole64 (cs->area_size);
+  d.created = htole64 (cs->created);
+  memcpy (d.pool_name, cs->pool_name, FORMAT_NAME_MAX);
+  memcpy (d.dev_name, cs->dev_name, FORMAT_NAME_MAX);
+  d.crc = htole32 (crc32c (0, &d, offsetof (struct format_cs_disk, crc)));
+  memcpy (blk, &d, sizeof d);
+}
+
+int
+format_cs_decode (const void *blk, struct format_cs *cs)
+{
+  struct format_cs_disk d;
+
+  memcpy (&d, blk, sizeof d);
+  if (memcmp (d.magic, FORMAT_CS_MAGIC, 8) != 0)
+    return strata_error (EINVAL, "no strata cache superblock");
+  if (le32toh (d.crc) != crc32c (0, &d, offsetof (struct format_cs_disk, crc)))
+    return strata_error (EBADMSG, "cache superblock checksum mismatch");
+  if (le32toh (d.version) != FORMAT_VERSION)
+    return strata_error (EBADMSG, "cache superblock version %u is not "
+                         "supported", le32toh (d.version));
+  memset (cs, 0, sizeof *cs);
+  cs->slot = le32toh (d.slot);
+  cs->nmirrors = le32toh (d.nmirrors);
+  memcpy (cs->pool_uuid, d.pool_uuid, 16);
+  memcpy (cs->cache_uuid, d.cache_uuid, 16);
+  memcpy (cs->dev_uuid, d.dev_uuid, 16);
+  cs->area_off = le64toh (d.area_off);
+  cs->area_size = le64toh (d.area_size);
+  cs->created = le64toh (d.created);
+  memcpy (cs->pool_name, d.pool_name, FORMAT_NAME_MAX);
+  cs->pool_name[FORMAT_NAME_MAX - 1] = '\0';
+  memcpy (cs->dev_name, d.dev_name, FORMAT_NAME_MAX);
+  cs->dev_name[FORMAT_NAME_MAX - 1] = '\0';
+  if (cs->slot > 1 || cs->nmirrors < 1 || cs->nmirrors > 2
+      || cs->slot >= cs->nmirrors || cs->area_off < STRATA_BLOCK
+      || cs->area_size < FORMAT_CACHE_HDRS + 2 * STRATA_BLOCK)
+    return strata_error (EBADMSG, "cache superblock geometry is inconsistent");
+  return 0;
+}

@@ -211,6 +211,44 @@ static_assert (sizeof (struct format_cr_disk) == 64, "cache record size");
 static_assert (sizeof (struct format_cr_disk) + 4 * FORMAT_CR_MAX_BLOCKS
                <= 4096, "a record's block checksums fit its header block");
 
+/* A cache device: its superblock at offset 0 (instead of a member's),
+ * its cache area (headers and ring, above) from area_off to area_off +
+ * area_size.  Mirrors of one cache share cache_uuid; SLOT says which
+ * mirror this is. */
+#define FORMAT_CS_MAGIC "STRATACS"
+#define FORMAT_CACHE_AREA_OFFSET (1024 * 1024)
+
+struct format_cs_disk {
+  char magic[8];
+  uint32_t version;
+  uint32_t slot;		/* 0 or 1 */
+  uint32_t nmirrors;		/* 1 or 2 */
+  uint32_t reserved0;
+  uint8_t pool_uuid[16];
+  uint8_t cache_uuid[16];
+  uint8_t dev_uuid[16];
+  uint64_t area_off;
+  uint64_t area_size;
+  uint64_t created;
+  char pool_name[FORMAT_NAME_MAX];
+  char dev_name[FORMAT_NAME_MAX];
+  uint8_t reserved[284];
+  uint32_t crc;			/* crc32c of every byte before it */
+} __attribute__ ((packed));
+static_assert (sizeof (struct format_cs_disk) == 512, "cache superblock size");
+
+struct format_cs {
+  uint32_t slot, nmirrors;
+  uint8_t pool_uuid[16], cache_uuid[16], dev_uuid[16];
+  uint64_t area_off, area_size, created;
+  char pool_name[FORMAT_NAME_MAX];
+  char dev_name[FORMAT_NAME_MAX];
+};
+
+void format_cs_encode (const struct format_cs *cs, void *blk);
+/* Returns 0; or -1 with EINVAL (not a cache superblock) or EBADMSG. */
+int format_cs_decode (const void *blk, struct format_cs *cs);
+
 /* In-memory superblock. */
 struct format_sb {
   uint32_t version;

@@ -139,6 +139,113 @@ meta_clear (struct meta *m)
   m->ndevices = 0;
   memset (m->devices, 0, META_MAX_DEVICES * sizeof *m->devices);
   memset (m->jobs, 0, sizeof m->jobs);
+  memset (m->cache_uuid, 0, 16);
+  free (m->lost);
+  m->lost = NULL;
+  m->nlost = 0;
+  atomic_store (&m->nlost_hint, 0);
+}
+
+/* ---- ranges lost with the cache ---- */
+
+static int
+lost_cmp (const void *a, const void *b)
+{
+  const struct meta_lost *x = a, *y = b;
+  if (x->vol != y->vol)
+    return x->vol < y->vol ? -1 : 1;
+  return x->blk < y->blk ? -1 : x->blk > y->blk;
+}
+
+/* Add (LOST) or take away ranges, keeping m->lost sorted and disjoint.
+ * Under m->lock.  Returns 0 or -1. */
+static int
+lost_change (struct meta *m, bool lost, const struct meta_lost *it, size_t n)
+{
+  size_t cap = m->nlost + (lost ? n : 2 * n) + 1, k = 0;
+  struct meta_lost *out = malloc (cap * sizeof *out);
+
+  if (!out)
+    return strata_error (ENOMEM, "out of memory");
+  if (lost) {
+    memcpy (out, m->lost, m->nlost * sizeof *out);
+    memcpy (out + m->nlost, it, n * sizeof *out);
+    qsort (out, m->nlost + n, sizeof *out, lost_cmp);
+    /* Merge overlapping and adjacent ranges. */
+    for (size_t i = 0; i < m->nlost + n; i++) {
+      if (k > 0 && out[k - 1].vol == out[i].vol
+          && out[i].blk <= out[k - 1].blk + out[k - 1].nblk) {
+        uint64_t end = MAX (out[k - 1].blk + out[k - 1].nblk,
+                            out[i].blk + out[i].nblk);
+        out[k - 1].nblk = end - out[k - 1].blk;
+      }
+      else
+        out[k++] = out[i];
+    }
+  }
+  else {
+    /* Each kept range minus every item (at most one split per item). */
+    for (size_t i = 0; i < m->nlost; i++) {
+      struct meta_lost cur = m->lost[i];
+      bool gone = false;
+      for (size_t j = 0; j < n && !gone; j++) {
+        uint64_t a = it[j].blk, b = it[j].blk + it[j].nblk;
+        uint64_t c0 = cur.blk, c1 = cur.blk + cur.nblk;
+        if (it[j].vol != cur.vol || b <= c0 || c1 <= a)
+          continue;
+        if (a > c0 && b < c1) {		/* a hole in the middle */
+          if (k + 2 > cap) {
+            struct meta_lost *o = realloc (out, (cap *= 2) * sizeof *o);
+            if (!o) {
+              free (out);
+              return strata_error (ENOMEM, "out of memory");
+            }
+            out = o;
+          }
+          out[k++] = (struct meta_lost) { cur.vol, c0, a - c0 };
+          cur = (struct meta_lost) { cur.vol, b, c1 - b };
+        }
+        else if (a <= c0 && b >= c1)
+          gone = true;
+        else if (a <= c0)
+          cur = (struct meta_lost) { cur.vol, b, c1 - b };
+        else
+          cur = (struct meta_lost) { cur.vol, c0, a - c0 };
+      }
+      if (!gone) {
+        if (k + 1 > cap) {
+          struct meta_lost *o = realloc (out, (cap *= 2) * sizeof *o);
+          if (!o) {
+            free (out);
+            return strata_error (ENOMEM, "out of memory");
+          }
+          out = o;
+        }
+        out[k++] = cur;
+      }
+    }
+    qsort (out, k, sizeof *out, lost_cmp);
+  }
+  free (m->lost);
+  m->lost = out;
+  m->nlost = k;
+  atomic_store (&m->nlost_hint, k);
+  return 0;
+}
+
+bool
+meta_lost_any (struct meta *m, uint32_t vol, uint64_t blk, uint64_t nblk)
+{
+  bool r = false;
+
+  if (atomic_load_explicit (&m->nlost_hint, memory_order_acquire) == 0)
+    return false;
+  pthread_mutex_lock (&m->lock);
+  for (size_t i = 0; i < m->nlost && !r; i++)
+    r = m->lost[i].vol == vol && m->lost[i].blk < blk + nblk
+      && blk < m->lost[i].blk + m->lost[i].nblk;
+  pthread_mutex_unlock (&m->lock);
+  return r;
 }
 
 void
@@ -457,6 +564,15 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
           m->volumes[i] = m->volumes[--m->nvolumes];
           break;
         }
+      {
+        /* Its lost ranges go with it. */
+        size_t k = 0;
+        for (size_t i = 0; i < m->nlost; i++)
+          if (m->lost[i].vol != id)
+            m->lost[k++] = m->lost[i];
+        m->nlost = k;
+        atomic_store (&m->nlost_hint, k);
+      }
       pthread_mutex_unlock (&m->lock);
       volume_free (v);
       return 0;
@@ -649,6 +765,43 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       return 0;
     }
 
+    case META_E_CACHE: {
+      uint8_t uuid[16];
+      fbuf_get_bytes (&b, uuid, 16);
+      if (b.bad)
+        return strata_error (EBADMSG, "malformed cache entry");
+      memcpy (m->cache_uuid, uuid, 16);
+      return 0;
+    }
+
+    case META_E_LOST: {
+      bool lost = fbuf_get_u8 (&b);
+      uint32_t n = fbuf_get_u32 (&b);
+      struct meta_lost *it;
+      int r;
+
+      if (b.bad || n > (b.len - b.pos) / 20)
+        return strata_error (EBADMSG, "malformed lost-range entry");
+      if (!(it = malloc ((n + 1) * sizeof *it)))
+        return strata_error (ENOMEM, "out of memory");
+      for (uint32_t i = 0; i < n; i++) {
+        it[i].vol = fbuf_get_u32 (&b);
+        it[i].blk = fbuf_get_u64 (&b);
+        it[i].nblk = fbuf_get_u64 (&b);
+        if (it[i].nblk == 0 || it[i].blk + it[i].nblk < it[i].blk)
+          b.bad = true;
+      }
+      if (b.bad) {
+        free (it);
+        return strata_error (EBADMSG, "malformed lost-range entry");
+      }
+      pthread_mutex_lock (&m->lock);
+      r = lost_change (m, lost, it, n);
+      pthread_mutex_unlock (&m->lock);
+      free (it);
+      return r;
+    }
+
     case META_E_DEV_STATE: {
       uint32_t dev = fbuf_get_u32 (&b);
       uint8_t st = fbuf_get_u8 (&b);
@@ -790,6 +943,25 @@ meta_entry_job (struct fbuf *out, uint8_t kind, const struct meta_job *j)
   fbuf_put_u64 (out, j->unrepaired);
 }
 
+void
+meta_entry_cache (struct fbuf *out, const uint8_t uuid[16])
+{
+  fbuf_put_bytes (out, uuid, 16);
+}
+
+void
+meta_entry_lost (struct fbuf *out, bool lost, const struct meta_lost *items,
+                 size_t n)
+{
+  fbuf_put_u8 (out, lost);
+  fbuf_put_u32 (out, n);
+  for (size_t i = 0; i < n; i++) {
+    fbuf_put_u32 (out, items[i].vol);
+    fbuf_put_u64 (out, items[i].blk);
+    fbuf_put_u64 (out, items[i].nblk);
+  }
+}
+
 static int
 snap_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 {
@@ -884,6 +1056,26 @@ meta_snapshot (struct meta *m, struct fbuf *out)
     fbuf_free (&e);
     free (s.stale);
   }
+  /* The cache and the lost ranges, as their entries. */
+  {
+    struct fbuf e;
+    fbuf_init_write (&e);
+    meta_entry_cache (&e, m->cache_uuid);
+    fbuf_put_u32 (out, e.len);
+    fbuf_put_bytes (out, e.p, e.len);
+    if (e.bad)
+      out->bad = true;
+    fbuf_free (&e);
+    fbuf_init_write (&e);
+    pthread_mutex_lock (&m->lock);
+    meta_entry_lost (&e, true, m->lost, m->nlost);
+    pthread_mutex_unlock (&m->lock);
+    fbuf_put_u32 (out, e.len);
+    fbuf_put_bytes (out, e.p, e.len);
+    if (e.bad)
+      out->bad = true;
+    fbuf_free (&e);
+  }
   if (out->bad)
     return strata_error (ENOMEM, "out of memory writing a checkpoint");
   return 0;
@@ -970,12 +1162,18 @@ meta_load (struct meta *m, const void *data, size_t len)
       goto bad;
     b.pos += n;
   }
-  if (b.pos < b.len) {
-    uint32_t n = fbuf_get_u32 (&b);
-    if (b.bad || n > b.len - b.pos
-        || meta_apply (m, META_E_STALE, (const char *) data + b.pos, n) == -1)
-      goto bad;
-    b.pos += n;
+  {
+    /* Sections added later, as entries: missing from older pools. */
+    static const uint16_t later[] = { META_E_STALE, META_E_CACHE,
+                                      META_E_LOST };
+    for (size_t k = 0; k < sizeof later / sizeof later[0] && b.pos < b.len;
+         k++) {
+      uint32_t n = fbuf_get_u32 (&b);
+      if (b.bad || n > b.len - b.pos
+          || meta_apply (m, later[k], (const char *) data + b.pos, n) == -1)
+        goto bad;
+      b.pos += n;
+    }
   }
   if (b.pos != b.len)
     goto bad;

@@ -37,6 +37,8 @@ enum meta_entry_type {
   META_E_JOB = 10,		/* scrub or rebuild progress */
   META_E_STALE = 11,		/* copies that missed writes, or caught up */
   META_E_DEV_ADD = 12,		/* a new member (strata device add) */
+  META_E_CACHE = 13,		/* the cache attached (its uuid) or detached */
+  META_E_LOST = 14,		/* ranges lost with the cache, or written again */
 };
 
 /* The device table has room for this many devices from the start, so
@@ -157,8 +159,16 @@ struct meta_job {
   uint64_t unrepaired;		/* blocks left alone: no copy to trust */
 };
 
+/* Blocks [blk, blk + nblk) of volume VOL whose only current copy was in
+ * a cache that was lost: reads fail until they are written again. */
+struct meta_lost {
+  uint32_t vol;
+  uint64_t blk, nblk;
+};
+
 struct meta {
-  pthread_mutex_t lock;		/* protects volumes[], nvolumes, devices[].state */
+  pthread_mutex_t lock;		/* protects volumes[], nvolumes, devices[].state,
+				   lost[], nlost */
   uint8_t pool_uuid[16];
   char name[FORMAT_NAME_MAX];
   uint64_t extent_size;
@@ -171,6 +181,12 @@ struct meta {
   struct meta_volume **volumes;
   size_t nvolumes;
   struct meta_job jobs[META_JOB_KINDS];	/* protected by lock */
+  /* The write-back cache in use: its uuid (all zero: none).  A pool
+   * with one attached refuses to open without it (pool.c). */
+  uint8_t cache_uuid[16];
+  struct meta_lost *lost;	/* sorted by volume and block, disjoint */
+  size_t nlost;
+  _Atomic size_t nlost_hint;	/* nlost, for a lock-free "none" test */
 };
 
 /* A new, empty state (no devices, no volumes). */
@@ -230,6 +246,16 @@ void meta_entry_ext_replace (struct fbuf *out, uint32_t vol, uint64_t chunk,
                              uint32_t slot, struct meta_extent e);
 void meta_entry_job (struct fbuf *out, uint8_t kind,
                      const struct meta_job *j);
+/* The cache with UUID attached (all zero: detached). */
+void meta_entry_cache (struct fbuf *out, const uint8_t uuid[16]);
+/* N ranges lost with the cache (LOST), or written again since. */
+void meta_entry_lost (struct fbuf *out, bool lost,
+                      const struct meta_lost *items, size_t n);
+
+/* Does any block of [BLK, BLK + NBLK) of volume VOL lie in a lost
+ * range?  Takes m->lock unless nothing is lost. */
+bool meta_lost_any (struct meta *m, uint32_t vol, uint64_t blk,
+                    uint64_t nblk);
 
 /* Free the chunks V retired by EXT_REPLACE.  The caller makes sure no
  * reader still holds them (volume_quiesce()). */

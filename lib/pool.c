@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "error.h"
 #include "pool.h"
 #include "resync.h"
@@ -84,6 +85,13 @@ struct pool {
    * pool_meta_move() under add_lock, read under members_lock. */
   pthread_mutex_t members_lock;
   struct membership mem;
+  /* The write-back cache (NULL: none), its devices, and the destager
+   * the plugin runs over it (destage.h). */
+  struct cache *cache;
+  struct device *cache_dev[2];
+  void *destager;
+  pthread_mutex_t lost_lock;	/* serialises pool_cache_lost() */
+  _Atomic bool cache_lost;	/* the cache died; its dirty ranges lost */
 };
 
 /* Device open flags for the io: setting of CD. */
@@ -292,8 +300,11 @@ new_member (struct format_sb *sb, struct meta_device *md,
   return 0;
 }
 
-int
-pool_init (const struct config *cfg, bool force, FILE *log)
+/* Format the members of CFG (its cache devices left out) as a new pool,
+ * with CACHE_UUID (or NULL) as its cache, and return its UUID. */
+static int
+init_members (const struct config *cfg, bool force, FILE *log,
+              const uint8_t *cache_uuid, uint8_t uuid[16])
 {
   size_t n = cfg->ndevices;
   struct device **devs = calloc (n, sizeof *devs);
@@ -303,7 +314,6 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   uint8_t *buf = device_alloc_buf (FORMAT_RESERVED_END);
   struct meta *m = NULL;
   struct fbuf ck;
-  uint8_t uuid[16];
   struct membership ms = { .epoch = 1 };
   size_t nmeta = 0;
   int r = -1;
@@ -311,12 +321,6 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   fbuf_init_write (&ck);
   if (!devs || !sbs || !meta_dev || !created || !members || !buf) {
     strata_error (ENOMEM, "out of memory");
-    goto out;
-  }
-  if (cfg->cache_mode != CONFIG_CACHE_NONE) {
-    strata_error (ENOTSUP, "%s: cache: the SSD cache is not available in "
-                  "this version of strata; set cache.mode to none or remove "
-                  "the cache section", cfg->file);
     goto out;
   }
 
@@ -368,6 +372,8 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   if (!m)
     goto out;
   memcpy (m->pool_uuid, uuid, 16);
+  if (cache_uuid)
+    memcpy (m->cache_uuid, cache_uuid, 16);
   snprintf (m->name, sizeof m->name, "%s", cfg->name);
   m->extent_size = cfg->extent_size;
   m->ndevices = n;
@@ -434,6 +440,144 @@ pool_init (const struct config *cfg, bool force, FILE *log)
   free (buf);
   fbuf_free (&ck);
   meta_free (m);
+  return r;
+}
+
+/* Open cache device CD to be formatted and check it holds nothing
+ * (unless FORCE).  NULL with a message. */
+static struct device *
+open_cache_to_format (const struct config *cfg, const struct config_device *cd,
+                      bool force, FILE *log)
+{
+  uint64_t need = FORMAT_CACHE_AREA_OFFSET + FORMAT_CACHE_HDRS + (1 << 20);
+  uint8_t *buf = device_alloc_buf (FORMAT_RESERVED_END);
+  struct device *d;
+  bool created;
+  char why[200];
+
+  if (!buf) {
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (!(d = open_to_format (cfg, cd, &created, log))
+      || check_size (cfg, cd, d, created) == -1)
+    goto fail;
+  if (device_size (d) < need) {
+    strata_error (EINVAL, "%s:%d: cache device %s: %s is too small (%" PRIu64
+                  " bytes; a cache needs at least %" PRIu64 ")", cfg->file,
+                  cd->line, cd->name, config_device_where (cd),
+                  device_size (d), need);
+    goto fail;
+  }
+  if (!created) {
+    uint32_t len = MIN (FORMAT_RESERVED_END, device_size (d));
+    const char *what;
+    struct format_cs cs;
+    if (device_pread (d, buf, len, 0) == -1) {
+      strata_error_prefix ("cache device %s", cd->name);
+      goto fail;
+    }
+    what = identify (buf, len, why, sizeof why);
+    if (format_cs_decode (buf, &cs) == 0) {
+      snprintf (why, sizeof why, "it is a cache device of strata pool \"%s\"",
+                cs.pool_name);
+      what = why;
+    }
+    if (what && !force) {
+      strata_error (EEXIST, "cache device %s (%s) was not initialised: %s; "
+                    "use --force to overwrite it", cd->name,
+                    config_device_where (cd), what);
+      goto fail;
+    }
+  }
+  free (buf);
+  return d;
+ fail:
+  free (buf);
+  device_close (d);
+  return NULL;
+}
+
+int
+pool_init (const struct config *full, bool force, FILE *log)
+{
+  struct config cfg = *full;
+  struct config_device *data = calloc (full->ndevices, sizeof *data);
+  struct device *cdev[2] = { NULL, NULL };
+  struct cache_dev mirrors[2];
+  uint8_t uuid[16], cache_uuid[16];
+  uint8_t *blk = device_alloc_buf (STRATA_BLOCK);
+  size_t nc = full->ncache_devices;
+  int r = -1;
+
+  if (!data || !blk) {
+    strata_error (ENOMEM, "out of memory");
+    goto out;
+  }
+  /* The members are the devices that are not the cache's. */
+  cfg.devices = data;
+  cfg.ndevices = 0;
+  for (size_t i = 0; i < full->ndevices; i++)
+    if (!config_is_cache_device (full, full->devices[i].name))
+      data[cfg.ndevices++] = full->devices[i];
+  if (cfg.ndevices == 0) {
+    strata_error (EINVAL, "%s: every device is a cache device; a pool needs "
+                  "members to hold its volumes", full->file);
+    goto out;
+  }
+  for (size_t i = 0; i < nc; i++) {
+    const struct config_device *cd = config_find_device (full,
+                                                         full->cache_devices[i]);
+    if (!(cdev[i] = open_cache_to_format (full, cd, force, log)))
+      goto out;
+  }
+  if (nc && util_random (cache_uuid, 16) == -1) {
+    strata_error (errno, "getrandom: %m");
+    goto out;
+  }
+  if (init_members (&cfg, force, log, nc ? cache_uuid : NULL, uuid) == -1)
+    goto out;
+
+  /* The cache: superblocks, then an empty log. */
+  for (size_t i = 0; i < nc; i++) {
+    const struct config_device *cd = config_find_device (full,
+                                                         full->cache_devices[i]);
+    struct format_cs cs = {
+      .slot = i, .nmirrors = nc, .area_off = FORMAT_CACHE_AREA_OFFSET,
+      .area_size = device_size (cdev[i]) - FORMAT_CACHE_AREA_OFFSET,
+      .created = time (NULL),
+    };
+    memcpy (cs.pool_uuid, uuid, 16);
+    memcpy (cs.cache_uuid, cache_uuid, 16);
+    snprintf (cs.pool_name, sizeof cs.pool_name, "%s", full->name);
+    snprintf (cs.dev_name, sizeof cs.dev_name, "%s", cd->name);
+    if (util_random (cs.dev_uuid, 16) == -1) {
+      strata_error (errno, "getrandom: %m");
+      goto out;
+    }
+    memset (blk, 0, STRATA_BLOCK);
+    format_cs_encode (&cs, blk);
+    if (device_pwrite (cdev[i], blk, STRATA_BLOCK, 0, true) == -1) {
+      strata_error_prefix ("cache device %s", cd->name);
+      goto out;
+    }
+    mirrors[i] = (struct cache_dev) { cdev[i], cd->name, cs.area_off,
+                                      cs.area_size };
+  }
+  if (nc && cache_format (mirrors, nc, uuid) == -1)
+    goto out;
+  for (size_t i = 0; i < nc && log; i++) {
+    char sz[32];
+    fprintf (log, "formatted %s: %s cache%s\n", mirrors[i].name,
+             util_human_size (mirrors[i].size, sz, sizeof sz),
+             nc > 1 ? " mirror" : "");
+  }
+  r = 0;
+ out:
+  for (size_t i = 0; i < 2; i++)
+    device_close (cdev[i]);
+  free (data);
+  free (blk);
   return r;
 }
 
@@ -588,6 +732,117 @@ name_members (struct pool *p)
   }
 }
 
+/* Open the cache the YAML declares and the metadata names, and recover
+ * it.  A pool whose metadata names a cache refuses to open without it:
+ * it may hold acknowledged writes the members do not. */
+static int
+open_cache (struct pool *p)
+{
+  const struct config *cfg = p->cfg;
+  static const uint8_t none[16];
+  struct cache_dev m[2];
+  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  size_t n = cfg->ncache_devices, nm = 0, have = 0;
+  char why[2][300], whyall[2][300];
+  int r = -1;
+
+  memset (m, 0, sizeof m);
+  if (!buf)
+    return strata_error (ENOMEM, "out of memory");
+  if (n == 0) {
+    free (buf);
+    if (memcmp (p->meta->cache_uuid, none, 16) == 0)
+      return 0;
+    return strata_error (EINVAL, "pool %s has a write-back cache that may "
+                         "hold writes its members do not, but %s declares "
+                         "no cache: put the cache section back (run strata "
+                         "cache detach before removing it)", cfg->name,
+                         cfg->file);
+  }
+  if (memcmp (p->meta->cache_uuid, none, 16) == 0) {
+    free (buf);
+    return strata_error (EINVAL, "%s: cache: pool %s was made without a "
+                         "cache (or it was detached); a cache can only be "
+                         "declared when the pool is initialised", cfg->file,
+                         cfg->name);
+  }
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = config_find_device (cfg,
+                                                         cfg->cache_devices[i]);
+    struct format_cs cs;
+    struct device *d;
+
+    why[i][0] = '\0';
+    d = cd->uri ? device_open_nbd (cd->uri, 0)
+                : device_open_local (cd->path, io_flags (cd), 0);
+    if (!d) {
+      snprintf (why[i], sizeof why[i], "%s", strata_last_error ());
+      continue;
+    }
+    p->cache_dev[i] = d;
+    if (device_lock (d) == -1) {
+      strata_error (EBUSY, "pool %s is in use by another process (cache "
+                    "device %s is locked)", cfg->name, cd->name);
+      goto out;
+    }
+    if (device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
+      snprintf (why[i], sizeof why[i], "%s", strata_last_error ());
+      continue;
+    }
+    if (format_cs_decode (buf, &cs) == -1
+        || memcmp (cs.pool_uuid, p->uuid, 16) != 0
+        || memcmp (cs.cache_uuid, p->meta->cache_uuid, 16) != 0) {
+      strata_error (EINVAL, "%s:%d: cache device %s: %s is not the cache of "
+                    "pool %s (%s)", cfg->file, cd->line, cd->name,
+                    config_device_where (cd), cfg->name,
+                    errno == EINVAL || errno == EBADMSG ? strata_last_error ()
+                    : "another pool's or another cache's");
+      goto out;
+    }
+    if (cs.nmirrors != n) {
+      strata_error (EINVAL, "%s: cache.devices lists %zu devices but the "
+                    "cache was made with %u", cfg->file, n, cs.nmirrors);
+      goto out;
+    }
+    if (m[cs.slot].dev) {
+      strata_error (EINVAL, "%s: cache.devices lists mirror %u twice",
+                    cfg->file, cs.slot);
+      goto out;
+    }
+    m[cs.slot] = (struct cache_dev) { d, cd->name, cs.area_off, cs.area_size };
+    have++;
+  }
+  /* A mirror that could not be read takes the slot left over. */
+  memcpy (whyall, why, sizeof why);
+  nm = n;
+  for (size_t i = 0; i < nm; i++)
+    if (!m[i].name)
+      for (size_t k = 0; k < n; k++)
+        if (why[k][0]) {
+          m[i].name = cfg->cache_devices[k];
+          fprintf (stderr, "strata: pool %s: cache mirror %s is missing: "
+                   "%s\n", cfg->name, m[i].name, why[k]);
+          why[k][0] = '\0';
+          break;
+        }
+  if (have == 0) {
+    strata_error (EIO, "pool %s: no device of its cache can be read (%s%s%s); "
+                  "it may hold acknowledged writes the members do not, so "
+                  "the pool is not opened", cfg->name, whyall[0],
+                  n > 1 ? "; " : "", n > 1 ? whyall[1] : "");
+    goto out;
+  }
+  p->cache = cache_open (m, nm, p->uuid);
+  if (!p->cache) {
+    strata_error_prefix ("pool %s: cache", cfg->name);
+    goto out;
+  }
+  r = 0;
+ out:
+  free (buf);
+  return r;
+}
+
 struct pool *
 pool_open (const struct config *cfg, unsigned flags)
 {
@@ -613,14 +868,9 @@ pool_open (const struct config *cfg, unsigned flags)
   pthread_mutex_init (&p->walk_lock, NULL);
   pthread_mutex_init (&p->add_lock, NULL);
   pthread_mutex_init (&p->members_lock, NULL);
+  pthread_mutex_init (&p->lost_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
-  if (cfg->cache_mode != CONFIG_CACHE_NONE) {
-    strata_error (ENOTSUP, "%s: cache: the SSD cache is not available in "
-                  "this version of strata; set cache.mode to none or remove "
-                  "the cache section", cfg->file);
-    goto fail;
-  }
 
   if (lock_pool (p, cfg) == -1)
     goto fail;
@@ -632,6 +882,8 @@ pool_open (const struct config *cfg, unsigned flags)
     const struct config_device *cd = &cfg->devices[i];
     struct device *d;
 
+    if (config_is_cache_device (cfg, cd->name))
+      continue;			/* open_cache() */
     d = cd->uri ? device_open_nbd (cd->uri, 0)
                 : device_open_local (cd->path, io_flags (cd), 0);
     if (!d) {
@@ -767,6 +1019,8 @@ pool_open (const struct config *cfg, unsigned flags)
   }
 
   name_members (p);
+  if (open_cache (p) == -1)
+    goto fail;
 
   p->alloc = alloc_new (p->meta, 0);
   if (!p->alloc || alloc_load (p->alloc, p->meta) == -1)
@@ -822,6 +1076,9 @@ pool_close (struct pool *p)
     fprintf (stderr, "strata: pool %s: %s; the next open resyncs the "
              "columns written last\n", p->cfg->name, strata_last_error ());
   resync_free (p->resync);
+  cache_close (p->cache);
+  for (size_t i = 0; i < 2; i++)
+    device_close (p->cache_dev[i]);
   journal_close (p->journal);
   alloc_free (p->alloc);
   meta_free (p->meta);
@@ -845,6 +1102,7 @@ pool_close (struct pool *p)
   pthread_mutex_destroy (&p->members_lock);
   pthread_mutex_destroy (&p->admin_lock);
   pthread_mutex_destroy (&p->fail_lock);
+  pthread_mutex_destroy (&p->lost_lock);
   free (p);
 }
 
@@ -2004,6 +2262,16 @@ pool_volume_resize (struct pool *p, const char *name, uint64_t size,
     }
     if (claim (p, v, "shrinking") == -1)
       goto out;
+    /* What the cache holds past the new end must not come back with a
+     * later grow. */
+    if (p->cache && !pool_cache_dead (p)
+        && cache_write (p->cache, v->id, div_round_up (size, STRATA_BLOCK),
+                        div_round_up (v->size, STRATA_BLOCK)
+                        - div_round_up (size, STRATA_BLOCK), NULL,
+                        false) == -1) {
+      unclaim (p, v);
+      goto out;
+    }
     if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
         || pool_chunks_free (p, v, cl.idx, cl.n) == -1) {
       free (cl.idx);
@@ -2055,4 +2323,99 @@ pool_volume_delete (struct pool *p, const char *name)
   free (cl.idx);
   pthread_mutex_unlock (&p->admin_lock);
   return r;
+}
+
+/* ---- the cache ---- */
+
+struct cache *pool_cache (struct pool *p) { return p->cache; }
+void *pool_destager (struct pool *p) { return p->destager; }
+void pool_set_destager (struct pool *p, void *d) { p->destager = d; }
+
+bool
+pool_cache_dead (struct pool *p)
+{
+  return atomic_load_explicit (&p->cache_lost, memory_order_acquire);
+}
+
+struct lost_ctx {
+  struct meta_lost *it;
+  size_t n, cap;
+};
+
+static int
+collect_lost (void *opaque, uint32_t vol, uint64_t blk, uint64_t nblk)
+{
+  struct lost_ctx *x = opaque;
+
+  if (x->n == x->cap) {
+    size_t cap = x->cap ? x->cap * 2 : 64;
+    struct meta_lost *n = realloc (x->it, cap * sizeof *n);
+    if (!n)
+      return strata_error (ENOMEM, "out of memory");
+    x->it = n;
+    x->cap = cap;
+  }
+  x->it[x->n++] = (struct meta_lost) { vol, blk, nblk };
+  return 0;
+}
+
+static int
+commit_lost (struct pool *p, bool lost, const struct meta_lost *it, size_t n)
+{
+  int r = 0;
+
+  /* In entries of a bounded size. */
+  for (size_t i = 0; i < n && r == 0; i += 1000) {
+    struct fbuf e;
+    struct journal_item ji;
+    fbuf_init_write (&e);
+    meta_entry_lost (&e, lost, it + i, MIN (1000, n - i));
+    ji = (struct journal_item) { META_E_LOST, e.len, e.p };
+    r = e.bad ? strata_error (ENOMEM, "out of memory")
+              : journal_append (p->journal, &ji, 1);
+    fbuf_free (&e);
+  }
+  return r;
+}
+
+int
+pool_cache_lost (struct pool *p)
+{
+  struct lost_ctx x = { 0 };
+  int r = 0;
+
+  if (!p->cache)
+    return 0;
+  pthread_mutex_lock (&p->lost_lock);
+  if (!atomic_load (&p->cache_lost)) {
+    r = cache_dirty_ranges (p->cache, collect_lost, &x);
+    if (r == 0 && x.n > 0 && p->writable)
+      r = commit_lost (p, true, x.it, x.n);
+    if (r == 0) {
+      uint64_t blocks = 0;
+      for (size_t i = 0; i < x.n; i++)
+        blocks += x.it[i].nblk;
+      fprintf (stderr, "strata: pool %s: the cache is lost with %" PRIu64
+               " blocks not yet written back, in %zu ranges; reads of them "
+               "fail (strata status lists them)\n", p->cfg->name, blocks,
+               x.n);
+      atomic_store (&p->cache_lost, true);
+    }
+    else
+      strata_error_prefix ("pool %s: recording the ranges lost with the "
+                           "cache", p->cfg->name);
+  }
+  pthread_mutex_unlock (&p->lost_lock);
+  free (x.it);
+  return r;
+}
+
+int
+pool_lost_clear (struct pool *p, uint32_t vol, uint64_t blk, uint64_t nblk)
+{
+  struct meta_lost it = { vol, blk, nblk };
+
+  if (!meta_lost_any (p->meta, vol, blk, nblk))
+    return 0;
+  return commit_lost (p, false, &it, 1);
 }

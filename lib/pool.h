@@ -190,4 +190,22 @@ bool pool_job_cancelled (struct pool *p, uint8_t kind);
 /* The pool's dirty-column tracker (resync.h); NULL if read-only. */
 struct resync *pool_resync (struct pool *p);
 
+/* The write-back cache (cache.h), or NULL if the pool has none. */
+struct cache *pool_cache (struct pool *p);
+/* The destager running over it (destage.h), set by whoever starts it. */
+void *pool_destager (struct pool *p);
+void pool_set_destager (struct pool *p, void *d);
+
+/* The cache has no working mirror left: every range only it held is
+ * recorded as lost in the journal (once; meta_lost_any() then says so
+ * for reads), and from then on the volumes use the members alone.
+ * Returns 0, or -1 if the record could not be committed (the caller
+ * must then fail the request: nothing tells a reader what is lost). */
+int pool_cache_lost (struct pool *p);
+bool pool_cache_dead (struct pool *p);
+/* Blocks [BLK, BLK + NBLK) of volume VOL hold new data: no longer lost.
+ * Returns 0 or -1. */
+int pool_lost_clear (struct pool *p, uint32_t vol, uint64_t blk,
+                     uint64_t nblk);
+
 #endif /* STRATA_POOL_H */

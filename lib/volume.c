@@ -48,6 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cache.h"
 #include "csum.h"
 #include "crc32c.h"
 #include "error.h"
@@ -88,6 +89,8 @@ struct volume {
   struct pool *p;
   struct meta_volume *mv;
   struct vshared *s;
+  struct cache *cache;		/* the pool's, or NULL */
+  enum config_cache_mode mode;	/* how this volume uses it */
 };
 
 struct piece {
@@ -111,6 +114,8 @@ struct scratch {
   size_t rqcap;
   char *bounce;
   size_t bcap;
+  char *cb;			/* whole blocks for the cache path */
+  size_t cbcap;
   uint32_t *u32;		/* 3 * pieces: replicas tried, piece of
 				 * request, suspect */
   size_t u32cap;
@@ -130,6 +135,7 @@ scratch_destroy (void *p)
     free (s->pc);
     free (s->rq);
     free (s->bounce);
+    free (s->cb);
     free (s->u32);
     free (s);
   }
@@ -254,6 +260,13 @@ volume_open (struct pool *p, const char *name)
   v->mv = mv;
   v->s = mv->dp;
   pthread_mutex_unlock (&m->lock);
+  v->cache = pool_cache (p);
+  if (v->cache) {
+    const struct config *cfg = pool_config (p);
+    const struct config_volume *cv = config_find_volume (cfg, name);
+    v->mode = cv && cv->cache_mode != CONFIG_CACHE_DEFAULT ? cv->cache_mode
+                                                           : cfg->cache_mode;
+  }
   return v;
 }
 
@@ -784,8 +797,8 @@ heal_pieces (struct volume *v, struct piece *pc, size_t n,
 
 /* ---- read ---- */
 
-int
-volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
+static int
+backing_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
 {
   struct vshared *s = v->s;
   struct scratch *sc;
@@ -1096,18 +1109,41 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   return r;
 }
 
+static int cached_pwrite (struct volume *v, const void *buf, uint32_t count,
+                          uint64_t off, bool fua);
+
 int
 volume_pwrite (struct volume *v, const void *buf, uint32_t count,
                uint64_t off, bool fua)
 {
   if (check_range (v, count, off) == -1)
     return -1;
+  if (v->cache && count > 0 && pool_writable (v->p))
+    return cached_pwrite (v, buf, count, off, fua);
   return do_pwrite (v, buf, count, off, fua);
 }
 
 int
 volume_flush (struct volume *v)
 {
+  struct cache *c = v->cache;
+
+  if (c) {
+    if (pool_cache_dead (v->p))
+      return strata_error (EIO, "pool %s: the cache was lost with writes "
+                           "not yet on the members (strata status lists "
+                           "them); flushes fail until strata cache detach",
+                           pool_config (v->p)->name);
+    if (cache_flush (c) == -1) {
+      int e = errno;
+      struct cache_info ci;
+      cache_info (c, &ci);
+      if (ci.mirrors == 0)
+        pool_cache_lost (v->p);
+      errno = e;
+      return -1;
+    }
+  }
   return pool_flush (v->p);
 }
 
@@ -1239,6 +1275,9 @@ discard_range (struct volume *v, uint32_t count, uint64_t off)
   return discard_blocks (v, count, off);
 }
 
+static int cached_zero (struct volume *v, uint32_t count, uint64_t off,
+                        bool fua, bool trim);
+
 int
 volume_trim (struct volume *v, uint32_t count, uint64_t off, bool fua)
 {
@@ -1248,6 +1287,8 @@ volume_trim (struct volume *v, uint32_t count, uint64_t off, bool fua)
     return strata_error (EROFS, "pool is open read-only");
   if (count == 0)
     return 0;
+  if (v->cache)
+    return cached_zero (v, count, off, fua, true);
   if (discard_range (v, count, off) == -1)
     return -1;
   return fua ? pool_flush (v->p) : 0;
@@ -1279,6 +1320,8 @@ volume_zero (struct volume *v, uint32_t count, uint64_t off, bool may_trim,
     return strata_error (EROFS, "pool is open read-only");
   if (count == 0)
     return 0;
+  if (v->cache)
+    return cached_zero (v, count, off, fua, false);
   if (!may_trim)
     return write_zeros (v, count, off, fua);
 
@@ -1314,6 +1357,11 @@ volume_extents (struct volume *v, uint32_t count, uint64_t off,
     /* Merge runs of the same kind. */
     while (e < end && (meta_chunk_get (v->mv, e / cs) == NULL) == hole)
       e = MIN (end, e + cs);
+    /* Not a hole where the cache holds blocks not written back. */
+    if (hole && v->cache
+        && cache_holds (v->cache, v->mv->id, o / STRATA_BLOCK,
+                        div_round_up (e, STRATA_BLOCK) - o / STRATA_BLOCK))
+      hole = false;
     r = fn (opaque, o, e - o, hole);
     if (r)
       return r;
@@ -1395,4 +1443,332 @@ volume_column_offset (struct volume *v, uint64_t idx, uint32_t col,
                       uint64_t eoff)
 {
   return volume_offset (v, idx, col, eoff);
+}
+
+/* ---- the write-back cache (cache.h) ----
+ *
+ * With a cache, the volume's 4 KiB blocks are the unit.  A read takes
+ * the blocks the cache holds from it and the rest from the members.  A
+ * write-back write (or any write over blocks the cache holds) becomes a
+ * cache record of whole blocks, the partial edges read first; it is
+ * acknowledged once the record is on every cache mirror.  A
+ * write-through write, or a write of a volume with mode none, over
+ * blocks the cache does not hold goes to the members (write-through
+ * then keeps a clean copy for reads).
+ *
+ * The block lock: every write of a volume with a cache, and every write
+ * of the destager (volume_destage_write), holds a range lock over the
+ * blocks it covers (the range lock of the design notes, under a chunk
+ * number no column uses).  So the destager never writes an older
+ * version over a write that went to the members directly, and partial
+ * blocks merge safely.  Nobody waits for room in the cache log while
+ * holding it (CACHE_NOWAIT): room is made by the destager, which may
+ * need the same blocks.
+ *
+ * When the cache has no working mirror left, pool_cache_lost() records
+ * what only it held as lost; reads of those blocks fail with EIO, the
+ * rest of the volume is read and written on the members alone, and a
+ * write of whole blocks makes them readable again. */
+
+#define BLOCK_LOCK_CHUNK UINT64_MAX
+
+static struct piece
+block_piece (uint64_t b0, uint64_t b1)
+{
+  return (struct piece) { .chunk = BLOCK_LOCK_CHUNK, .a0 = b0 * STRATA_BLOCK,
+                          .a1 = b1 * STRATA_BLOCK };
+}
+
+static char *
+get_cbounce (size_t len)
+{
+  struct scratch *s = get_scratch (0, 0, 0);
+
+  if (!s)
+    return NULL;
+  if (len > s->cbcap) {
+    free (s->cb);
+    s->cb = device_alloc_buf (len);
+    s->cbcap = s->cb ? len : 0;
+    if (!s->cb) {
+      strata_error (ENOMEM, "out of memory");
+      return NULL;
+    }
+  }
+  return s->cb;
+}
+
+static int
+lost_error (struct volume *v, uint64_t off, uint32_t count)
+{
+  return strata_error (EIO, "volume %s: bytes %" PRIu64 "-%" PRIu64 " were "
+                       "lost with the cache (strata status lists the lost "
+                       "ranges)", v->mv->name, off, off + count - 1);
+}
+
+/* The cache lost its last mirror: record what only it held. */
+static void
+cache_failed (struct volume *v)
+{
+  struct cache_info ci;
+
+  cache_info (v->cache, &ci);
+  if (ci.mirrors == 0)
+    pool_cache_lost (v->p);
+}
+
+/* Read blocks [B0, B1) into BUF (aligned): the cache's, then the rest
+ * from the members (the part past the end of the volume as zeros). */
+static int
+read_blocks (struct volume *v, uint64_t b0, uint64_t b1, char *buf)
+{
+  uint32_t n = b1 - b0;
+  uint8_t small[64], *hit = n <= 512 ? small : malloc ((n + 7) / 8);
+  int found, r = 0;
+
+  if (!hit)
+    return strata_error (ENOMEM, "out of memory");
+  found = cache_read (v->cache, v->mv->id, b0, n, buf, hit);
+  if (found < 0) {
+    cache_failed (v);
+    r = -1;
+  }
+  for (uint32_t i = 0; r == 0 && found < (int) n && i < n;) {
+    uint32_t k = 0;
+    uint64_t o, len;
+    if (hit[i / 8] >> (i % 8) & 1) {
+      i++;
+      continue;
+    }
+    while (i + k < n && !(hit[(i + k) / 8] >> ((i + k) % 8) & 1))
+      k++;
+    o = (b0 + i) * STRATA_BLOCK;
+    len = MIN ((uint64_t) k * STRATA_BLOCK, v->mv->size - o);
+    r = backing_pread (v, buf + (size_t) i * STRATA_BLOCK, len, o);
+    if (len < (uint64_t) k * STRATA_BLOCK)
+      memset (buf + (size_t) i * STRATA_BLOCK + len, 0,
+              (size_t) k * STRATA_BLOCK - len);
+    i += k;
+  }
+  if (hit != small)
+    free (hit);
+  return r;
+}
+
+int
+volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
+{
+  uint64_t b0 = off / STRATA_BLOCK;
+  uint64_t b1 = div_round_up (off + count, STRATA_BLOCK);
+  char *cb;
+
+  if (!v->cache || count == 0)
+    return backing_pread (v, buf, count, off);
+  if (check_range (v, count, off) == -1)
+    return -1;
+  if (meta_lost_any (pool_meta (v->p), v->mv->id, b0, b1 - b0))
+    return lost_error (v, off, count);
+  if (pool_cache_dead (v->p))
+    return backing_pread (v, buf, count, off);
+  if (off % STRATA_BLOCK == 0 && count % STRATA_BLOCK == 0
+      && (uintptr_t) buf % 4096 == 0)
+    return read_blocks (v, b0, b1, buf);
+  if (!(cb = get_cbounce ((b1 - b0) * STRATA_BLOCK))
+      || read_blocks (v, b0, b1, cb) == -1)
+    return -1;
+  memcpy (buf, cb + (off - b0 * STRATA_BLOCK), count);
+  return 0;
+}
+
+/* A write once the cache is lost: to the members; a partial block that
+ * was lost cannot be merged; whole blocks written are no longer lost.
+ * Under the block lock. */
+static int
+dead_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
+             bool fua)
+{
+  struct meta *m = pool_meta (v->p);
+  uint64_t b0 = off / STRATA_BLOCK, end = off + count;
+  uint64_t w0 = div_round_up (off, STRATA_BLOCK), w1 = end / STRATA_BLOCK;
+
+  if ((off % STRATA_BLOCK && meta_lost_any (m, v->mv->id, b0, 1))
+      || (end % STRATA_BLOCK && meta_lost_any (m, v->mv->id, w1, 1)))
+    return lost_error (v, off, count);
+  if (buf ? do_pwrite (v, buf, count, off, fua) == -1
+          : discard_range (v, count, off) == -1)
+    return -1;
+  if (w0 < w1 && pool_lost_clear (v->p, v->mv->id, w0, w1 - w0) == -1)
+    return -1;
+  return 0;
+}
+
+static int
+cached_pwrite (struct volume *v, const void *buf, uint32_t count,
+               uint64_t off, bool fua)
+{
+  uint64_t b0 = off / STRATA_BLOCK;
+  uint64_t b1 = div_round_up (off + count, STRATA_BLOCK);
+  uint32_t n = b1 - b0;
+  struct piece lk = block_piece (b0, b1);
+  const char *data = buf;
+  int r;
+
+ again:
+  if (range_lock (v->s, &lk, 1) == -1)
+    return -1;
+  if (pool_cache_dead (v->p)) {
+    r = dead_pwrite (v, buf, count, off, fua);
+    goto out;
+  }
+  if (v->mode != CONFIG_CACHE_WRITEBACK
+      && !cache_holds (v->cache, v->mv->id, b0, n)) {
+    /* Nothing older in the cache: straight to the members. */
+    r = do_pwrite (v, buf, count, off, fua);
+    if (r == 0 && v->mode == CONFIG_CACHE_WRITETHROUGH
+        && off % STRATA_BLOCK == 0 && count % STRATA_BLOCK == 0) {
+      char *cb = get_cbounce (count);
+      /* Kept for reads if there is room; nothing depends on it. */
+      if (cb) {
+        memcpy (cb, buf, count);
+        cache_put (v->cache, v->mv->id, b0, n, cb,
+                   CACHE_CLEAN | CACHE_NOWAIT);
+      }
+    }
+    goto out;
+  }
+  if (off % STRATA_BLOCK || count % STRATA_BLOCK
+      || (uintptr_t) buf % 4096) {
+    char *cb = get_cbounce ((size_t) n * STRATA_BLOCK);
+    r = -1;
+    if (!cb)
+      goto out;
+    /* The partial edges as they are now. */
+    if (off % STRATA_BLOCK && read_blocks (v, b0, b0 + 1, cb) == -1)
+      goto out;
+    if ((off + count) % STRATA_BLOCK
+        && (b1 - 1 > b0 || off % STRATA_BLOCK == 0)
+        && read_blocks (v, b1 - 1, b1,
+                        cb + (size_t) (n - 1) * STRATA_BLOCK) == -1)
+      goto out;
+    memcpy (cb + (off - b0 * STRATA_BLOCK), buf, count);
+    data = cb;
+  }
+  r = cache_put (v->cache, v->mv->id, b0, n, data,
+                 (fua ? CACHE_FUA : 0) | CACHE_NOWAIT);
+  if (r == -1 && errno == EAGAIN) {
+    range_unlock (v->s, &lk, 1);
+    cache_wait_room (v->cache, (uint64_t) (n + 1) * STRATA_BLOCK);
+    data = buf;
+    goto again;
+  }
+  if (r == -1) {
+    cache_failed (v);
+    if (pool_cache_dead (v->p))
+      r = dead_pwrite (v, buf, count, off, fua);
+  }
+ out:
+  range_unlock (v->s, &lk, 1);
+  return r;
+}
+
+/* Trim (TRIM) or zero [OFF, OFF+COUNT) of a volume with a cache: whole
+ * blocks become a zero record (or, where the cache holds none of them
+ * and the volume does not write back, go to the members); partial
+ * blocks are written (zero) or left alone (trim). */
+static int
+cached_zero (struct volume *v, uint32_t count, uint64_t off, bool fua,
+             bool trim)
+{
+  uint64_t end = off + count;
+  uint64_t w0 = round_up (off, STRATA_BLOCK), w1 = round_down (end,
+                                                               STRATA_BLOCK);
+  struct piece lk;
+  int r = 0;
+
+  if (w0 >= w1)			/* no whole block */
+    return trim ? 0 : cached_pwrite (v, zero_block, count, off, fua);
+  if (!trim) {
+    if (w0 > off && cached_pwrite (v, zero_block, w0 - off, off, false) == -1)
+      return -1;
+    if (end > w1 && cached_pwrite (v, zero_block, end - w1, w1, false) == -1)
+      return -1;
+  }
+  lk = block_piece (w0 / STRATA_BLOCK, w1 / STRATA_BLOCK);
+ again:
+  if (range_lock (v->s, &lk, 1) == -1)
+    return -1;
+  if (pool_cache_dead (v->p))
+    r = dead_pwrite (v, NULL, w1 - w0, w0, false);
+  else if (v->mode != CONFIG_CACHE_WRITEBACK
+           && !cache_holds (v->cache, v->mv->id, w0 / STRATA_BLOCK,
+                            (w1 - w0) / STRATA_BLOCK))
+    r = discard_range (v, w1 - w0, w0);
+  else {
+    r = cache_put (v->cache, v->mv->id, w0 / STRATA_BLOCK,
+                   (w1 - w0) / STRATA_BLOCK, NULL, CACHE_NOWAIT);
+    if (r == -1 && errno == EAGAIN) {
+      range_unlock (v->s, &lk, 1);
+      cache_wait_room (v->cache, 2 * STRATA_BLOCK);
+      goto again;
+    }
+    if (r == -1) {
+      cache_failed (v);
+      if (pool_cache_dead (v->p))
+        r = dead_pwrite (v, NULL, w1 - w0, w0, false);
+    }
+  }
+  range_unlock (v->s, &lk, 1);
+  if (r == 0 && fua)
+    r = volume_flush (v);
+  return r;
+}
+
+int
+volume_destage_write (struct volume *v, uint64_t blk, uint32_t nblk,
+                      const void *buf, const uint64_t *lsn)
+{
+  uint64_t size = v->mv->size, nb = div_round_up (size, STRATA_BLOCK);
+  struct piece lk;
+  int r = 0;
+
+  /* Blocks past the end (a shrink since) are dropped. */
+  if (blk >= nb)
+    return 0;
+  nblk = MIN (nblk, nb - blk);
+  lk = block_piece (blk, blk + nblk);
+  if (range_lock (v->s, &lk, 1) == -1)
+    return -1;
+  if (!buf) {
+    /* A zero record: the range as zeros, chunks freed where whole, and
+     * the bytes of a partial last block written. */
+    uint64_t o1 = MIN (size, (blk + nblk) * STRATA_BLOCK);
+    for (uint64_t o = blk * STRATA_BLOCK, len; r == 0 && o < o1; o += len) {
+      len = MIN (o1 - o, 1u << 30);
+      r = discard_range (v, len, o);
+    }
+    if (r == 0 && o1 == size && size % STRATA_BLOCK)
+      r = do_pwrite (v, zero_block, size % STRATA_BLOCK,
+                     size - size % STRATA_BLOCK, false);
+  }
+  else
+    /* Runs of blocks the cache still holds at these versions: a write
+     * that went to the members directly since is not overwritten. */
+    for (uint32_t i = 0; i < nblk && r == 0;) {
+      uint32_t k = 0;
+      uint64_t o, len;
+      if (!cache_live (v->cache, v->mv->id, blk + i, lsn[i])) {
+        i++;
+        continue;
+      }
+      while (i + k < nblk && cache_live (v->cache, v->mv->id, blk + i + k,
+                                          lsn[i + k]))
+        k++;
+      o = (blk + i) * STRATA_BLOCK;
+      len = MIN ((uint64_t) k * STRATA_BLOCK, size - o);
+      r = do_pwrite (v, (const char *) buf + (size_t) i * STRATA_BLOCK, len,
+                     o, false);
+      i += k;
+    }
+  range_unlock (v->s, &lk, 1);
+  return r;
 }

@@ -90,6 +90,13 @@ void volume_quiesce (struct volume *v);
 
 struct meta_volume *volume_meta (struct volume *v);
 
+/* The destager's write (cache.h, struct cache_sink): NBLK blocks from
+ * block BLK to the members, BUF or zeros if NULL, each block only if
+ * the cache still holds it at LSN[i].  Blocks past the end are
+ * dropped.  Returns 0 or -1. */
+int volume_destage_write (struct volume *v, uint64_t blk, uint32_t nblk,
+                          const void *buf, const uint64_t *lsn);
+
 /* The volume byte of byte EOFF of column COL of chunk IDX. */
 uint64_t volume_column_offset (struct volume *v, uint64_t idx, uint32_t col,
                                uint64_t eoff);

@@ -2,8 +2,9 @@
  *
  * A thin adapter: each NBD callback becomes one libstrata call.  The
  * pool is opened in .get_ready (so configuration errors are reported
- * before nbdkit forks into the background), the control socket thread
- * and the cleaner (resync.h) start in .after_fork, and every volume is an export of the same name.
+ * before nbdkit forks into the background), the control socket thread,
+ * the cleaner (resync.h) and the destager (destage.h) start in
+ * .after_fork, and every volume is an export of the same name.
  */
 #include <errno.h>
 #include <stdatomic.h>
@@ -18,6 +19,7 @@
 
 #include "config.h"
 #include "control.h"
+#include "destage.h"
 #include "device.h"
 #include "error.h"
 #include "pool.h"
@@ -30,6 +32,7 @@ static char *config_file;
 static struct config *cfg;
 static struct pool *pool;
 static struct control_server *control;
+static struct destager *destager;
 static _Atomic int connections;
 
 /* Report the library's last error through nbdkit and set the NBD error. */
@@ -105,6 +108,11 @@ strata_after_fork (void)
     nbdkit_error ("%s", strata_last_error ());
     return -1;
   }
+  destager = destage_start (pool);
+  if (!destager && errno) {
+    nbdkit_error ("%s", strata_last_error ());
+    return -1;
+  }
   control = control_server_start (pool, cfg->control_socket, live_ctx);
   if (!control) {
     nbdkit_error ("%s", strata_last_error ());
@@ -118,6 +126,8 @@ strata_cleanup (void)
 {
   control_server_stop (control);
   control = NULL;
+  destage_stop (destager);
+  destager = NULL;
   if (pool) {
     pool_flush (pool);
     pool_close (pool);
