@@ -8,6 +8,7 @@
  *   strata rebuild CONFIG [--rate MIB/S]
  *   strata device add|fail|remove CONFIG NAME [options]
  *   strata device replace CONFIG OLD NEW [options]
+ *   strata cache flush CONFIG
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
  * While a pool is served, the admin verbs go to the serving process
@@ -52,6 +53,7 @@ usage (FILE *f)
            "                                 add a device newly declared in CONFIG, or\n"
            "                                 bring back a member that was away,\n"
            "                                 copying only what it missed\n"
+           "  cache flush CONFIG             write everything the cache holds back\n"
            "  device fail CONFIG NAME        mark a device failed\n"
            "  device remove CONFIG NAME      move every copy off a device, then remove it\n"
            "  device replace CONFIG OLD NEW [--force]\n"
@@ -132,7 +134,8 @@ long_job (int argc, char **argv)
   return strcmp (argv[0], "scrub") == 0 || strcmp (argv[0], "rebuild") == 0
     || (argc > 1 && strcmp (argv[0], "device") == 0
         && (strcmp (argv[1], "remove") == 0 || strcmp (argv[1], "add") == 0
-            || strcmp (argv[1], "replace") == 0));
+            || strcmp (argv[1], "replace") == 0))
+    || strcmp (argv[0], "cache") == 0;
 }
 
 /* status, apply, volume ...: through the control socket if the pool is
@@ -315,11 +318,14 @@ main (int argc, char **argv)
       av[ac++] = argv[i];
     return run_admin (argv[2], ac, av);
   }
-  if (strcmp (cmd, "volume") == 0 || strcmp (cmd, "device") == 0) {
+  if (strcmp (cmd, "volume") == 0 || strcmp (cmd, "device") == 0
+      || strcmp (cmd, "cache") == 0) {
     char *av[64];
     int ac = 0;
     if (argc < 4) {
-      if (strcmp (cmd, "volume") == 0)
+      if (strcmp (cmd, "cache") == 0)
+        fprintf (stderr, "usage: strata cache flush CONFIG\n");
+      else if (strcmp (cmd, "volume") == 0)
         fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
                  "NAME [SIZE] [options]\n");
       else

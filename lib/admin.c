@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include "admin.h"
+#include "cache.h"
+#include "destage.h"
 #include "error.h"
 #include "rebuild.h"
 #include "scrub.h"
@@ -313,6 +315,86 @@ job_text (struct pool *p, FILE *out, int k)
   fputc ('\n', out);
 }
 
+static const char *
+mode_name (enum config_cache_mode m)
+{
+  switch (m) {
+    case CONFIG_CACHE_WRITEBACK: return "writeback";
+    case CONFIG_CACHE_WRITETHROUGH: return "writethrough";
+    default: return "none";
+  }
+}
+
+/* The cache's figures and the ranges lost with it.  Under m->lock. */
+static void
+cache_status (struct pool *p, FILE *out, bool json)
+{
+  struct meta *m = pool_meta (p);
+  struct cache *c = pool_cache (p);
+  struct cache_info ci;
+  struct destager *d = pool_destager (p);
+  uint64_t rate = d ? destage_rate (d) : 0, looked;
+  char a[32], b[32], r[32];
+
+  if (!c) {
+    if (json)
+      fprintf (out, "\"cache\":null,");
+    return;
+  }
+  cache_info (c, &ci);
+  looked = ci.hits + ci.misses;
+  if (json) {
+    fprintf (out, "\"cache\":{\"mode\":\"%s\",\"size\":%" PRIu64
+             ",\"used\":%" PRIu64 ",\"dirty\":%" PRIu64 ",\"clean\":%" PRIu64
+             ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64
+             ",\"hit_ratio\":%.4f,\"destaged\":%" PRIu64
+             ",\"destage_rate\":%" PRIu64 ",\"latched\":%s,\"lost\":%s,"
+             "\"mirrors\":[", mode_name (pool_config (p)->cache_mode),
+             ci.log_size, ci.used, ci.dirty_blocks * STRATA_BLOCK,
+             ci.clean_blocks * STRATA_BLOCK, ci.hits, ci.misses,
+             looked ? (double) ci.hits / looked : 0.0,
+             ci.destaged * STRATA_BLOCK, rate, ci.latched ? "true" : "false",
+             pool_cache_dead (p) ? "true" : "false");
+    for (uint32_t i = 0; i < ci.nmirrors; i++) {
+      fprintf (out, "%s{\"device\":", i ? "," : "");
+      json_str (out, ci.names[i]);
+      fprintf (out, ",\"state\":\"%s\"}", ci.failed[i] ? "failed" : "ok");
+    }
+    fprintf (out, "]},\"lost\":[");
+    for (size_t i = 0; i < m->nlost; i++) {
+      struct meta_volume *v = meta_find_volume_id (m, m->lost[i].vol);
+      fprintf (out, "%s{\"volume\":", i ? "," : "");
+      json_str (out, v ? v->name : "?");
+      fprintf (out, ",\"offset\":%" PRIu64 ",\"length\":%" PRIu64 "}",
+               m->lost[i].blk * STRATA_BLOCK, m->lost[i].nblk * STRATA_BLOCK);
+    }
+    fprintf (out, "],");
+    return;
+  }
+  fprintf (out, "cache: %s, %s log; dirty %s, used %s (%" PRIu64 "%%); hit "
+           "ratio %.1f%% (%" PRIu64 " of %" PRIu64 " blocks); destage %s/s\n",
+           mode_name (pool_config (p)->cache_mode),
+           util_human_size (ci.log_size, a, sizeof a),
+           util_human_size (ci.dirty_blocks * STRATA_BLOCK, b, sizeof b),
+           util_human_size (ci.used, r, sizeof r),
+           ci.log_size ? ci.used * 100 / ci.log_size : 0,
+           looked ? 100.0 * ci.hits / looked : 0.0, ci.hits, looked,
+           util_human_size (rate, a, sizeof a));
+  fprintf (out, "cache mirrors:");
+  for (uint32_t i = 0; i < ci.nmirrors; i++)
+    fprintf (out, " %s %s", ci.names[i], ci.failed[i] ? "FAILED" : "ok");
+  fprintf (out, "%s%s\n", ci.latched ? "; a flush failed: flushes fail" : "",
+           pool_cache_dead (p) ? "; the cache is LOST" : "");
+  for (size_t i = 0; i < m->nlost; i++) {
+    struct meta_volume *v = meta_find_volume_id (m, m->lost[i].vol);
+    fprintf (out, "LOST with the cache: volume %s bytes %" PRIu64 "-%" PRIu64
+             " (%s); reads fail until written again\n", v ? v->name : "?",
+             m->lost[i].blk * STRATA_BLOCK,
+             (m->lost[i].blk + m->lost[i].nblk) * STRATA_BLOCK - 1,
+             util_human_size (m->lost[i].nblk * STRATA_BLOCK, a, sizeof a));
+  }
+}
+
 static int
 cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
             FILE *out, FILE *err)
@@ -388,7 +470,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       json_str (out, ri[i].problem);
       fputc ('}', out);
     }
-    fprintf (out, "],\"devices\":[");
+    fprintf (out, "],");
+    cache_status (p, out, true);
+    fprintf (out, "\"devices\":[");
     for (uint32_t i = 0; i < m->ndevices; i++) {
       struct meta_device *d = &m->devices[i];
       fprintf (out, "%s{\"name\":", i ? "," : "");
@@ -456,7 +540,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, "],\"not_members\":[");
     for (size_t i = 0, k = 0; i < yaml->ndevices; i++) {
       const char *name = yaml->devices[i].name;
-      if (find_device (p, name, NULL) >= 0)
+      if (find_device (p, name, NULL) >= 0
+          || config_is_cache_device (yaml, name))
         continue;
       fprintf (out, "%s", k++ ? "," : "");
       json_str (out, name);
@@ -484,7 +569,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, " %s %s%s%s%s", ri[i].name, replica_state (ri[i].state),
              ri[i].repaired ? " (repaired at open)" : "",
              ri[i].problem[0] ? ": " : "", ri[i].problem);
-  fprintf (out, "\n\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %9s %8s %s\n",
+  fputc ('\n', out);
+  cache_status (p, out, false);
+  fprintf (out, "\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %9s %8s %s\n",
            "DEVICE", "CLASS", "DOMAIN", "HOST", "SIZE", "USED", "STATE",
            "ERRORS", "BAD/FIXED", "LATENCY", "PATH");
   for (uint32_t i = 0; i < m->ndevices; i++) {
@@ -524,7 +611,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   }
   for (size_t i = 0; i < yaml->ndevices; i++) {
     const struct config_device *cd = &yaml->devices[i];
-    if (find_device (p, cd->name, NULL) < 0)
+    if (find_device (p, cd->name, NULL) < 0
+        && !config_is_cache_device (yaml, cd->name))
       fprintf (out, "%-10s %s: declared, not a member; 'strata device add "
                "%s' adds it\n", cd->name, config_device_where (cd), cd->name);
   }
@@ -1271,6 +1359,78 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
   return 2;
 }
 
+struct flush_progress {
+  FILE *out;
+  bool any;
+};
+
+static void
+flush_progress (void *opaque, uint64_t done, uint64_t total)
+{
+  struct flush_progress *fp = opaque;
+  char a[32], b[32];
+
+  if (total == 0)
+    return;
+  fprintf (fp->out, "cache flush: %s of %s written back (%" PRIu64 "%%)\n",
+           util_human_size (done, a, sizeof a),
+           util_human_size (total, b, sizeof b), done * 100 / total);
+  fflush (fp->out);
+  fp->any = true;
+}
+
+/* cache flush: write back everything the cache holds.  Called with
+ * verb_lock held; dropped while data is written back. */
+static int
+cmd_cache (struct pool *p, int argc, char **argv, FILE *out, FILE *err,
+           bool *unlocked)
+{
+  const char *sub = argc > 1 ? argv[1] : "";
+  struct destager *d, *mine = NULL;
+  struct flush_progress fp = { out, false };
+  struct cache_info ci;
+  char a[32];
+  int r;
+
+  if (strcmp (sub, "flush") != 0) {
+    fprintf (err, "strata cache: unknown subcommand \"%s\" (flush)\n", sub);
+    return 2;
+  }
+  for (int i = 2; i < argc; i++)
+    if (strcmp (argv[i], "--progress") != 0) {
+      fprintf (err, "strata cache flush: unexpected argument %s\n", argv[i]);
+      return 2;
+    }
+  if (!pool_cache (p)) {
+    fprintf (err, "strata cache flush: pool %s has no cache\n",
+             pool_config (p)->name);
+    return 1;
+  }
+  if (pool_cache_dead (p)) {
+    fprintf (err, "strata cache flush: the cache of pool %s is lost (see "
+             "strata status)\n", pool_config (p)->name);
+    return 1;
+  }
+  *unlocked = true;
+  pthread_mutex_unlock (&verb_lock);
+  /* Served, the server's destager does it; else one of our own. */
+  if (!(d = pool_destager (p)) && !(d = mine = destage_start (p))) {
+    fprintf (err, "strata cache flush: %s\n", strata_last_error ());
+    return 1;
+  }
+  r = destage_drain (d, flush_progress, &fp);
+  destage_stop (mine);
+  if (r == -1) {
+    fprintf (err, "strata cache flush: %s\n", strata_last_error ());
+    return 1;
+  }
+  cache_info (pool_cache (p), &ci);
+  fprintf (out, "cache flushed: everything written before the flush is on "
+           "the members; dirty now %s\n",
+           util_human_size (ci.dirty_blocks * STRATA_BLOCK, a, sizeof a));
+  return 0;
+}
+
 bool
 admin_verb_writes (const char *verb, int argc, char **argv)
 {
@@ -1307,6 +1467,8 @@ admin_run (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   }
   else if (strcmp (argv[0], "device") == 0)
     r = cmd_device (p, ctx, argc, argv, out, err, &unlocked);
+  else if (strcmp (argv[0], "cache") == 0)
+    r = cmd_cache (p, argc, argv, out, err, &unlocked);
   else {
     fprintf (err, "strata: unknown command \"%s\"\n", argv[0]);
     r = 2;

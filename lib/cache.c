@@ -1213,7 +1213,9 @@ cache_info (struct cache *c, struct cache_info *out)
     .hits = c->hits, .misses = c->misses,
     .destaged = c->destaged, .latched = c->latched,
   };
+  out->nmirrors = c->n;
   for (size_t i = 0; i < c->n; i++) {
+    out->names[i] = c->m[i].name;
     out->failed[i] = c->failed[i];
     out->mirrors += !c->failed[i];
   }

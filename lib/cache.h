@@ -136,6 +136,8 @@ struct cache_info {
   uint64_t clean_blocks;	/* blocks held for reads only */
   uint64_t hits, misses;	/* blocks looked up by cache_read */
   uint64_t destaged;		/* blocks written back since open */
+  uint32_t nmirrors;		/* mirrors the cache was made with */
+  const char *names[2];		/* their names */
   uint32_t mirrors;		/* mirrors in use */
   bool failed[2];		/* mirror i was dropped */
   bool latched;			/* a flush failed with no mirror left */
