@@ -110,9 +110,10 @@ worker (void *arg)
 
 /* ---- the sink ---- */
 
-/* The handle of volume ID for this batch (NULL if it is gone). */
-static struct volume *
-vol_of (struct destager *d, uint32_t id)
+/* The handle of volume ID for this batch in *V (NULL if it is gone).
+ * Returns 0, or -1 if out of memory. */
+static int
+vol_of (struct destager *d, uint32_t id, struct volume **v)
 {
   struct meta *m = pool_meta (d->p);
   struct meta_volume *mv;
@@ -120,10 +121,12 @@ vol_of (struct destager *d, uint32_t id)
   struct vol_handle *n;
 
   for (size_t i = 0; i < d->nvols; i++)
-    if (d->vols[i].id == id)
-      return d->vols[i].v;
+    if (d->vols[i].id == id) {
+      *v = d->vols[i].v;
+      return 0;
+    }
   if (!(n = realloc (d->vols, (d->nvols + 1) * sizeof *n)))
-    return NULL;
+    return strata_error (ENOMEM, "out of memory");
   d->vols = n;
   pthread_mutex_lock (&m->lock);
   if ((mv = meta_find_volume_id (m, id)))
@@ -131,7 +134,16 @@ vol_of (struct destager *d, uint32_t id)
   pthread_mutex_unlock (&m->lock);
   d->vols[d->nvols] = (struct vol_handle) { id, name[0] ? volume_open (d->p, name)
                                                         : NULL };
-  return d->vols[d->nvols++].v;
+  *v = d->vols[d->nvols++].v;
+  return 0;
+}
+
+/* Wait until no run is queued or being written.  Under d->lock. */
+static void
+wait_idle (struct destager *d)
+{
+  while (d->nq > 0 || d->busy > 0)
+    pthread_cond_wait (&d->idle, &d->lock);
 }
 
 static void
@@ -147,8 +159,17 @@ sink_write (void *opaque, uint32_t vol, uint64_t blk, uint32_t nblk,
             const void *buf, const uint64_t *lsn)
 {
   struct destager *d = opaque;
-  struct volume *v = vol_of (d, vol);
+  struct volume *v = NULL;
 
+  /* On failure cache_destage() frees the batch's buffers at once: no
+   * run may still be using them. */
+  if (vol_of (d, vol, &v) == -1) {
+    pthread_mutex_lock (&d->lock);
+    wait_idle (d);
+    pthread_mutex_unlock (&d->lock);
+    close_vols (d);
+    return -1;
+  }
   if (!v)
     return 0;			/* deleted: nothing to write back */
   pthread_mutex_lock (&d->lock);
@@ -156,7 +177,9 @@ sink_write (void *opaque, uint32_t vol, uint64_t blk, uint32_t nblk,
     size_t cap = d->capq ? d->capq * 2 : 256;
     struct run *q = realloc (d->q, cap * sizeof *q);
     if (!q) {
+      wait_idle (d);
       pthread_mutex_unlock (&d->lock);
+      close_vols (d);
       return strata_error (ENOMEM, "out of memory");
     }
     d->q = q;
@@ -175,8 +198,7 @@ sink_flush (void *opaque)
   int err;
 
   pthread_mutex_lock (&d->lock);
-  while (d->nq > 0 || d->busy > 0)
-    pthread_cond_wait (&d->idle, &d->lock);
+  wait_idle (d);
   err = d->err;
   d->err = 0;
   pthread_mutex_unlock (&d->lock);
