@@ -142,13 +142,15 @@ START_TEST (test_jobs_checkpoint)
     ck_assert_uint_eq (c->ext[2].dev, 0);
     ck_assert_uint_eq (c->ext[2].ext, 3);
   }
-  /* A checkpoint of an older writer ends after the volumes (or after
-   * the job records: no stale section, 4 + 5 bytes with no items). */
-  ck_assert_int_eq (meta_load (m3, ck.p, ck.len - 9), 0);
+  /* A checkpoint of an older writer ends after the volumes, after the
+   * job records, or after the stale section (4 + 5 bytes with no
+   * items): the cache (4 + 16) and lost (4 + 5) sections come last. */
+  ck_assert_int_eq (meta_load (m3, ck.p, ck.len - 29), 0);
+  ck_assert_int_eq (meta_load (m3, ck.p, ck.len - 38), 0);
   job_eq (&m3->jobs[META_JOB_SCRUB], &j);
   fbuf_init_write (&e);
   meta_entry_job (&e, META_JOB_SCRUB, &j);
-  nojobs = ck.len - 9 - META_JOB_KINDS * (4 + e.len);
+  nojobs = ck.len - 38 - META_JOB_KINDS * (4 + e.len);
   fbuf_free (&e);
   ck_assert_int_eq (meta_load (m3, ck.p, nojobs), 0);
   ck_assert_int_eq (m3->jobs[META_JOB_SCRUB].state, META_JOB_NONE);
