@@ -104,8 +104,12 @@ cmd_init (int argc, char **argv)
     config_free (cfg);
     return 1;
   }
-  printf ("pool %s initialised on %zu device%s", cfg->name, cfg->ndevices,
-          cfg->ndevices == 1 ? "" : "s");
+  printf ("pool %s initialised on %zu device%s", cfg->name,
+          cfg->ndevices - cfg->ncache_devices,
+          cfg->ndevices - cfg->ncache_devices == 1 ? "" : "s");
+  if (cfg->ncache_devices)
+    printf (cfg->ncache_devices == 2 ? " with a mirrored cache"
+                                     : " with a cache");
   if (cfg->nvolumes)
     printf ("; run 'strata apply %s' to create its %zu declared volume%s",
             file, cfg->nvolumes, cfg->nvolumes == 1 ? "" : "s");

@@ -80,14 +80,6 @@ struct rec {
   uint64_t t;			/* when it was placed (or found), ms */
 };
 
-static uint64_t
-now_ms (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 struct cache {
   pthread_mutex_t lock;		/* protects everything below but the I/O */
   pthread_mutex_t hlock;	/* serialises header writes; taken first */
@@ -430,7 +422,7 @@ push_rec (struct cache *c, const struct rec *r0)
 {
   struct rec rr = *r0, *r = &rr;
 
-  rr.t = now_ms ();
+  rr.t = util_now_ms ();
   if (c->nrecs == c->caprecs) {
     size_t cap = c->caprecs ? c->caprecs * 2 : 256;
     struct rec *n = malloc (cap * sizeof *n);
@@ -1208,7 +1200,7 @@ cache_info (struct cache *c, struct cache_info *out)
   *out = (struct cache_info) {
     .log_size = c->log_size, .used = c->head - c->tail,
     .head = c->head, .tail = c->tail,
-    .age_ms = c->nrecs ? now_ms () - rec_at (c, 0)->t : 0,
+    .age_ms = c->nrecs ? util_now_ms () - rec_at (c, 0)->t : 0,
     .dirty_blocks = c->dirty, .clean_blocks = c->count - c->dirty,
     .hits = c->hits, .misses = c->misses,
     .destaged = c->destaged, .latched = c->latched,
@@ -1231,7 +1223,10 @@ cache_holds (struct cache *c, uint32_t vol, uint64_t blk, uint64_t nblk)
   for (size_t i = 0; i < c->nzr && !r; i++)
     r = c->zr[i].vol == vol && c->zr[i].blk < blk + nblk
       && blk < c->zr[i].blk + c->zr[i].nblk;
-  if (nblk > c->count)
+  /* Look up each block, or sweep the table if that is shorter. */
+  if (c->count == 0)
+    ;
+  else if (nblk > c->cap)
     for (size_t i = 0; i < c->cap && !r; i++)
       r = c->tab[i].key && key_vol (c->tab[i].key) == vol
         && key_blk (c->tab[i].key) >= blk && key_blk (c->tab[i].key) - blk < nblk;

@@ -69,14 +69,6 @@ struct destager {
   uint64_t win_start, win_bytes, rate;
 };
 
-static uint64_t
-now_ms (void)
-{
-  struct timespec ts;
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* ---- workers ---- */
 
 static void *
@@ -262,7 +254,7 @@ destage_thread (void *arg)
       }
     }
     else {
-      uint64_t t = now_ms ();
+      uint64_t t = util_now_ms ();
       d->failed = false;
       d->win_bytes += n;
       if (t - d->win_start >= 2000) {
@@ -292,7 +284,7 @@ destage_start (struct pool *p)
   }
   d->p = p;
   d->c = pool_cache (p);
-  d->win_start = now_ms ();
+  d->win_start = util_now_ms ();
   pthread_mutex_init (&d->lock, NULL);
   pthread_cond_init (&d->kick, NULL);
   pthread_cond_init (&d->progress, NULL);
@@ -372,7 +364,7 @@ destage_drain (struct destager *d,
                         d->failed ? ": " : "", d->failed ? d->why : "");
       break;
     }
-    t = now_ms ();
+    t = util_now_ms ();
     if (progress && t - last >= 1000) {
       pthread_mutex_unlock (&d->lock);
       progress (opaque, ci.tail - start, target - start);
@@ -399,7 +391,7 @@ destage_rate (struct destager *d)
 
   pthread_mutex_lock (&d->lock);
   r = d->rate;
-  if (now_ms () - d->win_start > 4000)
+  if (util_now_ms () - d->win_start > 4000)
     r = 0;			/* idle */
   pthread_mutex_unlock (&d->lock);
   return r;

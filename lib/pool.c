@@ -755,8 +755,8 @@ open_cache (struct pool *p)
       return 0;
     return strata_error (EINVAL, "pool %s has a write-back cache that may "
                          "hold writes its members do not, but %s declares "
-                         "no cache: put the cache section back (run strata "
-                         "cache detach before removing it)", cfg->name,
+                         "no cache: put the cache section back (a cache "
+                         "cannot be detached in this version)", cfg->name,
                          cfg->file);
   }
   if (memcmp (p->meta->cache_uuid, none, 16) == 0) {

@@ -61,4 +61,7 @@ int util_random (void *buf, size_t len);
 /* Format a 16-byte UUID as 36 characters plus NUL into OUT. */
 void util_uuid_format (const uint8_t uuid[16], char out[37]);
 
+/* Milliseconds of the monotonic clock. */
+uint64_t util_now_ms (void);
+
 #endif /* STRATA_UTIL_H */

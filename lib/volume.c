@@ -1132,7 +1132,7 @@ volume_flush (struct volume *v)
     if (pool_cache_dead (v->p))
       return strata_error (EIO, "pool %s: the cache was lost with writes "
                            "not yet on the members (strata status lists "
-                           "them); flushes fail until strata cache detach",
+                           "them); every flush fails from now on",
                            pool_config (v->p)->name);
     if (cache_flush (c) == -1) {
       int e = errno;
