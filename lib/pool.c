@@ -1427,6 +1427,11 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
                   p->cfg->name, n);
     goto out;
   }
+  if (config_is_cache_device (p->cfg, name)) {
+    strata_error (EINVAL, "device %s is the pool's cache device (cache."
+                  "devices), not one to hold volume data", name);
+    goto out;
+  }
   if (!(cd = pool_declared_device (p, name, true)))
     goto out;
   /* Never format a member: the same path or URI under a new name. */

@@ -38,6 +38,12 @@ cache_field () {
     | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
 }
 
+# The cache device is not a member, and cannot be added as one.
+"$STRATA" device add "$CONFIG" ssd > "$T/add.log" 2>&1 \
+  && fail "device add of the cache device was accepted"
+grep -q "cache device" "$T/add.log" || fail "device add of ssd said: $(cat "$T/add.log")"
+ok "the cache device is refused as a member"
+
 # 19: more than the cache holds, under fio verify.
 start_server
 fio --name=verify --ioengine=nbd --uri="$(uri v)" --rw=randrw \
