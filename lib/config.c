@@ -222,6 +222,29 @@ resolve_path (const char *dir, const char *p)
 
 #define NODE(c, id) yaml_document_get_node (&(c)->doc, (id))
 
+/* A time from 100ms to 60min: "30s", "500ms", "2min" (bare: seconds). */
+static int
+get_time (struct ctx *c, yaml_node_t *v, const char *full, unsigned *ms)
+{
+  const char *t = scalar (v);
+  char *end = NULL;
+  double x = t ? strtod (t, &end) : -1;
+  double mult = 0;
+
+  if (end && end != t) {
+    while (*end == ' ')
+      end++;
+    mult = strcmp (end, "ms") == 0 ? 1
+      : strcmp (end, "s") == 0 || *end == '\0' ? 1000
+      : strcmp (end, "min") == 0 ? 60000 : 0;
+  }
+  if (mult == 0 || x * mult < 100 || x * mult > 3600000)
+    return perr (c, v, full, "expected a time from 100ms to 60min, such as "
+                 "30s or 500ms, got \"%s\"", t ? t : node_kind (v));
+  *ms = x * mult;
+  return 0;
+}
+
 static int
 parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
 {
@@ -269,21 +292,8 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       *base_dir = strdup (buf);
     }
     else if (strcmp (key, "io_timeout") == 0) {
-      const char *t = scalar (v);
-      char *end = NULL;
-      double x = t ? strtod (t, &end) : -1;
-      double mult = 0;
-      if (end && end != t) {
-        while (*end == ' ')
-          end++;
-        mult = strcmp (end, "ms") == 0 ? 1
-          : strcmp (end, "s") == 0 || *end == '\0' ? 1000
-          : strcmp (end, "min") == 0 ? 60000 : 0;
-      }
-      if (mult == 0 || x * mult < 100 || x * mult > 3600000)
-        return perr (c, v, full, "expected a time from 100ms to 60min, such "
-                     "as 30s or 500ms, got \"%s\"", t ? t : node_kind (v));
-      cfg->io_timeout_ms = x * mult;
+      if (get_time (c, v, full, &cfg->io_timeout_ms) == -1)
+        return -1;
     }
     else if (strcmp (key, "control_socket") == 0) {
       char buf[108];
@@ -542,8 +552,13 @@ parse_cache (struct ctx *c, yaml_node_t *map)
         cfg->ncache_devices++;
       }
     }
+    else if (strcmp (key, "destage_age") == 0) {
+      if (get_time (c, v, full, &cfg->destage_age_ms) == -1)
+        return -1;
+    }
     else
-      return perr (c, k, full, "unknown key (expected mode or devices)");
+      return perr (c, k, full, "unknown key (expected mode, devices or "
+                   "destage_age)");
   }
   if (cfg->cache_mode != CONFIG_CACHE_NONE && cfg->ncache_devices == 0)
     return perr (c, map, "cache.devices", "missing (mode %s needs one or two "
@@ -656,6 +671,7 @@ parse_root (struct ctx *c)
   cfg->extent_size = 4 << 20;
   cfg->metadata_size = FORMAT_DEFAULT_META_SIZE;
   cfg->io_timeout_ms = 30000;
+  cfg->destage_age_ms = CONFIG_DESTAGE_AGE_MS;
   if (parse_pool (c, pool, &base_dir, &sock) == -1)
     goto out;
 

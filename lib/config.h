@@ -60,9 +60,12 @@ struct config {
   enum config_cache_mode cache_mode;
   char cache_devices[2][FORMAT_NAME_MAX];
   size_t ncache_devices;
+  unsigned destage_age_ms;	/* dirty data older than this is destaged */
   struct config_volume *volumes;
   size_t nvolumes;
 };
+
+#define CONFIG_DESTAGE_AGE_MS 10000
 
 /* Parse FILE.  On success returns 0 and a config the caller frees with
  * config_free().  On error returns -1 with errno EINVAL (or the open

@@ -11,7 +11,7 @@
  * flushes the members.  Runs of one batch never share a block, so
  * their order does not matter.  Volumes are opened by id for the batch
  * and closed at its end, so that a delete is never held up for long; a
- * volume gone meanwhile has its blocks dropped (cache_forget).
+ * volume gone meanwhile has its blocks skipped.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -225,7 +225,7 @@ destage_thread (void *arg)
     else if (active && ci.used * 100 > ci.log_size * DESTAGE_LOW_PCT)
       want = true;
     else
-      want = ci.used > 0 && ci.age_ms > DESTAGE_AGE_MS;
+      want = ci.used > 0 && ci.age_ms > pool_config (d->p)->destage_age_ms;
     active = want && ci.used * 100 > ci.log_size * DESTAGE_LOW_PCT;
     if (!want || backoff) {
       clock_gettime (CLOCK_REALTIME, &ts);

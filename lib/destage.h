@@ -17,8 +17,8 @@
 struct destager;
 
 #define DESTAGE_HIGH_PCT 50	/* destage while the log is this full ... */
-#define DESTAGE_LOW_PCT 25	/* ... down to this */
-#define DESTAGE_AGE_MS 10000	/* and whatever is older than this */
+#define DESTAGE_LOW_PCT 25	/* ... down to this, and whatever is older
+				   than cache.destage_age (config.h) */
 
 /* Start the destager of P's cache (pool_set_destager() names it).
  * NULL with a message on failure; NULL without one (errno 0) if the

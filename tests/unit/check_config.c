@@ -25,6 +25,7 @@ START_TEST (test_valid)
     DEVS
     "cache:\n"
     "  mode: none\n"
+    "  destage_age: 2min\n"
     "volumes:\n"
     "  - { name: train, size: 100GiB, replicas: 2, stripe_width: 4, stripe_unit: 1MiB }\n"
     "  - name: ckpt\n"
@@ -35,6 +36,7 @@ START_TEST (test_valid)
                  "%s", strata_last_error ());
   ck_assert_str_eq (c->name, "tank");
   ck_assert_uint_eq (c->io_timeout_ms, 2500);
+  ck_assert_uint_eq (c->destage_age_ms, 120000);
   ck_assert_uint_eq (c->extent_size, 8 << 20);
   ck_assert_uint_eq (c->ndevices, 3);
   ck_assert_str_eq (c->devices[0].path, "/etc/x/data/d0.img");
@@ -120,6 +122,8 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\n" DEVS "cache: {mode: writeback}\n", "cache.devices: missing" },
   { "pool: {name: p}\n" DEVS "cache: {mode: writeback, devices: [ssd9]}\n", "no device named \"ssd9\" in devices" },
   { "pool: {name: p}\n" DEVS "cache: {devices: [d0, d1, d2]}\n", "at most two cache devices" },
+  { "pool: {name: p}\n" DEVS "cache: {devices: [d0], destage_age: 2h}\n", "cache.destage_age: expected a time from 100ms to 60min, such as 30s or 500ms, got \"2h\"" },
+  { "pool: {name: p}\n" DEVS "cache: {devices: [d0], age: 1s}\n", "cache.age: unknown key (expected mode, devices or destage_age)" },
   { "pool: {name: p}\npool: {name: q}\n" DEVS, "pool: given twice" },
   { "pool:\n  name: [unclosed\n", "t.yaml:3:1: YAML syntax error" },
   { "pool: {name: p}\n\tdevices: []\n", "YAML syntax error" },
