@@ -8,7 +8,7 @@
  *   strata rebuild CONFIG [--rate MIB/S]
  *   strata device add|fail|remove CONFIG NAME [options]
  *   strata device replace CONFIG OLD NEW [options]
- *   strata cache flush CONFIG
+ *   strata cache flush|detach CONFIG
  *   strata serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]
  *
  * While a pool is served, the admin verbs go to the serving process
@@ -54,6 +54,7 @@ usage (FILE *f)
            "                                 bring back a member that was away,\n"
            "                                 copying only what it missed\n"
            "  cache flush CONFIG             write everything the cache holds back\n"
+           "  cache detach CONFIG            write it all back, then stop using the cache\n"
            "  device fail CONFIG NAME        mark a device failed\n"
            "  device remove CONFIG NAME      move every copy off a device, then remove it\n"
            "  device replace CONFIG OLD NEW [--force]\n"
@@ -328,7 +329,7 @@ main (int argc, char **argv)
     int ac = 0;
     if (argc < 4) {
       if (strcmp (cmd, "cache") == 0)
-        fprintf (stderr, "usage: strata cache flush CONFIG\n");
+        fprintf (stderr, "usage: strata cache flush|detach CONFIG\n");
       else if (strcmp (cmd, "volume") == 0)
         fprintf (stderr, "usage: strata volume create|resize|delete CONFIG "
                  "NAME [SIZE] [options]\n");

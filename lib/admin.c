@@ -336,10 +336,17 @@ cache_status (struct pool *p, FILE *out, bool json)
   uint64_t rate = d ? destage_rate (d) : 0, looked;
   char a[32], b[32], r[32];
 
-  if (!c) {
+  if (c && pool_cache_detached (p)) {
     if (json)
-      fprintf (out, "\"cache\":null,");
-    return;
+      fprintf (out, "\"cache\":{\"mode\":\"detached\"},");
+    else
+      fprintf (out, "cache: detached; remove the cache section from %s\n",
+               pool_config (p)->file);
+  }
+  if (!c || pool_cache_detached (p)) {
+    if (json)
+      fprintf (out, "%s\"lost\":[", c ? "" : "\"cache\":null,");
+    goto lost;
   }
   cache_info (c, &ci);
   looked = ci.hits + ci.misses;
@@ -361,6 +368,25 @@ cache_status (struct pool *p, FILE *out, bool json)
       fprintf (out, ",\"state\":\"%s\"}", ci.failed[i] ? "failed" : "ok");
     }
     fprintf (out, "]},\"lost\":[");
+  }
+  else {
+    fprintf (out, "cache: %s, %s log; dirty %s, used %s (%" PRIu64 "%%); hit "
+             "ratio %.1f%% (%" PRIu64 " of %" PRIu64 " blocks); destage %s/s\n",
+             mode_name (pool_config (p)->cache_mode),
+             util_human_size (ci.log_size, a, sizeof a),
+             util_human_size (ci.dirty_blocks * STRATA_BLOCK, b, sizeof b),
+             util_human_size (ci.used, r, sizeof r),
+             ci.log_size ? ci.used * 100 / ci.log_size : 0,
+             looked ? 100.0 * ci.hits / looked : 0.0, ci.hits, looked,
+             util_human_size (rate, a, sizeof a));
+    fprintf (out, "cache mirrors:");
+    for (uint32_t i = 0; i < ci.nmirrors; i++)
+      fprintf (out, " %s %s", ci.names[i], ci.failed[i] ? "FAILED" : "ok");
+    fprintf (out, "%s%s\n", ci.latched ? "; a flush failed: flushes fail" : "",
+             pool_cache_dead (p) ? "; the cache is LOST" : "");
+  }
+ lost:
+  if (json) {
     for (size_t i = 0; i < m->nlost; i++) {
       struct meta_volume *v = meta_find_volume_id (m, m->lost[i].vol);
       fprintf (out, "%s{\"volume\":", i ? "," : "");
@@ -371,20 +397,6 @@ cache_status (struct pool *p, FILE *out, bool json)
     fprintf (out, "],");
     return;
   }
-  fprintf (out, "cache: %s, %s log; dirty %s, used %s (%" PRIu64 "%%); hit "
-           "ratio %.1f%% (%" PRIu64 " of %" PRIu64 " blocks); destage %s/s\n",
-           mode_name (pool_config (p)->cache_mode),
-           util_human_size (ci.log_size, a, sizeof a),
-           util_human_size (ci.dirty_blocks * STRATA_BLOCK, b, sizeof b),
-           util_human_size (ci.used, r, sizeof r),
-           ci.log_size ? ci.used * 100 / ci.log_size : 0,
-           looked ? 100.0 * ci.hits / looked : 0.0, ci.hits, looked,
-           util_human_size (rate, a, sizeof a));
-  fprintf (out, "cache mirrors:");
-  for (uint32_t i = 0; i < ci.nmirrors; i++)
-    fprintf (out, " %s %s", ci.names[i], ci.failed[i] ? "FAILED" : "ok");
-  fprintf (out, "%s%s\n", ci.latched ? "; a flush failed: flushes fail" : "",
-           pool_cache_dead (p) ? "; the cache is LOST" : "");
   for (size_t i = 0; i < m->nlost; i++) {
     struct meta_volume *v = meta_find_volume_id (m, m->lost[i].vol);
     fprintf (out, "LOST with the cache: volume %s bytes %" PRIu64 "-%" PRIu64
@@ -1379,32 +1391,106 @@ flush_progress (void *opaque, uint64_t done, uint64_t total)
   fp->any = true;
 }
 
-/* cache flush: write back everything the cache holds.  Called with
- * verb_lock held; dropped while data is written back. */
+/* Drain the cache through the server's destager, or one of our own
+ * when the pool is not served.  Returns 0, or -1 with a message. */
+static int
+drain_cache (struct pool *p, struct flush_progress *fp)
+{
+  struct destager *d, *mine = NULL;
+  int r;
+
+  if (!(d = pool_destager (p)) && !(d = mine = destage_start (p)))
+    return -1;
+  r = destage_drain (d, flush_progress, fp);
+  destage_stop (mine);
+  return r;
+}
+
+/* Passes of cache detach: each drains what the writes during the last
+ * one left on blocks the cache held. */
+#define DETACH_PASSES 20
+
+/* cache detach: drain, then stop using the cache.  The caller has set
+ * the pool detaching (so nothing new is written back). */
+static int
+cache_detach (struct pool *p, FILE *out, FILE *err)
+{
+  const struct config *cfg = pool_config (p);
+  struct flush_progress fp = { out, false };
+  int pass, r = -1;
+
+  if (pool_cache_dead (p))
+    r = pool_cache_detach (p);
+  else {
+    for (pass = 0; pass < DETACH_PASSES; pass++) {
+      if (drain_cache (p, &fp) == -1)
+        break;
+      if ((r = pool_cache_detach (p)) == 0 || errno != EAGAIN)
+        break;
+    }
+    if (r == -1 && pass == DETACH_PASSES)
+      strata_error (EBUSY, "writes kept landing on blocks the cache holds "
+                    "through %d passes; try again when the volumes are "
+                    "quieter", DETACH_PASSES);
+  }
+  pool_cache_set_detaching (p, false);
+  if (r == -1) {
+    fprintf (err, "strata cache detach: %s; the cache stays in use\n",
+             strata_last_error ());
+    return 1;
+  }
+  fprintf (out, "cache detached: pool %s no longer uses ", cfg->name);
+  for (size_t i = 0; i < cfg->ncache_devices; i++)
+    fprintf (out, "%s%s", i ? " and " : "", cfg->cache_devices[i]);
+  fprintf (out, "%s; remove the cache section from %s before the pool is "
+           "next opened\n", pool_cache_dead (p) ? " (the ranges lost with "
+           "it stay lost until written again)" : "", cfg->file);
+  return 0;
+}
+
+/* cache flush: write back everything the cache holds; cache detach.
+ * Called with verb_lock held; dropped while data is written back. */
 static int
 cmd_cache (struct pool *p, int argc, char **argv, FILE *out, FILE *err,
            bool *unlocked)
 {
   const char *sub = argc > 1 ? argv[1] : "";
-  struct destager *d, *mine = NULL;
   struct flush_progress fp = { out, false };
   struct cache_info ci;
   char a[32];
-  int r;
 
-  if (strcmp (sub, "flush") != 0) {
-    fprintf (err, "strata cache: unknown subcommand \"%s\" (flush)\n", sub);
+  if (strcmp (sub, "flush") != 0 && strcmp (sub, "detach") != 0) {
+    fprintf (err, "strata cache: unknown subcommand \"%s\" (flush, "
+             "detach)\n", sub);
     return 2;
   }
   for (int i = 2; i < argc; i++)
     if (strcmp (argv[i], "--progress") != 0) {
-      fprintf (err, "strata cache flush: unexpected argument %s\n", argv[i]);
+      fprintf (err, "strata cache %s: unexpected argument %s\n", sub,
+               argv[i]);
       return 2;
     }
-  if (!pool_cache (p)) {
-    fprintf (err, "strata cache flush: pool %s has no cache\n",
+  if (!pool_cache (p) || pool_cache_detached (p)) {
+    fprintf (err, "strata cache %s: pool %s has no cache%s\n", sub,
+             pool_config (p)->name,
+             pool_cache (p) ? " (it was detached)" : "");
+    return 1;
+  }
+  if (!pool_writable (p)) {
+    fprintf (err, "strata cache %s: pool %s is open read-only\n", sub,
              pool_config (p)->name);
     return 1;
+  }
+  if (strcmp (sub, "detach") == 0) {
+    if (pool_cache_detaching (p)) {
+      fprintf (err, "strata cache detach: a detach of the cache of pool %s "
+               "is under way already\n", pool_config (p)->name);
+      return 1;
+    }
+    pool_cache_set_detaching (p, true);
+    *unlocked = true;
+    pthread_mutex_unlock (&verb_lock);
+    return cache_detach (p, out, err);
   }
   if (pool_cache_dead (p)) {
     fprintf (err, "strata cache flush: the cache of pool %s is lost (see "
@@ -1413,14 +1499,7 @@ cmd_cache (struct pool *p, int argc, char **argv, FILE *out, FILE *err,
   }
   *unlocked = true;
   pthread_mutex_unlock (&verb_lock);
-  /* Served, the server's destager does it; else one of our own. */
-  if (!(d = pool_destager (p)) && !(d = mine = destage_start (p))) {
-    fprintf (err, "strata cache flush: %s\n", strata_last_error ());
-    return 1;
-  }
-  r = destage_drain (d, flush_progress, &fp);
-  destage_stop (mine);
-  if (r == -1) {
+  if (drain_cache (p, &fp) == -1) {
     fprintf (err, "strata cache flush: %s\n", strata_last_error ());
     return 1;
   }

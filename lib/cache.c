@@ -89,6 +89,7 @@ struct cache {
   size_t n;
   _Atomic bool failed[2];	/* read without the lock by the I/O paths */
   bool latched;
+  bool sealed;			/* detached: takes no record (cache_seal) */
   uint8_t pool_uuid[16];
   uint64_t log_id, log_size, seq;
   uint64_t tail, head;
@@ -670,6 +671,8 @@ place (struct cache *c, const struct rec *r, uint64_t *lsn,
   uint64_t o, need = r->len;
 
   for (;;) {
+    if (c->sealed)
+      return strata_error (ESHUTDOWN, "the cache is detached");
     o = c->head % c->log_size;
     need = r->len + (o + r->len > c->log_size ? c->log_size - o : 0);
     if (c->head + need - c->tail <= c->log_size)
@@ -860,7 +863,8 @@ cache_wait_room (struct cache *c, uint64_t bytes)
 {
   bytes = MIN (bytes, c->log_size / 2);
   pthread_mutex_lock (&c->lock);
-  while (c->nrecs > 0 && c->head + bytes - c->tail > c->log_size)
+  while (!c->sealed && c->nrecs > 0
+         && c->head + bytes - c->tail > c->log_size)
     pthread_cond_wait (&c->room, &c->lock);
   pthread_mutex_unlock (&c->lock);
 }
@@ -1212,6 +1216,23 @@ cache_info (struct cache *c, struct cache_info *out)
     out->mirrors += !c->failed[i];
   }
   pthread_mutex_unlock (&c->lock);
+}
+
+bool
+cache_seal (struct cache *c, bool force)
+{
+  bool idle = true;
+
+  pthread_mutex_lock (&c->lock);
+  for (size_t i = 0; i < c->nrecs && idle; i++)
+    idle = rec_at (c, i)->done;
+  if (force || (idle && c->count == 0 && c->nzr == 0))
+    c->sealed = true;
+  idle = c->sealed;
+  if (idle)
+    pthread_cond_broadcast (&c->room);
+  pthread_mutex_unlock (&c->lock);
+  return idle;
 }
 
 bool

@@ -144,6 +144,12 @@ struct cache_info {
 };
 void cache_info (struct cache *c, struct cache_info *out);
 
+/* Stop taking records (detach): every later cache_put() fails with
+ * ESHUTDOWN.  Only when the cache holds no block and no write is under
+ * way, unless FORCE (a cache that is lost).  Returns whether it is
+ * sealed; if not, destage and try again. */
+bool cache_seal (struct cache *c, bool force);
+
 /* Does the cache hold (or zero) any of blocks [BLK, BLK + NBLK) of VOL? */
 bool cache_holds (struct cache *c, uint32_t vol, uint64_t blk, uint64_t nblk);
 

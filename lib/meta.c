@@ -770,7 +770,9 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       fbuf_get_bytes (&b, uuid, 16);
       if (b.bad)
         return strata_error (EBADMSG, "malformed cache entry");
+      pthread_mutex_lock (&m->lock);
       memcpy (m->cache_uuid, uuid, 16);
+      pthread_mutex_unlock (&m->lock);
       return 0;
     }
 
@@ -1059,8 +1061,12 @@ meta_snapshot (struct meta *m, struct fbuf *out)
   /* The cache and the lost ranges, as their entries. */
   {
     struct fbuf e;
+    uint8_t uuid[16];
+    pthread_mutex_lock (&m->lock);
+    memcpy (uuid, m->cache_uuid, 16);
+    pthread_mutex_unlock (&m->lock);
     fbuf_init_write (&e);
-    meta_entry_cache (&e, m->cache_uuid);
+    meta_entry_cache (&e, uuid);
     fbuf_put_u32 (out, e.len);
     fbuf_put_bytes (out, e.p, e.len);
     if (e.bad)

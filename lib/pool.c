@@ -92,6 +92,8 @@ struct pool {
   void *destager;
   pthread_mutex_t lost_lock;	/* serialises pool_cache_lost() */
   _Atomic bool cache_lost;	/* the cache died; its dirty ranges lost */
+  _Atomic bool cache_detaching;	/* being drained to be detached */
+  _Atomic bool cache_detached;	/* no longer used (the journal says so) */
 };
 
 /* Device open flags for the io: setting of CD. */
@@ -761,8 +763,9 @@ open_cache (struct pool *p)
   }
   if (memcmp (p->meta->cache_uuid, none, 16) == 0) {
     free (buf);
-    return strata_error (EINVAL, "%s: cache: pool %s was made without a "
-                         "cache (or it was detached); a cache can only be "
+    return strata_error (EINVAL, "%s: cache: pool %s has no cache (it was "
+                         "made without one, or its cache was detached): "
+                         "remove the cache section; a cache can only be "
                          "declared when the pool is initialised", cfg->file,
                          cfg->name);
   }
@@ -2269,7 +2272,7 @@ pool_volume_resize (struct pool *p, const char *name, uint64_t size,
       goto out;
     /* What the cache holds past the new end must not come back with a
      * later grow. */
-    if (p->cache && !pool_cache_dead (p)
+    if (p->cache && !pool_cache_dead (p) && !pool_cache_detached (p)
         && cache_write (p->cache, v->id, div_round_up (size, STRATA_BLOCK),
                         div_round_up (v->size, STRATA_BLOCK)
                         - div_round_up (size, STRATA_BLOCK), NULL,
@@ -2413,6 +2416,50 @@ pool_cache_lost (struct pool *p)
   pthread_mutex_unlock (&p->lost_lock);
   free (x.it);
   return r;
+}
+
+bool
+pool_cache_detaching (struct pool *p)
+{
+  return atomic_load_explicit (&p->cache_detaching, memory_order_acquire);
+}
+
+bool
+pool_cache_detached (struct pool *p)
+{
+  return atomic_load_explicit (&p->cache_detached, memory_order_acquire);
+}
+
+void
+pool_cache_set_detaching (struct pool *p, bool on)
+{
+  atomic_store_explicit (&p->cache_detaching, on, memory_order_release);
+}
+
+int
+pool_cache_detach (struct pool *p)
+{
+  static const uint8_t none[16];
+  struct fbuf e;
+  int r;
+
+  if (!p->writable)
+    return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
+  if (!p->cache || pool_cache_detached (p))
+    return strata_error (ENOENT, "pool %s has no cache", p->cfg->name);
+  /* A lost cache holds nothing that can still be written back. */
+  if (!cache_seal (p->cache, pool_cache_dead (p)))
+    return strata_error (EAGAIN, "pool %s: the cache still holds blocks "
+                         "not written back", p->cfg->name);
+  fbuf_init_write (&e);
+  meta_entry_cache (&e, none);
+  pthread_mutex_lock (&p->admin_lock);
+  r = commit_one (p, META_E_CACHE, &e);
+  pthread_mutex_unlock (&p->admin_lock);
+  if (r == -1)
+    return -1;
+  atomic_store_explicit (&p->cache_detached, true, memory_order_release);
+  return 0;
 }
 
 int

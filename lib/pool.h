@@ -203,6 +203,17 @@ void pool_set_destager (struct pool *p, void *d);
  * must then fail the request: nothing tells a reader what is lost). */
 int pool_cache_lost (struct pool *p);
 bool pool_cache_dead (struct pool *p);
+/* Detaching the cache (strata cache detach): while DETACHING, the
+ * volumes write back nothing new (they write as with mode none, so only
+ * blocks the cache already holds go to it) and the destager drains it.
+ * pool_cache_detach() then seals it (cache_seal(): it must hold nothing,
+ * unless it is lost), and records in the journal that the pool has no
+ * cache; from then on (DETACHED) it is not used.  Returns 0, or -1 with
+ * EAGAIN if it still holds blocks (drain and try again). */
+bool pool_cache_detaching (struct pool *p);
+bool pool_cache_detached (struct pool *p);
+void pool_cache_set_detaching (struct pool *p, bool on);
+int pool_cache_detach (struct pool *p);
 /* Blocks [BLK, BLK + NBLK) of volume VOL hold new data: no longer lost.
  * Returns 0 or -1. */
 int pool_lost_clear (struct pool *p, uint32_t vol, uint64_t blk,

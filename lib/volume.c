@@ -1111,6 +1111,29 @@ do_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
 
 static int cached_pwrite (struct volume *v, const void *buf, uint32_t count,
                           uint64_t off, bool fua);
+static int dead_pwrite (struct volume *v, const void *buf, uint32_t count,
+                        uint64_t off, bool fua);
+
+/* Has [OFF, OFF+COUNT) a block lost with a cache since detached? */
+static bool
+lost_any (struct volume *v, uint32_t count, uint64_t off)
+{
+  uint64_t b0 = off / STRATA_BLOCK;
+
+  return count > 0 && meta_lost_any (pool_meta (v->p), v->mv->id, b0,
+                                     div_round_up (off + count, STRATA_BLOCK)
+                                     - b0);
+}
+
+/* Whole blocks of [OFF, OFF+COUNT) were written: no longer lost. */
+static int
+lost_written (struct volume *v, uint32_t count, uint64_t off)
+{
+  uint64_t w0 = div_round_up (off, STRATA_BLOCK);
+  uint64_t w1 = (off + count) / STRATA_BLOCK;
+
+  return w0 < w1 ? pool_lost_clear (v->p, v->mv->id, w0, w1 - w0) : 0;
+}
 
 int
 volume_pwrite (struct volume *v, const void *buf, uint32_t count,
@@ -1120,6 +1143,8 @@ volume_pwrite (struct volume *v, const void *buf, uint32_t count,
     return -1;
   if (v->cache && count > 0 && pool_writable (v->p))
     return cached_pwrite (v, buf, count, off, fua);
+  if (!v->cache && pool_writable (v->p) && lost_any (v, count, off))
+    return dead_pwrite (v, buf, count, off, fua);
   return do_pwrite (v, buf, count, off, fua);
 }
 
@@ -1128,7 +1153,7 @@ volume_flush (struct volume *v)
 {
   struct cache *c = v->cache;
 
-  if (c) {
+  if (c && !pool_cache_detached (v->p)) {
     if (pool_cache_dead (v->p))
       return strata_error (EIO, "pool %s: the cache was lost with writes "
                            "not yet on the members (strata status lists "
@@ -1289,7 +1314,8 @@ volume_trim (struct volume *v, uint32_t count, uint64_t off, bool fua)
     return 0;
   if (v->cache)
     return cached_zero (v, count, off, fua, true);
-  if (discard_range (v, count, off) == -1)
+  if (discard_range (v, count, off) == -1
+      || (lost_any (v, count, off) && lost_written (v, count, off) == -1))
     return -1;
   return fua ? pool_flush (v->p) : 0;
 }
@@ -1322,6 +1348,9 @@ volume_zero (struct volume *v, uint32_t count, uint64_t off, bool may_trim,
     return 0;
   if (v->cache)
     return cached_zero (v, count, off, fua, false);
+  if (lost_any (v, count, off))	/* zeros written are no longer lost */
+    return write_zeros (v, count, off, fua) == -1 ? -1
+           : lost_written (v, count, off);
   if (!may_trim)
     return write_zeros (v, count, off, fua);
 
@@ -1498,6 +1527,16 @@ get_cbounce (size_t len)
   return s->cb;
 }
 
+/* How V uses the cache now: while it is being detached, and after,
+ * nothing new is written back (as with mode none). */
+static enum config_cache_mode
+cache_mode (struct volume *v)
+{
+  if (pool_cache_detaching (v->p) || pool_cache_detached (v->p))
+    return CONFIG_CACHE_NONE;
+  return v->mode;
+}
+
 static int
 lost_error (struct volume *v, uint64_t off, uint32_t count)
 {
@@ -1562,13 +1601,16 @@ volume_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
   uint64_t b1 = div_round_up (off + count, STRATA_BLOCK);
   char *cb;
 
-  if (!v->cache || count == 0)
+  /* A pool without a cache may still have ranges lost with the one it
+   * had (detached). */
+  if (count == 0 || (!v->cache && !meta_lost_any (pool_meta (v->p),
+                                                   v->mv->id, b0, b1 - b0)))
     return backing_pread (v, buf, count, off);
   if (check_range (v, count, off) == -1)
     return -1;
   if (meta_lost_any (pool_meta (v->p), v->mv->id, b0, b1 - b0))
     return lost_error (v, off, count);
-  if (pool_cache_dead (v->p))
+  if (!v->cache || pool_cache_dead (v->p) || pool_cache_detached (v->p))
     return backing_pread (v, buf, count, off);
   if (off % STRATA_BLOCK == 0 && count % STRATA_BLOCK == 0
       && (uintptr_t) buf % 4096 == 0)
@@ -1602,6 +1644,28 @@ dead_pwrite (struct volume *v, const void *buf, uint32_t count, uint64_t off,
   return 0;
 }
 
+/* A write over blocks the cache does not hold, of a volume that does
+ * not write back: straight to the members (write-through then keeps a
+ * clean copy for reads).  Under the block lock. */
+static int
+direct_pwrite (struct volume *v, const void *buf, uint32_t count,
+               uint64_t off, bool fua, enum config_cache_mode mode)
+{
+  uint64_t b0 = off / STRATA_BLOCK;
+  char *cb;
+
+  if (do_pwrite (v, buf, count, off, fua) == -1)
+    return -1;
+  if (mode == CONFIG_CACHE_WRITETHROUGH && off % STRATA_BLOCK == 0
+      && count % STRATA_BLOCK == 0 && (cb = get_cbounce (count))) {
+    /* Kept for reads if there is room; nothing depends on it. */
+    memcpy (cb, buf, count);
+    cache_put (v->cache, v->mv->id, b0, count / STRATA_BLOCK, cb,
+               CACHE_CLEAN | CACHE_NOWAIT);
+  }
+  return 0;
+}
+
 static int
 cached_pwrite (struct volume *v, const void *buf, uint32_t count,
                uint64_t off, bool fua)
@@ -1611,6 +1675,7 @@ cached_pwrite (struct volume *v, const void *buf, uint32_t count,
   uint32_t n = b1 - b0;
   struct piece lk = block_piece (b0, b1);
   const char *data = buf;
+  enum config_cache_mode mode;
   int r;
 
  again:
@@ -1620,20 +1685,10 @@ cached_pwrite (struct volume *v, const void *buf, uint32_t count,
     r = dead_pwrite (v, buf, count, off, fua);
     goto out;
   }
-  if (v->mode != CONFIG_CACHE_WRITEBACK
+  mode = cache_mode (v);
+  if (mode != CONFIG_CACHE_WRITEBACK
       && !cache_holds (v->cache, v->mv->id, b0, n)) {
-    /* Nothing older in the cache: straight to the members. */
-    r = do_pwrite (v, buf, count, off, fua);
-    if (r == 0 && v->mode == CONFIG_CACHE_WRITETHROUGH
-        && off % STRATA_BLOCK == 0 && count % STRATA_BLOCK == 0) {
-      char *cb = get_cbounce (count);
-      /* Kept for reads if there is room; nothing depends on it. */
-      if (cb) {
-        memcpy (cb, buf, count);
-        cache_put (v->cache, v->mv->id, b0, n, cb,
-                   CACHE_CLEAN | CACHE_NOWAIT);
-      }
-    }
+    r = direct_pwrite (v, buf, count, off, fua, mode);
     goto out;
   }
   if (off % STRATA_BLOCK || count % STRATA_BLOCK
@@ -1661,7 +1716,10 @@ cached_pwrite (struct volume *v, const void *buf, uint32_t count,
     data = buf;
     goto again;
   }
-  if (r == -1) {
+  if (r == -1 && errno == ESHUTDOWN)
+    /* Detached meanwhile, so it held nothing of these blocks. */
+    r = direct_pwrite (v, buf, count, off, fua, CONFIG_CACHE_NONE);
+  else if (r == -1) {
     cache_failed (v);
     if (pool_cache_dead (v->p))
       r = dead_pwrite (v, buf, count, off, fua);
@@ -1699,7 +1757,7 @@ cached_zero (struct volume *v, uint32_t count, uint64_t off, bool fua,
     return -1;
   if (pool_cache_dead (v->p))
     r = dead_pwrite (v, NULL, w1 - w0, w0, false);
-  else if (v->mode != CONFIG_CACHE_WRITEBACK
+  else if (cache_mode (v) != CONFIG_CACHE_WRITEBACK
            && !cache_holds (v->cache, v->mv->id, w0 / STRATA_BLOCK,
                             (w1 - w0) / STRATA_BLOCK))
     r = discard_range (v, w1 - w0, w0);
@@ -1711,7 +1769,9 @@ cached_zero (struct volume *v, uint32_t count, uint64_t off, bool fua,
       cache_wait_room (v->cache, 2 * STRATA_BLOCK);
       goto again;
     }
-    if (r == -1) {
+    if (r == -1 && errno == ESHUTDOWN)	/* detached meanwhile */
+      r = discard_range (v, w1 - w0, w0);
+    else if (r == -1) {
       cache_failed (v);
       if (pool_cache_dead (v->p))
         r = dead_pwrite (v, NULL, w1 - w0, w0, false);

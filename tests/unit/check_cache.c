@@ -3,7 +3,8 @@
  * destaging hands the newest blocks to the sink in address order and
  * empties the cache; the ring wraps many times under destaging; a torn
  * record is passed over while a later one survives; a second mirror
- * serves what the first one holds damaged. */
+ * serves what the first one holds damaged; a cache is sealed (detached)
+ * only once it holds nothing, and then takes no record. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +204,48 @@ END_TEST
 
 /* Many laps of the ring: writes, with destaging when it is half full;
  * a reopen at the end sees exactly what is not destaged yet. */
+/* cache_seal: refused while blocks (or a zero) are not destaged; once
+ * drained, sealed, and every write is refused with ESHUTDOWN; FORCE
+ * seals a cache that still holds blocks (a lost one). */
+START_TEST (test_seal)
+{
+  unsigned seed = 5;
+  struct fx *f = fx_new (1);
+  struct cache *c = cache_open (f->m, 1, uuid);
+  uint8_t *buf = device_alloc_buf (B);
+
+  ck_assert_msg (c != NULL, "%s", strata_last_error ());
+  put (f, c, 3, 4, false, false, &seed);
+  ck_assert (!cache_seal (c, false));
+  drain (f, c);
+  put (f, c, 9, 2, true, false, &seed);	/* a zero alone */
+  ck_assert (cache_holds (c, 1, 9, 1));
+  ck_assert (!cache_seal (c, false));
+  drain (f, c);
+  ck_assert (cache_seal (c, false));
+  ck_assert (!cache_holds (c, 1, 0, NB));
+  memset (buf, 1, B);
+  errno = 0;
+  ck_assert_int_eq (cache_write (c, 1, 0, 1, buf, false), -1);
+  ck_assert_int_eq (errno, ESHUTDOWN);
+  ck_assert_int_eq (cache_put (c, 1, 0, 1, NULL, CACHE_NOWAIT), -1);
+  ck_assert_int_eq (errno, ESHUTDOWN);
+  ck_assert_int_eq (cache_write_clean (c, 1, 0, 1, buf), -1);
+  cache_close (c);
+
+  c = cache_open (f->m, 1, uuid);
+  ck_assert_msg (c != NULL, "%s", strata_last_error ());
+  put (f, c, 20, 3, false, true, &seed);
+  ck_assert (!cache_seal (c, false));
+  ck_assert (cache_seal (c, true));
+  ck_assert_int_eq (cache_write (c, 1, 0, 1, buf, false), -1);
+  ck_assert_int_eq (errno, ESHUTDOWN);
+  cache_close (c);
+  free (buf);
+  fx_free (f, 1);
+}
+END_TEST
+
 START_TEST (test_ring_wraps)
 {
   unsigned seed = 7;
@@ -396,6 +439,7 @@ cache_suite (void)
   tcase_add_test (tc, test_torn_record);
   tcase_add_test (tc, test_mirrors);
   tcase_add_test (tc, test_clean);
+  tcase_add_test (tc, test_seal);
   suite_add_tcase (s, tc);
   return s;
 }

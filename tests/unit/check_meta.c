@@ -2,7 +2,9 @@
  * copy and keeps the column's runtime state with the new chunk; job
  * records and stale copies survive a checkpoint; a checkpoint without
  * them (older writers) still loads; malformed entries are refused and
- * change nothing. */
+ * change nothing; ranges lost with the cache merge, split when written
+ * again, go with their volume, and survive a checkpoint with the cache's
+ * uuid (or its absence once detached). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +242,129 @@ dev_add (struct meta *m, uint32_t index, const char *name, uint8_t uuid0)
   return r;
 }
 
+static int
+lost (struct meta *m, bool set, uint32_t vol, uint64_t blk, uint64_t nblk)
+{
+  struct meta_lost it = { vol, blk, nblk };
+  struct fbuf e;
+  int r;
+
+  fbuf_init_write (&e);
+  meta_entry_lost (&e, set, &it, 1);
+  r = meta_apply (m, META_E_LOST, e.p, e.len);
+  fbuf_free (&e);
+  return r;
+}
+
+/* M's lost ranges are exactly the N (vol, blk, nblk) triples of WANT. */
+static void
+lost_eq (struct meta *m, const uint64_t (*want)[3], size_t n)
+{
+  ck_assert_uint_eq (m->nlost, n);
+  for (size_t i = 0; i < n; i++) {
+    ck_assert_uint_eq (m->lost[i].vol, want[i][0]);
+    ck_assert_uint_eq (m->lost[i].blk, want[i][1]);
+    ck_assert_uint_eq (m->lost[i].nblk, want[i][2]);
+  }
+}
+
+START_TEST (test_lost)
+{
+  struct meta *m = make_state (), *m2 = meta_new ();
+  struct config_volume cv = { .name = "w", .size = 64 << 20, .replicas = 1,
+                              .stripe_width = 1, .stripe_unit = 1 << 20 };
+  static const uint8_t cu[16] = { 0xc, 0xa, 0xc, 0xe };
+  static const uint8_t none[16];
+  struct fbuf e, ck;
+
+  fbuf_init_write (&e);
+  meta_entry_vol_create (&e, 2, &cv);
+  ck_assert_int_eq (meta_apply (m, META_E_VOL_CREATE, e.p, e.len), 0);
+  fbuf_free (&e);
+  fbuf_init_write (&e);
+  meta_entry_cache (&e, cu);
+  ck_assert_int_eq (meta_apply (m, META_E_CACHE, e.p, e.len), 0);
+  /* Truncated: refused, nothing changed. */
+  ck_assert_int_eq (meta_apply (m, META_E_CACHE, e.p, e.len - 1), -1);
+  fbuf_free (&e);
+  ck_assert_mem_eq (m->cache_uuid, cu, 16);
+
+  ck_assert (!meta_lost_any (m, 1, 0, 1000));
+  /* Overlapping and adjacent ranges merge; other volumes stay apart. */
+  ck_assert_int_eq (lost (m, true, 1, 100, 50), 0);
+  ck_assert_int_eq (lost (m, true, 1, 140, 20), 0);
+  ck_assert_int_eq (lost (m, true, 1, 160, 10), 0);
+  ck_assert_int_eq (lost (m, true, 2, 0, 8), 0);
+  ck_assert_int_eq (lost (m, true, 1, 10, 5), 0);
+  {
+    static const uint64_t want[][3] = { { 1, 10, 5 }, { 1, 100, 70 },
+                                        { 2, 0, 8 } };
+    lost_eq (m, want, 3);
+  }
+  ck_assert (meta_lost_any (m, 1, 169, 1));
+  ck_assert (!meta_lost_any (m, 1, 170, 100));
+  ck_assert (meta_lost_any (m, 1, 0, 11));
+  ck_assert (!meta_lost_any (m, 1, 0, 10));
+  ck_assert (!meta_lost_any (m, 3, 0, 1000));
+  /* Written again: the middle splits a range, an edge trims one. */
+  ck_assert_int_eq (lost (m, false, 1, 120, 10), 0);
+  ck_assert_int_eq (lost (m, false, 1, 5, 7), 0);
+  {
+    static const uint64_t want[][3] = { { 1, 12, 3 }, { 1, 100, 20 },
+                                        { 1, 130, 40 }, { 2, 0, 8 } };
+    lost_eq (m, want, 4);
+  }
+  ck_assert (!meta_lost_any (m, 1, 120, 10));
+  /* A malformed entry is refused and changes nothing. */
+  fbuf_init_write (&e);
+  {
+    struct meta_lost it = { 1, 0, 1000 };
+    meta_entry_lost (&e, true, &it, 1);
+  }
+  ck_assert_int_eq (meta_apply (m, META_E_LOST, e.p, e.len - 3), -1);
+  fbuf_free (&e);
+  ck_assert_uint_eq (m->nlost, 4);
+
+  /* A checkpoint keeps them, and the cache's uuid. */
+  fbuf_init_write (&ck);
+  ck_assert_int_eq (meta_snapshot (m, &ck), 0);
+  ck_assert_int_eq (meta_load (m2, ck.p, ck.len), 0);
+  fbuf_free (&ck);
+  {
+    static const uint64_t want[][3] = { { 1, 12, 3 }, { 1, 100, 20 },
+                                        { 1, 130, 40 }, { 2, 0, 8 } };
+    lost_eq (m2, want, 4);
+  }
+  ck_assert_mem_eq (m2->cache_uuid, cu, 16);
+  meta_free (m2);
+
+  /* A deleted volume takes its ranges along; a detached cache (no
+   * uuid) is checkpointed as none. */
+  fbuf_init_write (&e);
+  meta_entry_vol_delete (&e, 1);
+  ck_assert_int_eq (meta_apply (m, META_E_VOL_DELETE, e.p, e.len), 0);
+  fbuf_free (&e);
+  fbuf_init_write (&e);
+  meta_entry_cache (&e, none);
+  ck_assert_int_eq (meta_apply (m, META_E_CACHE, e.p, e.len), 0);
+  fbuf_free (&e);
+  m2 = meta_new ();
+  fbuf_init_write (&ck);
+  ck_assert_int_eq (meta_snapshot (m, &ck), 0);
+  ck_assert_int_eq (meta_load (m2, ck.p, ck.len), 0);
+  fbuf_free (&ck);
+  {
+    static const uint64_t want[][3] = { { 2, 0, 8 } };
+    lost_eq (m, want, 1);
+    lost_eq (m2, want, 1);
+  }
+  ck_assert_mem_eq (m2->cache_uuid, none, 16);
+  ck_assert (meta_lost_any (m2, 2, 7, 1));
+  meta_free (m);
+  meta_free (m2);
+}
+END_TEST
+
 START_TEST (test_dev_add)
 {
   struct meta *m = make_state (), *m2 = meta_new ();
@@ -296,6 +421,7 @@ meta_suite (void)
   tcase_add_test (tc, test_jobs_checkpoint);
   tcase_add_test (tc, test_stale);
   tcase_add_test (tc, test_dev_add);
+  tcase_add_test (tc, test_lost);
   suite_add_tcase (s, tc);
   return s;
 }
