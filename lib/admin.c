@@ -334,7 +334,7 @@ cache_status (struct pool *p, FILE *out, bool json)
   struct cache_info ci;
   struct destager *d = pool_destager (p);
   uint64_t rate = d ? destage_rate (d) : 0, looked;
-  char a[32], b[32], r[32];
+  char a[32], b[32], r[32], why[256];
 
   if (c && pool_cache_detached (p)) {
     if (json)
@@ -356,12 +356,17 @@ cache_status (struct pool *p, FILE *out, bool json)
              ",\"hits\":%" PRIu64 ",\"misses\":%" PRIu64
              ",\"hit_ratio\":%.4f,\"destaged\":%" PRIu64
              ",\"destage_rate\":%" PRIu64 ",\"latched\":%s,\"lost\":%s,"
-             "\"mirrors\":[", mode_name (pool_config (p)->cache_mode),
+             "\"destage_error\":", mode_name (pool_config (p)->cache_mode),
              ci.log_size, ci.used, ci.dirty_blocks * STRATA_BLOCK,
              ci.clean_blocks * STRATA_BLOCK, ci.hits, ci.misses,
              looked ? (double) ci.hits / looked : 0.0,
              ci.destaged * STRATA_BLOCK, rate, ci.latched ? "true" : "false",
              pool_cache_dead (p) ? "true" : "false");
+    if (d && destage_error (d, why, sizeof why))
+      json_str (out, why);
+    else
+      fputs ("null", out);
+    fputs (",\"mirrors\":[", out);
     for (uint32_t i = 0; i < ci.nmirrors; i++) {
       fprintf (out, "%s{\"device\":", i ? "," : "");
       json_str (out, ci.names[i]);
@@ -384,6 +389,8 @@ cache_status (struct pool *p, FILE *out, bool json)
       fprintf (out, " %s %s", ci.names[i], ci.failed[i] ? "FAILED" : "ok");
     fprintf (out, "%s%s\n", ci.latched ? "; a flush failed: flushes fail" : "",
              pool_cache_dead (p) ? "; the cache is LOST" : "");
+    if (d && destage_error (d, why, sizeof why))
+      fprintf (out, "cache: writing back FAILS (retrying): %s\n", why);
   }
  lost:
   if (json) {

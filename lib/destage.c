@@ -344,7 +344,7 @@ destage_drain (struct destager *d,
                void *opaque)
 {
   struct cache_info ci;
-  uint64_t start, target, last = 0;
+  uint64_t start, target, last = 0, tail = 0, stuck = 0;
   int r = 0;
 
   cache_info (d->c, &ci);
@@ -365,6 +365,17 @@ destage_drain (struct destager *d,
       break;
     }
     t = util_now_ms ();
+    /* Writing back that keeps failing (a member full or gone) fails the
+     * drain; what is not written back stays in the cache. */
+    if (!d->failed || ci.tail != tail)
+      stuck = t;
+    tail = ci.tail;
+    if (t - stuck >= DESTAGE_DRAIN_GIVE_UP_MS) {
+      r = strata_error (EIO, "writing back has failed for %u s: %s; what "
+                        "is not written back stays in the cache",
+                        DESTAGE_DRAIN_GIVE_UP_MS / 1000, d->why);
+      break;
+    }
     if (progress && t - last >= 1000) {
       pthread_mutex_unlock (&d->lock);
       progress (opaque, ci.tail - start, target - start);
@@ -381,6 +392,19 @@ destage_drain (struct destager *d,
   pthread_mutex_unlock (&d->lock);
   if (r == 0 && progress)
     progress (opaque, target - start, target - start);
+  return r;
+}
+
+bool
+destage_error (struct destager *d, char *buf, size_t len)
+{
+  bool r;
+
+  pthread_mutex_lock (&d->lock);
+  r = d->failed;
+  if (r)
+    snprintf (buf, len, "%s", d->why);
+  pthread_mutex_unlock (&d->lock);
   return r;
 }
 

@@ -10,6 +10,8 @@
 #ifndef STRATA_DESTAGE_H
 #define STRATA_DESTAGE_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "pool.h"
@@ -29,11 +31,17 @@ void destage_stop (struct destager *d);
 
 /* Destage everything written before the call.  PROGRESS (if not NULL)
  * is called about once a second with the log bytes done and to do.
- * Returns 0, or -1 with a message (the cache failed). */
+ * Returns 0, or -1 with a message: the cache failed, or writing back
+ * failed for DESTAGE_DRAIN_GIVE_UP_MS with no progress (the destager
+ * goes on trying). */
+#define DESTAGE_DRAIN_GIVE_UP_MS 10000
 int destage_drain (struct destager *d,
                    void (*progress) (void *opaque, uint64_t done,
                                      uint64_t total),
                    void *opaque);
+
+/* Did the last batch fail (the destager retries)?  If so, why, in BUF. */
+bool destage_error (struct destager *d, char *buf, size_t len);
 
 /* Bytes of log destaged per second, over the last few seconds. */
 uint64_t destage_rate (struct destager *d);

@@ -55,7 +55,8 @@ grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors"; }
 destaged=$(cache_field destaged)
 [ "$destaged" -gt $((16 << 20)) ] \
   || fail "the destager wrote back only $destaged bytes of 160 MiB"
-"$STRATA" status "$CONFIG" | grep -q '^cache: writeback, .*hit ratio' \
+"$STRATA" status "$CONFIG" > "$T/st.txt"
+grep -q '^cache: writeback, .*hit ratio' "$T/st.txt" \
   || fail "status shows no cache line"
 ok "fio verify through a 48 MiB cache: zero errors, $destaged bytes destaged"
 stop_server
