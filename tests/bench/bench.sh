@@ -5,7 +5,7 @@
 #
 # RUNTIME=seconds per measured job (after a 2 s ramp), ROUNDS=how many
 # times each job runs; the table shows the median.  SECTIONS picks the
-# tables: "local remote integrity" (the default) or a subset.  The three targets take
+# tables: "local remote integrity cache" (the default) or a subset.  The three targets take
 # turns going first in each round, and every job starts after `sync`, so
 # that no target pays for another's page-cache writeback.
 set -euo pipefail
@@ -14,7 +14,7 @@ TOP=$(cd "$(dirname "$0")/../.." && pwd)
 STRATA=$TOP/build/strata
 RUNTIME=${RUNTIME:-6}
 ROUNDS=${ROUNDS:-3}
-SECTIONS=${SECTIONS:-local remote integrity}
+SECTIONS=${SECTIONS:-local remote integrity cache}
 want () { case " $SECTIONS " in *" $1 "*) return 0;; esac; return 1; }
 D=$(mktemp -d /var/tmp/strata-bench.XXXXXX)
 trap 'for p in "$D"/*.pid; do [ -f "$p" ] && kill "$(cat "$p")" 2>/dev/null; done; sleep 0.5; rm -rf "$D"' EXIT
@@ -78,12 +78,14 @@ nbd () { echo --ioengine=nbd --uri="nbd+unix:///$1?socket=$2"; }
 raw () { echo --ioengine=io_uring --direct=1 --filename="$1"; }
 
 # Fill the first GiB of every target before reading it.
+if want local || want remote || want integrity; then
 for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")" "$(nbd s1 "$D/rstrata.sock")"; do
   # shellcheck disable=SC2086
   fio --name=fill --rw=write --bs=1M --iodepth=16 --size=1G $t >/dev/null 2>&1
 done
+fi
 
-printf '\n%-22s %12s %12s %12s %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw"
+want local && printf '\n%-22s %12s %12s %12s %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw"
 median () { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
   local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 col i k t s f r
@@ -203,6 +205,74 @@ printf '%-26s %12s %12s %9.2fx\n' "rebuild vs raw copy MB/s" "$rb2" "$rc" "$(ech
 echo "  (rebuild device I/O, reads and writes: $rb2dev MB/s; raw copy: fio"
 echo "   reading one file while writing another, as much as the slower moved)"
 fi
+
+# The cache (issue 5): an "HDD" pool whose two members are files served
+# by nbdkit with the delay filter (5 ms per write, 2 ms per read) and the
+# noparallel filter (one request at a time, like one disk head), behind a
+# write-back cache on a local file (the "SSD").  Volume wb writes back,
+# nc (the same shape) has mode none; so is the same volume on a pool of
+# one local file and no cache.  All three are filled first and the
+# cache drained, so the 1 MiB reads are of destaged data; they run before
+# any random write.  The 4k random writes cover 64 MiB (a checkpoint
+# burst), wb last, so that its write-back traffic slows no other target.
+if want cache; then
+cat > "$D/hdd.yaml" <<YAML
+pool: { name: hbench, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 1, control_socket: $D/hc.sock }
+devices:
+YAML
+for i in 0 1; do
+  truncate -s 3G "$D/h$i.img"
+  nbdkit -U "$D/h$i.sock" -P "$D/h$i.pid" --filter=noparallel --filter=delay \
+    file "$D/h$i.img" serialize=all-requests delay-write=5ms delay-read=2ms
+  echo "  - { name: h$i, uri: \"nbd+unix:///?socket=$D/h$i.sock\", domain: host$i }" >> "$D/hdd.yaml"
+done
+cat >> "$D/hdd.yaml" <<YAML
+  - { name: ssd, path: $D/ssd.img, size: 2GiB }
+cache: { mode: writeback, devices: [ssd] }
+volumes:
+  - { name: wb, size: 1GiB, replicas: 2 }
+  - { name: nc, size: 1GiB, replicas: 2, cache: none }
+YAML
+cat > "$D/ssdonly.yaml" <<YAML
+pool: { name: sbench, extent_size: 4MiB, metadata_size: 16MiB, metadata_replicas: 1, control_socket: $D/sc.sock }
+devices:
+  - { name: s0, path: $D/s0.img, size: 2GiB }
+volumes:
+  - { name: so, size: 1GiB }
+YAML
+sleep 0.5
+for y in hdd ssdonly; do
+  "$STRATA" init "$D/$y.yaml" >/dev/null
+  "$STRATA" apply "$D/$y.yaml" >/dev/null
+  nbdkit -U "$D/$y.sock" -P "$D/$y.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/$y.yaml"
+done
+sleep 1
+for t in "$(nbd wb "$D/hdd.sock")" "$(nbd nc "$D/hdd.sock")" "$(nbd so "$D/ssdonly.sock")"; do
+  # shellcheck disable=SC2086
+  fio --name=fill --rw=write --bs=1M --iodepth=16 --size=1G $t >/dev/null 2>&1
+done
+"$STRATA" cache flush "$D/hdd.yaml" >/dev/null
+# rowof RW BS TARGET-ARGS [FIO-ARGS]: the median of ROUNDS runs.
+rowof () {
+  local rw=$1 bs=$2 col res="" i
+  col=$([ "$bs" = 4k ] && echo 2 || echo 1)
+  for ((i = 0; i < ROUNDS; i++)); do
+    # shellcheck disable=SC2086
+    res+="$(fio_job "$rw" "$bs" $3 ${4:-} | cut -d' ' -f$col)"$'\n'
+  done
+  printf '%s' "$res" | median
+}
+rwb=$(rowof read 1M "$(nbd wb "$D/hdd.sock")")
+rnc=$(rowof read 1M "$(nbd nc "$D/hdd.sock")")
+wnc=$(rowof randwrite 4k "$(nbd nc "$D/hdd.sock")" --size=64M)
+wso=$(rowof randwrite 4k "$(nbd so "$D/ssdonly.sock")" --size=64M)
+wwb=$(rowof randwrite 4k "$(nbd wb "$D/hdd.sock")" --size=64M)
+printf '\n%-26s %12s %12s %10s\n' "cache job" "writeback" "other" "ratio"
+printf '%-26s %12s %12s %9.2fx\n' "4k randwrite IOPS vs none" "$wwb" "$wnc" "$(echo "$wwb / $wnc" | bc -l)"
+printf '%-26s %12s %12s %9.2fx\n' "4k randwrite IOPS vs SSD" "$wwb" "$wso" "$(echo "$wwb / $wso" | bc -l)"
+printf '%-26s %12s %12s %9.2fx\n' "1M seq read MB/s vs none" "$rwb" "$rnc" "$(echo "$rwb / $rnc" | bc -l)"
+"$STRATA" status "$D/hdd.yaml" | grep '^cache:' | sed 's/^/  (after: /; s/$/)/'
+fi
 echo
 echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of"
 echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell."
@@ -213,3 +283,6 @@ echo ">= 0.8x the local s1 on 1M seq read/write, >= 1.0x fio straight to one"
 echo "member on 4k randread."
 echo "Integrity (issue 4): scrub and rebuild >= 0.7x raw seq read unthrottled;"
 echo "clients keep >= 0.5x their 4k randread IOPS during a default-rate rebuild."
+echo "Cache (issue 5): over HDD members (5 ms writes, 2 ms reads, one at a time),"
+echo "write-back 4k randwrite >= 20x mode none and >= 0.7x a volume on the SSD file"
+echo "alone; 1M seq reads of destaged data >= 1.0x mode none."
