@@ -168,8 +168,10 @@ lost_change (struct meta *m, bool lost, const struct meta_lost *it, size_t n)
   if (!out)
     return strata_error (ENOMEM, "out of memory");
   if (lost) {
-    memcpy (out, m->lost, m->nlost * sizeof *out);
-    memcpy (out + m->nlost, it, n * sizeof *out);
+    if (m->nlost)		/* m->lost may be NULL */
+      memcpy (out, m->lost, m->nlost * sizeof *out);
+    if (n)
+      memcpy (out + m->nlost, it, n * sizeof *out);
     qsort (out, m->nlost + n, sizeof *out, lost_cmp);
     /* Merge overlapping and adjacent ranges. */
     for (size_t i = 0; i < m->nlost + n; i++) {
