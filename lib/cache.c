@@ -917,6 +917,26 @@ cache_flush (struct cache *c)
 
 /* ---- reading ---- */
 
+/* A read from mirror M failed (I/O, not a checksum): drop it if another
+ * mirror is still in use; the last one is kept (a read error alone does
+ * not lose what it holds).  Returns whether it was dropped. */
+static bool
+read_failed (struct cache *c, size_t m, int err)
+{
+  bool drop = false;
+
+  pthread_mutex_lock (&c->lock);
+  for (size_t i = 0; i < c->n && !c->failed[m]; i++)
+    drop = drop || (i != m && !c->failed[i]);
+  if (drop) {
+    c->failed[m] = true;
+    fprintf (stderr, "strata: cache mirror %s dropped: read failed: %s\n",
+             c->m[m].name, strerror (err));
+  }
+  pthread_mutex_unlock (&c->lock);
+  return drop;
+}
+
 int
 cache_read (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
             void *buf, uint8_t *hit)
@@ -924,6 +944,7 @@ cache_read (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
   uint64_t *lsn = malloc (nblk * sizeof *lsn);
   uint32_t *crc = malloc (nblk * sizeof *crc);
   unsigned ep;
+  bool dropped = false;
   int found = 0, r = 0;
 
   if (!lsn || !crc) {
@@ -966,10 +987,13 @@ cache_read (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
       k++;
     for (size_t m = 0; m < c->n && !good; m++) {
       uint8_t *p = (uint8_t *) buf + (size_t) i * BLK;
-      if (c->failed[m]
-          || device_pread (c->m[m].dev, p, k * BLK,
-                           ring_off (c, &c->m[m], lsn[i])) == -1)
+      if (c->failed[m])
         continue;
+      if (device_pread (c->m[m].dev, p, k * BLK,
+                        ring_off (c, &c->m[m], lsn[i])) == -1) {
+        dropped |= read_failed (c, m, errno);
+        continue;
+      }
       good = true;
       for (uint32_t q = 0; q < k && good; q++)
         good = crc32c (0, p + (size_t) q * BLK, BLK) == crc[i + q];
@@ -987,6 +1011,9 @@ cache_read (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
   pthread_mutex_unlock (&c->lock);
   free (lsn);
   free (crc);
+  /* The next write or flush records it too, should this fail. */
+  if (dropped)
+    persist_failed (c);
   return r == 0 ? found : -1;
 }
 
@@ -1116,6 +1143,8 @@ cache_destage (struct cache *c, uint64_t max_bytes,
     for (size_t i = 0; i < nlv; i++) {
       bool good = rq[i].res == 0
         && crc32c (0, data + i * BLK, BLK) == lv[i].crc;
+      if (rq[i].res != 0)
+        read_failed (c, first, -rq[i].res);
       for (size_t m = 0; m < c->n && !good; m++)
         good = m != first && !c->failed[m]
           && device_pread (c->m[m].dev, data + i * BLK, BLK,

@@ -12,7 +12,8 @@
  * Durability: cache_write() returns once the record is written on every
  * mirror that works; with FUA, once it is on stable storage there.
  * cache_flush() makes every record written before it durable.  A mirror
- * whose write or flush fails is dropped (cache_info says so), and the
+ * whose write or flush fails is dropped (cache_info says so; so is one
+ * whose read fails while another is in use), and the
  * header on the others says so before the call returns, so that a later
  * open never reads the dropped one; a failed flush with no mirror left
  * latches: every later flush fails.

@@ -4,8 +4,9 @@
 # with the error filter in front (`touch $T/m8.fail` makes cache device
 # c0 fail every request); the members are local files.
 #  - Mirrored: one cache device fails while the cache holds dirty data.
-#    Nothing is lost: every byte reads back, flushes succeed, a kill -9
-#    and a restart without the failed device lose nothing either.  Then
+#    The first read that fails on it drops it; nothing is lost: every
+#    byte reads back, writes and flushes succeed, a kill -9 and a restart
+#    without the failed device lose nothing either.  Then
 #    cache detach while served: the data is all on the members, and the
 #    pool opens without its cache section (and refuses one).
 #  - Unmirrored: the only cache device fails holding dirty data.  The
@@ -91,8 +92,12 @@ cp "$T/old.bin" "$T/want.bin"
 dd if="$T/new.bin" of="$T/want.bin" bs=1M seek=16 conv=notrunc status=none
 dirty=$(cache_field dirty)
 [ "$dirty" = $((16 << 20)) ] || fail "$dirty bytes dirty in the mirrored cache, not 16 MiB"
-touch "$T/m9.fail"
-# A write and a flush notice the failure; both succeed on the survivor.
+touch "$T/m8.fail"
+# Reads go to c0 first: the first one that fails drops it, and c1
+# serves every cached block.
+nbdcopy "$(uri v)" "$T/back.bin"
+cmp "$T/back.bin" "$T/want.bin" || fail "data differs after losing one cache mirror"
+# Writes and flushes go on, on c1 alone.
 nbdsh -u "$(uri v)" -c "
 h.pwrite(b'\x5a' * 65536, 40 << 20)
 h.flush()"
@@ -102,20 +107,22 @@ status_json | $PY -c "
 import json, sys
 s = json.load(sys.stdin)
 m = {x['device']: x['state'] for x in s['cache']['mirrors']}
-assert m == {'c0': 'ok', 'c1': 'failed'}, m
+assert m == {'c0': 'failed', 'c1': 'ok'}, m
 assert not s['cache']['lost'] and not s['lost'], s" \
-  || fail "status after losing c1: $(status_json)"
+  || fail "status after losing c0: $(status_json)"
 nbdcopy "$(uri v)" "$T/back.bin"
-cmp "$T/back.bin" "$T/want.bin" || fail "data differs after losing one cache mirror"
-ok "mirrored cache lost c1 with $dirty dirty bytes: nothing lost, flush works"
+cmp "$T/back.bin" "$T/want.bin" || fail "data differs after writing on one cache mirror"
+grep -q "cache mirror c0 dropped: read failed" "$T/nbdkit.log" \
+  || fail "c0 was not dropped by a failed read"
+ok "mirrored cache lost c0 with $dirty dirty bytes: a read dropped it, nothing lost, writes and flushes work"
 
 # kill -9, and a restart with c1 still failing: replayed from c0.
 stop_server KILL
 start_server
 nbdcopy "$(uri v)" "$T/back.bin"
 cmp "$T/back.bin" "$T/want.bin" || fail "data differs after kill -9 with one cache mirror"
-grep -q "cache mirror c1 is missing" "$T/nbdkit.log" \
-  || fail "the restart did not say c1 is missing"
+grep -q "cache mirror c0 is missing" "$T/nbdkit.log" \
+  || fail "the restart did not say c0 is missing"
 ok "kill -9 and a restart on the surviving mirror: nothing lost"
 
 # cache detach while served: drained, then no longer used.
@@ -151,7 +158,7 @@ stop_server
 grep -q "cache: pool t$$ has no cache (it was made without one, or its cache was detached): remove the cache section" "$T/st.log" \
   || fail "opening with the detached cache declared said: $(cat "$T/st.log")"
 kill -9 "$(cat "$T/m8.pid")" "$(cat "$T/m9.pid")"
-rm -f "$T/m8.sock" "$T/m9.sock" "$T/m9.fail"
+rm -f "$T/m8.sock" "$T/m9.sock" "$T/m8.fail"
 without_cache
 CONFIG=$T/nocache.yaml start_server
 nbdcopy "$(uri v)" "$T/back.bin"
