@@ -66,13 +66,7 @@ make_config () {
   local n=$1 size=$2; shift 2
   [ "${STRATA_REMOTE:-}" = 1 ] && start_members "$n" "$size"
   {
-    echo "pool:"
-    echo "  name: t$$"
-    echo "  extent_size: 4MiB"
-    echo "  metadata_replicas: 3"
-    echo "  metadata_size: 16MiB"
-    echo "  control_socket: $T/control.sock"
-    [ -n "${POOL_EXTRA:-}" ] && echo "  $POOL_EXTRA"
+    pool_section 3
     echo "devices:"
     for ((i=0; i<n; i++)); do
       if [ "${STRATA_REMOTE:-}" = 1 ]; then
@@ -84,6 +78,25 @@ make_config () {
     echo "volumes:"
     for v in "$@"; do echo "  - $v"; done
   } > "$CONFIG"
+}
+
+# pool_section METADATA_REPLICAS: the pool section a test's YAML starts
+# with (POOL_EXTRA adds a line to it).
+pool_section () {
+  echo "pool:"
+  echo "  name: t$$"
+  echo "  extent_size: 4MiB"
+  echo "  metadata_replicas: $1"
+  echo "  metadata_size: 16MiB"
+  echo "  control_socket: $T/control.sock"
+  [ -n "${POOL_EXTRA:-}" ] && echo "  $POOL_EXTRA"
+  return 0
+}
+
+# cache_field FIELD: a field of the cache in status --json.
+cache_field () {
+  "$STRATA" status "$CONFIG" --json \
+    | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
 }
 
 # start_member I SIZE [nbdkit filter args...]: serve $T/d$I.img on

@@ -40,13 +40,8 @@ cache_pool () {
   fi
   for ((i = 8; i < 8 + n && n > 1; i++)); do start_member "$i" 96M; done
   {
+    pool_section 1
     cat <<EOF
-pool:
-  name: t$$
-  extent_size: 4MiB
-  metadata_replicas: 1
-  metadata_size: 16MiB
-  control_socket: $T/control.sock
 devices:
   - { name: d0, path: $T/d0.img, size: 512MiB }
   - { name: d1, path: $T/d1.img, size: 512MiB }
@@ -65,9 +60,6 @@ EOF
   "$STRATA" apply "$CONFIG" >/dev/null
 }
 status_json () { "$STRATA" status "$CONFIG" --json; }
-cache_field () {
-  status_json | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
-}
 # without_cache: the YAML with its cache section and cache devices gone.
 without_cache () {
   grep -v -e '^cache:' -e '^  mode: writeback' -e '^  devices: \[c' \
@@ -277,13 +269,7 @@ stop_server
 # up after 10 s and says why; status shows it; every byte still reads
 # back (from the cache), also after a restart.
 rm -f "$T"/d*.img "$T/control.sock"
-cat > "$CONFIG" <<EOF
-pool:
-  name: t$$
-  extent_size: 4MiB
-  metadata_replicas: 1
-  metadata_size: 16MiB
-  control_socket: $T/control.sock
+{ pool_section 1; cat <<EOF; } > "$CONFIG"
 devices:
   - { name: d0, path: $T/d0.img, size: 64MiB }
   - { name: d1, path: $T/d1.img, size: 64MiB }

@@ -21,13 +21,7 @@ for i in 0 1; do
   wait_socket "$T/m$i.sock"
 done
 members_cleanup
-cat > "$CONFIG" <<EOF
-pool:
-  name: t$$
-  extent_size: 4MiB
-  metadata_replicas: 1
-  metadata_size: 16MiB
-  control_socket: $T/control.sock
+{ pool_section 1; cat <<EOF; } > "$CONFIG"
 devices:
   - { name: d0, uri: "nbd+unix:///?socket=$T/m0.sock", domain: host0 }
   - { name: d1, uri: "nbd+unix:///?socket=$T/m1.sock", domain: host1 }
@@ -41,10 +35,6 @@ volumes:
 EOF
 "$STRATA" init "$CONFIG" >/dev/null
 "$STRATA" apply "$CONFIG" >/dev/null
-cache_field () {
-  "$STRATA" status "$CONFIG" --json \
-    | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
-}
 
 start_server
 fio --name=verify --ioengine=nbd --uri="$(uri v)" --rw=randrw \

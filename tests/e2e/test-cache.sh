@@ -13,13 +13,7 @@ source "$(dirname "$0")/functions.sh"
 requires nbdkit fio
 
 ROUNDS=${ROUNDS:-6}
-cat > "$CONFIG" <<EOF
-pool:
-  name: t$$
-  extent_size: 4MiB
-  metadata_replicas: 1
-  metadata_size: 16MiB
-  control_socket: $T/control.sock
+{ pool_section 1; cat <<EOF; } > "$CONFIG"
 devices:
   - { name: d0, path: $T/d0.img, size: 1GiB }
   - { name: d1, path: $T/d1.img, size: 1GiB }
@@ -33,10 +27,6 @@ volumes:
 EOF
 "$STRATA" init "$CONFIG" >/dev/null
 "$STRATA" apply "$CONFIG" >/dev/null
-cache_field () {
-  "$STRATA" status "$CONFIG" --json \
-    | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
-}
 
 # The cache device is not a member, and cannot be added as one.
 "$STRATA" device add "$CONFIG" ssd > "$T/add.log" 2>&1 \
