@@ -99,6 +99,18 @@ cache_field () {
     | $PY -c "import sys,json; print(json.load(sys.stdin)['cache']['$1'])"
 }
 
+# cache_verify URI WHAT FIO-ARGS...: fio random reads and writes with
+# crc32c verification over URI (FIO-ARGS give the sizes and depth);
+# fails naming WHAT, with fio's report, on any error.
+cache_verify () {
+  local u=$1 what=$2; shift 2
+  fio --name=verify --ioengine=nbd --uri="$u" --rw=randrw "$@" \
+      --verify=crc32c --verify_fatal=1 --serialize_overlap=1 --do_verify=1 \
+      --verify_state_save=0 > "$T/fio.log" 2>&1 \
+    || { cat "$T/fio.log"; fail "fio verify $what"; }
+  grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors $what"; }
+}
+
 # start_member I SIZE [nbdkit filter args...]: serve $T/d$I.img on
 # $T/m$I.sock (created sparse if missing).
 start_member () {

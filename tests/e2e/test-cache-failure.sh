@@ -69,17 +69,22 @@ without_cache () {
 
 head -c 64M /dev/urandom > "$T/old.bin"	# on the members (destaged)
 head -c 16M /dev/urandom > "$T/new.bin"	# dirty in the cache, at 16 MiB
-
-# ---- mirrored ----
-cache_pool 2
-start_server
-nbdcopy "$T/old.bin" "$(uri v)"
-"$STRATA" cache flush "$CONFIG" > /dev/null
-nbdsh -u "$(uri v)" -c "
+# write_old_new: old.bin written and destaged, then new.bin at 16 MiB,
+# flushed: dirty in the cache.
+write_old_new () {
+  nbdcopy "$T/old.bin" "$(uri v)"
+  "$STRATA" cache flush "$CONFIG" > /dev/null
+  nbdsh -u "$(uri v)" -c "
 with open('$T/new.bin', 'rb') as f: data = f.read()
 for o in range(0, len(data), 1 << 20):
     h.pwrite(data[o:o + (1 << 20)], (16 << 20) + o)
 h.flush()"
+}
+
+# ---- mirrored ----
+cache_pool 2
+start_server
+write_old_new
 cp "$T/old.bin" "$T/want.bin"
 dd if="$T/new.bin" of="$T/want.bin" bs=1M seek=16 conv=notrunc status=none
 dirty=$(cache_field dirty)
@@ -165,13 +170,7 @@ ok "cache detach while served: drained, the members alone hold every byte"
 rm -f "$T"/d*.img "$T/control.sock"
 cache_pool 1
 start_server
-nbdcopy "$T/old.bin" "$(uri v)"
-"$STRATA" cache flush "$CONFIG" > /dev/null
-nbdsh -u "$(uri v)" -c "
-with open('$T/new.bin', 'rb') as f: data = f.read()
-for o in range(0, len(data), 1 << 20):
-    h.pwrite(data[o:o + (1 << 20)], (16 << 20) + o)
-h.flush()"
+write_old_new
 dirty=$(cache_field dirty)
 [ "$dirty" = $((16 << 20)) ] || fail "$dirty bytes dirty in the cache, not 16 MiB"
 touch "$T/m8.fail"

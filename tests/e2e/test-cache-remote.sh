@@ -37,12 +37,8 @@ EOF
 "$STRATA" apply "$CONFIG" >/dev/null
 
 start_server
-fio --name=verify --ioengine=nbd --uri="$(uri v)" --rw=randrw \
-    --bsrange=4k-128k --iodepth=16 --size=48M --io_size=128M \
-    --verify=crc32c --verify_backlog=64 --verify_fatal=1 \
-    --serialize_overlap=1 --do_verify=1 --verify_state_save=0 > "$T/fio.log" 2>&1 \
-  || { cat "$T/fio.log"; fail "fio verify through the cache to slow members"; }
-grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors"; }
+cache_verify "$(uri v)" "through the cache to slow members" \
+  --bsrange=4k-128k --iodepth=16 --size=48M --io_size=128M --verify_backlog=64
 destaged=$(cache_field destaged)
 [ "$destaged" -gt $((8 << 20)) ] || { cat "$T/fio.log"; fail "only $destaged bytes were written back"; }
 ok "fio verify through a 32 MiB cache to members 5 ms away: zero errors, $destaged bytes destaged"

@@ -36,12 +36,8 @@ ok "the cache device is refused as a member"
 
 # 19: more than the cache holds, under fio verify.
 start_server
-fio --name=verify --ioengine=nbd --uri="$(uri v)" --rw=randrw \
-    --bsrange=4k-256k --iodepth=32 --size=128M --io_size=160M \
-    --verify=crc32c --verify_backlog=128 --verify_fatal=1 \
-    --serialize_overlap=1 --do_verify=1 --verify_state_save=0 > "$T/fio.log" 2>&1 \
-  || { cat "$T/fio.log"; fail "fio verify through the cache"; }
-grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors"; }
+cache_verify "$(uri v)" "through the cache" --bsrange=4k-256k --iodepth=32 \
+  --size=128M --io_size=160M --verify_backlog=128
 destaged=$(cache_field destaged)
 [ "$destaged" -gt $((16 << 20)) ] \
   || fail "the destager wrote back only $destaged bytes of 160 MiB"

@@ -202,8 +202,6 @@ START_TEST (test_write_read_reopen_destage)
 }
 END_TEST
 
-/* Many laps of the ring: writes, with destaging when it is half full;
- * a reopen at the end sees exactly what is not destaged yet. */
 /* cache_seal: refused while blocks (or a zero) are not destaged; once
  * drained, sealed, and every write is refused with ESHUTDOWN; FORCE
  * seals a cache that still holds blocks (a lost one). */
@@ -246,6 +244,8 @@ START_TEST (test_seal)
 }
 END_TEST
 
+/* Many laps of the ring: writes, with destaging when it is half full;
+ * a reopen at the end sees exactly what is not destaged yet. */
 START_TEST (test_ring_wraps)
 {
   unsigned seed = 7;
