@@ -46,7 +46,10 @@
 #include "error.h"
 #include "util.h"
 
-#define NBD_MAX_CONNS 4
+/* Two connections carry 1 MiB streams as fast as four, and 4 KiB random
+ * reads about 20% faster: each connection's poller wakes per reply, and
+ * fewer pollers find more replies waiting per wake-up. */
+#define NBD_MAX_CONNS 2
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -191,6 +194,10 @@ connect_handle (struct nbd_remote *rm)
   }
   /* Allow tls-psk-file= and tls-certificates= in the URI's query. */
   nbd_set_uri_allow_local_file (h, true);
+  /* Simple replies: a read's reply is a header and the data, two
+   * recv calls instead of four.  strata asks for no block status,
+   * which is what structured replies are for. */
+  nbd_set_request_structured_replies (h, false);
   /* libnbd zeroes read buffers first by default, in case a caller uses
    * the buffer of a failed read; we never do, and the memset cost 11%
    * of the CPU on 1 MiB reads. */
@@ -233,6 +240,14 @@ connect_handle (struct nbd_remote *rm)
   return NULL;
 }
 
+/* Keep libnbd's message for the last error, to say why a connection
+ * was lost. */
+static void
+note_error (char *why, size_t n)
+{
+  snprintf (why, n, "%s", nbd_get_error () ? nbd_get_error () : "I/O error");
+}
+
 /* Sleep up to MS milliseconds, waking early on C's eventfd. */
 static void
 nap (struct conn *c, unsigned ms)
@@ -257,6 +272,7 @@ poller (void *arg)
     unsigned dir;
     uint64_t now, v = 0;
     bool expired = false;
+    char why[256] = "";
 
     pthread_mutex_lock (&c->lock);
     h = c->h;
@@ -291,10 +307,28 @@ poller (void *arg)
       if ((pfd[1].revents & POLLIN) && read (c->wakefd, &v, sizeof v) < 0)
         v = 0;
       /* Errors leave the handle dead, which is handled below. */
-      if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR))
-        nbd_aio_notify_read (h);
-      else if (pfd[0].revents & POLLOUT)
-        nbd_aio_notify_write (h);
+      if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        /* libnbd reads one reply per call: read on while replies are
+         * waiting, so that a busy connection costs a poll per burst,
+         * not per reply.  notify_read is only ever called when the
+         * socket is readable: libnbd 1.14 left with nothing to read in
+         * REPLY.START stops resuming a paused write payload, and the
+         * connection hangs. */
+        for (;;) {
+          if (nbd_aio_notify_read (h) == -1) {
+            note_error (why, sizeof why);
+            break;
+          }
+          if (nbd_aio_in_flight (h) == 0
+              || !(nbd_aio_get_direction (h) & LIBNBD_AIO_DIRECTION_READ))
+            break;
+          pfd[0].events = POLLIN;
+          if (poll (pfd, 1, 0) != 1 || !(pfd[0].revents & POLLIN))
+            break;
+        }
+      }
+      else if ((pfd[0].revents & POLLOUT) && nbd_aio_notify_write (h) == -1)
+        note_error (why, sizeof why);
     }
 
     /* Requests past their deadline kill the connection. */
@@ -308,11 +342,15 @@ poller (void *arg)
     pthread_mutex_unlock (&c->list_lock);
     if (expired) {
       atomic_fetch_add_explicit (&rm->dev->ntimeout, 1, memory_order_relaxed);
+      snprintf (why, sizeof why, "a request got no reply in %" PRIu64 " ms",
+                rm->timeout_ns / 1000000);
       shutdown (nbd_aio_get_fd (h), SHUT_RDWR);
       nbd_aio_notify_read (h);
     }
 
     if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h)) {
+      fprintf (stderr, "strata: %s: connection lost: %s\n", rm->uri,
+               why[0] ? why : "closed by the server");
       pthread_mutex_lock (&c->lock);
       c->h = NULL;
       pthread_mutex_unlock (&c->lock);

@@ -111,14 +111,19 @@ cache_verify () {
   grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors $what"; }
 }
 
-# start_member I SIZE [nbdkit filter args...]: serve $T/d$I.img on
-# $T/m$I.sock (created sparse if missing).
+# start_member I SIZE [ARGS...]: serve $T/d$I.img on $T/m$I.sock
+# (created sparse if missing).  ARGS add nbdkit options (--filter=F) and
+# filter parameters (key=value).
 start_member () {
-  local i=$1 size=$2; shift 2
+  local i=$1 size=$2 a; shift 2
+  local -a opts=() params=()
+  for a in "$@"; do
+    case $a in -*) opts+=("$a");; *) params+=("$a");; esac
+  done
   [ -f "$T/d$i.img" ] || truncate -s "$size" "$T/d$i.img"
   rm -f "$T/m$i.sock"
-  nbdkit -U "$T/m$i.sock" -P "$T/m$i.pid" "$@" --filter=error \
-    file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1
+  nbdkit -U "$T/m$i.sock" -P "$T/m$i.pid" "${opts[@]}" --filter=error \
+    file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1 "${params[@]}"
   wait_socket "$T/m$i.sock"
   members_cleanup
 }
