@@ -1,5 +1,6 @@
 /* Unit tests: crc32c and the on-disk superblock/header codecs. */
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "crc32c.h"
@@ -17,6 +18,50 @@ START_TEST (test_crc32c_check_value)
     buf[i] = i * 7;
   ck_assert_uint_eq (crc32c (crc32c (0, buf, 333), buf + 333, 667),
                      crc32c (0, buf, 1000));
+}
+END_TEST
+
+/* Bit by bit, straight from the definition: the oracle for the fast
+ * paths. */
+static uint32_t
+crc32c_bitwise (const unsigned char *p, size_t len)
+{
+  uint32_t c = 0xffffffff;
+
+  while (len--) {
+    c ^= *p++;
+    for (int k = 0; k < 8; k++)
+      c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+  }
+  return ~c;
+}
+
+/* Lengths around the three-chain step (3 x 1360 bytes), whole 4 KiB
+ * blocks and 1 MiB, at every alignment mod 8, one-shot and split. */
+START_TEST (test_crc32c_long)
+{
+  static const size_t lens[] = { 0, 1, 7, 8, 1360, 4079, 4080, 4081, 4096,
+                                 8159, 8160, 8192, 12245, 1 << 20 };
+  size_t cap = (1 << 20) + 8;
+  unsigned char *buf = malloc (cap);
+  uint32_t x = 12345;
+
+  ck_assert_ptr_nonnull (buf);
+  for (size_t i = 0; i < cap; i++) {
+    x = x * 1103515245 + 12345;
+    buf[i] = x >> 16;
+  }
+  for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++)
+    for (size_t a = 0; a < 8; a++) {
+      const unsigned char *p = buf + a;
+      size_t len = lens[i], cut = len / 3 + a;
+      uint32_t want = crc32c_bitwise (p, len);
+      ck_assert_uint_eq (crc32c (0, p, len), want);
+      if (cut <= len)
+        ck_assert_uint_eq (crc32c (crc32c (0, p, cut), p + cut, len - cut),
+                           want);
+    }
+  free (buf);
 }
 END_TEST
 
@@ -96,6 +141,7 @@ format_suite (void)
   TCase *tc = tcase_create ("codec");
 
   tcase_add_test (tc, test_crc32c_check_value);
+  tcase_add_test (tc, test_crc32c_long);
   tcase_add_test (tc, test_sb_roundtrip_and_damage);
   tcase_add_test (tc, test_fbuf_bounds);
   suite_add_tcase (s, tc);
