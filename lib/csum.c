@@ -51,6 +51,18 @@ csum_blocks (const void *buf, size_t len, uint32_t *out)
     out[i] = crc32c (0, p + i * STRATA_BLOCK, STRATA_BLOCK);
 }
 
+void
+csum_copy_blocks (void *dst, const void *src, size_t len, uint32_t *out)
+{
+  char *d = dst;
+  const char *s = src;
+
+  for (size_t i = 0; i < len / STRATA_BLOCK; i++) {
+    memcpy (d + i * STRATA_BLOCK, s + i * STRATA_BLOCK, STRATA_BLOCK);
+    out[i] = crc32c (0, d + i * STRATA_BLOCK, STRATA_BLOCK);
+  }
+}
+
 size_t
 csum_count (struct pool *p)
 {

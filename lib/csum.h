@@ -22,6 +22,12 @@ uint32_t csum_zero_block (void);
 /* The checksums of the LEN / 4 KiB blocks of BUF into OUT. */
 void csum_blocks (const void *buf, size_t len, uint32_t *out);
 
+/* Copy LEN bytes (whole blocks) from SRC to DST and put their checksums
+ * into OUT, in one pass over SRC: each block is summed just after it is
+ * copied, while it is still in the CPU's cache. */
+void csum_copy_blocks (void *dst, const void *src, size_t len,
+                       uint32_t *out);
+
 /* Entries in a column's array. */
 size_t csum_count (struct pool *p);
 

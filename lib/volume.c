@@ -996,10 +996,16 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
   nr = 0;
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &pc[i];
-    if (p->bounce)
-      memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
-    csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
-                 p->cs + p->a0 / STRATA_BLOCK);
+    if (p->bounce && p->eoff == p->a0 && p->eoff + p->len == p->a1)
+      /* Only the buffer was unaligned: copy and sum in one pass. */
+      csum_copy_blocks (p->bounce, p->ubuf, p->len,
+                        p->cs + p->a0 / STRATA_BLOCK);
+    else {
+      if (p->bounce)
+        memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
+      csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
+                   p->cs + p->a0 / STRATA_BLOCK);
+    }
     p->ok = 0;
     p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
