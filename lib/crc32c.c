@@ -21,13 +21,12 @@
 
 #include "crc32c.h"
 
-#define STREAM 1360		/* bytes per chain; a multiple of 8 */
-
 static uint32_t table[256];
 static int have_sse42;
-static uint32_t shift_table[4][256];	/* Z, byte by byte (see above) */
 
 #if defined(__x86_64__)
+#define STREAM 1360		/* bytes per chain; a multiple of 8 */
+static uint32_t shift_table[4][256];	/* Z, byte by byte (see above) */
 static void shift_init (void);
 #endif
 static pthread_once_t once = PTHREAD_ONCE_INIT;
