@@ -111,6 +111,24 @@ cache_verify () {
   grep -q 'err= 0' "$T/fio.log" || { cat "$T/fio.log"; fail "fio errors $what"; }
 }
 
+# cache_kill9_round ROUND SECONDS: the oracle writes to volume k (and
+# flushes) while the server is killed with -9 after SECONDS; after a
+# restart, every block it saw flushed must read back.
+cache_kill9_round () {
+  local round=$1 secs=$2 wpid dirty
+  start_server
+  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" write "$round" > "$T/w.log" 2>&1 &
+  wpid=$!
+  sleep "$secs"
+  dirty=$(cache_field dirty)
+  stop_server KILL
+  wait $wpid 2>/dev/null || true
+  start_server
+  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" check 0 \
+    || fail "round $round: flushed data lost after kill -9 (dirty at the kill: $dirty)"
+  stop_server
+}
+
 # start_member I SIZE [ARGS...]: serve $T/d$I.img on $T/m$I.sock
 # (created sparse if missing).  ARGS add nbdkit options (--filter=F) and
 # filter parameters (key=value).

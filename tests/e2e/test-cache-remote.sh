@@ -44,19 +44,7 @@ destaged=$(cache_field destaged)
 ok "fio verify through a 32 MiB cache to members 5 ms away: zero errors, $destaged bytes destaged"
 stop_server
 
-for round in 1 2; do
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" write "$round" > "$T/w.log" 2>&1 &
-  wpid=$!
-  sleep 2
-  dirty=$(cache_field dirty)
-  stop_server KILL
-  wait $wpid 2>/dev/null || true
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" check 0 \
-    || fail "round $round: flushed data lost after kill -9 (dirty at the kill: $dirty)"
-  stop_server
-done
+for round in 1 2; do cache_kill9_round "$round" 2; done
 ok "kill -9 with dirty data over slow members: nothing flushed lost"
 
 start_server

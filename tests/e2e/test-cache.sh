@@ -49,17 +49,7 @@ stop_server
 
 # 18: kill -9 with dirty data, flushed writes must survive.
 for round in $(seq "$ROUNDS"); do
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" write "$round" > "$T/w.log" 2>&1 &
-  wpid=$!
-  sleep "0.$(( RANDOM % 9 + 1 ))"; sleep $(( round % 2 ))
-  dirty=$(cache_field dirty)
-  stop_server KILL
-  wait $wpid 2>/dev/null || true
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" check 0 \
-    || fail "round $round: flushed data lost after kill -9 (dirty at the kill: $dirty)"
-  stop_server
+  cache_kill9_round "$round" "$(( round % 2 )).$(( RANDOM % 9 + 1 ))"
 done
 nwritten=$($PY -c "import json;print(len(json.load(open('$T/state.json'))['written']))")
 [ "$nwritten" -gt 100 ] || fail "the oracle wrote too little ($nwritten blocks)"
