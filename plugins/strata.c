@@ -22,6 +22,7 @@
 #include "destage.h"
 #include "device.h"
 #include "error.h"
+#include "meta.h"
 #include "pool.h"
 #include "resync.h"
 #include "volume.h"
@@ -87,6 +88,14 @@ strata_get_ready (void)
     nbdkit_error ("%s", strata_last_error ());
     return -1;
   }
+  /* A member that could not be opened is served around (its copies are
+   * not read), which the operator must hear of. */
+  for (uint32_t i = 0; i < pool_ndevices (pool); i++)
+    if (!pool_device (pool, i)
+        && pool_meta (pool)->devices[i].state != META_DEV_REMOVED)
+      fprintf (stderr, "strata: pool %s: device %s is missing: %s\n",
+               cfg->name, pool_meta (pool)->devices[i].name,
+               pool_device_problem (pool, i));
   /* Nothing the pool started may cross the fork: this thread's io_uring,
    * and the remote members' I/O threads (they restart on first use). */
   device_thread_exit ();

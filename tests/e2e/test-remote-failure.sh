@@ -85,4 +85,7 @@ start_server
 "$STRATA" status "$CONFIG" > "$T/status.txt"
 grep -E "^d1 .* failed" "$T/status.txt" >/dev/null || { cat "$T/status.txt"; fail "d1 not failed after restart"; }
 grep -E "^d3 .* failed" "$T/status.txt" >/dev/null || { cat "$T/status.txt"; fail "d3 not failed after restart"; }
-ok "failed states survive a restart"
+# The member that is gone is named in the server's log, with the reason.
+grep -E "strata: pool t$$: device d3 is missing: .*m3\.sock" "$T/nbdkit.log" >/dev/null \
+  || fail "the server did not report that d3 is missing"
+ok "failed states survive a restart; the missing d3 is reported"
