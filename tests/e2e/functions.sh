@@ -43,7 +43,9 @@ trap _cleanup EXIT
 
 fail () {
   echo "FAIL: $*" >&2
-  [ -s "$T/nbdkit.log" ] && sed "s/^/nbdkit: /" "$T/nbdkit.log" | tail -n "${LOG_LINES:-15}" >&2
+  # The server's last messages, without the routine crash resync lines.
+  [ -s "$T/nbdkit.log" ] && grep -v "crash resync: [0-9]* columns checked" "$T/nbdkit.log" \
+    | sed "s/^/nbdkit: /" | tail -n "${LOG_LINES:-15}" >&2
   exit 1
 }
 ok () { echo "ok: $*"; }
@@ -235,6 +237,14 @@ for v in s['volumes']:
                              % (v['name'], ch['chunk'], col, cur[0][0], name))
             n += 1
 print(n)"
+}
+
+# stale_copies: how many copies the journal says are stale.
+stale_copies () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+print(sum(bin(m).count('1') for v in s['volumes'] for ch in v['map'] for m in ch['stale']))"
 }
 
 # csum_errors: the sum of checksum errors the serving process has found.
