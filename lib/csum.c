@@ -223,10 +223,21 @@ csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
   struct meta_column *mc = &c->col[col];
   uint32_t *a = atomic_load_explicit (&mc->csum, memory_order_acquire);
   uint32_t *expected = NULL;
+  uint8_t st = atomic_load (&mc->state);
 
+  if (st == META_COL_UNSYNCED) {
+    /* Its checksums may not match its data (resync.c). */
+    struct meta_extent e = c->ext[col * v->replicas];
+    strata_error (EIO, "volume %s: column %" PRIu32 " (extent %" PRIu32
+                  " of device %s) may hold a write that reached no copy "
+                  "whole, and none of its copies can be reached to resync "
+                  "it: it can be used once its device is back", v->name,
+                  col, e.ext, pool_meta (p)->devices[e.dev].name);
+    return NULL;
+  }
   if (a)
     return a;
-  if (atomic_load (&mc->state) != META_COL_CLEAN && pool_writable (p)) {
+  if (st != META_COL_CLEAN && pool_writable (p)) {
     size_t n = csum_count (p);
     a = malloc (n * sizeof *a);
     if (!a) {

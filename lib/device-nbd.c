@@ -637,8 +637,27 @@ device_connected (const struct device *dev)
   return false;
 }
 
-unsigned
-device_connections (const struct device *dev)
+int
+device_reconnect (struct device *dev)
 {
-  return dev->remote ? dev->nbd->nconns : 0;
+  struct nbd_remote *rm = dev->nbd;
+  uint64_t deadline;
+
+  if (!dev->remote || device_connected (dev))
+    return 0;
+  if (!atomic_load (&rm->running) && threads_start (rm) == -1)
+    return -1;
+  deadline = device_now_ns () + rm->timeout_ns;
+  while (!device_connected (dev)) {
+    uint64_t one = 1;
+    if ((int64_t) (device_now_ns () - deadline) > 0)
+      return strata_error (ENOTCONN, "%s: cannot reconnect: %s", rm->uri,
+                           "no connection came up within the I/O timeout");
+    /* Each wake-up ends a poller's backoff nap: it tries at once. */
+    for (unsigned i = 0; i < rm->nconns; i++)
+      if (write (rm->conns[i].wakefd, &one, sizeof one) < 0)
+        continue;
+    usleep (100 * 1000);
+  }
+  return 0;
 }

@@ -106,9 +106,14 @@ struct device_stats {
 };
 void device_stats (const struct device *dev, struct device_stats *st);
 
-/* Remote members: whether a connection is up, and how many are kept. */
+/* Remote members: whether a connection is up. */
 bool device_connected (const struct device *dev);
-unsigned device_connections (const struct device *dev);
+
+/* Remote members: have a connection up, waking the reconnect attempts
+ * (which back off to one per 5 s) and waiting for one to succeed, at most
+ * the request timeout.  Local devices: nothing to do.  Returns 0, or -1
+ * with a message. */
+int device_reconnect (struct device *dev);
 
 /* Requests to remote members fail with ETIMEDOUT after MS milliseconds
  * (default 30 s), and the connection is re-established.  Set before

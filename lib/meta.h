@@ -75,9 +75,12 @@ struct meta_extent {
  * is journal state: bit r is set when replica r missed a write (its
  * device was failed or the write to it failed) and cleared when a
  * rebuild copied the column to it again or moved that copy elsewhere.
- * A stale copy is never read and never written by the data path. */
+ * A stale copy is never read and never written by the data path.
+ * UNSYNCED is a dirty column that crash resync could not reach (no copy
+ * on a usable device): nothing reads or writes it until it is resynced
+ * (resync.c). */
 enum meta_col_state { META_COL_CLEAN = 0, META_COL_DIRTY = 1,
-                      META_COL_CLEANING = 2 };
+                      META_COL_CLEANING = 2, META_COL_UNSYNCED = 3 };
 struct meta_column {
   _Atomic (uint32_t *) csum;	/* crc32c per 4 KiB block, NULL until loaded */
   _Atomic uint32_t writers;	/* writes in progress */

@@ -1243,7 +1243,10 @@ member_open (struct pool *p, uint32_t i)
       goto fail;
     }
   }
-  if (device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
+  /* A remote member that went away is reconnected in the background,
+   * with backoff: it may not have noticed yet that the host is back. */
+  if (device_reconnect (d) == -1
+      || device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
     strata_error_prefix ("device %s (%s): reading its superblock", md->name,
                          config_device_where (cd));
     goto fail;
@@ -1314,6 +1317,10 @@ pool_device_return (struct pool *p, uint32_t i)
   r = 0;
  out:
   pthread_mutex_unlock (&p->fail_lock);
+  /* Columns crash resync could not reach may be reachable now. */
+  if (r == 0 && p->resync && resync_returned (p->resync) == -1)
+    r = strata_error_prefix ("pool %s: device %s is back, but resyncing "
+                             "its columns failed", p->cfg->name, md->name);
   return r;
 }
 

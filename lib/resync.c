@@ -23,6 +23,18 @@
  * a member that comes back never offers a copy whose slot is behind its
  * data.  A copy crash resync cannot read or rewrite is made stale before
  * its device is failed.
+ *
+ * The last copy is never made stale.  A dirty column with no copy that
+ * can be used (every device holding one is missing or failed) stays
+ * dirty: its data may be ahead of its checksum slot, nothing can be read
+ * to compute new checksums, and making its copies stale would lose data
+ * that is only out of reach (an unreplicated volume on a member that did
+ * not answer at open).  At open such a column becomes UNSYNCED, which
+ * csum_get() and mark_dirty() refuse, so nothing reads or writes it; so
+ * does a column a write reached no copy of (volume.c).  It is resynced
+ * when a device of it comes back (resync_returned), or by the first open
+ * that reaches a copy.  The cleaner leaves dirty columns it cannot reach
+ * dirty.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -165,6 +177,13 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
 
     if (atomic_load (&mc->state) == META_COL_DIRTY)
       break;
+    if (atomic_load (&mc->state) == META_COL_UNSYNCED) {
+      /* Another write reached no copy meanwhile (design notes). */
+      ret = strata_error (EIO, "volume %s: column %" PRIu32 " of chunk %"
+                          PRIu64 " cannot be written until it is resynced",
+                          v->name, col, idx);
+      break;
+    }
     if (r->err) {
       ret = strata_error (r->err, "the journal refused a commit; the pool "
                           "cannot record writes");
@@ -239,6 +258,7 @@ resync_write_end (struct meta_chunk *c, uint32_t col)
 /* ---- walking the chunk maps ---- */
 
 struct walk {
+  struct pool *p;
   struct meta_volume *v;
   struct col_ref *cols;
   size_t n, cap;
@@ -319,7 +339,41 @@ want_clean (struct walk *w, struct meta_chunk *c, uint32_t col)
   return true;
 }
 
-/* Write the checksum slots of COLS to every usable replica. */
+/* Whether some copy of CR can be used (read, and written to). */
+static bool
+reachable (struct pool *p, const struct col_ref *cr)
+{
+  for (uint32_t rep = 0; rep < cr->v->replicas; rep++)
+    if (pool_copy_readable (p, cr->c, cr->v->replicas, cr->col, rep))
+      return true;
+  return false;
+}
+
+/* Move the columns of COLS[0..N) that have no usable copy to the end,
+ * keeping the order of the others (design notes).  Sets *K to how many
+ * others there are.  Returns 0 or -1. */
+static int
+split_unreachable (struct pool *p, struct col_ref *cols, size_t n, size_t *k)
+{
+  struct col_ref *out = NULL;
+  size_t nout = 0;
+
+  *k = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (reachable (p, &cols[i])) {
+      cols[(*k)++] = cols[i];
+      continue;
+    }
+    if (!out && !(out = malloc ((n - i) * sizeof *out)))
+      return strata_error (ENOMEM, "out of memory");
+    out[nout++] = cols[i];
+  }
+  if (nout > 0)
+    memcpy (&cols[*k], out, nout * sizeof *out);
+  free (out);
+  return 0;
+}
+
 /* The copies of the dirty columns COLS on devices that cannot be used
  * now may hold any part of the last writes (those in progress at a
  * crash), and their checksum slots are not rewritten with the others':
@@ -351,6 +405,8 @@ stale_unusable (struct pool *p, struct col_ref *cols, size_t n)
   return ret;
 }
 
+/* Write the checksum slots of COLS, which all have a usable copy, to
+ * every usable replica, after making the others stale. */
 static int
 write_csums (struct pool *p, struct col_ref *cols, size_t n)
 {
@@ -366,7 +422,11 @@ write_csums (struct pool *p, struct col_ref *cols, size_t n)
   for (size_t k = 0; k < n && ret == 0; k += BATCH) {
     size_t nr = 0;
     for (size_t i = k; i < MIN (n, k + BATCH); i++) {
-      uint32_t *a = csum_get (p, cols[i].v, cols[i].c, cols[i].col);
+      /* Resync has just put the array of an UNSYNCED column in place,
+       * which csum_get() refuses. */
+      uint32_t *a = atomic_load (&cols[i].c->col[cols[i].col].csum);
+      if (!a)
+        a = csum_get (p, cols[i].v, cols[i].c, cols[i].col);
       if (!a) {
         ret = -1;
         break;
@@ -403,7 +463,8 @@ int
 resync_clean (struct resync *r, bool all)
 {
   struct pool *p = r->p;
-  struct walk w = { .want = want_clean, .all = all };
+  struct walk w = { .p = p, .want = want_clean, .all = all };
+  size_t k = 0;			/* the first K have a usable copy */
   int ret;
 
   pool_walk_lock (p);
@@ -411,23 +472,25 @@ resync_clean (struct resync *r, bool all)
   while (r->committing)
     pthread_cond_wait (&r->cond, &r->lock);
   ret = walk (p, &w);
-  if (ret == 0 && w.n > 0) {
-    ret = write_csums (p, w.cols, w.n);
+  if (ret == 0)
+    ret = split_unreachable (p, w.cols, w.n, &k);
+  if (ret == 0 && k > 0) {
+    ret = write_csums (p, w.cols, k);
     if (ret == 0)
       ret = pool_flush (p);
     if (ret == 0)
-      ret = commit_cols (r, w.cols, w.n, false);
+      ret = commit_cols (r, w.cols, k, false);
   }
   for (size_t i = 0; i < w.n; i++)
     atomic_store (&w.cols[i].c->col[w.cols[i].col].state,
-                  ret == 0 ? META_COL_CLEAN : META_COL_DIRTY);
+                  ret == 0 && i < k ? META_COL_CLEAN : META_COL_DIRTY);
   if (ret == 0)
-    atomic_fetch_add (&r->cleaned, w.n);
+    atomic_fetch_add (&r->cleaned, k);
   pthread_cond_broadcast (&r->cond);
   pthread_mutex_unlock (&r->lock);
   pool_walk_unlock (p);
   free (w.cols);
-  return ret == 0 ? (int) MIN (w.n, INT32_MAX) : -1;
+  return ret == 0 ? (int) MIN (k, INT32_MAX) : -1;
 }
 
 static void *
@@ -535,27 +598,27 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
       break;
     }
     device_submit (rq, nr);
+    for (size_t k = 0; k < nr && src < 0; k++)
+      if (rq[k].res == 0)
+        src = rq[k].tag;
     for (size_t k = 0; k < nr; k++) {
       struct meta_extent e = cr->c->ext[cr->col * R + rq[k].tag];
-      if (rq[k].res == 0) {
-        if (src < 0)
-          src = rq[k].tag;
+      struct meta_stale_item it = { v->id, cr->idx, cr->col,
+                                    1u << rq[k].tag };
+      if (rq[k].res == 0)
         continue;
-      }
-      /* A copy that cannot be made to agree must not be read again. */
-      {
-        struct meta_stale_item it = { v->id, cr->idx, cr->col,
-                                      1u << rq[k].tag };
-        if (pool_commit_stale (p, true, &it, 1) == -1
-            || pool_device_fail (p, e.dev, "unreadable during crash "
-                                 "resync") == -1)
-          ret = -1;
-      }
+      /* A copy that cannot be made to agree must not be read again,
+       * unless it is the last (design notes): its device is failed,
+       * and the column stays dirty. */
+      if ((src >= 0 && pool_commit_stale (p, true, &it, 1) == -1)
+          || pool_device_fail (p, e.dev, "unreadable during crash "
+                               "resync") == -1)
+        ret = -1;
     }
     if (src < 0) {
-      for (size_t b = 0; b < len / STRATA_BLOCK; b++)
-        a[off / STRATA_BLOCK + b] = 0;
-      continue;
+      free (a);
+      a = NULL;
+      break;
     }
     csum_blocks (bufs[src], len, a + off / STRATA_BLOCK);
     if (wcap < R * (len / STRATA_BLOCK)) {
@@ -598,10 +661,73 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
     }
   }
   free (wq);
-  if (ret == 0 && a)
-    free (atomic_exchange (&mc->csum, a));
+  /* A column that was in use (UNSYNCED after a write that reached no
+   * copy) keeps its array: a request that fetched it before may still
+   * hold it. */
+  if (ret == 0 && a) {
+    uint32_t *old = NULL;
+    if (!atomic_compare_exchange_strong (&mc->csum, &old, a)) {
+      memcpy (old, a, n * sizeof *a);
+      free (a);
+    }
+  }
   else
     free (a);
+  return ret;
+}
+
+/* A column crash resync could not reach, now reachable. */
+static bool
+want_unsynced (struct walk *w, struct meta_chunk *c, uint32_t col)
+{
+  struct col_ref cr = { w->v, 0, c, col };
+
+  return atomic_load (&c->col[col].state) == META_COL_UNSYNCED
+    && reachable (w->p, &cr);
+}
+
+/* Resync the columns W picks (the dirty ones at open, the unsynced ones
+ * that can be reached later): make their copies agree, write their
+ * checksums, commit them clean.  Those with no usable copy become
+ * UNSYNCED (design notes).  With pool_walk_lock held.  Adds the columns
+ * resynced to *COLS and the bytes rewritten to *BYTES. */
+static int
+resync_pass (struct resync *r, struct walk *w, uint64_t *cols,
+             uint64_t *bytes)
+{
+  struct pool *p = r->p;
+  size_t k = 0;			/* the first K have a usable copy */
+  char *bufs[8] = { NULL };
+  int ret;
+
+  ret = walk (p, w);
+  for (uint32_t i = 0; i < 8 && ret == 0 && w->n > 0; i++)
+    if (!(bufs[i] = device_alloc_buf (RESYNC_IO)))
+      ret = strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < w->n && ret == 0; i++)
+    ret = resync_column (p, &w->cols[i], bufs, bytes);
+  if (ret == 0)
+    ret = split_unreachable (p, w->cols, w->n, &k);
+  if (ret == 0 && k > 0)
+    ret = write_csums (p, w->cols, k);
+  if (ret == 0 && k > 0)
+    ret = pool_flush (p);
+  if (ret == 0 && k > 0)
+    ret = commit_cols (r, w->cols, k, false);
+  if (ret == 0) {
+    for (size_t i = 0; i < w->n; i++)
+      atomic_store (&w->cols[i].c->col[w->cols[i].col].state,
+                    i < k ? META_COL_CLEAN : META_COL_UNSYNCED);
+    *cols += k;
+    if (w->n > k)
+      fprintf (stderr, "strata: pool %s: crash resync: %zu columns have no "
+               "copy on a device that can be used; they are not read or "
+               "written until one is back\n", pool_config (p)->name,
+               w->n - k);
+  }
+  for (uint32_t i = 0; i < 8; i++)
+    free (bufs[i]);
+  free (w->cols);
   return ret;
 }
 
@@ -609,38 +735,46 @@ int
 resync_recover (struct resync *r)
 {
   struct pool *p = r->p;
-  struct walk w = { .want = want_dirty };
-  uint32_t R = 8;
-  char *bufs[8] = { NULL };
-  uint64_t bytes = 0;
+  struct walk w = { .p = p, .want = want_dirty };
+  uint64_t cols = 0, bytes = 0;
   int ret;
 
   pool_walk_lock (p);
-  ret = walk (p, &w);
-  for (uint32_t i = 0; i < R && ret == 0 && w.n > 0; i++)
-    if (!(bufs[i] = device_alloc_buf (RESYNC_IO)))
-      ret = strata_error (ENOMEM, "out of memory");
-  for (size_t i = 0; i < w.n && ret == 0; i++)
-    ret = resync_column (p, &w.cols[i], bufs, &bytes);
-  if (ret == 0 && w.n > 0)
-    ret = write_csums (p, w.cols, w.n);
-  if (ret == 0 && w.n > 0)
-    ret = pool_flush (p);
-  if (ret == 0 && w.n > 0)
-    ret = commit_cols (r, w.cols, w.n, false);
-  if (ret == 0) {
-    for (size_t i = 0; i < w.n; i++)
-      atomic_store (&w.cols[i].c->col[w.cols[i].col].state, META_COL_CLEAN);
-    r->rec_columns = w.n;
-    r->rec_bytes = bytes;
-    if (w.n > 0)
-      fprintf (stderr, "strata: pool %s: crash resync: %zu columns checked, "
-               "%" PRIu64 " bytes rewritten\n", pool_config (p)->name, w.n,
-               bytes);
-  }
+  ret = resync_pass (r, &w, &cols, &bytes);
   pool_walk_unlock (p);
-  for (uint32_t i = 0; i < R; i++)
-    free (bufs[i]);
-  free (w.cols);
+  if (ret == 0) {
+    r->rec_columns = cols;
+    r->rec_bytes = bytes;
+    if (cols > 0)
+      fprintf (stderr, "strata: pool %s: crash resync: %" PRIu64 " columns "
+               "checked, %" PRIu64 " bytes rewritten\n",
+               pool_config (p)->name, cols, bytes);
+  }
+  return ret;
+}
+
+int
+resync_returned (struct resync *r)
+{
+  struct pool *p = r->p;
+  struct walk w = { .p = p, .want = want_unsynced };
+  uint64_t cols = 0, bytes = 0;
+  int ret;
+
+  /* Writers of these columns wait in mark_dirty() for r->lock: they
+   * found the array resync_column() put in place, and the column not
+   * dirty.  Readers fail until that array is in place. */
+  pool_walk_lock (p);
+  pthread_mutex_lock (&r->lock);
+  while (r->committing)
+    pthread_cond_wait (&r->cond, &r->lock);
+  ret = resync_pass (r, &w, &cols, &bytes);
+  pthread_cond_broadcast (&r->cond);
+  pthread_mutex_unlock (&r->lock);
+  pool_walk_unlock (p);
+  if (ret == 0 && cols > 0)
+    fprintf (stderr, "strata: pool %s: crash resync of the columns that "
+             "could not be reached: %" PRIu64 " columns checked, %" PRIu64
+             " bytes rewritten\n", pool_config (p)->name, cols, bytes);
   return ret;
 }

@@ -54,8 +54,15 @@ void resync_stop (struct resync *r);
 
 /* Make the replicas and checksums of every column that is dirty in the
  * journal agree (see above), then commit them clean.  A replica that
- * cannot be read meanwhile is failed.  Returns 0 or -1. */
+ * cannot be read meanwhile is failed.  A column with no copy that can
+ * be used stays dirty, and is neither read nor written until
+ * resync_returned() reaches it.  Returns 0 or -1. */
 int resync_recover (struct resync *r);
+
+/* The same for the columns resync_recover() could not reach (no copy on
+ * a usable device: they are not read or written meanwhile) and that can
+ * be reached now, after a device came back.  Returns 0 or -1. */
+int resync_returned (struct resync *r);
 
 /* What the last resync_recover() did. */
 struct resync_stats {

@@ -489,9 +489,37 @@ replica_writable (struct volume *v, struct piece *p, uint32_t r)
   return 0;
 }
 
-/* Commit that the copies in the pieces' missed masks are stale, where
- * the journal does not say so already: before the write is
- * acknowledged (DESIGN.md section 4).  Returns 0 or -1. */
+/* The copies of piece P to make stale: those it missed that the
+ * journal does not say are stale already, but never the last copy that
+ * is not.  When a write reached no copy, the column's data is whatever
+ * its copies hold (the write failed), and the copy left is the newest
+ * there is: it is read again once its device is back (resync.c). */
+static uint8_t
+missed_to_stale (struct volume *v, const struct piece *p)
+{
+  uint8_t stale = atomic_load (&p->c->col[p->col].stale);
+  uint8_t all = (uint8_t) ((1u << v->mv->replicas) - 1);
+  uint8_t m = p->missed & ~stale;
+
+  if (m && (stale | m) == all)
+    m &= (uint8_t) (m - 1);	/* keep the lowest */
+  return m;
+}
+
+/* A write or discard of piece P reached no copy: the column's checksum
+ * array holds what was to be written, its copies anything between the
+ * old data and the new.  It is UNSYNCED, neither read nor written, until
+ * a device of it is back and resync recomputes its checksums from its
+ * data (resync.c); it is dirty in the journal already. */
+static void
+lost_all (struct piece *p)
+{
+  atomic_store (&p->c->col[p->col].state, META_COL_UNSYNCED);
+}
+
+/* Commit that the copies in the pieces' missed masks are stale (see
+ * missed_to_stale), before the write is acknowledged (DESIGN.md
+ * section 4).  Returns 0 or -1. */
 static int
 commit_missed (struct volume *v, struct piece *pc, size_t n)
 {
@@ -500,7 +528,7 @@ commit_missed (struct volume *v, struct piece *pc, size_t n)
   int r;
 
   for (size_t i = 0; i < n; i++)
-    if (pc[i].missed & ~atomic_load (&pc[i].c->col[pc[i].col].stale))
+    if (missed_to_stale (v, &pc[i]))
       k++;
   if (k == 0)
     return 0;
@@ -509,7 +537,7 @@ commit_missed (struct volume *v, struct piece *pc, size_t n)
     return strata_error (ENOMEM, "out of memory");
   k = 0;
   for (size_t i = 0; i < n; i++) {
-    uint8_t m = pc[i].missed & ~atomic_load (&pc[i].c->col[pc[i].col].stale);
+    uint8_t m = missed_to_stale (v, &pc[i]);
     if (m)
       items[k++] = (struct meta_stale_item) { v->mv->id, pc[i].chunk,
                                               pc[i].col, m };
@@ -1052,11 +1080,14 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
                           why) == -1)
       r = -1;
   }
-  for (size_t i = 0; i < n && r == 0; i++)
-    if (pc[i].ok == 0)
-      r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
-                        ": no copy could be written", v->mv->name,
-                        pc[i].chunk, pc[i].col);
+  for (size_t i = 0; i < n; i++)
+    if (pc[i].ok == 0) {
+      lost_all (&pc[i]);
+      if (r == 0)
+        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %"
+                          PRIu32 ": no copy could be written", v->mv->name,
+                          pc[i].chunk, pc[i].col);
+    }
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (pc[i].c, pc[i].col);
@@ -1269,11 +1300,14 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
                           why) == -1)
       r = -1;
   }
-  for (size_t i = 0; i < n && r == 0; i++)
-    if (sc->pc[i].ok == 0)
-      r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
-                        ": no copy could be discarded", v->mv->name,
-                        sc->pc[i].chunk, sc->pc[i].col);
+  for (size_t i = 0; i < n; i++)
+    if (sc->pc[i].ok == 0) {
+      lost_all (&sc->pc[i]);
+      if (r == 0)
+        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %"
+                          PRIu32 ": no copy could be discarded", v->mv->name,
+                          sc->pc[i].chunk, sc->pc[i].col);
+    }
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (sc->pc[i].c, sc->pc[i].col);

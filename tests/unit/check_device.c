@@ -101,6 +101,7 @@ start_nbdkit (const char *dir, const char *const *filters,
   pid_t pid;
 
   snprintf (sock, sizeof sock, "%s/nbd.sock", dir);
+  unlink (sock);		/* left by a server killed before */
   pid = fork ();
   ck_assert_int_ge (pid, 0);
   if (pid == 0) {
@@ -150,7 +151,8 @@ START_TEST (test_remote)
   ck_assert_msg (dev != NULL, "%s", strata_last_error ());
   ck_assert (device_is_remote (dev));
   ck_assert_uint_eq (device_size (dev), SZ);
-  ck_assert_uint_ge (device_connections (dev), 1);
+  ck_assert (device_connected (dev));
+  ck_assert_int_eq (device_reconnect (dev), 0);
   exercise (dev, false);
 
   /* One batch with a local and a remote request. */
@@ -183,6 +185,18 @@ START_TEST (test_remote)
   /* The server goes away: requests fail at once, with an error. */
   stop_nbdkit (pid);
   ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
+  /* It comes back while the pollers back off: device_reconnect() has a
+   * connection up, and requests work again. */
+  usleep (1500 * 1000);
+  ck_assert (!device_connected (dev));
+  pid = start_nbdkit (dir, NULL, NULL);
+  ck_assert_msg (device_reconnect (dev) == 0, "%s", strata_last_error ());
+  ck_assert (device_connected (dev));
+  ck_assert_int_eq (device_pwrite (dev, b, 4096, 0, true), 0);
+  memset (a, 0, 4096);
+  ck_assert_int_eq (device_pread (dev, a, 4096, 0), 0);
+  ck_assert_int_eq (memcmp (a, b, 4096), 0);
+  stop_nbdkit (pid);
   device_close (dev);
 
   /* Nothing listening: a clear error naming the URI. */
