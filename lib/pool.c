@@ -1791,6 +1791,12 @@ pool_device_read_error (struct pool *p, uint32_t i, const char *why)
   if (i >= p->ndevs)
     return;
   n = atomic_fetch_add (&p->read_errors[i], 1) + 1;
+  /* Each one is logged (there are at most POOL_READ_ERROR_LIMIT): the
+   * state change below is only logged once. */
+  if (n <= POOL_READ_ERROR_LIMIT)
+    fprintf (stderr, "strata: pool %s: device %s: read error %" PRIu32
+             " of %d before it is failed: %s\n", p->cfg->name,
+             p->meta->devices[i].name, n, POOL_READ_ERROR_LIMIT, why);
   if (n >= POOL_READ_ERROR_LIMIT)
     pool_device_fail (p, i, why);
   else if (n == 1)

@@ -36,7 +36,9 @@ for k in range($1):
 }
 readback 3
 [ "$(state d2)" = degraded ] || fail "d2 is $(state d2) after its first read errors, expected degraded"
-ok "first read errors: reads served from other copies, d2 degraded"
+grep -q "device d2: read error 1 of 8 before it is failed: " "$T/nbdkit.log" \
+  || fail "the first read error of d2 was not logged"
+ok "first read errors: reads served from other copies, d2 degraded, the error logged"
 readback 60
 [ "$(state d2)" = failed ] || fail "d2 is $(state d2) after many read errors, expected failed"
 "$STRATA" status "$CONFIG" | grep -E "^v .*degraded: 1 columns under-replicated" >/dev/null \
