@@ -73,7 +73,7 @@ struct resync {
   pthread_cond_t tick;
   bool stop;
   _Atomic uint64_t cleaned;
-  uint64_t rec_columns, rec_bytes;
+  _Atomic uint64_t rec_columns, rec_bytes;	/* resynced since open */
 };
 
 struct resync *
@@ -110,8 +110,8 @@ resync_free (struct resync *r)
 void
 resync_stats (struct resync *r, struct resync_stats *st)
 {
-  st->columns = r->rec_columns;
-  st->bytes = r->rec_bytes;
+  st->columns = atomic_load (&r->rec_columns);
+  st->bytes = atomic_load (&r->rec_bytes);
   st->cleaned = atomic_load (&r->cleaned);
 }
 
@@ -688,16 +688,16 @@ want_unsynced (struct walk *w, struct meta_chunk *c, uint32_t col)
 
 /* Resync the columns W picks (the dirty ones at open, the unsynced ones
  * that can be reached later): make their copies agree, write their
- * checksums, commit them clean.  Those with no usable copy become
- * UNSYNCED (design notes).  With pool_walk_lock held.  Adds the columns
- * resynced to *COLS and the bytes rewritten to *BYTES. */
+ * checksums, commit them clean, and say so under the name WHAT.  Those
+ * with no usable copy become UNSYNCED (design notes).  With
+ * pool_walk_lock held.  Returns 0 or -1. */
 static int
-resync_pass (struct resync *r, struct walk *w, uint64_t *cols,
-             uint64_t *bytes)
+resync_pass (struct resync *r, struct walk *w, const char *what)
 {
   struct pool *p = r->p;
   size_t k = 0;			/* the first K have a usable copy */
   char *bufs[8] = { NULL };
+  uint64_t bytes = 0;
   int ret;
 
   ret = walk (p, w);
@@ -705,7 +705,7 @@ resync_pass (struct resync *r, struct walk *w, uint64_t *cols,
     if (!(bufs[i] = device_alloc_buf (RESYNC_IO)))
       ret = strata_error (ENOMEM, "out of memory");
   for (size_t i = 0; i < w->n && ret == 0; i++)
-    ret = resync_column (p, &w->cols[i], bufs, bytes);
+    ret = resync_column (p, &w->cols[i], bufs, &bytes);
   if (ret == 0)
     ret = split_unreachable (p, w->cols, w->n, &k);
   if (ret == 0 && k > 0)
@@ -718,12 +718,15 @@ resync_pass (struct resync *r, struct walk *w, uint64_t *cols,
     for (size_t i = 0; i < w->n; i++)
       atomic_store (&w->cols[i].c->col[w->cols[i].col].state,
                     i < k ? META_COL_CLEAN : META_COL_UNSYNCED);
-    *cols += k;
+    atomic_fetch_add (&r->rec_columns, k);
+    atomic_fetch_add (&r->rec_bytes, bytes);
+    if (k > 0)
+      fprintf (stderr, "strata: pool %s: %s: %zu columns checked, %" PRIu64
+               " bytes rewritten\n", pool_config (p)->name, what, k, bytes);
     if (w->n > k)
-      fprintf (stderr, "strata: pool %s: crash resync: %zu columns have no "
-               "copy on a device that can be used; they are not read or "
-               "written until one is back\n", pool_config (p)->name,
-               w->n - k);
+      fprintf (stderr, "strata: pool %s: %s: %zu columns have no copy on a "
+               "device that can be used; they are not read or written "
+               "until one is back\n", pool_config (p)->name, what, w->n - k);
   }
   for (uint32_t i = 0; i < 8; i++)
     free (bufs[i]);
@@ -734,47 +737,32 @@ resync_pass (struct resync *r, struct walk *w, uint64_t *cols,
 int
 resync_recover (struct resync *r)
 {
-  struct pool *p = r->p;
-  struct walk w = { .p = p, .want = want_dirty };
-  uint64_t cols = 0, bytes = 0;
+  struct walk w = { .p = r->p, .want = want_dirty };
   int ret;
 
-  pool_walk_lock (p);
-  ret = resync_pass (r, &w, &cols, &bytes);
-  pool_walk_unlock (p);
-  if (ret == 0) {
-    r->rec_columns = cols;
-    r->rec_bytes = bytes;
-    if (cols > 0)
-      fprintf (stderr, "strata: pool %s: crash resync: %" PRIu64 " columns "
-               "checked, %" PRIu64 " bytes rewritten\n",
-               pool_config (p)->name, cols, bytes);
-  }
+  pool_walk_lock (r->p);
+  ret = resync_pass (r, &w, "crash resync");
+  pool_walk_unlock (r->p);
   return ret;
 }
 
 int
 resync_returned (struct resync *r)
 {
-  struct pool *p = r->p;
-  struct walk w = { .p = p, .want = want_unsynced };
-  uint64_t cols = 0, bytes = 0;
+  struct walk w = { .p = r->p, .want = want_unsynced };
   int ret;
 
   /* Writers of these columns wait in mark_dirty() for r->lock: they
    * found the array resync_column() put in place, and the column not
    * dirty.  Readers fail until that array is in place. */
-  pool_walk_lock (p);
+  pool_walk_lock (r->p);
   pthread_mutex_lock (&r->lock);
   while (r->committing)
     pthread_cond_wait (&r->cond, &r->lock);
-  ret = resync_pass (r, &w, &cols, &bytes);
+  ret = resync_pass (r, &w, "crash resync of the columns that could not "
+                     "be reached");
   pthread_cond_broadcast (&r->cond);
   pthread_mutex_unlock (&r->lock);
-  pool_walk_unlock (p);
-  if (ret == 0 && cols > 0)
-    fprintf (stderr, "strata: pool %s: crash resync of the columns that "
-             "could not be reached: %" PRIu64 " columns checked, %" PRIu64
-             " bytes rewritten\n", pool_config (p)->name, cols, bytes);
+  pool_walk_unlock (r->p);
   return ret;
 }

@@ -64,9 +64,9 @@ int resync_recover (struct resync *r);
  * be reached now, after a device came back.  Returns 0 or -1. */
 int resync_returned (struct resync *r);
 
-/* What the last resync_recover() did. */
+/* What crash resync did since open (resync_recover, resync_returned). */
 struct resync_stats {
-  uint64_t columns;		/* dirty columns resynced at open */
+  uint64_t columns;		/* dirty columns resynced */
   uint64_t bytes;		/* bytes rewritten on replicas that differed */
   uint64_t cleaned;		/* columns committed clean since open */
 };
