@@ -247,6 +247,26 @@ s = json.load(sys.stdin)
 print(sum(bin(m).count('1') for v in s['volumes'] for ch in v['map'] for m in ch['stale']))"
 }
 
+# Stripe-unit patterns (set SU and NSU): unit i of a volume holds SU
+# bytes of (i * 7 + SEED) % 251 + 1.
+# su_fill VOL SEED: write every unit, then flush.
+su_fill () {
+  nbdsh -u "$(uri "$1")" -c "
+for i in range($NSU):
+    h.pwrite(bytes([(i * 7 + $2) % 251 + 1]) * $SU, i * $SU)
+h.flush()"
+}
+# su_expect VOL LIST OLDSEED SEED: the units listed in the file LIST
+# hold OLDSEED's pattern, every other one SEED's.
+su_expect () {
+  nbdsh -u "$(uri "$1")" -c "
+old = set(map(int, open('$2').read().split()))
+for i in range($NSU):
+    seed = $3 if i in old else $4
+    assert h.pread($SU, i * $SU) == bytes([(i * 7 + seed) % 251 + 1]) * $SU, \
+        'stripe unit %d holds the wrong data' % i"
+}
+
 # csum_errors: the sum of checksum errors the serving process has found.
 csum_errors () {
   "$STRATA" status "$CONFIG" --json | $PY -c "
