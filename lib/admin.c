@@ -47,11 +47,27 @@ json_str (FILE *f, const char *s)
 
 struct health {
   uint64_t under;		/* columns with a copy that cannot be read */
-  uint64_t lost;		/* columns with no replica left */
+  uint64_t lost;		/* columns with no current copy left */
+  uint64_t away;		/* columns whose current copies are all on
+				 * devices that are missing or failed */
   uint64_t shared;		/* columns with two copies in one domain */
   struct pool *p;
   uint32_t replicas;
 };
+
+/* True if column COL of C has a copy that is not stale on a device that
+ * was not removed: none can be read now, but the data is there for when
+ * its device is back (the last copy is never made stale). */
+static bool
+copy_kept (struct pool *p, struct meta_chunk *c, uint32_t R, uint32_t col)
+{
+  for (uint32_t r = 0; r < R; r++)
+    if (!meta_copy_stale (&c->col[col], r)
+        && pool_meta (p)->devices[c->ext[col * R + r].dev].state
+           != META_DEV_REMOVED)
+      return true;
+  return false;
+}
 
 static int
 health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
@@ -64,7 +80,9 @@ health_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
     for (uint32_t r = 0; r < h->replicas; r++)
       if (pool_copy_readable (h->p, c, h->replicas, col, r))
         ok++;
-    if (ok == 0)
+    if (ok == 0 && copy_kept (h->p, c, h->replicas, col))
+      h->away++;
+    else if (ok == 0)
       h->lost++;
     else if (ok < h->replicas)
       h->under++;
@@ -204,8 +222,14 @@ health_text (struct pool *p, struct meta_volume *v, char *buf, size_t len)
   struct health h = { .p = p, .replicas = v->replicas };
 
   meta_foreach_chunk (v, health_chunk, &h);
-  if (h.lost)
+  if (h.lost && h.away)
+    snprintf (buf, len, "unavailable: %" PRIu64 " columns lost, %" PRIu64
+              " out of reach until a device is back", h.lost, h.away);
+  else if (h.lost)
     snprintf (buf, len, "unavailable: %" PRIu64 " columns lost", h.lost);
+  else if (h.away)
+    snprintf (buf, len, "unavailable: %" PRIu64 " columns out of reach "
+              "until a device is back", h.away);
   else if (h.under)
     snprintf (buf, len, "degraded: %" PRIu64 " columns under-replicated",
               h.under);

@@ -292,6 +292,13 @@ poke () { $PY -c "
 import os
 fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
 
+# volume_field VOL FIELD: a field of volume VOL in status --json.
+volume_field () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print([v for v in json.load(sys.stdin)['volumes'] if v['name'] == '$1'][0]['$2'])"
+}
+
 # device_field DEV FIELD: a field of device DEV in status --json.
 device_field () {
   "$STRATA" status "$CONFIG" --json | $PY -c "

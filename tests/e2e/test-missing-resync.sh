@@ -44,6 +44,12 @@ bad=$(scan 3)
 [ "$bad" -gt $((NSU / 8)) ] && [ "$bad" -lt $((NSU / 2)) ] \
   || fail "with d0 missing, $bad of $NSU stripe units failed (expected about a quarter)"
 ok "d0 missing after a crash: $bad stripe units fail, the other $((NSU - bad)) read back"
+health=$(volume_field s health)
+case $health in
+  "unavailable: "*" columns out of reach until a device is back") ;;
+  *) fail "with d0 missing, status says s is: $health" ;;
+esac
+ok "status: $health"
 
 # The unreachable columns are not written either; the others are.
 nbdsh -u "$(uri s)" -c "
@@ -68,6 +74,7 @@ grep -q "crash resync of the columns that could not be reached" "$T/nbdkit.log" 
 su_expect s "$T/bad" 3 5 || fail "wrong data after d0 came back"
 [ "$(csum_errors)" = 0 ] || fail "checksum errors after d0 came back"
 ok "d0 back (device add): every stripe unit holds its data, no checksum error"
+[ "$(volume_field s health)" = healthy ] || fail "with d0 back, status says s is: $(volume_field s health)"
 
 # The same through a restart: crash with the columns dirty, start with
 # d0 away, stop cleanly, start with d0 back.
