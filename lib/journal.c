@@ -835,6 +835,24 @@ unhold (struct journal *j)
   pthread_cond_broadcast (&j->cond);
 }
 
+/* Clear both header slots of M's metadata region, durably.  Returns 0
+ * or -1. */
+static int
+clear_headers (const struct journal_member *m)
+{
+  uint8_t *zero = device_alloc_buf (2 * FORMAT_HDR_SLOT);
+  int ret;
+
+  if (!zero)
+    return strata_error (ENOMEM, "out of memory");
+  memset (zero, 0, 2 * FORMAT_HDR_SLOT);
+  ret = device_pwrite (m->dev, zero, 2 * FORMAT_HDR_SLOT, m->meta_off, true);
+  free (zero);
+  if (ret == -1)
+    return strata_error_prefix ("%s: clearing its metadata headers", m->name);
+  return 0;
+}
+
 /* Make M replica number j->n (not yet counted).  Its header slots are
  * cleared first, so that headers left from an earlier life of the device
  * can never outrank the checkpoint it is about to receive.  Returns 0
@@ -843,8 +861,6 @@ static int
 add_replica (struct journal *j, const struct journal_member *m)
 {
   struct jreplica *grown, *r;
-  uint8_t *zero;
-  int ret;
 
   if (!m->dev)
     return strata_error (EINVAL, "a new metadata replica must be present");
@@ -861,14 +877,66 @@ add_replica (struct journal *j, const struct journal_member *m)
   r->hdr_slot = r->ckpt_slot = 1;
   r->state = JOURNAL_R_LAGGING;
   snprintf (r->problem, sizeof r->problem, "being added");
-  if (!(zero = device_alloc_buf (2 * FORMAT_HDR_SLOT)))
-    return strata_error (ENOMEM, "out of memory");
-  memset (zero, 0, 2 * FORMAT_HDR_SLOT);
-  ret = device_pwrite (m->dev, zero, 2 * FORMAT_HDR_SLOT, m->meta_off, true);
-  free (zero);
-  if (ret == -1)
-    return strata_error_prefix ("%s: clearing its metadata headers", m->name);
-  return 0;
+  return clear_headers (m);
+}
+
+int
+journal_rejoin (struct journal *j, size_t pos, const struct journal_member *m)
+{
+  struct jreplica *r;
+  int ret = -1;
+
+  if (!j->writable)
+    return strata_error (EROFS, "the pool is open read-only");
+  if (!m->dev)
+    return strata_error (EINVAL, "a returning metadata replica must be "
+                         "present");
+  pthread_mutex_lock (&j->lock);
+  hold (j);
+  if (j->sticky) {
+    strata_error (j->sticky, "the metadata journal has failed; reopen the "
+                  "pool first");
+    goto out;
+  }
+  if (pos >= j->n) {
+    strata_error (EINVAL, "no metadata replica %zu", pos);
+    goto out;
+  }
+  r = &j->r[pos];
+  if (r->state == JOURNAL_R_LIVE && r->m.dev == m->dev) {
+    ret = 0;
+    goto out;
+  }
+  /* Not live: no commit counts on it, so clearing its headers loses
+   * nothing, and a crash before the checkpoint leaves it damaged, to be
+   * repaired by the next open.  Its slots and sequence start afresh. */
+  r->state = JOURNAL_R_LAGGING;
+  r->m = *m;
+  format_meta_layout (m->meta_size, &r->lay);
+  if (clear_headers (m) == -1) {
+    snprintf (r->problem, sizeof r->problem, "%s", strata_last_error ());
+    goto out;
+  }
+  r->hdr_slot = r->ckpt_slot = 1;
+  r->seq = 0;
+  if (checkpoint_locked (j) == -1) {
+    if (errno == EIO)
+      j->sticky = EIO;		/* as a failed checkpoint in a commit */
+    goto out;
+  }
+  if (r->state != JOURNAL_R_LIVE) {
+    strata_error (EIO, "%s: the metadata checkpoint could not be written to "
+                  "it: %s", m->name, r->problem);
+    goto out;
+  }
+  /* The checkpoint started the log again. */
+  j->log_size = MIN (j->log_size, r->lay.log_size);
+  r->repaired = true;
+  ret = 0;
+ out:
+  unhold (j);
+  pthread_mutex_unlock (&j->lock);
+  return ret;
 }
 
 int

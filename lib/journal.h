@@ -92,6 +92,17 @@ void journal_close (struct journal *j);
 int journal_append (struct journal *j, const struct journal_item *items,
                     size_t n);
 
+/* The device of the replica at position POS (journal_info() order) is
+ * back, as M describes it (its device, and where its metadata region is,
+ * from its superblock): a member that failed, or was missing when the
+ * journal was opened.  Unless the replica is live, its two header slots
+ * are cleared, so that no header of its own can outrank what it gets
+ * next, and a checkpoint written to every replica brings it up to date;
+ * it then counts towards the majority of every commit again.  Returns 0,
+ * or -1 with a message (the replica stays out of the commits). */
+int journal_rejoin (struct journal *j, size_t pos,
+                    const struct journal_member *m);
+
 /* Change which devices hold the journal, one replica at a time (raft's
  * single-server change: any majority of the old set and any majority of
  * the new one share a replica).  With ADD, that member becomes the last

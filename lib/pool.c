@@ -1196,10 +1196,11 @@ pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
 }
 
 /* Open device I of the metadata, as the YAML declares it, and check
- * that its superblock is the member's.  Returns the device (added to
- * p->opened when newly opened), or NULL with a message. */
+ * that its superblock (returned in SB) is the member's.  Returns the
+ * device (added to p->opened when newly opened), or NULL with a
+ * message. */
 static struct device *
-member_open (struct pool *p, uint32_t i)
+member_open (struct pool *p, uint32_t i, struct format_sb *sbp)
 {
   const struct meta_device *md = &p->meta->devices[i];
   const struct config_device *cd = pool_declared_device (p, md->name, false);
@@ -1269,6 +1270,7 @@ member_open (struct pool *p, uint32_t i)
   free (buf);
   if (opened)
     p->opened[p->nopened++] = d;
+  *sbp = sb;
   return d;
 
  fail:
@@ -1283,6 +1285,7 @@ pool_device_return (struct pool *p, uint32_t i)
 {
   const struct meta_device *md;
   struct device *d;
+  struct format_sb sb;
   int r = -1;
 
   if (i >= p->ndevs)
@@ -1300,8 +1303,22 @@ pool_device_return (struct pool *p, uint32_t i)
                   "declare it as a new device", md->name, u, p->cfg->name);
     goto out;
   }
-  if (!(d = member_open (p, i)))
+  if (!(d = member_open (p, i, &sb)))
     goto out;
+  /* Its metadata replica, if it holds one, took no commit while it was
+   * away: bring it up to date first, so that it takes the commit below
+   * and the journal keeps its majority if another replica fails next. */
+  for (uint32_t k = 0; k < p->mem.n; k++)
+    if (p->mem.dev[k] == i) {
+      struct journal_member jm = {
+        .dev = d, .name = md->name,
+        .meta_off = sb.meta_offset, .meta_size = sb.meta_size,
+      };
+      if (journal_rejoin (p->journal, k, &jm) == -1) {
+        strata_error_prefix ("device %s: its metadata replica", md->name);
+        goto out;
+      }
+    }
   if (commit_dev_state (p, i, META_DEV_UP) == -1)
     goto out;
   /* Lock-free readers look at the device pointer only once it is

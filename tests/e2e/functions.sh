@@ -305,3 +305,12 @@ device_field () {
 import json, sys
 print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
 }
+
+# meta_states: each metadata replica and its state, "d0:in-sync
+# d1:lagging d2:damaged".
+meta_states () {
+  "$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+print(' '.join('%s:%s' % (r['device'], r['state'].replace(' ', '-'))
+               for r in json.load(sys.stdin)['metadata_replicas']))"
+}

@@ -50,6 +50,9 @@ case $health in
   *) fail "with d0 missing, status says s is: $health" ;;
 esac
 ok "status: $health"
+case " $(meta_states) " in
+  *" d0:in-sync "*) fail "d0's metadata replica is in sync although d0 is missing: $(meta_states)";;
+esac
 
 # The unreachable columns are not written either; the others are.
 nbdsh -u "$(uri s)" -c "
@@ -75,6 +78,10 @@ su_expect s "$T/bad" 3 5 || fail "wrong data after d0 came back"
 [ "$(csum_errors)" = 0 ] || fail "checksum errors after d0 came back"
 ok "d0 back (device add): every stripe unit holds its data, no checksum error"
 [ "$(volume_field s health)" = healthy ] || fail "with d0 back, status says s is: $(volume_field s health)"
+# Its metadata replica takes every commit again (so that the journal
+# keeps its majority if another replica fails next).
+[ "$(meta_states)" = "d0:in-sync d1:in-sync d2:in-sync" ] || fail "with d0 back, the metadata replicas are $(meta_states)"
+ok "d0's metadata replica is in sync again: $(meta_states)"
 
 # The same through a restart: crash with the columns dirty, start with
 # d0 away, stop cleanly, start with d0 back.

@@ -1,7 +1,7 @@
 /* Unit tests: the raft-lite journal.  Commit, group commit from several
  * threads, checkpoints, reopen; a minority of replicas torn, truncated,
  * wiped or flipped at random keeps everything committed; a majority lost
- * is refused clearly; replicas join and leave. */
+ * is refused clearly; replicas join and leave, and come back. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -409,6 +409,57 @@ START_TEST (test_reconfigure)
 }
 END_TEST
 
+/* A replica missing at open (or failed since) comes back: the commits
+ * after its return reach it, so that it holds the newest state alone,
+ * although the headers of its own past have higher sequence numbers than
+ * any the journal gives it now; a replica that is live is left alone. */
+START_TEST (test_rejoin)
+{
+  struct fixture f;
+  struct kv s = { { 0 }, 0 }, got = { { 0 }, 0 };
+  struct journal_replica_info info[3];
+  struct journal_member set[3];
+  struct journal *j;
+
+  fx_init (&f);
+  j = journal_open (f.m, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_ptr_nonnull (j);
+  for (int i = 0; i < 30; i++)
+    ck_assert_int_eq (journal_checkpoint (j), 0);
+  ck_assert_int_eq (put (j, 1, 100), 0);
+  journal_close (j);
+
+  /* m1 is away at open. */
+  set[0] = f.m[0];
+  set[1] = (struct journal_member) { NULL, "(missing)", 0, META_SIZE };
+  set[2] = f.m[2];
+  memset (&s, 0, sizeof s);
+  j = journal_open (set, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (put (j, 2, 200), 0);
+  ck_assert_uint_eq (journal_info (j, info, 3), 3);
+  ck_assert_int_ne (info[1].state, JOURNAL_R_LIVE);
+  ck_assert_int_eq (journal_rejoin (j, 1, &set[1]), -1);	/* no device */
+  ck_assert_int_eq (journal_rejoin (j, 1, &f.m[1]), 0);
+  journal_info (j, info, 3);
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq (info[i].state, JOURNAL_R_LIVE);
+  ck_assert_int_eq (journal_rejoin (j, 0, &f.m[0]), 0);	/* live: no-op */
+  ck_assert_int_eq (put (j, 3, 300), 0);
+  journal_close (j);
+
+  /* m1 alone holds everything committed, the last commit included. */
+  j = journal_open (&f.m[1], 1, uuid, 0, &ops, &got);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_uint_eq (got.v[1], 100);
+  ck_assert_uint_eq (got.v[2], 200);
+  ck_assert_uint_eq (got.v[3], 300);
+  journal_close (j);
+  fx_close (&f);
+  test_rmdir (f.dir);
+}
+END_TEST
+
 Suite *
 journal_suite (void)
 {
@@ -417,6 +468,7 @@ journal_suite (void)
 
   tcase_set_timeout (tc, 120);
   tcase_add_test (tc, test_group_commit_and_reopen);
+  tcase_add_test (tc, test_rejoin);
   tcase_add_loop_test (tc, test_minority_damage, 0, 12);
   tcase_add_test (tc, test_majority_lost);
   tcase_add_test (tc, test_reconfigure);
