@@ -475,7 +475,13 @@ device_nbd_start (struct dev_req *r, struct dev_waiter *w)
       r->conn = c;
       list_add (c, r);
       if (issue (c->h, r, rm->can_fua) == -1) {
-        e = nbd_get_errno () ? nbd_get_errno () : EIO;
+        /* The poller may have seen the connection die since the check
+         * above; libnbd then says EINVAL (wrong state), which would
+         * misname a lost connection. */
+        if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
+          e = ENOTCONN;
+        else
+          e = nbd_get_errno () ? nbd_get_errno () : EIO;
         list_del (c, r);
       }
       else if (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
