@@ -4,6 +4,7 @@
 #   make check      install missing packages, build, run every test
 #   make demo       install missing packages, build, run the demo
 #   make bench      benchmark strata against nbdkit file and raw fio
+#   make soak       a long soak: faults one at a time (SOAK_ROUNDS, SOAK_SEED)
 #   make install    install (PREFIX, DESTDIR, PLUGINDIR honoured)
 #   make SANITIZE=1 check   the same under ASan + UBSan
 
@@ -47,7 +48,7 @@ PLUGIN    := $(B)/nbdkit-strata-plugin.so
 CLI       := $(B)/strata
 UNIT      := $(B)/check-unit
 
-.PHONY: all check unit e2e demo bench install uninstall clean deps format
+.PHONY: all check unit e2e soak demo bench install uninstall clean deps format
 all: $(LIBSTRATA) $(PLUGIN) $(CLI) $(MANS)
 
 $(B)/lib/%.o: lib/%.c $(wildcard lib/*.h) | $(B)/lib
@@ -94,6 +95,14 @@ check: deps
 	$(MAKE) all $(UNIT)
 	$(UNIT)
 	$(E2E_ENV) bash tests/e2e/run.sh
+
+# test-soak.sh runs one round of each fault in `make check`; this runs
+# many more (SOAK_ROUNDS=N, SOAK_SEED=S to repeat a run).
+SOAK_ROUNDS ?= 70
+soak: deps
+	$(MAKE) all
+	$(E2E_ENV) SOAK_ROUNDS=$(SOAK_ROUNDS) TESTS=test-soak.sh TEST_TIMEOUT=36000 \
+	  bash tests/e2e/run.sh
 
 demo: deps
 	$(MAKE) all

@@ -1,7 +1,8 @@
 # The kill -9 oracle (test-kill9.sh, test-cache.sh): each 4 KiB block is
 # stamped with (block, sequence, crc); the state file records, per block,
 # the last sequence known durable and every sequence written.
-#   oracle.py URI STATE write SEED   writes for 60 s (until killed)
+#   oracle.py URI STATE write SEED   writes for 60 s, until killed or
+#                                    until the file STATE.stop exists
 #   oracle.py URI STATE check 0      reads every written block back
 import sys, os, json, struct, zlib, random, time, nbd
 uri, state, mode, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -37,7 +38,7 @@ if mode == "check":
 r = random.Random(seed)
 pending = []
 t_end = time.time() + 60
-while time.time() < t_end:
+while time.time() < t_end and not os.path.exists(state + ".stop"):
     n = r.choice([1, 1, 2, 8, 64])
     blk = r.randrange(0, nblocks - n)
     st["seq"] += 1; seq = st["seq"]
