@@ -781,6 +781,16 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   /* The journal's redundancy first: one checkpoint per replica moved. */
   if (o->resync < 0 && o->drain < 0 && restore_metadata (&b, err) == -1)
     goto out;
+  /* A device back: a write that started while it was away may still be
+   * on its way to marking its copy stale.  Wait for every such write, so
+   * that the list below has every copy it missed (later writes write
+   * it). */
+  if (o->resync >= 0)
+    for (size_t i = 0; i < b.nvols; i++) {
+      struct volume *v = handle (&b, i);
+      if (v)
+        volume_quiesce (v);
+    }
   if (collect (&b) == -1)
     goto out;
 
