@@ -97,12 +97,18 @@ check: deps
 	$(E2E_ENV) bash tests/e2e/run.sh
 
 # test-soak.sh runs one round of each fault in `make check`; this runs
-# many more (SOAK_ROUNDS=N, SOAK_SEED=S to repeat a run).
+# many more, in a random order (SOAK_ROUNDS=N, SOAK_SEED=S to repeat a
+# run).
 SOAK_ROUNDS ?= 70
+SOAK_SEED ?=
+ifeq ($(SOAK_SEED),)
+SOAK_SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d " ")
+endif
 soak: deps
 	$(MAKE) all
-	$(E2E_ENV) SOAK_ROUNDS=$(SOAK_ROUNDS) TESTS=test-soak.sh TEST_TIMEOUT=36000 \
-	  bash tests/e2e/run.sh
+	@echo "soak: $(SOAK_ROUNDS) rounds, SOAK_SEED=$(SOAK_SEED)"
+	$(E2E_ENV) SOAK_ROUNDS=$(SOAK_ROUNDS) SOAK_SEED=$(SOAK_SEED) TESTS=test-soak.sh \
+	  TEST_TIMEOUT=36000 bash tests/e2e/run.sh
 
 demo: deps
 	$(MAKE) all
