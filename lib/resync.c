@@ -152,22 +152,35 @@ commit_cols (struct resync *r, const struct col_ref *cols, size_t n,
 
 /* ---- writers ---- */
 
-static bool
-is_pending (struct resync *r, struct meta_chunk *c, uint32_t col)
+/* The index in pending[] of column COL of chunk IDX of V, or -1.  A
+ * column is named by volume, chunk and column, not by its chunk header:
+ * a rebuild may swap the header (EXT_REPLACE) while writers wait. */
+static ssize_t
+pending_at (struct resync *r, struct meta_volume *v, uint64_t idx,
+            uint32_t col)
 {
   for (size_t i = 0; i < r->npending; i++)
-    if (r->pending[i].c == c && r->pending[i].col == col)
-      return true;
-  return false;
+    if (r->pending[i].v == v && r->pending[i].idx == idx
+        && r->pending[i].col == col)
+      return i;
+  return -1;
 }
 
 /* The slow path: make the column dirty in the journal, sharing one
- * commit with every writer that arrives meanwhile. */
+ * commit with every writer that arrives meanwhile.
+ *
+ * Nothing here touches a chunk header of another writer: the commit's
+ * journal entry sets the state of the columns it names (meta.c), on the
+ * chunks as they are then.  A writer may leave while its entry is still
+ * pending (the column turned dirty through another header, or an error):
+ * it takes its entry out, so that pending[] never outlives the writers
+ * whose requests keep its columns allocated. */
 static int
 mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
             struct meta_chunk *c, uint32_t col)
 {
   struct meta_column *mc = &c->col[col];
+  ssize_t at;
   int ret = 0;
 
   pthread_mutex_lock (&r->lock);
@@ -189,7 +202,7 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
                           "cannot record writes");
       break;
     }
-    if (!is_pending (r, c, col)) {
+    if (pending_at (r, v, idx, col) < 0) {
       if (r->npending == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
         struct col_ref *np = realloc (r->pending, cap * sizeof *np);
@@ -200,7 +213,7 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
         r->pending = np;
         r->cap = cap;
       }
-      r->pending[r->npending++] = (struct col_ref) { v, idx, c, col };
+      r->pending[r->npending++] = (struct col_ref) { v, idx, NULL, col };
     }
     if (r->committing) {
       pthread_cond_wait (&r->cond, &r->lock);
@@ -215,8 +228,6 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
     pthread_mutex_unlock (&r->lock);
     ret = commit_cols (r, batch, n, true);
     pthread_mutex_lock (&r->lock);
-    for (size_t i = 0; i < n && ret == 0; i++)
-      atomic_store (&batch[i].c->col[batch[i].col].state, META_COL_DIRTY);
     if (ret == -1)
       r->err = errno;
     r->committing = false;
@@ -225,6 +236,8 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
     if (ret == -1)
       break;
   }
+  if ((at = pending_at (r, v, idx, col)) >= 0)
+    r->pending[at] = r->pending[--r->npending];
   pthread_mutex_unlock (&r->lock);
   return ret;
 }
