@@ -8,6 +8,11 @@
  * fails becomes "lagging" and receives no more records until the next
  * checkpoint rewrites it; its own copy stays self-consistent (old
  * checkpoint, old log) so it can never look more up to date than it is.
+ * While its device is present (and, if remote, connected), a commit
+ * writes that checkpoint early, a second after the replica fell behind,
+ * then at doubling gaps while it keeps failing (retry_due): a write
+ * that failed once must not leave the journal one failure from losing
+ * its majority until the log happens to fill.
  *
  * Recovery compares replicas by (last term, last index).  Opening for
  * writing then records a new term in a checkpoint that stands for an
@@ -88,6 +93,8 @@ struct journal {
   uint64_t log_size;		/* smallest log region of all replicas */
   uint64_t log_id;
   uint64_t commits;
+  uint64_t retry_at_ms;		/* when to retry lagging replicas */
+  uint64_t retry_gap_ms;	/* 0: none was waiting at the last look */
   struct waiter *head, *tailw;	/* queued appends */
   char errmsg[512];		/* why the last failed batch failed */
 };
@@ -96,6 +103,38 @@ static size_t
 majority (size_t n)
 {
   return n / 2 + 1;
+}
+
+#define RETRY_MIN_MS 1000
+#define RETRY_MAX_MS 60000
+
+/* Whether to write a checkpoint now to bring back a replica that is not
+ * live but whose device is there to take it.  Called with j->lock held. */
+static bool
+retry_due (struct journal *j)
+{
+  uint64_t now;
+  bool want = false;
+
+  for (size_t i = 0; i < j->n; i++)
+    if (j->r[i].state != JOURNAL_R_LIVE && j->r[i].m.dev
+        && device_connected (j->r[i].m.dev))
+      want = true;
+  if (!want) {
+    j->retry_gap_ms = 0;
+    return false;
+  }
+  now = util_now_ms ();
+  if (j->retry_gap_ms == 0) {
+    j->retry_gap_ms = RETRY_MIN_MS;
+    j->retry_at_ms = now + RETRY_MIN_MS;
+    return false;
+  }
+  if (now < j->retry_at_ms)
+    return false;
+  j->retry_gap_ms = MIN (2 * j->retry_gap_ms, RETRY_MAX_MS);
+  j->retry_at_ms = now + j->retry_gap_ms;
+  return true;
 }
 
 /* Read the replica's checkpoint named by header MH into R.  Returns 0 if
@@ -692,8 +731,9 @@ commit_batch (struct journal *j)
     strata_error (EFBIG, "journal record too large");
     goto done;
   }
-  if (j->tail + round_up (bytes + sizeof (struct format_lr_disk), STRATA_BLOCK)
-      > j->log_size && checkpoint_locked (j) == -1) {
+  if ((j->tail + round_up (bytes + sizeof (struct format_lr_disk),
+                           STRATA_BLOCK) > j->log_size || retry_due (j))
+      && checkpoint_locked (j) == -1) {
     err = errno;
     j->sticky = err;
     goto done;

@@ -3,12 +3,10 @@
  * the delay filter for timeouts), and one batch that mixes both. */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "device.h"
@@ -91,59 +89,10 @@ START_TEST (test_local_modes)
 }
 END_TEST
 
-/* A real nbdkit on a unix socket in DIR serving "memory 16M", with the
- * FILTERS options and PARAMS (either may be NULL). */
-static pid_t
-start_nbdkit (const char *dir, const char *const *filters,
-              const char *const *params)
-{
-  char sock[300];
-  pid_t pid;
-
-  snprintf (sock, sizeof sock, "%s/nbd.sock", dir);
-  unlink (sock);		/* left by a server killed before */
-  pid = fork ();
-  ck_assert_int_ge (pid, 0);
-  if (pid == 0) {
-    const char *argv[16] = { "nbdkit", "-f", "-U", sock };
-    size_t n = 4;
-    for (size_t i = 0; filters && filters[i]; i++)
-      argv[n++] = filters[i];
-    argv[n++] = "memory";
-    argv[n++] = "16M";
-    for (size_t i = 0; params && params[i]; i++)
-      argv[n++] = params[i];
-    argv[n] = NULL;
-    execvp ("nbdkit", (char **) argv);
-    _exit (127);
-  }
-  for (int i = 0; i < 100 && access (sock, F_OK) == -1; i++)
-    usleep (50000);
-  ck_assert_msg (access (sock, F_OK) == 0, "nbdkit did not start");
-  return pid;
-}
-
-/* SIGKILL: a host that goes away (nbdkit would wait on SIGTERM for our
- * idle connections to close). */
-static void
-stop_nbdkit (pid_t pid)
-{
-  kill (pid, SIGKILL);
-  waitpid (pid, NULL, 0);
-}
-
-static char *
-uri_for (const char *dir)
-{
-  char *u;
-  ck_assert_int_ge (asprintf (&u, "nbd+unix:///?socket=%s/nbd.sock", dir), 0);
-  return u;
-}
-
 START_TEST (test_remote)
 {
-  char *dir = test_tmpdir (), *uri = uri_for (dir), path[300];
-  pid_t pid = start_nbdkit (dir, NULL, NULL);
+  char *dir = test_tmpdir (), *uri = test_nbdkit_uri (dir), path[300];
+  pid_t pid = test_nbdkit_start (dir, NULL, NULL);
   struct device *dev = device_open_nbd (uri, 0), *loc;
   struct dev_req rq[2];
   unsigned char *a = device_alloc_buf (65536), *b = device_alloc_buf (65536);
@@ -183,20 +132,20 @@ START_TEST (test_remote)
   device_close (loc);
 
   /* The server goes away: requests fail at once, with an error. */
-  stop_nbdkit (pid);
+  test_nbdkit_stop (pid);
   ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
   /* It comes back while the pollers back off: device_reconnect() has a
    * connection up, and requests work again. */
   usleep (1500 * 1000);
   ck_assert (!device_connected (dev));
-  pid = start_nbdkit (dir, NULL, NULL);
+  pid = test_nbdkit_start (dir, NULL, NULL);
   ck_assert_msg (device_reconnect (dev) == 0, "%s", strata_last_error ());
   ck_assert (device_connected (dev));
   ck_assert_int_eq (device_pwrite (dev, b, 4096, 0, true), 0);
   memset (a, 0, 4096);
   ck_assert_int_eq (device_pread (dev, a, 4096, 0), 0);
   ck_assert_int_eq (memcmp (a, b, 4096), 0);
-  stop_nbdkit (pid);
+  test_nbdkit_stop (pid);
   device_close (dev);
 
   /* Nothing listening: a clear error naming the URI. */
@@ -213,8 +162,8 @@ START_TEST (test_remote_timeout)
 {
   static const char *const filter[] = { "--filter=delay", NULL };
   static const char *const param[] = { "delay-read=3", NULL };
-  char *dir = test_tmpdir (), *uri = uri_for (dir);
-  pid_t pid = start_nbdkit (dir, filter, param);
+  char *dir = test_tmpdir (), *uri = test_nbdkit_uri (dir);
+  pid_t pid = test_nbdkit_start (dir, filter, param);
   unsigned char *a = device_alloc_buf (4096);
   struct device *dev;
   struct device_stats st;
@@ -234,7 +183,7 @@ START_TEST (test_remote_timeout)
   ck_assert_int_eq (device_pwrite (dev, a, 4096, 0, true), 0);
   device_close (dev);
   device_set_timeout (30000);
-  stop_nbdkit (pid);
+  test_nbdkit_stop (pid);
   free (a);
   free (uri);
   test_rmdir (dir);

@@ -1,8 +1,10 @@
 /* Unit tests: the raft-lite journal.  Commit, group commit from several
  * threads, checkpoints, reopen; a minority of replicas torn, truncated,
  * wiped or flipped at random keeps everything committed; a majority lost
- * is refused clearly; replicas join and leave, and come back. */
+ * is refused clearly; replicas join and leave, and come back, and one
+ * that fell behind while its device stayed up catches up by itself. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,6 +462,81 @@ START_TEST (test_rejoin)
 }
 END_TEST
 
+/* A replica whose writes fail for a while as its device stays connected
+ * (nbdkit's error filter, failing every request while a file exists) is
+ * brought back by a later commit, with no device add: the commits go on
+ * while it fails, and once it answers again it holds everything. */
+START_TEST (test_lagging_retry)
+{
+  static const char *const filter[] = { "--filter=error", NULL };
+  char *dir = test_tmpdir (), *uri = test_nbdkit_uri (dir);
+  char flag[300], param[320];
+  const char *params[] = { "error-rate=1", param, NULL };
+  struct kv s = { { 0 }, 0 }, got = { { 0 }, 0 };
+  struct journal_replica_info info[3];
+  struct journal_member set[3];
+  struct fixture f;
+  struct journal *j;
+  struct fbuf ck;
+  pid_t pid;
+  int i;
+
+  snprintf (flag, sizeof flag, "%s/fail", dir);
+  snprintf (param, sizeof param, "error-file=%s", flag);
+  pid = test_nbdkit_start (dir, filter, params);
+  fx_init (&f);
+  set[0] = f.m[0];
+  set[1] = f.m[1];
+  set[2] = (struct journal_member) { device_open_nbd (uri, 0), uri, 0,
+                                     META_SIZE };
+  ck_assert_msg (set[2].dev != NULL, "%s", strata_last_error ());
+  fbuf_init_write (&ck);
+  kv_snapshot (&s, &ck);
+  ck_assert_int_eq (journal_format (set, 3, uuid, ck.p, ck.len), 0);
+  fbuf_free (&ck);
+  j = journal_open (set, 3, uuid, JOURNAL_WRITE, &ops, &s);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (put (j, 1, 100), 0);
+
+  /* Failing: it falls behind, the commits go on without it, and the
+   * tries to bring it back (the first a second later) fail too. */
+  ck_assert_int_eq (close (creat (flag, 0600)), 0);
+  for (i = 0; i < 25; i++) {
+    ck_assert_int_eq (put (j, 2, 200 + i), 0);
+    usleep (100000);
+  }
+  journal_info (j, info, 3);
+  ck_assert_int_ne (info[2].state, JOURNAL_R_LIVE);
+  ck_assert_int_eq (info[0].state, JOURNAL_R_LIVE);
+
+  /* Answering again: a commit within the next retry gap brings it back. */
+  ck_assert_int_eq (unlink (flag), 0);
+  for (i = 0; i < 80 && info[2].state != JOURNAL_R_LIVE; i++) {
+    ck_assert_int_eq (put (j, 3, 300 + i), 0);
+    usleep (100000);
+    journal_info (j, info, 3);
+  }
+  ck_assert_msg (info[2].state == JOURNAL_R_LIVE, "%s", info[2].problem);
+  ck_assert_int_eq (put (j, 4, 400), 0);
+  journal_close (j);
+
+  /* The remote replica alone holds every commit. */
+  j = journal_open (&set[2], 1, uuid, 0, &ops, &got);
+  ck_assert_msg (j != NULL, "%s", strata_last_error ());
+  ck_assert_uint_eq (got.v[1], 100);
+  ck_assert_uint_eq (got.v[2], 224);
+  ck_assert_uint_eq (got.v[3], s.v[3]);
+  ck_assert_uint_eq (got.v[4], 400);
+  journal_close (j);
+  device_close (set[2].dev);
+  test_nbdkit_stop (pid);
+  fx_close (&f);
+  test_rmdir (f.dir);
+  free (uri);
+  test_rmdir (dir);
+}
+END_TEST
+
 Suite *
 journal_suite (void)
 {
@@ -472,6 +549,9 @@ journal_suite (void)
   tcase_add_loop_test (tc, test_minority_damage, 0, 12);
   tcase_add_test (tc, test_majority_lost);
   tcase_add_test (tc, test_reconfigure);
+  if (access ("/usr/sbin/nbdkit", X_OK) == 0
+      || access ("/usr/bin/nbdkit", X_OK) == 0)
+    tcase_add_test (tc, test_lagging_retry);
   suite_add_tcase (s, tc);
   return s;
 }

@@ -1,7 +1,9 @@
 /* strata unit tests: the single runner for every suite. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "suites.h"
@@ -21,6 +23,53 @@ test_rmdir (char *dir)
   snprintf (cmd, sizeof cmd, "rm -rf '%s'", dir);
   ck_assert_int_eq (system (cmd), 0);
   free (dir);
+}
+
+pid_t
+test_nbdkit_start (const char *dir, const char *const *filters,
+                   const char *const *params)
+{
+  char sock[300];
+  pid_t pid;
+
+  snprintf (sock, sizeof sock, "%s/nbd.sock", dir);
+  unlink (sock);		/* left by a server killed before */
+  pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    const char *argv[16] = { "nbdkit", "-f", "-U", sock };
+    size_t n = 4;
+    for (size_t i = 0; filters && filters[i]; i++)
+      argv[n++] = filters[i];
+    argv[n++] = "memory";
+    argv[n++] = "16M";
+    for (size_t i = 0; params && params[i]; i++)
+      argv[n++] = params[i];
+    argv[n] = NULL;
+    execvp ("nbdkit", (char **) argv);
+    _exit (127);
+  }
+  for (int i = 0; i < 100 && access (sock, F_OK) == -1; i++)
+    usleep (50000);
+  ck_assert_msg (access (sock, F_OK) == 0, "nbdkit did not start");
+  return pid;
+}
+
+/* SIGKILL: a host that goes away (nbdkit would wait on SIGTERM for our
+ * idle connections to close). */
+void
+test_nbdkit_stop (pid_t pid)
+{
+  kill (pid, SIGKILL);
+  waitpid (pid, NULL, 0);
+}
+
+char *
+test_nbdkit_uri (const char *dir)
+{
+  char *u;
+  ck_assert_int_ge (asprintf (&u, "nbd+unix:///?socket=%s/nbd.sock", dir), 0);
+  return u;
 }
 
 int

@@ -3,6 +3,7 @@
 #define STRATA_TEST_SUITES_H
 
 #include <check.h>
+#include <sys/types.h>
 
 Suite *format_suite (void);
 Suite *config_suite (void);
@@ -18,5 +19,13 @@ Suite *cache_suite (void);
  * only if empty; tests remove their files). */
 char *test_tmpdir (void);
 void test_rmdir (char *dir);
+
+/* A real nbdkit on a unix socket in DIR serving "memory 16M", with the
+ * FILTERS options and PARAMS (either may be NULL); stopped with SIGKILL,
+ * like a host that goes away.  test_nbdkit_uri() is its URI (free it). */
+pid_t test_nbdkit_start (const char *dir, const char *const *filters,
+                         const char *const *params);
+void test_nbdkit_stop (pid_t pid);
+char *test_nbdkit_uri (const char *dir);
 
 #endif
