@@ -270,7 +270,7 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       if (get_size (c, v, full, &cfg->extent_size) == -1)
         return -1;
       if (!is_power_of_2 (cfg->extent_size) || cfg->extent_size < 65536
-          || cfg->extent_size > (1ull << 30))
+          || cfg->extent_size > FORMAT_EXTENT_MAX)
         return perr (c, v, full, "must be a power of two from 64KiB to 1GiB");
     }
     else if (strcmp (key, "metadata_replicas") == 0) {
@@ -616,8 +616,18 @@ config_check_volume (const struct config *cfg, const struct config_volume *v)
                          (unsigned long long) cfg->extent_size);
   if (v->size == 0)
     return strata_error (EINVAL, "size must be larger than 0");
-  if (v->size > (1ull << 60))
-    return strata_error (EINVAL, "size is larger than 1 EiB");
+  if (v->stripe_width == 0 || v->stripe_width > 64)
+    return strata_error (EINVAL, "stripe_width must be from 1 to 64");
+  if (v->size > format_volume_max (cfg->extent_size, v->stripe_width)) {
+    char max[32];
+    return strata_error (EINVAL, "size is larger than %s, the largest volume "
+                         "with extent_size %llu and stripe_width %u",
+                         util_human_size (format_volume_max (cfg->extent_size,
+                                                             v->stripe_width),
+                                          max, sizeof max),
+                         (unsigned long long) cfg->extent_size,
+                         v->stripe_width);
+  }
   for (size_t i = 0; i < cfg->ndevices; i++)
     if (!config_is_cache_device (cfg, cfg->devices[i].name)
         && (v->class[0] == '\0'

@@ -124,6 +124,7 @@ format_sb_decode (const void *blk, struct format_sb *sb)
 
   /* Geometry must be self-consistent, or later arithmetic overflows. */
   if (!is_power_of_2 (sb->extent_size) || sb->extent_size < STRATA_BLOCK
+      || sb->extent_size > FORMAT_EXTENT_MAX
       || sb->meta_size < FORMAT_MIN_META_SIZE
       || sb->meta_offset != FORMAT_META_OFFSET
       || sb->meta_replicas == 0

@@ -59,6 +59,7 @@
 #define FORMAT_RESERVED_END FORMAT_META_OFFSET
 #define FORMAT_HDR_SLOT 4096
 #define FORMAT_MIN_META_SIZE (4 * 1024 * 1024)
+#define FORMAT_EXTENT_MAX (1ull << 30)	/* largest extent_size */
 #define FORMAT_DEFAULT_META_SIZE (64 * 1024 * 1024)
 
 #define FORMAT_SB_META 0x1	/* device holds a metadata replica */
@@ -331,5 +332,20 @@ uint64_t fbuf_get_u64 (struct fbuf *b);
 void fbuf_get_bytes (struct fbuf *b, void *p, size_t n);
 /* Copies at most CAP-1 bytes and NUL-terminates; a longer string is bad. */
 void fbuf_get_str (struct fbuf *b, char *s, size_t cap);
+
+/* The largest volume: 1 EiB, and at most FORMAT_CHUNKS_MAX chunks of
+ * WIDTH extents each, which bounds the chunk map held in memory (its top
+ * level is 8 bytes per 1024 chunks, and every checkpoint walks it). */
+#define FORMAT_VOLUME_MAX (1ull << 60)
+#define FORMAT_CHUNKS_MAX (1ull << 32)
+static inline uint64_t
+format_volume_max (uint64_t extent_size, uint32_t width)
+{
+  uint64_t chunk = extent_size * width;	/* at most 2^30 * 64 */
+
+  if (chunk >= FORMAT_VOLUME_MAX / FORMAT_CHUNKS_MAX)
+    return FORMAT_VOLUME_MAX;
+  return chunk * FORMAT_CHUNKS_MAX;
+}
 
 #endif /* STRATA_FORMAT_H */

@@ -417,7 +417,7 @@ volume_params_ok (struct meta *m, uint32_t replicas, uint32_t width,
 {
   return replicas >= 1 && replicas <= 8 && width >= 1 && width <= 64
     && is_power_of_2 (unit) && unit >= STRATA_BLOCK && unit <= m->extent_size
-    && size > 0 && size <= (1ull << 60);
+    && size > 0 && size <= format_volume_max (m->extent_size, width);
 }
 
 static int
@@ -550,7 +550,8 @@ meta_apply (struct meta *m, uint16_t type, const void *data, size_t len)
       id = fbuf_get_u32 (&b);
       size = fbuf_get_u64 (&b);
       v = meta_find_volume_id (m, id);
-      if (b.bad || !v || size == 0 || size > (1ull << 60))
+      if (b.bad || !v || size == 0
+          || size > format_volume_max (m->extent_size, v->width))
         return strata_error (EBADMSG, "malformed volume-resize entry");
       return resize_volume (v, size);
     }
@@ -1105,7 +1106,8 @@ meta_load (struct meta *m, const void *data, size_t len)
   m->next_vol_id = fbuf_get_u32 (&b);
   ndev = fbuf_get_u32 (&b);
   if (b.bad || ndev == 0 || ndev > META_MAX_DEVICES
-      || !is_power_of_2 (m->extent_size) || m->extent_size < STRATA_BLOCK)
+      || !is_power_of_2 (m->extent_size) || m->extent_size < STRATA_BLOCK
+      || m->extent_size > FORMAT_EXTENT_MAX)
     goto bad;
   for (uint32_t i = 0; i < ndev; i++)
     if (get_device (&b, &m->devices[i]) == -1)

@@ -2283,13 +2283,20 @@ pool_volume_resize (struct pool *p, const char *name, uint64_t size,
 
   if (!p->writable)
     return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
-  if (size == 0 || size > (1ull << 60))
-    return strata_error (EINVAL, "volume %s: size must be from 1 byte to "
-                         "1 EiB", name);
   pthread_mutex_lock (&p->admin_lock);
   v = find_locked (p, name);
   if (!v)
     goto out;
+  if (size == 0 || size > format_volume_max (p->meta->extent_size, v->width)) {
+    char max[32];
+    strata_error (EINVAL, "volume %s: size must be from 1 byte to %s (the "
+                  "largest volume of its stripe_width and the pool's "
+                  "extent_size)", name,
+                  util_human_size (format_volume_max (p->meta->extent_size,
+                                                      v->width),
+                                   max, sizeof max));
+    goto out;
+  }
   if (size < v->size) {
     struct collect cl = { .from = div_round_up (size, v->chunk_size) };
     if (!allow_shrink) {

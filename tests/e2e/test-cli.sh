@@ -40,6 +40,16 @@ nbdsh -u "$(uri c)" -c 'assert h.pread(4096, 16 * 1024 * 1024 - 4096) == bytes(4
   || fail "data beyond a shrink came back after growing again"
 ok "online create, grow, shrink (only with --shrink), regrow reads zeros"
 
+# Past the largest volume of its extent size and stripe width (32 PiB
+# for c, 16 PiB at width 1): refused before anything is committed.
+out=$("$STRATA" volume resize "$CONFIG" c 33PiB 2>&1) && fail "resize to 33 PiB"
+echo "$out" | grep 'from 1 byte to 32.0 PiB' || fail "unclear: $out"
+[ "$(nbdinfo --size "$(uri c)")" = 41943040 ] || fail "a refused resize changed c"
+out=$("$STRATA" volume create "$CONFIG" e 17PiB 2>&1) && fail "create of 17 PiB"
+echo "$out" | grep 'larger than 16.0 PiB' || fail "unclear: $out"
+nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="e"' && fail "e served"
+ok "sizes past the largest volume are refused: $out"
+
 # Declared volume grown in the YAML: apply grows it while served.
 sed -i 's/{ name: a, size: 64MiB }/{ name: a, size: 80MiB }/' "$CONFIG"
 "$STRATA" apply "$CONFIG" | grep 'resizing volume a' || fail "online apply grow"

@@ -116,6 +116,7 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, class: nvme }\n", "no device has class \"nvme\"" },
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, stripe_unit: 3KiB }\n", "stripe_unit must be a power of two" },
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, stripe_width: 65 }\n", "volumes[0].stripe_width: expected a whole number from 1 to 64" },
+  { "pool: {name: p, extent_size: 64KiB}\n" DEVS "volumes:\n  - { name: v, size: 1024TiB }\n", "t.yaml:7:5: volumes: volume \"v\": size is larger than 256.0 TiB, the largest volume with extent_size 65536 and stripe_width 1" },
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G }\n  - { name: v, size: 2G }\n", "duplicate volume name \"v\"" },
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, mirror: yes }\n", "volumes[0].mirror: unknown key" },
   { "pool: {name: p}\n" DEVS "cache: {mode: fast}\n", "cache.mode: expected writeback, writethrough or none, got \"fast\"" },
