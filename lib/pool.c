@@ -962,6 +962,12 @@ pool_open (const struct config *cfg, unsigned flags)
                              p->writable ? JOURNAL_WRITE : 0, &journal_ops,
                              p->meta);
   if (!p->journal) {
+    /* The journal can only name the members it could not read by index:
+     * say which declared devices could not be read, and why. */
+    for (size_t i = 0; i < n; i++)
+      if (openerr[i][0])
+        fprintf (stderr, "strata: pool %s: device %s could not be read: "
+                 "%s\n", cfg->name, cfg->devices[i].name, openerr[i]);
     strata_error_prefix ("pool %s: metadata", cfg->name);
     goto fail;
   }

@@ -96,6 +96,11 @@ if "$STRATA" status "$CONFIG" > "$T/st.out" 2>&1; then
 fi
 grep -q "only 1 of 3 metadata replicas are readable and a majority (2) is needed" \
   "$T/st.out" || { cat "$T/st.out"; fail "unclear refusal"; }
+# The members the journal could not read are named, with the reason.
+for i in 2 3; do
+  grep -q "device d$i could not be read: .*m$i\.sock" "$T/st.out" \
+    || { cat "$T/st.out"; fail "the refusal does not say why d$i is missing"; }
+done
 ok "with d2 and d3 away, the pool refuses to open; d1's old replica does not count"
 
 start_member 2 128MiB
