@@ -46,6 +46,16 @@ fail () {
   # The server's last messages, without the routine crash resync lines.
   [ -s "$T/nbdkit.log" ] && grep -v "crash resync: [0-9]* columns checked" "$T/nbdkit.log" \
     | sed "s/^/nbdkit: /" | tail -n "${LOG_LINES:-15}" >&2
+  # Which member servers are still running.
+  local p
+  for p in "$T"/m*.pid; do
+    [ -f "$p" ] || continue
+    if kill -0 "$(cat "$p")" 2>/dev/null; then
+      echo "member $(basename "$p" .pid): running" >&2
+    else
+      echo "member $(basename "$p" .pid): gone" >&2
+    fi
+  done
   exit 1
 }
 ok () { echo "ok: $*"; }
