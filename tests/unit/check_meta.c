@@ -17,6 +17,30 @@
 
 #define ES (4u << 20)
 
+/* Volume ID made from CV in M; chunk IDX of it given the N extents EXT. */
+static void
+vol_create (struct meta *m, uint32_t id, const struct config_volume *cv)
+{
+  struct fbuf e;
+
+  fbuf_init_write (&e);
+  meta_entry_vol_create (&e, id, cv);
+  ck_assert_int_eq (meta_apply (m, META_E_VOL_CREATE, e.p, e.len), 0);
+  fbuf_free (&e);
+}
+
+static void
+chunk_alloc (struct meta *m, uint32_t vol, uint64_t idx, uint32_t n,
+             const struct meta_extent *ext)
+{
+  struct fbuf e;
+
+  fbuf_init_write (&e);
+  meta_entry_chunk_alloc (&e, vol, idx, n, ext);
+  ck_assert_int_eq (meta_apply (m, META_E_CHUNK_ALLOC, e.p, e.len), 0);
+  fbuf_free (&e);
+}
+
 /* A state with 3 devices of 16 extents and volume "v" (2 replicas, 2
  * columns) with chunk 0 allocated. */
 static struct meta *
@@ -26,7 +50,6 @@ make_state (void)
   struct config_volume cv = { .name = "v", .size = 64 << 20, .replicas = 2,
                               .stripe_width = 2, .stripe_unit = 1 << 20 };
   struct meta_extent ext[4] = { { 0, 0 }, { 1, 0 }, { 1, 1 }, { 2, 0 } };
-  struct fbuf e;
 
   ck_assert_ptr_nonnull (m);
   m->extent_size = ES;
@@ -35,14 +58,8 @@ make_state (void)
     snprintf (m->devices[i].name, sizeof m->devices[i].name, "d%d", i);
     m->devices[i].extent_count = 16;
   }
-  fbuf_init_write (&e);
-  meta_entry_vol_create (&e, 1, &cv);
-  ck_assert_int_eq (meta_apply (m, META_E_VOL_CREATE, e.p, e.len), 0);
-  fbuf_free (&e);
-  fbuf_init_write (&e);
-  meta_entry_chunk_alloc (&e, 1, 0, 4, ext);
-  ck_assert_int_eq (meta_apply (m, META_E_CHUNK_ALLOC, e.p, e.len), 0);
-  fbuf_free (&e);
+  vol_create (m, 1, &cv);
+  chunk_alloc (m, 1, 0, 4, ext);
   return m;
 }
 
@@ -527,14 +544,8 @@ make_full_state (void)
   static const uint8_t cu[16] = { 0xc, 0xa, 0xc, 0xe };
   struct fbuf e;
 
-  fbuf_init_write (&e);
-  meta_entry_vol_create (&e, 2, &cv);
-  ck_assert_int_eq (meta_apply (m, META_E_VOL_CREATE, e.p, e.len), 0);
-  fbuf_free (&e);
-  fbuf_init_write (&e);
-  meta_entry_chunk_alloc (&e, 2, 3, 1, ext);
-  ck_assert_int_eq (meta_apply (m, META_E_CHUNK_ALLOC, e.p, e.len), 0);
-  fbuf_free (&e);
+  vol_create (m, 2, &cv);
+  chunk_alloc (m, 2, 3, 1, ext);
   ck_assert_int_eq (stale (m, true, 1, 0, 1, 2), 0);
   fbuf_init_write (&e);
   meta_entry_job (&e, META_JOB_REBUILD, &j);
