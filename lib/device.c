@@ -304,15 +304,20 @@ device_mem_align (const struct device *dev, enum dev_op op)
 }
 
 int
-device_lock (struct device *dev)
+device_lock (struct device *dev, unsigned wait_ms)
 {
   if (dev->remote)
     return 0;			/* see device.h */
-  if (flock (dev->fd, LOCK_EX | LOCK_NB) == -1)
-    return strata_error (errno, "%s: %s", dev->path,
-                         errno == EWOULDBLOCK ? "in use by another process"
-                                              : strerror (errno));
-  return 0;
+  for (unsigned waited = 0;; waited += 10) {
+    if (flock (dev->fd, LOCK_EX | LOCK_NB) == 0)
+      return 0;
+    if ((errno != EWOULDBLOCK && errno != EINTR) || waited >= wait_ms)
+      break;
+    usleep (10000);
+  }
+  return strata_error (errno, "%s: %s", dev->path,
+                       errno == EWOULDBLOCK ? "in use by another process"
+                                            : strerror (errno));
 }
 
 /* Write zeros the slow way, for storage that supports neither hole

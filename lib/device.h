@@ -79,11 +79,12 @@ size_t device_mem_align (const struct device *dev, enum dev_op op);
 
 bool device_is_remote (const struct device *dev);
 
-/* Take an exclusive, non-blocking lock on DEV for this process.  Returns
- * 0, or -1 with errno EWOULDBLOCK if another process holds it.  Remote
- * members cannot be locked from here: this returns 0 for them, and the
- * pool's lock file (pool.c) keeps two processes apart. */
-int device_lock (struct device *dev);
+/* Take an exclusive lock on DEV for this process, waiting up to WAIT_MS
+ * milliseconds for a holder to let go.  Returns 0, or -1 with errno
+ * EWOULDBLOCK if another process still holds it.  Remote members cannot
+ * be locked from here: this returns 0 for them, and the pool's lock file
+ * (pool.c) keeps two processes apart. */
+int device_lock (struct device *dev, unsigned wait_ms);
 
 /* Submit the N requests of REQS together and wait until all complete.
  * Each req->res is set.  Returns 0 if all succeeded; otherwise -1 with

@@ -226,7 +226,7 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
   if (log && *created)
     fprintf (log, "created %s (%s, sparse)\n", cd->path,
              util_human_size (cd->size, sz, sizeof sz));
-  if (device_lock (d) == -1) {
+  if (device_lock (d, 0) == -1) {
     strata_error_prefix ("device %s", cd->name);
     device_close (d);
     return NULL;
@@ -596,6 +596,21 @@ note_align (struct pool *p, struct device *d)
   }
 }
 
+/* How long to wait for the lock of a local device when the pool lock was
+ * free.  Then no live process serves the pool, but one that just died
+ * may still hold its devices' locks for a moment: the kernel tears its
+ * io_uring down after the process is gone, and the requests that were in
+ * flight keep their files (and so the flock) until then.  A restart right
+ * after a kill -9 would otherwise be refused.  Measured: tens of ms on a
+ * loaded machine. */
+#define DEAD_OWNER_WAIT_MS 5000
+
+static unsigned
+lock_wait (const struct pool *p)
+{
+  return p->lockfd >= 0 ? DEAD_OWNER_WAIT_MS : 0;
+}
+
 /* One process at a time: local devices are flock'ed, but remote members
  * cannot be, so a lock file beside the control socket stands for the
  * pool.  A pool of local devices only goes on without it when the file
@@ -783,7 +798,7 @@ open_cache (struct pool *p)
       continue;
     }
     p->cache_dev[i] = d;
-    if (device_lock (d) == -1) {
+    if (device_lock (d, lock_wait (p)) == -1) {
       strata_error (EBUSY, "pool %s is in use by another process (cache "
                     "device %s is locked)", cfg->name, cd->name);
       goto out;
@@ -895,7 +910,7 @@ pool_open (const struct config *cfg, unsigned flags)
       continue;
     }
     p->opened[p->nopened++] = d;
-    if (device_lock (d) == -1) {
+    if (device_lock (d, lock_wait (p)) == -1) {
       strata_error (EBUSY, "pool %s is in use by another process (device %s, "
                     "%s, is locked); is it being served?", cfg->name,
                     cd->name, config_device_where (cd));
@@ -1244,7 +1259,7 @@ member_open (struct pool *p, uint32_t i, struct format_sb *sbp)
       goto fail;
     }
     opened = true;
-    if (device_lock (d) == -1) {
+    if (device_lock (d, lock_wait (p)) == -1) {
       strata_error_prefix ("device %s (%s)", md->name,
                            config_device_where (cd));
       goto fail;

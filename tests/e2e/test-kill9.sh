@@ -35,3 +35,32 @@ for vol in v s; do
   [ "$nwritten" -gt 100 ] || fail "$vol: the oracle wrote too little ($nwritten blocks)"
   ok "$vol: $ROUNDS kill -9 rounds, $nwritten blocks checked, nothing durable lost, no checksum error, $ncols columns' replicas identical"
 done
+
+# A server that was just killed can hold its devices' locks for a moment
+# after it is gone (the kernel tears its io_uring down afterwards): a
+# restart waits for them.  A lock that stays held is refused, naming the
+# device.  Here another process holds d0's lock, first for a second, then
+# for longer than the wait.
+hold_lock () {
+  $PY -c 'import fcntl, sys, time
+f = open(sys.argv[1])
+fcntl.flock(f, fcntl.LOCK_EX)
+open(sys.argv[1] + ".held", "w").close()
+time.sleep(float(sys.argv[2]))' "$T/d0.img" "$1" &
+  hpid=$!
+  for _ in $(seq 50); do [ -e "$T/d0.img.held" ] && break; sleep 0.1; done
+  [ -e "$T/d0.img.held" ] || fail "the lock holder did not start"
+  rm -f "$T/d0.img.held"
+}
+hold_lock 1
+start_server
+$PY "$(dirname "$0")/oracle.py" "$(uri v)" "$T/state-v.json" check 0 \
+  || fail "after waiting for d0's lock: durable data lost"
+stop_server
+wait $hpid
+hold_lock 30
+out=$("$STRATA" volume create "$CONFIG" x 8MiB 2>&1) && fail "created a volume while d0 was locked"
+kill $hpid; wait $hpid 2>/dev/null || true
+echo "$out" | grep "in use by another process (device d0, $T/d0.img, is locked)" >/dev/null \
+  || fail "unclear message: $out"
+ok "a restart waits for a dead server's device locks; one held on is refused: $out"
