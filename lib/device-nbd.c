@@ -25,6 +25,17 @@
  * new connection, since an NBD write's fate on a dead connection is
  * unknown.
  *
+ * Writes the server acknowledged but was not yet asked to make durable
+ * may be gone after a dropped connection too: a server that restarted
+ * (a host that lost power) loses its volatile cache.  So a connection
+ * lost while some acknowledged write is not covered by a successful
+ * flush makes the member "lossy": its flushes fail with EIO from then
+ * on, which makes the pool fail the member instead of reporting those
+ * writes durable.  Only device_reconnect(), called when the pool takes
+ * the member back (device add, which resyncs it), clears that.  Writes
+ * are counted as their replies arrive (wdone); a flush covers those
+ * counted when it was sent (wflushed, on its success).
+ *
  * Threads and fork: pollers start on first use.  nbdkit opens the pool
  * before it forks, so the plugin stops them with device_threads_stop()
  * before the fork and they start again in the child; a handle with no
@@ -70,6 +81,10 @@ struct nbd_remote {
   struct conn conns[NBD_MAX_CONNS];
   bool can_fua, can_zero, multi_conn;
   uint64_t timeout_ns;
+  /* Unflushed writes (see design notes). */
+  _Atomic uint64_t wdone;	/* non-durable writes acknowledged */
+  _Atomic uint64_t wflushed;	/* wdone covered by a successful flush */
+  _Atomic bool lossy;		/* lost a connection with some uncovered */
   _Atomic unsigned rr;
   _Atomic bool running;		/* pollers started */
   _Atomic bool stop;		/* pollers must exit */
@@ -151,6 +166,30 @@ list_del (struct conn *c, struct dev_req *r)
   return found;
 }
 
+/* R succeeded: count a write that is not yet durable, or move the mark
+ * of what is durable on to what a flush covered (see design notes). */
+static void
+note_durability (struct nbd_remote *rm, const struct dev_req *r)
+{
+  uint64_t f;
+
+  switch (r->op) {
+    case DEV_WRITE:
+      if (r->fua && rm->can_fua)
+        break;
+      /* fallthrough */
+    case DEV_ZERO:
+      atomic_fetch_add (&rm->wdone, 1);
+      break;
+    case DEV_FLUSH:
+      f = atomic_load (&rm->wflushed);
+      while (f < r->covers
+             && !atomic_compare_exchange_weak (&rm->wflushed, &f, r->covers))
+        ;
+      break;
+  }
+}
+
 /* libnbd completion callback: runs in the poller with the handle lock
  * held, so it must not call libnbd. */
 static int
@@ -159,8 +198,12 @@ on_done (void *opaque, int *error)
   struct dev_req *r = opaque;
   struct conn *c = r->conn;
 
-  if (c && list_del (c, r))
-    finish (r, r->timed_out ? -ETIMEDOUT : *error ? -*error : 0);
+  if (c && list_del (c, r)) {
+    int res = r->timed_out ? -ETIMEDOUT : *error ? -*error : 0;
+    if (res == 0)
+      note_durability (c->rm, r);
+    finish (r, res);
+  }
   return 1;			/* retire the command */
 }
 
@@ -349,8 +392,16 @@ poller (void *arg)
     }
 
     if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h)) {
+      uint64_t done = atomic_load (&rm->wdone);
+      uint64_t flushed = atomic_load (&rm->wflushed);
+
       fprintf (stderr, "strata: %s: connection lost: %s\n", rm->uri,
                why[0] ? why : "closed by the server");
+      if (done > flushed && !atomic_exchange (&rm->lossy, true))
+        fprintf (stderr, "strata: %s: %" PRIu64 " acknowledged writes were "
+                 "not flushed yet; the server may have lost them, so the "
+                 "member's flushes fail until it is added back\n", rm->uri,
+                 done - flushed);
       pthread_mutex_lock (&c->lock);
       c->h = NULL;
       pthread_mutex_unlock (&c->lock);
@@ -466,6 +517,13 @@ device_nbd_start (struct dev_req *r, struct dev_waiter *w)
   if (!atomic_load (&rm->running) && threads_start (rm) == -1) {
     finish (r, -errno);
     return;
+  }
+  if (r->op == DEV_FLUSH) {
+    if (atomic_load (&rm->lossy)) {
+      finish (r, -EIO);
+      return;
+    }
+    r->covers = atomic_load (&rm->wdone);
   }
   for (unsigned k = 0; k < rm->nconns; k++) {
     struct conn *c = &rm->conns[(start + k) % rm->nconns];
@@ -649,7 +707,13 @@ device_reconnect (struct device *dev)
   struct nbd_remote *rm = dev->nbd;
   uint64_t deadline;
 
-  if (!dev->remote || device_connected (dev))
+  if (!dev->remote)
+    return 0;
+  /* The pool takes the member back and resyncs it: writes it may have
+   * lost are accounted for. */
+  atomic_store (&rm->wflushed, atomic_load (&rm->wdone));
+  atomic_store (&rm->lossy, false);
+  if (device_connected (dev))
     return 0;
   if (!atomic_load (&rm->running) && threads_start (rm) == -1)
     return -1;

@@ -45,6 +45,7 @@ struct dev_req {
   struct dev_waiter *w;		/* remote: who waits for it */
   struct dev_req *prev, *next;	/* remote: the connection's in-flight list */
   bool timed_out;		/* remote: failed by the request timeout */
+  uint64_t covers;		/* remote flush: the writes it covers */
 };
 
 #define DEVICE_CREATE 0x1	/* create a sparse file of the given size */
@@ -112,8 +113,10 @@ bool device_connected (const struct device *dev);
 
 /* Remote members: have a connection up, waking the reconnect attempts
  * (which back off to one per 5 s) and waiting for one to succeed, at most
- * the request timeout.  Local devices: nothing to do.  Returns 0, or -1
- * with a message. */
+ * the request timeout.  Called when the pool takes a member back: it also
+ * forgets that a lost connection may have lost unflushed writes (flushes
+ * fail until then; see device-nbd.c).  Local devices: nothing to do.
+ * Returns 0, or -1 with a message. */
 int device_reconnect (struct device *dev);
 
 /* Requests to remote members fail with ETIMEDOUT after MS milliseconds

@@ -1301,6 +1301,90 @@ member_open (struct pool *p, uint32_t i, struct format_sb *sbp)
   return NULL;
 }
 
+/* A failed device coming back may have lost writes it acknowledged but
+ * had not made durable yet (a member whose host lost power: see
+ * device-nbd.c), so the columns that were dirty when it failed may hold,
+ * on it, data their checksums do not describe.  For each dirty column
+ * with a current copy on it: where another copy can be read, its copy is
+ * made stale (device add's rebuild copies it again); where none can, the
+ * column becomes UNSYNCED, and resync_returned() recomputes its
+ * checksums from the data the device holds, as crash resync does.
+ * Nothing writes those copies meanwhile: the device is failed.  */
+struct suspect {
+  struct pool *p;
+  struct meta_volume *v;
+  uint32_t dev;
+  struct meta_stale_item *items;
+  size_t n, cap;
+  size_t unsynced;
+};
+
+static int
+suspect_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct suspect *s = opaque;
+  uint32_t R = s->v->replicas;
+
+  for (uint32_t col = 0; col < s->v->width; col++) {
+    struct meta_column *mc = &c->col[col];
+    uint8_t mine = 0;
+    bool other = false;
+
+    if (atomic_load (&mc->state) != META_COL_DIRTY)
+      continue;
+    for (uint32_t r = 0; r < R; r++) {
+      if (c->ext[col * R + r].dev == s->dev && !meta_copy_stale (mc, r))
+        mine |= 1u << r;
+      else
+        other |= pool_copy_readable (s->p, c, R, col, r);
+    }
+    if (!mine)
+      continue;
+    if (!other) {
+      atomic_store (&mc->state, META_COL_UNSYNCED);
+      s->unsynced++;
+      continue;
+    }
+    if (s->n == s->cap) {
+      size_t cap = s->cap ? 2 * s->cap : 64;
+      struct meta_stale_item *g = realloc (s->items, cap * sizeof *g);
+      if (!g)
+        return -1;
+      s->items = g;
+      s->cap = cap;
+    }
+    s->items[s->n++] = (struct meta_stale_item) { s->v->id, idx, col, mine };
+  }
+  return 0;
+}
+
+static int
+suspect_returning (struct pool *p, uint32_t i)
+{
+  struct meta *m = p->meta;
+  struct suspect s = { .p = p, .dev = i };
+  int r = 0;
+
+  pool_walk_lock (p);
+  pthread_mutex_lock (&m->lock);
+  for (size_t k = 0; k < m->nvolumes && r == 0; k++) {
+    s.v = m->volumes[k];
+    if (meta_foreach_chunk (s.v, suspect_chunk, &s) != 0)
+      r = strata_error (ENOMEM, "out of memory");
+  }
+  pthread_mutex_unlock (&m->lock);
+  for (size_t k = 0; k < s.n && r == 0; k += 1024)
+    r = pool_commit_stale (p, true, s.items + k, MIN (1024, s.n - k));
+  pool_walk_unlock (p);
+  if (r == 0 && s.n + s.unsynced > 0)
+    fprintf (stderr, "strata: pool %s: device %s was written shortly before "
+             "it failed: %zu of its copies are resynced from others, and "
+             "%zu columns held only there get their checksums from its "
+             "data\n", p->cfg->name, m->devices[i].name, s.n, s.unsynced);
+  free (s.items);
+  return r;
+}
+
 int
 pool_device_return (struct pool *p, uint32_t i)
 {
@@ -1314,6 +1398,11 @@ pool_device_return (struct pool *p, uint32_t i)
   if (!p->writable)
     return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
   md = &p->meta->devices[i];
+  /* Before fail_lock: the cleaner takes the walk lock first. */
+  if (md->state != META_DEV_REMOVED && atomic_load (&p->failed[i])
+      && suspect_returning (p, i) == -1)
+    return strata_error_prefix ("pool %s: device %s", p->cfg->name,
+                                md->name);
   pthread_mutex_lock (&p->fail_lock);
   if (md->state == META_DEV_REMOVED) {
     char u[37];
@@ -1897,7 +1986,10 @@ pool_mark_dirty (struct pool *p, uint32_t dev)
     atomic_store (&p->dirty[dev], true);
 }
 
-/* True if some column of some volume has no readable copy left. */
+/* True if some column of some volume that may hold writes not yet
+ * flushed has no readable copy left.  A clean column holds none: a write
+ * makes it dirty before it goes out, and the cleaner flushes before it
+ * commits a column clean. */
 static int
 lost_column (void *opaque, uint64_t idx, struct meta_chunk *c)
 {
@@ -1907,6 +1999,8 @@ lost_column (void *opaque, uint64_t idx, struct meta_chunk *c)
   (void) idx;
   for (uint32_t col = 0; col < v->width; col++) {
     bool ok = false;
+    if (atomic_load (&c->col[col].state) == META_COL_CLEAN)
+      continue;
     for (uint32_t r = 0; r < v->replicas; r++)
       ok |= pool_copy_readable (p, c, v->replicas, col, r);
     if (!ok)
