@@ -3,7 +3,10 @@
 # the last sequence known durable and every sequence written.
 #   oracle.py URI STATE write SEED   writes for 60 s, until killed or
 #                                    until the file STATE.stop exists
-#   oracle.py URI STATE check 0      reads every written block back
+#   oracle.py URI STATE check 0      reads every written block back;
+#                                    prints "older N": how many blocks
+#                                    hold an older write than the last
+#                                    one sent
 import sys, os, json, struct, zlib, random, time, nbd
 uri, state, mode, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 BS = 4096
@@ -20,20 +23,25 @@ def parse(data):
 h = nbd.NBD(); h.connect_uri(uri)
 nblocks = h.get_size() // BS
 if mode == "check":
-    bad = 0
+    bad = older = 0
     for k, seqs in st["written"].items():
         blk = int(k)
         got = parse(h.pread(BS, blk * BS))
         d = st["durable"].get(k, 0)
         if got is None:
             if d: print("block", blk, "lost durable seq", d); bad += 1
+            else: older += 1
             continue
         assert got[0] == blk, "block %d holds block %d" % (blk, got[0])
         if got[1] not in seqs: print("block", blk, "holds unwritten seq", got[1]); bad += 1
         if got[1] < d: print("block", blk, "older than durable", got[1], d); bad += 1
+        if got[1] < seqs[-1]: older += 1
         # It is now the durable content.
         st["durable"][k] = got[1]; st["written"][k] = [got[1]]
     json.dump(st, open(state, "w"))
+    # How many blocks hold an older write than the last one sent (a write
+    # that was not durable and was lost, or was still in flight).
+    print("older", older)
     sys.exit(1 if bad else 0)
 r = random.Random(seed)
 pending = []
