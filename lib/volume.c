@@ -889,9 +889,17 @@ backing_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
         continue;
       rep = pick_replica (v, p, start + i, tried[i]);
       if (rep < 0) {
-        r = strata_error (EIO, "volume %s: no readable copy of chunk %" PRIu64
-                          " column %u (last error: %s)", v->mv->name,
-                          p->chunk, p->col, strata_last_error ());
+        /* Before any read of it, the last error is some other one. */
+        if (tried[i] == 0)
+          r = strata_error (EIO, "volume %s: no readable copy of chunk %"
+                            PRIu64 " column %u (every copy is stale or on "
+                            "a failed or missing device)", v->mv->name,
+                            p->chunk, p->col);
+        else
+          r = strata_error (EIO, "volume %s: no readable copy of chunk %"
+                            PRIu64 " column %u (last error: %s)",
+                            v->mv->name, p->chunk, p->col,
+                            strata_last_error ());
         goto out;
       }
       tried[i] |= 1u << rep;

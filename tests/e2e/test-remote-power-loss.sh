@@ -106,6 +106,8 @@ start_server
 member_power_loss s 16384
 nbdsh -u "$(uri s)" -c 'h.flush()' 2> "$T/flush.err" && fail "s: FLUSH succeeded, but B was lost"
 nbdsh -u "$(uri s)" -c 'h.pread(16384, 0)' 2>/dev/null && fail "s: read of a failed member's only copy"
+grep -q "volume s: no readable copy of chunk 0 column 0 (every copy is stale or on a failed or missing device)" \
+  "$T/nbdkit.log" || fail "s: the failed read does not say why"
 "$STRATA" device add "$CONFIG" "$dev" > "$T/add.out" 2>&1 || { cat "$T/add.out"; fail "s: device add $dev"; }
 nbdsh -u "$(uri s)" -c 'assert h.pread(16384, 0) == b"A" * 16384' || fail "s: the flushed A does not read back"
 [ "$(csum_errors)" = 0 ] || fail "s: checksum errors after device add"
