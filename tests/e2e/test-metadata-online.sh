@@ -33,6 +33,26 @@ for i in range($1, $2 + 1):
     assert h.pread(65536, i * $ES + 12345) == bytes([i + 1]) * 65536, i
 " || fail "chunks $1..$2 do not read back ($3)"
 }
+# kill_restart DEV WHAT LAST [VOLUME:SIZE...]: kill -9 the server, whose
+# replica on DEV (WHAT: wiped, corrupted) must not be in sync then,
+# restart it, and check chunks 0..LAST, the volumes, and that every
+# metadata replica is in sync again.  BEFORE: the states after the kill.
+kill_restart () {
+  local dev=$1 what=$2 last=$3 vs
+  shift 3
+  stop_server KILL
+  before=$(meta_states)
+  case " $before " in
+    *" $dev:in-sync "*) fail "$dev's metadata replica is in sync before any repair: $what did not count";;
+  esac
+  start_server
+  check_chunks 0 "$last" "after kill -9 with $dev $what"
+  for vs in "$@"; do
+    check_volume "${vs%%:*}" "${vs#*:}" "after kill -9 with $dev $what"
+  done
+  [ "$(meta_states)" = "d0:in-sync d1:in-sync d2:in-sync" ] \
+    || fail "after restart with $dev $what the metadata replicas are $(meta_states)"
+}
 check_volume () {
   local size
   size=$(nbdinfo --size "$(uri "$1")" 2>/dev/null) || fail "volume $1 lost ($3)"
@@ -46,17 +66,7 @@ write_chunks 8 23
 "$STRATA" volume create "$CONFIG" w 32MiB >/dev/null || fail "volume create failed with d0 wiped"
 "$STRATA" volume resize "$CONFIG" w 48MiB >/dev/null || fail "volume resize failed with d0 wiped"
 check_chunks 0 23 "served, d0 wiped"
-stop_server KILL
-before=$(meta_states)
-case " $before " in
-  *" d0:in-sync "*) fail "d0's metadata replica is in sync before any repair: the wipe did not count";;
-esac
-
-start_server
-check_chunks 0 23 "after kill -9 with d0 wiped"
-check_volume w $((48 << 20)) "after kill -9 with d0 wiped"
-[ "$(meta_states)" = "d0:in-sync d1:in-sync d2:in-sync" ] \
-  || fail "after restart the metadata replicas are $(meta_states)"
+kill_restart d0 wiped 23 w:$((48 << 20))
 ok "d0's metadata wiped while served, then kill -9 ($before): everything back, d0 in sync"
 
 # d1's metadata area: in every 4 KiB block that holds something (headers,
@@ -77,18 +87,7 @@ EOF
 write_chunks 24 39
 "$STRATA" volume create "$CONFIG" x 16MiB >/dev/null || fail "volume create failed with d1 corrupted"
 check_chunks 0 39 "served, d1 corrupted"
-stop_server KILL
-before=$(meta_states)
-case " $before " in
-  *" d1:in-sync "*) fail "d1's metadata replica is in sync before any repair: the corruption did not count";;
-esac
-
-start_server
-check_chunks 0 39 "after restart with d1 corrupted"
-check_volume w $((48 << 20)) "after restart with d1 corrupted"
-check_volume x $((16 << 20)) "after restart with d1 corrupted"
-[ "$(meta_states)" = "d0:in-sync d1:in-sync d2:in-sync" ] \
-  || fail "after restart the metadata replicas are $(meta_states)"
+kill_restart d1 corrupted 39 w:$((48 << 20)) x:$((16 << 20))
 stop_server
 ok "d1's metadata corrupted while served, then kill -9 ($before): everything back, d1 in sync"
 
