@@ -316,6 +316,14 @@ import json, sys
 print([d for d in json.load(sys.stdin)['devices'] if d['name'] == '$1'][0]['$2'])"
 }
 
+# meta_wipe DEV: zero DEV's whole metadata area behind strata's back.  It
+# starts at 1 MiB (FORMAT_META_OFFSET) and make_pool makes it 16 MiB.
+# Direct and synced, so that a serving strata reads the zeros too.
+meta_wipe () {
+  dd if=/dev/zero of="$T/$1.img" bs=1M seek=1 count=16 conv=notrunc,fsync \
+     oflag=direct status=none || fail "wiping $1's metadata area failed"
+}
+
 # meta_states: each metadata replica and its state, "d0:in-sync
 # d1:lagging d2:damaged".
 meta_states () {

@@ -7,11 +7,11 @@
 # and grown), d0's metadata area is wiped behind its back; strata is
 # then killed with kill -9.  Restarted, it has everything that was
 # flushed or committed, and d0's copy is in sync again.  Then d1's
-# metadata area gets random bytes flipped while served, and strata is
-# killed again: again everything, d1 in sync.  Each repair is proved
-# real by losing another replica offline afterwards: a pool whose
-# repaired copy were still broken would be short of a majority and
-# refuse to open.
+# metadata area gets one bit flipped in every 4 KiB block in use while
+# served, and strata is killed again: again everything, d1 in sync.
+# Each repair is proved real by losing another replica offline
+# afterwards: a pool whose repaired copy were still broken would be
+# short of a majority and refuse to open.
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 
@@ -61,7 +61,7 @@ check_volume () {
 
 write_chunks 0 7
 # d0's metadata area (1 MiB .. 17 MiB) wiped under the running server.
-dd if=/dev/zero of="$T/d0.img" bs=1M seek=1 count=16 conv=notrunc,fsync oflag=direct status=none
+meta_wipe d0
 write_chunks 8 23
 "$STRATA" volume create "$CONFIG" w 32MiB >/dev/null || fail "volume create failed with d0 wiped"
 "$STRATA" volume resize "$CONFIG" w 48MiB >/dev/null || fail "volume resize failed with d0 wiped"
@@ -93,7 +93,7 @@ ok "d1's metadata corrupted while served, then kill -9 ($before): everything bac
 
 # The repairs were real: with d2's copy lost, d0 and d1 alone still hold
 # everything.
-dd if=/dev/zero of="$T/d2.img" bs=1M seek=1 count=16 conv=notrunc status=none
+meta_wipe d2
 start_server
 check_chunks 0 39 "d2 wiped after the repairs"
 check_volume w $((48 << 20)) "d2 wiped after the repairs"

@@ -24,7 +24,7 @@ for i in range(16):
 }
 
 # Wipe the whole metadata area (1 MiB .. 17 MiB) of d0.
-dd if=/dev/zero of="$T/d0.img" bs=1M seek=1 count=16 conv=notrunc status=none
+meta_wipe d0
 "$STRATA" status "$CONFIG" | grep 'd0 damaged' || fail "status does not show d0 damaged"
 start_server
 check_data "d0 wiped"
@@ -35,15 +35,15 @@ ok "d0's metadata wiped: pool opened with everything and repaired it"
 
 # Now d1 is wiped: d0 (repaired above) and d2 still make a majority that
 # holds everything.
-dd if=/dev/zero of="$T/d1.img" bs=1M seek=1 count=16 conv=notrunc status=none
+meta_wipe d1
 start_server
 check_data "d1 wiped after d0 repair"
 stop_server
 ok "then d1's metadata wiped: still everything"
 
 # A majority lost: refused, clearly, and nothing is written.
-dd if=/dev/zero of="$T/d0.img" bs=1M seek=1 count=16 conv=notrunc status=none
-dd if=/dev/zero of="$T/d1.img" bs=1M seek=1 count=16 conv=notrunc status=none
+meta_wipe d0
+meta_wipe d1
 before=$(sums "$T"/d*.img)
 out=$("$STRATA" status "$CONFIG" 2>&1) && fail "opened without a majority"
 echo "$out" | grep 'only 1 of 3 metadata replicas are readable' || fail "unclear refusal: $out"
