@@ -356,8 +356,9 @@ prep (struct io_uring_sqe *sqe, struct dev_req *r)
 
   switch (r->op) {
     case DEV_READ:
-      io_uring_prep_read (sqe, dev->rfd, (char *) r->buf + r->done, rest,
-                          r->off + r->done);
+      /* With O_DIRECT writes, dev->fd is O_DIRECT. */
+      io_uring_prep_read (sqe, r->media && dev->direct ? dev->fd : dev->rfd,
+                          (char *) r->buf + r->done, rest, r->off + r->done);
       break;
     case DEV_WRITE:
       io_uring_prep_write (sqe, dev->fd, (char *) r->buf + r->done, rest,

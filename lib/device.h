@@ -33,6 +33,8 @@ struct dev_req {
   struct device *dev;
   uint8_t op;			/* enum dev_op */
   bool fua;			/* DEV_WRITE: durable before completion */
+  bool media;			/* DEV_READ: from the storage, never from
+				 * the page cache (needs an aligned buffer) */
   uint32_t len;
   uint64_t off;
   void *buf;
