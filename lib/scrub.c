@@ -10,16 +10,30 @@
  * the copies that match the checksum are
  * good and the others bad.  Repairs write a good copy over each bad one
  * with FUA before the hold is released.  A block with no good copy is
- * left as it is (reads of it fail with EIO, which is the truth).
+ * left as it is (reads of it fail with EIO, which is the truth).  Its
+ * reads bypass the page cache (dev_req.media): scrub is there to find
+ * what the storage lost, which a cached page would hide.
  *
  * Progress is the position after the last whole chunk (volume id, chunk
  * index), committed about once a second with the counts so far; a run
  * that finds the record "running" and was given the same volume and mode
  * continues from there.
+ *
+ * Up to SCRUB_WORKERS threads take the chunks of a volume in order, each
+ * holding one column at a time, so that the reads of several columns
+ * are in flight together and their checksums are computed on every
+ * core.  Reading and checking a column need no lock; what it found is
+ * counted, logged and repaired under s->lock, so that one column's
+ * findings stay together (the report sorts them back into the order of
+ * a single-threaded run).  The saved position is the lowest chunk still
+ * being checked, and "done" counts exactly the chunks below it, so a
+ * continued run checks again, without counting them twice, the few
+ * chunks past it that had finished out of order.
  */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +46,8 @@
 #include "volume.h"
 
 #define SCRUB_IO (1u << 20)	/* bytes per device read */
+#define SCRUB_WORKERS 4		/* columns checked at once, at most */
+#define SCRUB_MEM (64u << 20)	/* bound on the workers' read buffers */
 #define SCRUB_LIST_MAX 1000	/* findings kept for the report */
 #define SCRUB_LOG_MAX 100	/* bad blocks logged one by one */
 
@@ -52,6 +68,9 @@ struct finding {
   uint64_t v0, v1;
   uint8_t kind;
   bool repaired;
+  uint64_t idx;			/* chunk and column it was found in */
+  uint32_t col;
+  size_t seq;			/* place in the list when found */
 };
 
 struct scrub {
@@ -67,6 +86,28 @@ struct scrub {
   uint64_t *dev_errors, *dev_repaired;
   uint64_t errors, repaired, unrepaired, blocks;	/* this run */
   unsigned logged;
+  struct meta_job base;		/* the counts of the run continued */
+  /* The workers (see the design notes).  While they run, LOCK protects
+   * the counts and findings above and everything below. */
+  pthread_mutex_t lock;
+  struct volume *v;		/* the volume being scrubbed */
+  uint64_t next, n;		/* the next chunk to take; chunk count */
+  uint64_t given;		/* chunks taken so far */
+  uint64_t vol_done0;		/* rec.done when the volume started */
+  struct {
+    uint64_t idx, ord;		/* chunk held, and which one taken */
+    bool busy;
+  } held[SCRUB_WORKERS];
+  bool stop;			/* a worker failed: WHY */
+  char why[256];
+};
+
+/* One worker's buffers, kept from column to column. */
+struct scrub_bufs {
+  char *buf[8];
+  uint32_t *slot[8];
+  struct dev_req *rq;
+  uint8_t *bad;			/* per block: the copies that do not match */
 };
 
 static void
@@ -97,8 +138,26 @@ note (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col,
     s->f = nf;
     s->capf = MIN (cap, SCRUB_LIST_MAX);
   }
-  s->f[s->nf++] = (struct finding) { e.dev, e.ext, b, b, s->vi, v0,
-                                     v0 + STRATA_BLOCK - 1, kind, repaired };
+  s->f[s->nf] = (struct finding) { e.dev, e.ext, b, b, s->vi, v0,
+                                   v0 + STRATA_BLOCK - 1, kind, repaired,
+                                   idx, col, s->nf };
+  s->nf++;
+}
+
+/* The order of a single-threaded run: volume, chunk, column, and the
+ * order a column's findings were made in. */
+static int
+finding_cmp (const void *a, const void *b)
+{
+  const struct finding *x = a, *y = b;
+
+  if (x->vol != y->vol)
+    return x->vol < y->vol ? -1 : 1;
+  if (x->idx != y->idx)
+    return x->idx < y->idx ? -1 : 1;
+  if (x->col != y->col)
+    return x->col < y->col ? -1 : 1;
+  return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
 static void
@@ -118,9 +177,42 @@ log_finding (struct scrub *s, struct volume *v, struct meta_extent e,
            v0 + STRATA_BLOCK - 1, result);
 }
 
-/* Scrub column COL of chunk IDX.  Returns device bytes read, or -1. */
+/* Make W ready for columns of R copies.  Returns 0 or -1. */
+static int
+bufs_alloc (struct scrub_bufs *w, struct pool *p, uint32_t R)
+{
+  uint64_t es = pool_meta (p)->extent_size;
+  size_t nb = es / STRATA_BLOCK;
+
+  for (uint32_t r = 0; r < R; r++)
+    if (!(w->buf[r] = device_alloc_buf (es))
+        || !(w->slot[r] = device_alloc_buf (format_csum_slot (es))))
+      return strata_error (ENOMEM, "out of memory");
+  /* The reads (R per SCRUB_IO and a slot each), then the repairs (at
+   * most one per block and copy). */
+  if (!(w->rq = calloc (MAX (R * (es / SCRUB_IO + 2), nb * R),
+                        sizeof *w->rq))
+      || !(w->bad = malloc (nb)))
+    return strata_error (ENOMEM, "out of memory");
+  return 0;
+}
+
+static void
+bufs_free (struct scrub_bufs *w)
+{
+  for (uint32_t r = 0; r < 8; r++) {
+    free (w->buf[r]);
+    free (w->slot[r]);
+  }
+  free (w->rq);
+  free (w->bad);
+}
+
+/* Scrub column COL of chunk IDX with W's buffers.  Returns device bytes
+ * read and written, or -1. */
 static int64_t
-scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
+scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
+              uint64_t idx, uint32_t col)
 {
   struct pool *p = s->p;
   struct meta_volume *mv = volume_meta (v);
@@ -128,11 +220,14 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
   uint64_t es = pool_meta (p)->extent_size;
   uint64_t slotsz = format_csum_slot (es);
   size_t nb = es / STRATA_BLOCK, nr = 0, nw = 0;
-  char *buf[8] = { NULL };
-  uint32_t *slot[8] = { NULL };
-  struct dev_req *rq = NULL;
+  char *buf[8] = { NULL };	/* the copies read */
+  uint32_t *slot[8] = { NULL };	/* their checksum slots, if clean */
+  uint64_t slot_first[8];
+  struct dev_req *rq = w->rq;
   struct meta_chunk *c;
-  uint32_t *cs, slot_bad = 0;
+  uint32_t *cs, slot_bad = 0, read_failed = 0, any_bad = 0;
+  int read_err[8] = { 0 };
+  uint64_t blocks = 0;
   bool clean;
   int64_t io = 0;
 
@@ -140,20 +235,17 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
     return -1;
   if (!c)
     return 0;			/* freed meanwhile */
-  rq = calloc (R * (es / SCRUB_IO + 2) + nb * R, sizeof *rq);
-  if (!rq) {
-    io = strata_error (ENOMEM, "out of memory");
-    goto out;
-  }
   if (!(cs = csum_get (p, mv, c, col))) {
     /* No copy of the checksums can be read: every copy counts as
      * unreadable. */
+    pthread_mutex_lock (&s->lock);
     for (uint32_t r = 0; r < R; r++) {
       struct meta_extent e = c->ext[col * R + r];
       note (s, v, idx, col, e, 0, F_READ_ERROR, false);
       s->errors++;
     }
     s->unrepaired += nb;
+    pthread_mutex_unlock (&s->lock);
     goto out;
   }
   clean = atomic_load (&c->col[col].state) == META_COL_CLEAN;
@@ -162,23 +254,21 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
     struct meta_extent e = c->ext[col * R + r];
     if (!pool_copy_readable (p, c, R, col, r))
       continue;
-    if (!(buf[r] = device_alloc_buf (es))
-        || (clean && !(slot[r] = device_alloc_buf (slotsz)))) {
-      io = strata_error (ENOMEM, "out of memory");
-      goto out;
-    }
+    buf[r] = w->buf[r];
     for (uint64_t o = 0; o < es; o += SCRUB_IO) {
       rq[nr] = (struct dev_req) {
-        .dev = pool_device (p, e.dev), .op = DEV_READ, .buf = buf[r] + o,
-        .len = MIN (SCRUB_IO, es - o), .off = pool_extent_offset (p, e, o),
-        .tag = r,
+        .dev = pool_device (p, e.dev), .op = DEV_READ, .media = true,
+        .buf = buf[r] + o, .len = MIN (SCRUB_IO, es - o),
+        .off = pool_extent_offset (p, e, o), .tag = r,
       };
       nr++;
     }
     if (clean) {
+      slot[r] = w->slot[r];
       rq[nr] = (struct dev_req) {
-        .dev = pool_device (p, e.dev), .op = DEV_READ, .buf = slot[r],
-        .len = slotsz, .off = csum_slot_offset (p, e), .tag = r | 0x100,
+        .dev = pool_device (p, e.dev), .op = DEV_READ, .media = true,
+        .buf = slot[r], .len = slotsz, .off = csum_slot_offset (p, e),
+        .tag = r | 0x100,
       };
       nr++;
     }
@@ -193,40 +283,65 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
       continue;
     snprintf (why, sizeof why, "scrub read failed: %s", strerror (-rq[k].res));
     pool_device_read_error (p, e.dev, why);
-    if (rq[k].tag & 0x100) {
-      free (slot[r]);
+    if (rq[k].tag & 0x100)
       slot[r] = NULL;
-    }
     else if (buf[r]) {
-      free (buf[r]);
       buf[r] = NULL;
-      note (s, v, idx, col, e, 0, F_READ_ERROR, false);
-      s->errors++;
-      fprintf (stderr, "strata: scrub: volume %s: device %s, extent %" PRIu32
-               ": %s\n", volume_name (v), pool_meta (p)->devices[e.dev].name,
-               e.ext, why);
+      read_failed |= 1u << r;
+      read_err[r] = -rq[k].res;
     }
   }
 
-  /* Block by block: good copies, bad copies, repairs. */
+  /* Check every block of every copy read, and the slots of a clean
+   * column, before taking the lock. */
   for (size_t b = 0; b < nb; b++) {
-    int good = -1;
-    uint32_t bad = 0;
-    uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
-
+    uint8_t bad = 0;
     for (uint32_t r = 0; r < R; r++) {
       if (!buf[r])
         continue;
-      s->blocks++;
-      if (crc32c (0, buf[r] + b * STRATA_BLOCK, STRATA_BLOCK) == cs[b]) {
-        if (good < 0)
-          good = r;
-      }
-      else
+      blocks++;
+      if (crc32c (0, buf[r] + b * STRATA_BLOCK, STRATA_BLOCK) != cs[b])
         bad |= 1u << r;
     }
+    w->bad[b] = bad;
+    any_bad |= bad;
+  }
+  for (uint32_t r = 0; r < R && clean; r++) {
+    if (!slot[r] || !buf[r])
+      continue;
+    for (size_t b = 0; b < nb; b++)
+      if (le32toh (slot[r][b]) != cs[b]) {
+        slot_first[r] = b;
+        slot_bad |= 1u << r;
+        break;
+      }
+  }
+
+  pthread_mutex_lock (&s->lock);
+  s->blocks += blocks;
+  for (uint32_t r = 0; r < R; r++) {
+    struct meta_extent e = c->ext[col * R + r];
+    if (!(read_failed & (1u << r)))
+      continue;
+    note (s, v, idx, col, e, 0, F_READ_ERROR, false);
+    s->errors++;
+    fprintf (stderr, "strata: scrub: volume %s: device %s, extent %" PRIu32
+             ": scrub read failed: %s\n", volume_name (v),
+             pool_meta (p)->devices[e.dev].name, e.ext,
+             strerror (read_err[r]));
+  }
+
+  /* Block by block: good copies, bad copies, repairs. */
+  for (size_t b = 0; b < nb && any_bad; b++) {
+    uint32_t bad = w->bad[b];
+    int good = -1;
+    uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
+
     if (!bad)
       continue;
+    for (uint32_t r = 0; r < R && good < 0; r++)
+      if (buf[r] && !(bad & (1u << r)))
+        good = r;
     for (uint32_t r = 0; r < R; r++) {
       struct meta_extent e = c->ext[col * R + r];
       if (!(bad & (1u << r)))
@@ -256,7 +371,8 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
     if (good < 0)
       s->unrepaired++;
   }
-  /* The writes reuse RQ: the reads are done with it. */
+  /* The writes reuse RQ: the reads are done with it.  They go out
+   * under the lock; there are none unless something was found. */
   device_submit (rq, nw);
   for (size_t k = 0; k < nw; k++) {
     struct meta_extent e = c->ext[col * R + rq[k].tag];
@@ -280,27 +396,18 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
   }
 
   /* The checksum slots of a clean column must hold the checksums. */
-  for (uint32_t r = 0; r < R && clean; r++) {
+  for (uint32_t r = 0; r < R; r++) {
     struct meta_extent e = c->ext[col * R + r];
-    uint64_t first = UINT64_MAX;
-    if (!slot[r] || !buf[r])
+    if (!(slot_bad & (1u << r)))
       continue;
-    for (size_t b = 0; b < nb; b++)
-      if (le32toh (slot[r][b]) != cs[b]) {
-        first = b;
-        break;
-      }
-    if (first == UINT64_MAX)
-      continue;
-    slot_bad |= 1u << r;
     s->errors++;
     pool_device_csum_error (p, e.dev);
     fprintf (stderr, "strata: scrub: volume %s: checksum slot of extent %"
              PRIu32 " on device %s differs from the checksums (first at "
              "block %" PRIu64 ")%s\n", volume_name (v), e.ext,
-             pool_meta (p)->devices[e.dev].name, first,
+             pool_meta (p)->devices[e.dev].name, slot_first[r],
              s->o->repair ? "; rewritten" : "");
-    note (s, v, idx, col, e, first, F_SLOT, s->o->repair);
+    note (s, v, idx, col, e, slot_first[r], F_SLOT, s->o->repair);
   }
   if (slot_bad && s->o->repair) {
     /* The hold keeps the column clean (a write would need it), so the
@@ -330,14 +437,10 @@ scrub_column (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col)
         pool_device_fail (p, dev, "scrub: checksum slot write failed");
     }
   }
+  pthread_mutex_unlock (&s->lock);
 
  out:
   volume_column_release (v, idx, col, 0, es);
-  for (uint32_t r = 0; r < 8; r++) {
-    free (buf[r]);
-    free (slot[r]);
-  }
-  free (rq);
   return io;
 }
 
@@ -366,6 +469,8 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
   const char *state = finished ? "finished" : "interrupted";
   double secs = job_elapsed (&s->job);
   char a[32], b[32];
+
+  qsort (s->f, s->nf, sizeof *s->f, finding_cmp);
 
   if (s->o->json) {
     fprintf (out, "{\"job\":\"scrub\",\"state\":\"%s\",\"volume\":", state);
@@ -446,23 +551,142 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
              "from good ones\n");
 }
 
-/* The record's counts: those of the interrupted run continued (BASE)
- * plus this run's. */
+/* The record's counts: those of the interrupted run continued
+ * (s->base) plus this run's. */
 static void
-counts (struct scrub *s, const struct meta_job *base)
+counts (struct scrub *s)
 {
-  s->job.rec.blocks = base->blocks + s->blocks;
-  s->job.rec.errors = base->errors + s->errors;
-  s->job.rec.repaired = base->repaired + s->repaired;
-  s->job.rec.unrepaired = base->unrepaired + s->unrepaired;
+  s->job.rec.blocks = s->base.blocks + s->blocks;
+  s->job.rec.errors = s->base.errors + s->errors;
+  s->job.rec.repaired = s->base.repaired + s->repaired;
+  s->job.rec.unrepaired = s->base.unrepaired + s->unrepaired;
+}
+
+static void
+stop_with (struct scrub *s, const char *why)
+{
+  if (!s->stop)
+    snprintf (s->why, sizeof s->why, "%s", why);
+  s->stop = true;
+}
+
+/* After a chunk: the position and "done" of the record (see the design
+ * notes), the rate limit and progress, and a commit now and then.
+ * Called with s->lock held. */
+static void
+chunk_done (struct scrub *s, int64_t io)
+{
+  struct meta_volume *mv = volume_meta (s->v);
+  uint64_t pos = s->next, ndone = s->given;
+
+  for (int k = 0; k < SCRUB_WORKERS; k++)
+    if (s->held[k].busy && s->held[k].idx < pos) {
+      pos = s->held[k].idx;
+      ndone = s->held[k].ord;
+    }
+  s->job.rec.pos_vol = mv->id;
+  s->job.rec.pos_chunk = pos;
+  s->job.rec.done = s->vol_done0 + ndone * mv->chunk_size;
+  counts (s);
+  /* Under the lock: the rate limit holds for all workers together. */
+  job_step (&s->job, io);
+  if (job_save (&s->job, false) == -1)
+    stop_with (s, strata_last_error ());
+}
+
+struct worker_arg {
+  struct scrub *s;
+  int k;			/* its slot in s->held */
+};
+
+static void *
+worker (void *opaque)
+{
+  struct worker_arg *a = opaque;
+  struct scrub *s = a->s;
+  struct meta_volume *mv = volume_meta (s->v);
+  struct scrub_bufs w;
+
+  memset (&w, 0, sizeof w);
+  if (bufs_alloc (&w, s->p, mv->replicas) == -1) {
+    pthread_mutex_lock (&s->lock);
+    stop_with (s, strata_last_error ());
+    pthread_mutex_unlock (&s->lock);
+    goto out;
+  }
+  for (;;) {
+    uint64_t idx;
+    int64_t io = 0;
+
+    pthread_mutex_lock (&s->lock);
+    while (s->next < s->n && !meta_chunk_get (mv, s->next))
+      s->next++;		/* never written */
+    if (s->stop || s->next >= s->n || job_cancelled (&s->job)) {
+      pthread_mutex_unlock (&s->lock);
+      break;
+    }
+    idx = s->next++;
+    s->held[a->k].idx = idx;
+    s->held[a->k].ord = s->given++;
+    s->held[a->k].busy = true;
+    pthread_mutex_unlock (&s->lock);
+
+    for (uint32_t col = 0; col < mv->width && io != -1; col++) {
+      int64_t n = scrub_column (s, &w, s->v, idx, col);
+      io = n == -1 ? -1 : io + n;
+    }
+
+    pthread_mutex_lock (&s->lock);
+    s->held[a->k].busy = false;
+    if (io == -1)
+      stop_with (s, strata_last_error ());
+    else
+      chunk_done (s, io);
+    pthread_mutex_unlock (&s->lock);
+  }
+ out:
+  bufs_free (&w);
+  device_thread_exit ();	/* this thread's io_uring */
+  return NULL;
+}
+
+/* Scrub the chunks of volume V from FIRST on.  Returns 0 when they are
+ * all done, or -1 (failed: s->stop, or cancelled). */
+static int
+scrub_volume (struct scrub *s, struct volume *v, uint64_t first)
+{
+  struct meta_volume *mv = volume_meta (v);
+  uint64_t per = (uint64_t) mv->replicas * pool_meta (s->p)->extent_size;
+  int nw = MAX (1, MIN (SCRUB_WORKERS, (int) (SCRUB_MEM / per)));
+  struct worker_arg a[SCRUB_WORKERS];
+  pthread_t t[SCRUB_WORKERS];
+  int n = 0;
+
+  s->v = v;
+  s->next = first;
+  s->n = meta_volume_nchunks (mv);
+  s->given = 0;
+  s->vol_done0 = s->job.rec.done;
+  for (int k = 0; k < nw; k++) {
+    a[k] = (struct worker_arg) { s, k };
+    if (pthread_create (&t[n], NULL, worker, &a[k]) == 0)
+      n++;
+  }
+  if (n == 0)
+    worker (&a[0]);		/* no thread: work here */
+  for (int k = 0; k < n; k++)
+    pthread_join (t[k], NULL);
+  if (s->stop || job_cancelled (&s->job))
+    return -1;
+  return 0;
 }
 
 int
 scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
 {
   struct meta *m = pool_meta (p);
-  struct scrub s = { .p = p, .o = o };
-  struct meta_job prev, base = { 0 };
+  struct scrub s = { .p = p, .o = o, .lock = PTHREAD_MUTEX_INITIALIZER };
+  struct meta_job prev;
   uint32_t vol = 0;
   ssize_t nv;
   bool resumed = false, finished = false;
@@ -498,7 +722,7 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
   pthread_mutex_unlock (&m->lock);
   if (!o->restart && prev.state == META_JOB_RUNNING && prev.vol == vol
       && (prev.flags & META_JOB_REPAIR) == (o->repair ? META_JOB_REPAIR : 0)) {
-    s.job.rec = base = prev;
+    s.job.rec = s.base = prev;
     resumed = true;
     fprintf (err, "strata: continuing the scrub interrupted at volume id %"
              PRIu32 ", chunk %" PRIu64 " (%" PRIu64 " of %" PRIu64
@@ -519,8 +743,7 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
   for (s.vi = 0; s.vi < (size_t) nv; s.vi++) {
     struct job_volume *jv = &s.vols[s.vi];
     struct volume *v;
-    struct meta_volume *mv;
-    uint64_t first = 0, n;
+    uint64_t first = 0;
 
     if (jv->id < s.job.rec.pos_vol)
       continue;
@@ -528,33 +751,9 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
       first = s.job.rec.pos_chunk;
     if (!(v = volume_open (p, jv->name)))
       continue;			/* deleted meanwhile */
-    mv = volume_meta (v);
-    n = meta_volume_nchunks (mv);
-    for (uint64_t idx = first; idx < n; idx++) {
-      int64_t io = 0;
-      if (job_cancelled (&s.job)) {
-        volume_close (v);
-        goto stopped;
-      }
-      if (!meta_chunk_get (mv, idx))
-        continue;
-      for (uint32_t col = 0; col < mv->width; col++) {
-        int64_t k = scrub_column (&s, v, idx, col);
-        if (k == -1) {
-          volume_close (v);
-          goto stopped;
-        }
-        io += k;
-      }
-      s.job.rec.pos_vol = jv->id;
-      s.job.rec.pos_chunk = idx + 1;
-      s.job.rec.done += mv->chunk_size;
-      counts (&s, &base);
-      job_step (&s.job, io);
-      if (job_save (&s.job, false) == -1) {
-        volume_close (v);
-        goto stopped;
-      }
+    if (scrub_volume (&s, v, first) == -1) {
+      volume_close (v);
+      goto stopped;
     }
     volume_close (v);
     s.job.rec.pos_vol = jv->id + 1;
@@ -564,13 +763,12 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
 
  stopped:
   job_progress_done (&s.job);
-  counts (&s, &base);
+  counts (&s);
   if (finished && s.job.rec.done > s.job.rec.total)
     s.job.rec.total = s.job.rec.done;	/* volumes grew meanwhile */
   {
     /* The error of the step that failed, if one did, before the save. */
-    char *why = finished || job_cancelled (&s.job) ? NULL
-                : strdup (strata_last_error ());
+    char *why = finished || !s.stop ? NULL : strdup (s.why);
     if (job_end (&s.job, finished) == -1) {
       free (why);
       goto out;

@@ -108,6 +108,11 @@ for name, d in devs.items():
     else:
         assert d["errors"] == 0, d
 assert all(f["device"] == sys.argv[2] for f in r["findings"]), r["findings"][:3]
+# Columns are checked in parallel; the report is still in chunk order
+# (the member holds only r2 extents; an r2 chunk is 2 x 4 MiB).
+chunks = [f["bytes"][0] // (8 << 20) for f in r["findings"]]
+assert all(f["volume"] == "r2" for f in r["findings"]), r["findings"][:3]
+assert len(set(chunks)) > 1 and chunks == sorted(chunks), chunks
 print("repaired", r["repaired"], "blocks on", sys.argv[2])
 PY
 check_data
