@@ -5,7 +5,9 @@
  * Order of one column: hold it against writes (volume_column_hold), mark
  * it dirty as a writer would (resync_write_begin: the cleaner then leaves
  * it alone, and a crash before the end resyncs it), read a surviving
- * copy verifying each block (a bad block comes from another copy), and
+ * copy verifying each block (a bad block comes from another copy; the
+ * reads bypass the page cache, so the copy made is what the disk holds
+ * and the cache keeps what clients read), and
  * for each lost copy: allocate an extent, write the data and the
  * checksum slot, flush that device, and only then commit EXT_REPLACE.
  * The journal entry swaps the chunk pointer (meta.h); writers that
@@ -237,8 +239,9 @@ read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
       continue;
     for (uint64_t o = 0; o < es; o += REBUILD_IO) {
       rq[nr++] = (struct dev_req) {
-        .dev = pool_device (p, e.dev), .op = DEV_READ, .buf = buf + o,
-        .len = MIN (REBUILD_IO, es - o), .off = pool_extent_offset (p, e, o),
+        .dev = pool_device (p, e.dev), .op = DEV_READ, .media = true,
+        .buf = buf + o, .len = MIN (REBUILD_IO, es - o),
+        .off = pool_extent_offset (p, e, o),
       };
       if (nr == ARRAY_SIZE (rq) || o + REBUILD_IO >= es) {
         device_submit (rq, nr);
