@@ -470,7 +470,8 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
   double secs = job_elapsed (&s->job);
   char a[32], b[32];
 
-  qsort (s->f, s->nf, sizeof *s->f, finding_cmp);
+  if (s->nf)
+    qsort (s->f, s->nf, sizeof *s->f, finding_cmp);
 
   if (s->o->json) {
     fprintf (out, "{\"job\":\"scrub\",\"state\":\"%s\",\"volume\":", state);
