@@ -26,7 +26,8 @@ make_config (const char *dir, unsigned replicas)
   struct config *c;
 
   snprintf (text, sizeof text,
-            "pool: { name: i, extent_size: 1MiB, metadata_size: 4MiB }\n"
+            "pool: { name: i, extent_size: 1MiB, metadata_size: 4MiB,\n"
+            "        control_socket: i.sock }\n"
             "devices:\n"
             "  - { name: d0, path: d0.img, size: 64MiB }\n"
             "  - { name: d1, path: d1.img, size: 64MiB }\n"

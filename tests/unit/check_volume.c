@@ -27,7 +27,8 @@ make_config (const char *dir, const char *vol)
   struct config *c;
 
   snprintf (text, sizeof text,
-            "pool: { name: u, extent_size: 1MiB, metadata_size: 4MiB }\n"
+            "pool: { name: u, extent_size: 1MiB, metadata_size: 4MiB,\n"
+            "        control_socket: u.sock }\n"
             "devices:\n"
             "  - { name: d0, path: d0.img, size: 64MiB }\n"
             "  - { name: d1, path: d1.img, size: 64MiB }\n"
