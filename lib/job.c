@@ -87,26 +87,27 @@ show (struct job *j, double now)
   fflush (j->err);
 }
 
-void
-job_step (struct job *j, uint64_t io_bytes)
+double
+job_account (struct job *j, uint64_t io_bytes)
 {
-  double now;
+  double now = mono ();
 
   j->io += io_bytes;
-  now = mono ();
-  if (j->rate) {
-    /* Sleep until the I/O so far fits the rate. */
-    double due = j->t0 + (double) j->io / j->rate;
-    if (due > now) {
-      double d = due - now;
-      struct timespec ts = { (time_t) d, (long) ((d - (time_t) d) * 1e9) };
-      nanosleep (&ts, NULL);
-      now = mono ();
-    }
-  }
   if (now - j->last_show >= (j->bar ? 0.25 : 10.0)) {
     j->last_show = now;
     show (j, now);
+  }
+  return j->rate ? j->t0 + (double) j->io / j->rate : 0;
+}
+
+void
+job_pace (double due)
+{
+  double d = due - mono ();
+
+  if (d > 0) {
+    struct timespec ts = { (time_t) d, (long) ((d - (time_t) d) * 1e9) };
+    nanosleep (&ts, NULL);
   }
 }
 

@@ -42,9 +42,13 @@ void job_init (struct job *j, struct pool *p, uint8_t kind, const char *name,
  * the last commit.  Returns 0 or -1. */
 int job_save (struct job *j, bool force);
 
-/* After a step that moved IO_BYTES of device data: sleep as long as the
- * rate limit wants, and show progress. */
-void job_step (struct job *j, uint64_t io_bytes);
+/* After a step that moved IO_BYTES of device data: count it, show
+ * progress, and return the time (job_pace's clock) at which the I/O so
+ * far fits the rate limit.  Jobs with several workers call it under
+ * their lock and job_pace() after dropping it, so that a worker waiting
+ * for the lock with a column held never waits out another's sleep. */
+double job_account (struct job *j, uint64_t io_bytes);
+void job_pace (double due);
 
 /* Whether the job should stop (cancelled, or the pool is closing). */
 bool job_cancelled (struct job *j);

@@ -18,7 +18,9 @@
  * REBUILD_WORKERS threads take columns from the sorted list, so that
  * device I/O and the journal commits of several columns overlap (their
  * commits share group commits).  Each holds one column at a time.  The
- * counts, the move list and the rate limit are under b->lock.
+ * counts, the move list and the rate limit's count are under b->lock;
+ * a worker sleeps for the rate limit after dropping it, since the others
+ * may be waiting for it with a column held.
  *
  * The old chunk headers are freed and the replaced extents returned at
  * the end, after volume_quiesce() has waited out every request that
@@ -594,6 +596,7 @@ worker (void *opaque)
   for (;;) {
     size_t i;
     int64_t io;
+    double due = 0;
 
     pthread_mutex_lock (&b->lock);
     if (b->stop || b->next >= b->nitems || job_cancelled (&b->job)) {
@@ -613,12 +616,14 @@ worker (void *opaque)
       r->errors = b->base.errors + b->bad_blocks;
       r->repaired = b->base.repaired + b->bad_blocks - b->no_good;
       r->unrepaired = b->base.unrepaired + b->no_space + b->no_copy;
-      /* Under the lock: the rate limit holds for all workers together. */
-      job_step (&b->job, io);
+      /* Under the lock: the rate limit holds for all workers together.
+       * The sleep is outside it (job.h). */
+      due = job_account (&b->job, io);
       if (job_save (&b->job, false) == -1)
         stop_with (b, strata_last_error ());
     }
     pthread_mutex_unlock (&b->lock);
+    job_pace (due);
   }
   device_thread_exit ();	/* this thread's io_uring */
   return NULL;

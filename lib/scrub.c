@@ -572,11 +572,12 @@ stop_with (struct scrub *s, const char *why)
 }
 
 /* After a chunk: the position and "done" of the record (see the design
- * notes), the rate limit and progress, and a commit now and then.
- * Called with s->lock held. */
-static void
+ * notes), progress, and a commit now and then.  Called with s->lock
+ * held.  Returns when the rate limit lets the worker go on (job_pace). */
+static double
 chunk_done (struct scrub *s, int64_t io)
 {
+  double due;
   struct meta_volume *mv = volume_meta (s->v);
   uint64_t pos = s->next, ndone = s->given;
 
@@ -590,9 +591,10 @@ chunk_done (struct scrub *s, int64_t io)
   s->job.rec.done = s->vol_done0 + ndone * mv->chunk_size;
   counts (s);
   /* Under the lock: the rate limit holds for all workers together. */
-  job_step (&s->job, io);
+  due = job_account (&s->job, io);
   if (job_save (&s->job, false) == -1)
     stop_with (s, strata_last_error ());
+  return due;
 }
 
 struct worker_arg {
@@ -618,6 +620,7 @@ worker (void *opaque)
   for (;;) {
     uint64_t idx;
     int64_t io = 0;
+    double due = 0;
 
     pthread_mutex_lock (&s->lock);
     while (s->next < s->n && !meta_chunk_get (mv, s->next))
@@ -642,8 +645,9 @@ worker (void *opaque)
     if (io == -1)
       stop_with (s, strata_last_error ());
     else
-      chunk_done (s, io);
+      due = chunk_done (s, io);
     pthread_mutex_unlock (&s->lock);
+    job_pace (due);
   }
  out:
   bufs_free (&w);
