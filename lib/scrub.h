@@ -7,8 +7,9 @@
  * copy of which matches is reported and left alone: scrub never
  * overwrites data it cannot prove wrong with data it cannot prove right.
  *
- * It runs in the serving process (online: columns are held one at a time
- * against writes, reads go on) or on a pool the CLI opened, rate-limited,
+ * It runs in the serving process (online: each of a few workers holds
+ * one column at a time against writes, reads go on) or on a pool the
+ * CLI opened, rate-limited, reading past the page cache (dev_req.media),
  * and records its place in the journal (job.h): a scrub that was stopped
  * in any way continues there the next time it is asked to run, unless
  * told to restart.
