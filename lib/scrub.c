@@ -47,7 +47,8 @@
 
 #define SCRUB_IO (1u << 20)	/* bytes per device read */
 #define SCRUB_WORKERS 4		/* columns checked at once, at most */
-#define SCRUB_MEM (64u << 20)	/* bound on the workers' read buffers */
+#define SCRUB_MEM (64u << 20)	/* read buffers of all workers, unless one
+				 * worker alone needs more */
 #define SCRUB_LIST_MAX 1000	/* findings kept for the report */
 #define SCRUB_LOG_MAX 100	/* bad blocks logged one by one */
 
