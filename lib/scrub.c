@@ -80,8 +80,14 @@ struct scrub {
   struct job job;
   struct job_volume *vols;
   size_t vi;			/* the volume being scrubbed */
-  struct finding *f;
+  struct finding *f;		/* the findings kept for the report */
   size_t nf, capf, dropped;
+  size_t last;			/* F[LAST] was noted last, or LASTDROP */
+  struct finding lastdrop;	/* LAST >= NF: the run last dropped, or
+				 * none if LAST is SIZE_MAX */
+  size_t seq;			/* findings made so far */
+  size_t maxat;			/* once full: F[MAXAT] sorts last, or
+				 * SIZE_MAX: not known */
   /* This run, per device: [META_MAX_DEVICES], as devices may be added
    * while it runs. */
   uint64_t *dev_errors, *dev_repaired;
@@ -111,40 +117,6 @@ struct scrub_bufs {
   uint8_t *bad;			/* per block: the copies that do not match */
 };
 
-static void
-note (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col,
-      struct meta_extent e, uint64_t b, uint8_t kind, bool repaired)
-{
-  uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
-  struct finding *last = s->nf ? &s->f[s->nf - 1] : NULL;
-
-  s->dev_errors[e.dev]++;
-  if (repaired)
-    s->dev_repaired[e.dev]++;
-  if (last && last->dev == e.dev && last->ext == e.ext && last->kind == kind
-      && last->repaired == repaired && last->b1 + 1 == b
-      && last->v1 + 1 == v0 && last->vol == s->vi) {
-    last->b1 = b;
-    last->v1 = v0 + STRATA_BLOCK - 1;
-    return;
-  }
-  if (s->nf == s->capf) {
-    size_t cap = s->capf ? s->capf * 2 : 64;
-    struct finding *nf;
-    if (s->nf >= SCRUB_LIST_MAX
-        || !(nf = realloc (s->f, MIN (cap, SCRUB_LIST_MAX) * sizeof *nf))) {
-      s->dropped++;
-      return;
-    }
-    s->f = nf;
-    s->capf = MIN (cap, SCRUB_LIST_MAX);
-  }
-  s->f[s->nf] = (struct finding) { e.dev, e.ext, b, b, s->vi, v0,
-                                   v0 + STRATA_BLOCK - 1, kind, repaired,
-                                   idx, col, s->nf };
-  s->nf++;
-}
-
 /* The order of a single-threaded run: volume, chunk, column, and the
  * order a column's findings were made in. */
 static int
@@ -159,6 +131,65 @@ finding_cmp (const void *a, const void *b)
   if (x->col != y->col)
     return x->col < y->col ? -1 : 1;
   return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Record a bad block: merged into the finding before it where it
+ * continues it (a column is noted in one go, under the lock), else a new
+ * finding.  Past SCRUB_LIST_MAX findings, those that come last in the
+ * report's order make way, so that the report lists the same findings
+ * whatever order the workers took the columns in; DROPPED counts the
+ * others (a run of blocks counts once). */
+static void
+note (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col,
+      struct meta_extent e, uint64_t b, uint8_t kind, bool repaired)
+{
+  uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
+  struct finding *last = s->last < s->nf ? &s->f[s->last] : &s->lastdrop;
+  struct finding f = { e.dev, e.ext, b, b, s->vi, v0, v0 + STRATA_BLOCK - 1,
+                       kind, repaired, idx, col, s->seq++ };
+  size_t at;
+
+  s->dev_errors[e.dev]++;
+  if (repaired)
+    s->dev_repaired[e.dev]++;
+  if (s->last != SIZE_MAX && last->dev == e.dev && last->ext == e.ext
+      && last->kind == kind && last->repaired == repaired
+      && last->b1 + 1 == b && last->v1 + 1 == v0 && last->vol == s->vi) {
+    last->b1 = b;
+    last->v1 = v0 + STRATA_BLOCK - 1;
+    return;
+  }
+  if (s->nf == s->capf && s->nf < SCRUB_LIST_MAX) {
+    size_t cap = MIN (s->capf ? s->capf * 2 : 64, SCRUB_LIST_MAX);
+    struct finding *nf = realloc (s->f, cap * sizeof *nf);
+    if (nf) {
+      s->f = nf;
+      s->capf = cap;
+    }
+  }
+  if (s->nf < s->capf)
+    at = s->nf++;
+  else {
+    /* Full: F takes the place of the finding that sorts last, if F
+     * sorts before it.  In a scrub going in order that is rare, so
+     * where that one is is kept until it is replaced. */
+    if (s->maxat >= s->nf) {
+      s->maxat = 0;
+      for (size_t i = 1; i < s->nf; i++)
+        if (finding_cmp (&s->f[i], &s->f[s->maxat]) > 0)
+          s->maxat = i;
+    }
+    at = s->maxat;
+    s->dropped++;
+    if (s->nf == 0 || finding_cmp (&f, &s->f[at]) > 0) {
+      s->lastdrop = f;
+      s->last = s->nf;		/* LASTDROP: F's run goes on being dropped */
+      return;
+    }
+    s->maxat = SIZE_MAX;
+  }
+  s->f[at] = f;
+  s->last = at;
 }
 
 static void
@@ -532,7 +563,7 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
              : f->kind == F_READ_ERROR ? "" : ", not repaired");
   }
   if (s->dropped)
-    fprintf (out, "  ... and %zu more (see the log)\n", s->dropped);
+    fprintf (out, "  ... and %zu more findings after these\n", s->dropped);
   fprintf (out, "blocks checked: %" PRIu64 "; errors: %" PRIu64, r->blocks,
            r->errors);
   {
@@ -691,7 +722,8 @@ int
 scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
 {
   struct meta *m = pool_meta (p);
-  struct scrub s = { .p = p, .o = o, .lock = PTHREAD_MUTEX_INITIALIZER };
+  struct scrub s = { .p = p, .o = o, .lock = PTHREAD_MUTEX_INITIALIZER,
+                    .last = SIZE_MAX, .maxat = SIZE_MAX };
   struct meta_job prev;
   uint32_t vol = 0;
   ssize_t nv;

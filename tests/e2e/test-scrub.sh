@@ -4,7 +4,8 @@
 # block, then a whole member overwritten behind strata's back are named
 # by device and extent, repaired with --repair (online and offline), and
 # a second scrub finds nothing; a block with no good copy is reported and
-# left alone; a scrub killed with kill -9 continues where it was.
+# left alone; a scrub killed with kill -9 continues where it was; past
+# 1000 findings the report lists the same first 1000 on every run.
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 
@@ -170,3 +171,45 @@ assert r["errors"] == 0, r
 PY
 stop_server
 ok "kill -9 at $done1 of $total bytes: the next scrub continued there and finished"
+
+# 7. More findings than the report keeps (1000): it lists the first in
+# chunk order whatever order the workers took the columns in, and counts
+# the rest.  Every other block of copy 0 of column 0 of chunks 0-2:
+# 3 x 512 separate findings.
+for c in 0 1 2; do copy_at r2 $c 0 0; done > "$T/many.at"
+$PY - "$T/many.at" "$T" $ES <<'PY'
+import os, sys
+for line in open(sys.argv[1]):
+    dev, ext, data = line.split()
+    fd = os.open("%s/%s.img" % (sys.argv[2], dev), os.O_WRONLY)
+    base = int(data) + int(ext) * int(sys.argv[3])
+    for b in range(0, 1024, 2):
+        os.pwrite(fd, b"\x5a" * 64, base + b * 4096 + 100)
+    os.close(fd)
+PY
+for run in 1 2 3; do
+  "$STRATA" scrub "$CONFIG" r2 --json > "$T/many$run.json" 2>/dev/null \
+    && fail "scrub found nothing wrong in 1536 corrupted blocks"
+  $PY - "$T/many$run.json" "$T/many.at" <<'PY' || fail "report of 1536 findings (run $run): $(head -c 600 "$T/many$run.json")"
+import json, sys
+r = json.load(open(sys.argv[1]))
+want = []
+for line in open(sys.argv[2]):
+    dev, ext, _ = line.split()
+    want += [(dev, int(ext), b) for b in range(0, 1024, 2)]
+got = [(f["device"], f["extent"], f["blocks"][0]) for f in r["findings"]]
+assert all(f["blocks"][0] == f["blocks"][1] for f in r["findings"]), r["findings"][:3]
+assert r["errors"] == 1536, r["errors"]
+assert got == want[:1000], (got[:3], got[-3:], want[998:1001])
+assert r["findings_dropped"] == 536, r["findings_dropped"]
+PY
+done
+"$STRATA" scrub "$CONFIG" r2 > "$T/many.out" 2>/dev/null && fail "scrub (text) found nothing wrong in 1536 corrupted blocks"
+[ "$(grep -c 'checksum mismatch, not repaired$' "$T/many.out")" = 1000 ] && grep -q "^  \.\.\. and 536 more findings after these$" "$T/many.out" \
+  || fail "text report of 1536 findings: $(tail -3 "$T/many.out")"
+"$STRATA" scrub "$CONFIG" r2 --repair > /dev/null 2>&1 || fail "scrub --repair of 1536 blocks failed"
+"$STRATA" scrub "$CONFIG" r2 > "$T/s12.out" 2>&1 || fail "scrub after repairing 1536 blocks: $(cat "$T/s12.out")"
+start_server
+check_data
+stop_server
+ok "1536 findings, 3 runs: each report lists the first 1000 in chunk order and counts 536 more"
