@@ -66,6 +66,8 @@ struct move {
   uint64_t idx;
   uint32_t col;
   struct meta_extent from, to;
+  size_t ord;			/* its column's place in items[], and */
+  uint32_t r;			/* which copy */
 };
 
 struct rebuild {
@@ -81,8 +83,8 @@ struct rebuild {
   size_t nitems, capitems;
   struct meta_extent *old;	/* extents to return after the reap */
   size_t nold, capold;
-  struct move *moves;
-  size_t nmoves, capmoves;
+  struct move *moves;		/* the first in items[] order (list_move) */
+  size_t nmoves, capmoves, moves_dropped;
   uint64_t copied, bad_blocks, no_good, no_space, no_copy;
   uint64_t resynced;		/* stale copies copied in place */
   int err;
@@ -214,6 +216,36 @@ push (void **arr, size_t *n, size_t *cap, size_t size, const void *x)
   }
   memcpy ((char *) *arr + *n * size, x, size);
   (*n)++;
+  return 0;
+}
+
+static int
+move_cmp (const void *a, const void *b)
+{
+  const struct move *x = a, *y = b;
+
+  if (x->ord != y->ord)
+    return x->ord < y->ord ? -1 : 1;
+  return x->r < y->r ? -1 : x->r > y->r;
+}
+
+/* Keep MO for the report: the list holds the REBUILD_LIST_MAX moves
+ * that come first in the order of items[], whatever order the workers
+ * made them in.  Under b->lock. */
+static int
+list_move (struct rebuild *b, const struct move *mo)
+{
+  size_t last = 0;
+
+  if (b->nmoves < REBUILD_LIST_MAX)
+    return push ((void **) &b->moves, &b->nmoves, &b->capmoves, sizeof *mo,
+                 mo);
+  b->moves_dropped++;
+  for (size_t i = 1; i < b->nmoves; i++)
+    if (move_cmp (&b->moves[i], &b->moves[last]) > 0)
+      last = i;
+  if (move_cmp (mo, &b->moves[last]) < 0)
+    b->moves[last] = *mo;
   return 0;
 }
 
@@ -453,13 +485,12 @@ rebuild_column (struct rebuild *b, const struct item *it)
         io = -1;
         goto out;
       }
-      mo = (struct move) { it->vi, it->idx, it->col, from, from };
+      mo = (struct move) { it->vi, it->idx, it->col, from, from,
+                           (size_t) (it - b->items), r };
       pthread_mutex_lock (&b->lock);
       b->copied += es;
       b->resynced++;
-      if (b->nmoves < REBUILD_LIST_MAX
-          && push ((void **) &b->moves, &b->nmoves, &b->capmoves, sizeof mo,
-                   &mo) == -1)
+      if (list_move (b, &mo) == -1)
         io = -1;
       pthread_mutex_unlock (&b->lock);
       if (io == -1)
@@ -489,15 +520,14 @@ rebuild_column (struct rebuild *b, const struct item *it)
       goto out;
     }
     keep[nkeep++] = to;
-    mo = (struct move) { it->vi, it->idx, it->col, from, to };
+    mo = (struct move) { it->vi, it->idx, it->col, from, to,
+                         (size_t) (it - b->items), r };
     pthread_mutex_lock (&b->lock);
     b->copied += es;
     b->touched[it->vi] = true;
     if (push ((void **) &b->old, &b->nold, &b->capold, sizeof from, &from)
         == -1
-        || (b->nmoves < REBUILD_LIST_MAX
-            && push ((void **) &b->moves, &b->nmoves, &b->capmoves,
-                     sizeof mo, &mo) == -1))
+        || list_move (b, &mo) == -1)
       io = -1;
     pthread_mutex_unlock (&b->lock);
     if (io == -1)
@@ -638,6 +668,8 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
   uint64_t left = b->no_space + b->no_copy;
   char a[32], s[32];
 
+  if (b->nmoves > 1)
+    qsort (b->moves, b->nmoves, sizeof *b->moves, move_cmp);
   if (b->o->json) {
     fprintf (out, "{\"job\":\"rebuild\",\"state\":\"%s\",\"resumed\":%s,"
              "\"columns\":%" PRIu64 ",\"total\":%" PRIu64 ",\"bytes\":%"
@@ -657,7 +689,8 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
                mo->col, m->devices[mo->from.dev].name, mo->from.ext,
                m->devices[mo->to.dev].name, mo->to.ext);
     }
-    fprintf (out, "],\"metadata_moves\":[");
+    fprintf (out, "],\"moves_dropped\":%zu,\"metadata_moves\":[",
+             b->moves_dropped);
     for (uint32_t i = 0; i < b->nmeta_moves; i++)
       fprintf (out, "%s{\"from\":\"%s\",\"to\":\"%s\"}", i ? "," : "",
                m->devices[b->meta_from[i]].name,
@@ -692,8 +725,9 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              meta_dev_state_name (m->devices[mo->from.dev].state),
              m->devices[mo->to.dev].name, mo->to.ext);
   }
-  if (b->nmoves == REBUILD_LIST_MAX)
-    fprintf (out, "  ... (the first %d are listed)\n", REBUILD_LIST_MAX);
+  if (b->moves_dropped)
+    fprintf (out, "  ... and %zu more copies after these\n",
+             b->moves_dropped);
   if (b->resynced)
     fprintf (out, "stale copies brought up to date: %" PRIu64 "\n",
              b->resynced);

@@ -1,6 +1,6 @@
 /* Unit tests: block checksums, self-healing reads and crash resync
  * (csum.c, resync.c), with damage done behind the pool's back to the
- * backing files. */
+ * backing files; the rebuild's report (rebuild.c). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,6 +13,7 @@
 #include "crc32c.h"
 #include "error.h"
 #include "pool.h"
+#include "rebuild.h"
 #include "resync.h"
 #include "suites.h"
 #include "volume.h"
@@ -319,6 +320,88 @@ START_TEST (test_crash_resync)
 }
 END_TEST
 
+/* A rebuild that gives more columns a copy than its report lists
+ * (100): it lists the first 100 in the order the columns are taken
+ * (fewest copies first, then volume, chunk and column: here chunk
+ * order), whichever of its workers copied them, and counts the rest. */
+START_TEST (test_rebuild_report)
+{
+  char *dir = test_tmpdir ();
+  const char *text =
+    "pool: { name: i, extent_size: 1MiB, metadata_size: 4MiB,\n"
+    "        control_socket: i.sock }\n"
+    "devices:\n"
+    "  - { name: d0, path: d0.img, size: 384MiB }\n"
+    "  - { name: d1, path: d1.img, size: 384MiB }\n"
+    "  - { name: d2, path: d2.img, size: 384MiB }\n"
+    "  - { name: d3, path: d3.img, size: 384MiB }\n"
+    "volumes:\n"
+    "  - { name: v, size: 256MiB, replicas: 2 }\n";
+  struct rebuild_opts o = { .json = true, .drain = -1, .prefer = -1,
+                            .resync = -1 };
+  uint64_t want[256], n = 0, k = 0, dropped;
+  char *buf = malloc (8 * MIB), *out = NULL, *at;
+  size_t outlen;
+  struct meta_volume *mv;
+  struct config *c;
+  struct pool *p;
+  struct volume *v;
+  FILE *f, *devnull;
+
+  ck_assert_msg (config_parse_string (text, "i.yaml", dir, &c) == 0, "%s",
+                 strata_last_error ());
+  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
+  v = volume_open (p, "v");
+  fill (buf, 8 * MIB, 7);
+  for (uint64_t off = 0; off < 256 * MIB; off += 8 * MIB)
+    ck_assert_int_eq (volume_pwrite (v, buf, 8 * MIB, off, false), 0);
+  volume_close (v);
+
+  /* The chunks with a copy on d0, in order. */
+  mv = meta_find_volume (pool_meta (p), "v");
+  for (uint64_t i = 0; i < 256; i++) {
+    struct meta_chunk *ch = meta_chunk_get (mv, i);
+    ck_assert_ptr_nonnull (ch);
+    if (ch->ext[0].dev == 0 || ch->ext[1].dev == 0)
+      want[n++] = i;
+  }
+  ck_assert_uint_gt (n, 100);	/* more than the report lists */
+
+  /* d0's copies move to the three others, and its metadata replica (if
+   * it has one) to the one that has none. */
+  ck_assert_int_eq (pool_device_fail (p, 0, "unit test"), 0);
+  f = open_memstream (&out, &outlen);
+  devnull = fopen ("/dev/null", "w");
+  ck_assert_int_eq (rebuild_run (p, &o, f, devnull), 0);
+  fclose (f);
+  fclose (devnull);
+  pool_close (p);
+
+  at = strstr (out, "\"moves\":[");
+  ck_assert_ptr_nonnull (at);
+  while ((at = strstr (at, "\"chunk\":"))
+         && at < strstr (out, "\"moves_dropped\"")) {
+    unsigned long long idx = strtoull (at + 8, &at, 10);
+    ck_assert_uint_lt (k, 100);
+    ck_assert_uint_eq (idx, want[k]);
+    k++;
+  }
+  ck_assert_uint_eq (k, 100);
+  at = strstr (out, "\"moves_dropped\":");
+  ck_assert_ptr_nonnull (at);
+  dropped = strtoull (at + 16, NULL, 10);
+  ck_assert_uint_eq (dropped, n - 100);
+
+  free (out);
+  free (buf);
+  config_free (c);
+  test_rmdir (dir);
+}
+END_TEST
+
 Suite *
 integrity_suite (void)
 {
@@ -330,6 +413,7 @@ integrity_suite (void)
   tcase_add_test (tc, test_no_good_copy);
   tcase_add_test (tc, test_slot_damage);
   tcase_add_test (tc, test_crash_resync);
+  tcase_add_test (tc, test_rebuild_report);
   suite_add_tcase (s, tc);
   return s;
 }
