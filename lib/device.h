@@ -138,7 +138,9 @@ void device_threads_start (void);
  * also released when the thread exits. */
 void device_thread_exit (void);
 
-/* Allocate a 4 KiB aligned buffer (NULL on failure). */
+/* Allocate a 4 KiB aligned buffer for I/O (NULL on failure); one of
+ * 2 MiB or more is 2 MiB aligned and backed by huge pages where the
+ * kernel has them, so that a large request is not split.  free() it. */
 void *device_alloc_buf (size_t len);
 
 #endif /* STRATA_DEVICE_H */
