@@ -150,25 +150,34 @@ device_thread_exit (void)
   }
 }
 
-/* A buffer of 4 KiB pages gives an O_DIRECT request one segment per
- * page, and a disk takes a limited number per request (254 on virtio
- * disks): a 1 MiB request is split in two there, and a 4 MiB one in
- * five.  Large buffers are therefore 2 MiB aligned and asked to be
- * backed by huge pages, which are physically contiguous; where the
- * kernel has none to give, they are ordinary pages. */
-#define HUGE_PAGE (2u << 20)
-
 void *
 device_alloc_buf (size_t len)
 {
-  size_t align = len >= HUGE_PAGE ? HUGE_PAGE : STRATA_BLOCK;
   void *p;
 
-  len = len ? round_up (len, align) : STRATA_BLOCK;
-  if (posix_memalign (&p, align, len) != 0)
+  if (posix_memalign (&p, STRATA_BLOCK, len ? round_up (len, STRATA_BLOCK)
+                                            : STRATA_BLOCK) != 0)
     return NULL;
-  if (align == HUGE_PAGE)
-    (void) madvise (p, len, MADV_HUGEPAGE);
+  return p;
+}
+
+/* A buffer of 4 KiB pages gives an O_DIRECT request one segment per
+ * page, and a disk takes a limited number per request (254 on virtio
+ * disks): a 1 MiB request is split in two there.  Huge pages are
+ * physically contiguous.  Only for buffers that are kept or that move a
+ * lot of data: a fresh huge page costs a fault that clears 2 MiB, too
+ * much for a buffer of one small write. */
+#define HUGE_PAGE (2u << 20)
+
+void *
+device_alloc_huge (size_t len)
+{
+  void *p;
+
+  len = round_up (len ? len : 1, HUGE_PAGE);
+  if (posix_memalign (&p, HUGE_PAGE, len) != 0)
+    return NULL;
+  (void) madvise (p, len, MADV_HUGEPAGE);
   return p;
 }
 

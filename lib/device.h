@@ -138,9 +138,13 @@ void device_threads_start (void);
  * also released when the thread exits. */
 void device_thread_exit (void);
 
-/* Allocate a 4 KiB aligned buffer for I/O (NULL on failure); one of
- * 2 MiB or more is 2 MiB aligned and backed by huge pages where the
- * kernel has them, so that a large request is not split.  free() it. */
+/* Allocate a 4 KiB aligned buffer (NULL on failure). */
 void *device_alloc_buf (size_t len);
+
+/* Allocate a buffer for large requests (NULL on failure): 2 MiB aligned
+ * and backed by huge pages where the kernel has them, so that a request
+ * reaches the disk whole instead of split at its segment limit.  For
+ * buffers that are reused or move megabytes; free() it. */
+void *device_alloc_huge (size_t len);
 
 #endif /* STRATA_DEVICE_H */

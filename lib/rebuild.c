@@ -448,7 +448,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
   }
   begun = true;
   if (!(cs = csum_get (p, mv, c, it->col))
-      || !(buf = device_alloc_buf (es))) {
+      || !(buf = device_alloc_huge (es))) {
     io = -1;
     goto out;
   }

@@ -217,7 +217,7 @@ bufs_alloc (struct scrub_bufs *w, struct pool *p, uint32_t R)
   size_t nb = es / STRATA_BLOCK;
 
   for (uint32_t r = 0; r < R; r++)
-    if (!(w->buf[r] = device_alloc_buf (es))
+    if (!(w->buf[r] = device_alloc_huge (es))
         || !(w->slot[r] = device_alloc_buf (format_csum_slot (es))))
       return strata_error (ENOMEM, "out of memory");
   /* The reads (R per SCRUB_IO and a slot each), then the repairs (at
