@@ -167,15 +167,14 @@ device_alloc_buf (size_t len)
  * physically contiguous.  Only for buffers that are kept or that move a
  * lot of data: a fresh huge page costs a fault that clears 2 MiB, too
  * much for a buffer of one small write. */
-#define HUGE_PAGE (2u << 20)
 
 void *
 device_alloc_huge (size_t len)
 {
   void *p;
 
-  len = round_up (len ? len : 1, HUGE_PAGE);
-  if (posix_memalign (&p, HUGE_PAGE, len) != 0)
+  len = round_up (len ? len : 1, DEVICE_HUGE_PAGE);
+  if (posix_memalign (&p, DEVICE_HUGE_PAGE, len) != 0)
     return NULL;
   (void) madvise (p, len, MADV_HUGEPAGE);
   return p;

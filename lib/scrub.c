@@ -39,6 +39,7 @@
 
 #include "crc32c.h"
 #include "csum.h"
+#include "device.h"
 #include "error.h"
 #include "job.h"
 #include "scrub.h"
@@ -693,7 +694,8 @@ static int
 scrub_volume (struct scrub *s, struct volume *v, uint64_t first)
 {
   struct meta_volume *mv = volume_meta (v);
-  uint64_t per = (uint64_t) mv->replicas * pool_meta (s->p)->extent_size;
+  uint64_t per = (uint64_t) mv->replicas
+    * round_up (pool_meta (s->p)->extent_size, DEVICE_HUGE_PAGE);
   int nw = MAX (1, MIN (SCRUB_WORKERS, (int) (SCRUB_MEM / per)));
   struct worker_arg a[SCRUB_WORKERS];
   pthread_t t[SCRUB_WORKERS];
