@@ -398,10 +398,11 @@ count (struct rebuild *b, uint64_t *what)
   pthread_mutex_unlock (&b->lock);
 }
 
-/* Give column IT its lost copies.  Returns device bytes moved, or -1 on
- * a failure that stops the rebuild. */
+/* Give column IT its lost copies, through BUF (an extent's size, the
+ * worker's own).  Returns device bytes moved, or -1 on a failure that
+ * stops the rebuild. */
 static int64_t
-rebuild_column (struct rebuild *b, const struct item *it)
+rebuild_column (struct rebuild *b, const struct item *it, char *buf)
 {
   struct pool *p = b->p;
   struct volume *v = handle (b, it->vi);
@@ -411,7 +412,6 @@ rebuild_column (struct rebuild *b, const struct item *it)
   uint32_t nkeep = 0, src = 0, wanted = 0, R;
   struct meta_chunk *c;
   uint32_t *cs;
-  char *buf = NULL;
   int64_t io = 0, k;
   bool begun = false;
 
@@ -447,8 +447,7 @@ rebuild_column (struct rebuild *b, const struct item *it)
     goto out;
   }
   begun = true;
-  if (!(cs = csum_get (p, mv, c, it->col))
-      || !(buf = device_alloc_huge (es))) {
+  if (!(cs = csum_get (p, mv, c, it->col))) {
     io = -1;
     goto out;
   }
@@ -537,7 +536,6 @@ rebuild_column (struct rebuild *b, const struct item *it)
   if (begun)
     resync_write_end (c, it->col);	/* the column state is shared */
   volume_column_release (v, it->idx, it->col, 0, es);
-  free (buf);
   return io;
 }
 
@@ -622,8 +620,17 @@ static void *
 worker (void *opaque)
 {
   struct rebuild *b = opaque;
+  /* One column buffer for the worker's whole run: a fresh huge page
+   * costs a fault that clears it, once per worker instead of per
+   * column. */
+  char *buf = device_alloc_huge (pool_meta (b->p)->extent_size);
 
-  for (;;) {
+  if (!buf) {
+    pthread_mutex_lock (&b->lock);
+    stop_with (b, "out of memory for a column buffer");
+    pthread_mutex_unlock (&b->lock);
+  }
+  while (buf) {
     size_t i;
     int64_t io;
     double due = 0;
@@ -635,7 +642,7 @@ worker (void *opaque)
     }
     i = b->next++;
     pthread_mutex_unlock (&b->lock);
-    io = rebuild_column (b, &b->items[i]);
+    io = rebuild_column (b, &b->items[i], buf);
     pthread_mutex_lock (&b->lock);
     if (io == -1)
       stop_with (b, strata_last_error ());
@@ -655,6 +662,7 @@ worker (void *opaque)
     pthread_mutex_unlock (&b->lock);
     job_pace (due);
   }
+  free (buf);
   device_thread_exit ();	/* this thread's io_uring */
   return NULL;
 }
