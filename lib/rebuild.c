@@ -83,8 +83,7 @@ struct rebuild {
   size_t nitems, capitems;
   struct meta_extent *old;	/* extents to return after the reap */
   size_t nold, capold;
-  struct move *moves;		/* the first in items[] order (list_move) */
-  size_t nmoves, capmoves, moves_dropped;
+  struct util_first moves;	/* the first in items[] order (move_cmp) */
   uint64_t copied, bad_blocks, no_good, no_space, no_copy;
   uint64_t resynced;		/* stale copies copied in place */
   int err;
@@ -219,6 +218,8 @@ push (void **arr, size_t *n, size_t *cap, size_t size, const void *x)
   return 0;
 }
 
+/* The report's order, the one a single worker would copy in: items[],
+ * then replica. */
 static int
 move_cmp (const void *a, const void *b)
 {
@@ -227,26 +228,6 @@ move_cmp (const void *a, const void *b)
   if (x->ord != y->ord)
     return x->ord < y->ord ? -1 : 1;
   return x->r < y->r ? -1 : x->r > y->r;
-}
-
-/* Keep MO for the report: the list holds the REBUILD_LIST_MAX moves
- * that come first in the order of items[], whatever order the workers
- * made them in.  Under b->lock. */
-static int
-list_move (struct rebuild *b, const struct move *mo)
-{
-  size_t last = 0;
-
-  if (b->nmoves < REBUILD_LIST_MAX)
-    return push ((void **) &b->moves, &b->nmoves, &b->capmoves, sizeof *mo,
-                 mo);
-  b->moves_dropped++;
-  for (size_t i = 1; i < b->nmoves; i++)
-    if (move_cmp (&b->moves[i], &b->moves[last]) > 0)
-      last = i;
-  if (move_cmp (mo, &b->moves[last]) < 0)
-    b->moves[last] = *mo;
-  return 0;
 }
 
 /* Read the column from SRC (a mask of replicas that can be read) into
@@ -489,11 +470,8 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
       pthread_mutex_lock (&b->lock);
       b->copied += es;
       b->resynced++;
-      if (list_move (b, &mo) == -1)
-        io = -1;
+      (void) util_first_offer (&b->moves, &mo);
       pthread_mutex_unlock (&b->lock);
-      if (io == -1)
-        goto out;
       continue;
     }
     if (alloc_replica (pool_alloc (p), mv->class, keep, nkeep, b->o->prefer,
@@ -524,9 +502,9 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
     pthread_mutex_lock (&b->lock);
     b->copied += es;
     b->touched[it->vi] = true;
+    (void) util_first_offer (&b->moves, &mo);
     if (push ((void **) &b->old, &b->nold, &b->capold, sizeof from, &from)
-        == -1
-        || list_move (b, &mo) == -1)
+        == -1)
       io = -1;
     pthread_mutex_unlock (&b->lock);
     if (io == -1)
@@ -676,8 +654,7 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
   uint64_t left = b->no_space + b->no_copy;
   char a[32], s[32];
 
-  if (b->nmoves > 1)
-    qsort (b->moves, b->nmoves, sizeof *b->moves, move_cmp);
+  util_first_sort (&b->moves);
   if (b->o->json) {
     fprintf (out, "{\"job\":\"rebuild\",\"state\":\"%s\",\"resumed\":%s,"
              "\"columns\":%" PRIu64 ",\"total\":%" PRIu64 ",\"bytes\":%"
@@ -689,8 +666,8 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              resumed ? "true" : "false", r->done, r->total, b->copied,
              b->bad_blocks, b->no_good, b->no_space, b->no_copy, b->resynced,
              secs, b->job.io);
-    for (size_t i = 0; i < b->nmoves; i++) {
-      struct move *mo = &b->moves[i];
+    for (size_t i = 0; i < b->moves.n; i++) {
+      struct move *mo = (struct move *) b->moves.items + i;
       fprintf (out, "%s{\"volume\":\"%s\",\"chunk\":%" PRIu64 ",\"column\":%"
                PRIu32 ",\"from\":[\"%s\",%" PRIu32 "],\"to\":[\"%s\",%"
                PRIu32 "]}", i ? "," : "", b->vols[mo->vi].name, mo->idx,
@@ -698,7 +675,7 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
                m->devices[mo->to.dev].name, mo->to.ext);
     }
     fprintf (out, "],\"moves_dropped\":%zu,\"metadata_moves\":[",
-             b->moves_dropped);
+             b->moves.dropped);
     for (uint32_t i = 0; i < b->nmeta_moves; i++)
       fprintf (out, "%s{\"from\":\"%s\",\"to\":\"%s\"}", i ? "," : "",
                m->devices[b->meta_from[i]].name,
@@ -717,8 +694,8 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              m->devices[b->meta_from[i]].name,
              meta_dev_state_name (m->devices[b->meta_from[i]].state),
              m->devices[b->meta_to[i]].name);
-  for (size_t i = 0; i < b->nmoves; i++) {
-    struct move *mo = &b->moves[i];
+  for (size_t i = 0; i < b->moves.n; i++) {
+    struct move *mo = (struct move *) b->moves.items + i;
     if (mo->from.dev == mo->to.dev && mo->from.ext == mo->to.ext) {
       fprintf (out, "  volume %s chunk %" PRIu64 " column %" PRIu32 ": "
                "stale copy on %s, extent %" PRIu32 ", copied again\n",
@@ -733,9 +710,9 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
              meta_dev_state_name (m->devices[mo->from.dev].state),
              m->devices[mo->to.dev].name, mo->to.ext);
   }
-  if (b->moves_dropped)
+  if (b->moves.dropped)
     fprintf (out, "  ... and %zu more copies after these\n",
-             b->moves_dropped);
+             b->moves.dropped);
   if (b->resynced)
     fprintf (out, "stale copies brought up to date: %" PRIu64 "\n",
              b->resynced);
@@ -808,7 +785,10 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
              FILE *err)
 {
   struct meta *m = pool_meta (p);
-  struct rebuild b = { .lock = PTHREAD_MUTEX_INITIALIZER, .p = p, .o = o };
+  struct rebuild b = { .lock = PTHREAD_MUTEX_INITIALIZER, .p = p, .o = o,
+                       .moves = { .max = REBUILD_LIST_MAX,
+                                  .size = sizeof (struct move),
+                                  .cmp = move_cmp } };
   struct meta_job prev;
   ssize_t nv;
   bool finished = false, resumed = false;
@@ -901,6 +881,6 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   free (b.vols);
   free (b.items);
   free (b.old);
-  free (b.moves);
+  util_first_free (&b.moves);
   return ret;
 }

@@ -81,14 +81,11 @@ struct scrub {
   struct job job;
   struct job_volume *vols;
   size_t vi;			/* the volume being scrubbed */
-  struct finding *f;		/* the findings kept for the report */
-  size_t nf, capf, dropped;
-  size_t last;			/* F[LAST] was noted last, or LASTDROP */
-  struct finding lastdrop;	/* LAST >= NF: the run last dropped, or
-				 * none if LAST is SIZE_MAX */
+  struct util_first found;	/* the findings kept for the report */
+  struct finding *last;		/* noted last: in FOUND or LASTDROP, or
+				 * NULL */
+  struct finding lastdrop;	/* the run last dropped */
   size_t seq;			/* findings made so far */
-  size_t maxat;			/* once full: F[MAXAT] sorts last, or
-				 * SIZE_MAX: not known */
   /* This run, per device: [META_MAX_DEVICES], as devices may be added
    * while it runs. */
   uint64_t *dev_errors, *dev_repaired;
@@ -138,59 +135,34 @@ finding_cmp (const void *a, const void *b)
  * continues it (a column is noted in one go, under the lock), else a new
  * finding.  Past SCRUB_LIST_MAX findings, those that come last in the
  * report's order make way, so that the report lists the same findings
- * whatever order the workers took the columns in; DROPPED counts the
- * others (a run of blocks counts once). */
+ * whatever order the workers took the columns in; FOUND.dropped counts
+ * the others (a run of blocks counts once). */
 static void
 note (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col,
       struct meta_extent e, uint64_t b, uint8_t kind, bool repaired)
 {
   uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
-  struct finding *last = s->last < s->nf ? &s->f[s->last] : &s->lastdrop;
+  struct finding *last = s->last;
   struct finding f = { e.dev, e.ext, b, b, s->vi, v0, v0 + STRATA_BLOCK - 1,
                        kind, repaired, idx, col, s->seq++ };
-  size_t at;
 
   s->dev_errors[e.dev]++;
   if (repaired)
     s->dev_repaired[e.dev]++;
-  if (s->last != SIZE_MAX && last->dev == e.dev && last->ext == e.ext
+  if (last && last->dev == e.dev && last->ext == e.ext
       && last->kind == kind && last->repaired == repaired
       && last->b1 + 1 == b && last->v1 + 1 == v0 && last->vol == s->vi) {
     last->b1 = b;
     last->v1 = v0 + STRATA_BLOCK - 1;
     return;
   }
-  if (s->nf == s->capf && s->nf < SCRUB_LIST_MAX) {
-    size_t cap = MIN (s->capf ? s->capf * 2 : 64, SCRUB_LIST_MAX);
-    struct finding *nf = realloc (s->f, cap * sizeof *nf);
-    if (nf) {
-      s->f = nf;
-      s->capf = cap;
-    }
+  /* A new run: where it is kept, or, when the list keeps findings that
+   * sort before it, LASTDROP, so that the rest of the run is dropped
+   * with it and counted once. */
+  if (!(s->last = util_first_offer (&s->found, &f))) {
+    s->lastdrop = f;
+    s->last = &s->lastdrop;
   }
-  if (s->nf < s->capf)
-    at = s->nf++;
-  else {
-    /* Full: F takes the place of the finding that sorts last, if F
-     * sorts before it.  In a scrub going in order that is rare, so
-     * where that one is is kept until it is replaced. */
-    if (s->maxat >= s->nf) {
-      s->maxat = 0;
-      for (size_t i = 1; i < s->nf; i++)
-        if (finding_cmp (&s->f[i], &s->f[s->maxat]) > 0)
-          s->maxat = i;
-    }
-    at = s->maxat;
-    s->dropped++;
-    if (s->nf == 0 || finding_cmp (&f, &s->f[at]) > 0) {
-      s->lastdrop = f;
-      s->last = s->nf;		/* LASTDROP: F's run goes on being dropped */
-      return;
-    }
-    s->maxat = SIZE_MAX;
-  }
-  s->f[at] = f;
-  s->last = at;
 }
 
 static void
@@ -503,8 +475,7 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
   double secs = job_elapsed (&s->job);
   char a[32], b[32];
 
-  if (s->nf)
-    qsort (s->f, s->nf, sizeof *s->f, finding_cmp);
+  util_first_sort (&s->found);
 
   if (s->o->json) {
     fprintf (out, "{\"job\":\"scrub\",\"state\":\"%s\",\"volume\":", state);
@@ -527,8 +498,8 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
                PRIu64 "}", i ? "," : "", m->devices[i].name,
                s->dev_errors[i], s->dev_repaired[i]);
     fprintf (out, "],\"findings\":[");
-    for (size_t i = 0; i < s->nf; i++) {
-      struct finding *f = &s->f[i];
+    for (size_t i = 0; i < s->found.n; i++) {
+      struct finding *f = (struct finding *) s->found.items + i;
       fprintf (out, "%s{\"device\":\"%s\",\"extent\":%" PRIu32 ",\"blocks\":[%"
                PRIu64 ",%" PRIu64 "],\"volume\":\"%s\",\"bytes\":[%" PRIu64
                ",%" PRIu64 "],\"problem\":\"%s\",\"repaired\":%s}",
@@ -536,7 +507,7 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
                s->vols[f->vol].name, f->v0, f->v1, kind_text[f->kind],
                f->repaired ? "true" : "false");
     }
-    fprintf (out, "],\"findings_dropped\":%zu}\n", s->dropped);
+    fprintf (out, "],\"findings_dropped\":%zu}\n", s->found.dropped);
     return;
   }
 
@@ -546,8 +517,8 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
            util_human_size (r->done, a, sizeof a), secs,
            util_human_size (secs > 0 ? s->job.io / secs : 0, b, sizeof b),
            resumed ? ", continuing an interrupted scrub" : "");
-  for (size_t i = 0; i < s->nf; i++) {
-    struct finding *f = &s->f[i];
+  for (size_t i = 0; i < s->found.n; i++) {
+    struct finding *f = (struct finding *) s->found.items + i;
     char blocks[64];
     if (f->b0 == f->b1)
       snprintf (blocks, sizeof blocks, "block %" PRIu64, f->b0);
@@ -563,8 +534,9 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
              : f->kind == F_NO_GOOD_COPY ? ", left alone"
              : f->kind == F_READ_ERROR ? "" : ", not repaired");
   }
-  if (s->dropped)
-    fprintf (out, "  ... and %zu more findings after these\n", s->dropped);
+  if (s->found.dropped)
+    fprintf (out, "  ... and %zu more findings after these\n",
+             s->found.dropped);
   fprintf (out, "blocks checked: %" PRIu64 "; errors: %" PRIu64, r->blocks,
            r->errors);
   {
@@ -725,7 +697,9 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
 {
   struct meta *m = pool_meta (p);
   struct scrub s = { .p = p, .o = o, .lock = PTHREAD_MUTEX_INITIALIZER,
-                    .last = SIZE_MAX, .maxat = SIZE_MAX };
+                    .found = { .max = SCRUB_LIST_MAX,
+                                          .size = sizeof (struct finding),
+                                          .cmp = finding_cmp } };
   struct meta_job prev;
   uint32_t vol = 0;
   ssize_t nv;
@@ -824,7 +798,7 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
  out:
   pool_job_release (p, META_JOB_SCRUB);
   free (s.vols);
-  free (s.f);
+  util_first_free (&s.found);
   free (s.dev_errors);
   free (s.dev_repaired);
   return ret;

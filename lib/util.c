@@ -1,6 +1,7 @@
 /* strata: small helpers (see util.h). */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/random.h>
@@ -76,4 +77,58 @@ util_now_ms (void)
 
   clock_gettime (CLOCK_MONOTONIC, &ts);
   return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void *
+util_first_offer (struct util_first *l, const void *x)
+{
+  char *at;
+
+  if (l->n == l->cap && l->n < l->max) {
+    size_t cap = MIN (l->cap ? l->cap * 2 : 64, l->max);
+    void *a = realloc (l->items, cap * l->size);
+    if (a) {
+      l->items = a;
+      l->cap = cap;
+    }
+  }
+  if (l->n < l->cap) {
+    at = (char *) l->items + l->n++ * l->size;
+    memcpy (at, x, l->size);
+    return at;
+  }
+  /* Full.  Offered in order, each item sorts after the kept ones and is
+   * dropped, so where the last one is is kept until it is replaced. */
+  l->dropped++;
+  if (l->n == 0)
+    return NULL;
+  if (!l->know_last) {
+    l->lastat = 0;
+    for (size_t i = 1; i < l->n; i++)
+      if (l->cmp ((char *) l->items + i * l->size,
+                  (char *) l->items + l->lastat * l->size) > 0)
+        l->lastat = i;
+    l->know_last = true;
+  }
+  at = (char *) l->items + l->lastat * l->size;
+  if (l->cmp (x, at) >= 0)
+    return NULL;
+  memcpy (at, x, l->size);
+  l->know_last = false;
+  return at;
+}
+
+void
+util_first_sort (struct util_first *l)
+{
+  if (l->n > 1)
+    qsort (l->items, l->n, l->size, l->cmp);
+}
+
+void
+util_first_free (struct util_first *l)
+{
+  free (l->items);
+  l->items = NULL;
+  l->n = l->cap = 0;
 }

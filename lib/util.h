@@ -64,4 +64,30 @@ void util_uuid_format (const uint8_t uuid[16], char out[37]);
 /* Milliseconds of the monotonic clock. */
 uint64_t util_now_ms (void);
 
+/* A report's list of findings, bounded: of everything offered, it keeps
+ * the MAX items that sort first under CMP, whatever order they were
+ * offered in (several workers offer them in no fixed order), and counts
+ * the rest.  Set MAX, SIZE and CMP, zero the rest; util_first_free()
+ * releases it. */
+struct util_first {
+  size_t max, size;			/* items kept at most; bytes each */
+  int (*cmp) (const void *, const void *);
+  void *items;				/* N kept, in no order */
+  size_t n, cap;
+  size_t dropped;			/* offered and not kept */
+  size_t lastat;			/* if KNOW_LAST: ITEMS[LASTAT] sorts */
+  bool know_last;			/* last of the kept ones */
+};
+
+/* Offer X.  Returns where its copy is kept, or NULL if it is not: the
+ * list is full and X sorts after every item in it.  When X takes the
+ * place of the item that sorts last, that one is counted as dropped
+ * instead.  Out of memory, the list holds what it has room for. */
+void *util_first_offer (struct util_first *l, const void *x);
+
+/* Sort the kept items by CMP, for the report. */
+void util_first_sort (struct util_first *l);
+
+void util_first_free (struct util_first *l);
+
 #endif /* STRATA_UTIL_H */

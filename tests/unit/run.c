@@ -78,6 +78,7 @@ main (void)
   SRunner *sr = srunner_create (format_suite ());
   int failed;
 
+  srunner_add_suite (sr, util_suite ());
   srunner_add_suite (sr, config_suite ());
   srunner_add_suite (sr, device_suite ());
   srunner_add_suite (sr, alloc_suite ());

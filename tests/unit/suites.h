@@ -14,6 +14,7 @@ Suite *device_suite (void);
 Suite *integrity_suite (void);
 Suite *meta_suite (void);
 Suite *cache_suite (void);
+Suite *util_suite (void);
 
 /* A fresh temporary directory for a test (removed by the runner's exit
  * only if empty; tests remove their files). */
