@@ -294,6 +294,12 @@ device_close (struct device *dev)
     free (dev);
     return;
   }
+  /* Let go of device_lock()'s lock before closing.  The lock belongs to
+   * the open file, and close() alone may not release that: an io_uring
+   * worker thread that served a request on it can hold its reference for
+   * seconds after the request completed (until the worker's idle exit),
+   * and a pool opened again meanwhile would find its own device locked. */
+  (void) flock (dev->fd, LOCK_UN);
   if (dev->rfd != dev->fd)
     close (dev->rfd);
   close (dev->fd);
