@@ -276,7 +276,7 @@ new_member (struct format_sb *sb, struct meta_device *md,
   memset (md, 0, sizeof *md);
   sb->version = FORMAT_VERSION;
   memcpy (sb->pool_uuid, uuid, 16);
-  if (util_random (sb->dev_uuid, 16) == -1)
+  if (util_uuid_new (sb->dev_uuid) == -1)
     return strata_error (errno, "getrandom: %m");
   sb->dev_index = index;
   sb_membership (sb, ms, index);
@@ -362,7 +362,7 @@ init_members (const struct config *cfg, bool force, FILE *log,
   }
 
   /* Pass 2: build the new pool's identity and initial state. */
-  if (util_random (uuid, 16) == -1) {
+  if (util_uuid_new (uuid) == -1) {
     strata_error (errno, "getrandom: %m");
     goto out;
   }
@@ -533,7 +533,7 @@ pool_init (const struct config *full, bool force, FILE *log)
     if (!(cdev[i] = open_cache_to_format (full, cd, force, log)))
       goto out;
   }
-  if (nc && util_random (cache_uuid, 16) == -1) {
+  if (nc && util_uuid_new (cache_uuid) == -1) {
     strata_error (errno, "getrandom: %m");
     goto out;
   }
@@ -553,7 +553,7 @@ pool_init (const struct config *full, bool force, FILE *log)
     memcpy (cs.cache_uuid, cache_uuid, 16);
     snprintf (cs.pool_name, sizeof cs.pool_name, "%s", full->name);
     snprintf (cs.dev_name, sizeof cs.dev_name, "%s", cd->name);
-    if (util_random (cs.dev_uuid, 16) == -1) {
+    if (util_uuid_new (cs.dev_uuid) == -1) {
       strata_error (errno, "getrandom: %m");
       goto out;
     }

@@ -60,6 +60,16 @@ util_random (void *buf, size_t len)
   return 0;
 }
 
+int
+util_uuid_new (uint8_t u[16])
+{
+  if (util_random (u, 16) == -1)
+    return -1;
+  u[6] = (u[6] & 0x0f) | 0x40;	/* version 4 */
+  u[8] = (u[8] & 0x3f) | 0x80;	/* variant 10 */
+  return 0;
+}
+
 void
 util_uuid_format (const uint8_t u[16], char out[37])
 {

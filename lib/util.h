@@ -58,6 +58,10 @@ char *util_human_size (uint64_t bytes, char *buf, size_t len);
  * Returns 0, or -1 with errno set. */
 int util_random (void *buf, size_t len);
 
+/* A new random UUID (RFC 9562 version 4: 122 random bits, the version
+ * and variant bits set).  Returns 0, or -1 with errno set. */
+int util_uuid_new (uint8_t uuid[16]);
+
 /* Format a 16-byte UUID as 36 characters plus NUL into OUT. */
 void util_uuid_format (const uint8_t uuid[16], char out[37]);
 

@@ -113,6 +113,35 @@ START_TEST (test_is_zero_and_sizes)
 }
 END_TEST
 
+/* Version 4 UUIDs: the version and variant digits are fixed, the rest is
+ * random, so 64 of them are all different and each of the random bits
+ * takes both values. */
+START_TEST (test_uuid_v4)
+{
+  uint8_t u[64][16], ones[16] = { 0 }, zeros[16] = { 0 };
+  char s[37];
+
+  for (int i = 0; i < 64; i++) {
+    ck_assert_int_eq (util_uuid_new (u[i]), 0);
+    util_uuid_format (u[i], s);
+    ck_assert_int_eq (strlen (s), 36);
+    ck_assert_int_eq (s[14], '4');
+    ck_assert (strchr ("89ab", s[19]) != NULL);
+    for (int k = 0; k < 16; k++) {
+      ones[k] |= u[i][k];
+      zeros[k] |= (uint8_t) ~u[i][k];
+    }
+    for (int j = 0; j < i; j++)
+      ck_assert (memcmp (u[i], u[j], 16) != 0);
+  }
+  for (int k = 0; k < 16; k++) {
+    uint8_t fixed = k == 6 ? 0xf0 : k == 8 ? 0xc0 : 0;
+    ck_assert_int_eq (ones[k] | fixed, 0xff);
+    ck_assert_int_eq (zeros[k] | fixed, 0xff);
+  }
+}
+END_TEST
+
 Suite *
 util_suite (void)
 {
@@ -122,6 +151,7 @@ util_suite (void)
   tcase_add_test (tc, test_first_keeps_least);
   tcase_add_test (tc, test_first_order_independent);
   tcase_add_test (tc, test_is_zero_and_sizes);
+  tcase_add_test (tc, test_uuid_v4);
   suite_add_tcase (s, tc);
   return s;
 }
