@@ -79,3 +79,24 @@ assert r.returncode == 1 and "in use" in r.stderr, r
 stop_server
 "$STRATA" volume delete "$CONFIG" b | grep 'deleted volume b' || fail "offline delete"
 ok "delete refused while connected, done offline"
+
+# `strata --help` and the SYNOPSIS of strata(8) list the same commands
+# with the same options, so neither falls behind the other.
+"$STRATA" --help 2>&1 | $PY -c '
+import re, sys
+def entries(lines, start):
+    out = []
+    for l in lines:
+        if re.match(start, l):
+            out.append(re.split(r"\s{2,}", l.strip())[0])
+        elif re.match(r"\s+\[", l) and out:
+            out[-1] += " " + re.split(r"\s{2,}", l.strip())[0]
+    return [re.sub(r"^strata ", "", e) for e in out]
+pod = open(sys.argv[1]).read()
+syn = pod[pod.index("=head1 SYNOPSIS"):pod.index("=head1 DESCRIPTION")]
+man = entries(syn.splitlines(), r" strata ")
+hlp = entries(sys.stdin.read().splitlines(), r"  [a-z]")
+assert len(man) > 15, man
+assert sorted(man) == sorted(hlp), (set(man) ^ set(hlp))
+' "$TOP/man/strata.8.pod" || fail "strata --help and strata(8) SYNOPSIS differ"
+ok "strata --help matches the SYNOPSIS of strata(8)"
