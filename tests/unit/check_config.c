@@ -1,4 +1,6 @@
 /* Unit tests: the YAML parser, valid documents and broken ones. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
@@ -179,6 +181,85 @@ START_TEST (test_remote)
 }
 END_TEST
 
+/* The examples shipped in etc/strata parse, and say what their comments
+ * say.  The unit tests run from the top of the tree. */
+static char *
+slurp (const char *file)
+{
+  FILE *f = fopen (file, "r");
+  char *buf = calloc (1, 1 << 16);
+  size_t n;
+
+  ck_assert_msg (f != NULL, "%s: %m", file);
+  ck_assert_ptr_nonnull (buf);
+  n = fread (buf, 1, (1 << 16) - 1, f);
+  ck_assert (n > 0 && n < (1 << 16) - 1);
+  fclose (f);
+  return buf;
+}
+
+/* Remove the "# " of the commented-out cache lines of example.yaml. */
+static void
+uncomment_cache (char *doc)
+{
+  static const char *const lines[] = {
+    "  # - { name: nvme0", "# cache:", "#   mode:", "#   devices:",
+    "#   destage_age:",
+  };
+
+  for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+    char *p = strstr (doc, lines[i]);
+    char *hash;
+    ck_assert_msg (p != NULL, "example.yaml has no \"%s\"", lines[i]);
+    hash = strchr (p, '#');
+    /* "# cache:" loses "# "; "#   mode:" keeps its indent of two. */
+    memmove (hash, hash + 2, strlen (hash + 2) + 1);
+  }
+}
+
+START_TEST (test_shipped_examples)
+{
+  struct config *c;
+  char *doc;
+
+  ck_assert_msg (config_parse_file ("etc/strata/demo.yaml", &c) == 0, "%s",
+                 strata_last_error ());
+  ck_assert_str_eq (c->name, "demo");
+  ck_assert_int_eq (c->ndevices, 4);
+  ck_assert_int_eq (c->nvolumes, 2);
+  ck_assert_str_eq (c->devices[0].path, "/var/tmp/strata-demo/d0.img");
+  config_free (c);
+
+  ck_assert_msg (config_parse_file ("etc/strata/example.yaml", &c) == 0,
+                 "%s", strata_last_error ());
+  ck_assert_str_eq (c->name, "tank");
+  ck_assert_int_eq (c->metadata_replicas, 3);
+  ck_assert_int_eq (c->io_timeout_ms, 30000);
+  ck_assert_int_eq (c->ndevices, 8);
+  ck_assert_str_eq (c->devices[5].domain, "rack2/storage-b");
+  ck_assert_str_eq (c->devices[7].domain, "storage-d.example");
+  ck_assert_int_eq (c->devices[4].io, CONFIG_IO_DIRECT);
+  ck_assert_int_eq (c->nvolumes, 3);
+  ck_assert_str_eq (c->volumes[0].name, "train");
+  ck_assert_int_eq (c->volumes[0].replicas, 2);
+  ck_assert_int_eq (c->volumes[0].stripe_width, 3);
+  ck_assert_int_eq (c->ncache_devices, 0);
+  config_free (c);
+
+  /* With its cache section uncommented, as its comments suggest. */
+  doc = slurp ("etc/strata/example.yaml");
+  uncomment_cache (doc);
+  ck_assert_msg (config_parse_string (doc, "example.yaml", "/etc/strata",
+                                      &c) == 0, "%s", strata_last_error ());
+  ck_assert_int_eq (c->cache_mode, CONFIG_CACHE_WRITEBACK);
+  ck_assert_int_eq (c->ncache_devices, 1);
+  ck_assert_str_eq (c->cache_devices[0], "nvme0");
+  ck_assert_int_eq (c->destage_age_ms, 10000);
+  config_free (c);
+  free (doc);
+}
+END_TEST
+
 Suite *
 config_suite (void)
 {
@@ -188,6 +269,7 @@ config_suite (void)
   tcase_add_test (tc, test_valid);
   tcase_add_test (tc, test_sizes);
   tcase_add_test (tc, test_remote);
+  tcase_add_test (tc, test_shipped_examples);
   tcase_add_loop_test (tc, test_broken, 0, sizeof broken / sizeof broken[0]);
   suite_add_tcase (s, tc);
   return s;
