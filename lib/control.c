@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,7 @@ struct control_server {
   char *path;
   int fd;
   pthread_t thread;
-  volatile int stop;
+  atomic_bool stop;
   control_ctx_fn ctx_fn;
   pthread_mutex_t lock;		/* protects active */
   pthread_cond_t idle;		/* signalled when active drops */
@@ -189,7 +190,7 @@ server_thread (void *arg)
 {
   struct control_server *s = arg;
 
-  while (!s->stop) {
+  while (!atomic_load (&s->stop)) {
     struct pollfd pfd = { .fd = s->fd, .events = POLLIN };
     struct conn *c;
     pthread_attr_t a;
@@ -288,7 +289,7 @@ control_server_stop (struct control_server *s)
 {
   if (!s)
     return;
-  s->stop = 1;
+  atomic_store (&s->stop, true);
   pthread_join (s->thread, NULL);
   /* Long jobs save their place and stop; then every command has ended. */
   for (int k = 0; k < META_JOB_KINDS; k++)
