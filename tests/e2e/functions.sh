@@ -73,7 +73,8 @@ requires () {
 # `touch $T/m$i.fail` makes member i fail every request, and
 # `kill_member i` takes the host away.  A member already serving on
 # $T/m$i.sock (a test's special one) is used as it is.  POOL_EXTRA adds a
-# line to the pool section (e.g. "io_timeout: 2s").
+# line to the pool section (e.g. "io_timeout: 2s").  STRATA_IO sets the
+# io mode of local devices (auto, direct, buffered).
 make_config () {
   local n=$1 size=$2; shift 2
   [ "${STRATA_REMOTE:-}" = 1 ] && start_members "$n" "$size"
@@ -84,7 +85,7 @@ make_config () {
       if [ "${STRATA_REMOTE:-}" = 1 ]; then
         echo "  - { name: d$i, uri: \"nbd+unix:///?socket=$T/m$i.sock\", domain: host$i }"
       else
-        echo "  - { name: d$i, path: $T/d$i.img, size: $size }"
+        echo "  - { name: d$i, path: $T/d$i.img, size: $size${STRATA_IO:+, io: $STRATA_IO} }"
       fi
     done
     echo "volumes:"

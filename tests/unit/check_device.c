@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -85,6 +86,93 @@ START_TEST (test_local_modes)
     exercise (dev, device_mem_align (dev, DEV_READ) > 1);
     device_close (dev);
   }
+  test_rmdir (dir);
+}
+END_TEST
+
+/* On a buffered device, writes without FUA are made by the submitting
+ * thread (write_inline) and the rest go through the ring: one batch of
+ * both kinds lands every byte where it belongs, and a write that fails
+ * fails its request alone, counted as a device error, with a message
+ * that names the device and the request. */
+START_TEST (test_buffered_batch)
+{
+  char *dir = test_tmpdir (), path[300];
+  struct device *dev;
+  struct device_stats st0, st;
+  struct dev_req rq[4];
+  unsigned char *a = malloc (5001), *b = device_alloc_buf (8192);
+  unsigned char *c = malloc (2 << 20), *d = malloc (4096), *x = malloc (2 << 20);
+  unsigned char *bad;
+  int fd;
+
+  snprintf (path, sizeof path, "%s/b.img", dir);
+  dev = device_open_local (path, DEVICE_CREATE | DEVICE_BUFFERED, SZ);
+  ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  ck_assert_uint_eq (device_mem_align (dev, DEV_WRITE), 1);
+  fill (d, 4096, 9);
+  ck_assert_int_eq (device_pwrite (dev, d, 4096, 8 << 20, false), 0);
+  device_stats (dev, &st0);
+
+  fill (a, 5001, 5);
+  fill (b, 8192, 6);
+  fill (c, 2 << 20, 7);
+  memset (d, 0, 4096);
+  rq[0] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = a + 1,
+                             .len = 5000, .off = 1000 };
+  rq[1] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = b,
+                             .len = 8192, .off = 1 << 20, .fua = true };
+  rq[2] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = c,
+                             .len = 2 << 20, .off = 4 << 20 };
+  rq[3] = (struct dev_req) { .dev = dev, .op = DEV_READ, .buf = d,
+                             .len = 4096, .off = 8 << 20 };
+  ck_assert_msg (device_submit (rq, 4) == 0, "%s", strata_last_error ());
+  for (int i = 0; i < 4; i++)
+    ck_assert_int_eq (rq[i].res, 0);
+  fill (x, 4096, 9);
+  ck_assert_int_eq (memcmp (d, x, 4096), 0);
+  device_stats (dev, &st);
+  ck_assert_uint_eq (st.requests, st0.requests + 4);
+  ck_assert_uint_eq (st.errors, 0);
+
+  /* What the file holds, read past strata. */
+  fd = open (path, O_RDONLY);
+  ck_assert_int_ge (fd, 0);
+  ck_assert_int_eq (pread (fd, x, 5000, 1000), 5000);
+  ck_assert_int_eq (memcmp (x, a + 1, 5000), 0);
+  ck_assert_int_eq (pread (fd, x, 8192, 1 << 20), 8192);
+  ck_assert_int_eq (memcmp (x, b, 8192), 0);
+  ck_assert_int_eq (pread (fd, x, 2 << 20, 4 << 20), 2 << 20);
+  ck_assert_int_eq (memcmp (x, c, 2 << 20), 0);
+
+  /* A buffer the kernel cannot read: that write fails with EFAULT, the
+   * other one of its batch is made. */
+  bad = mmap (NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ck_assert (bad != MAP_FAILED);
+  fill (d, 4096, 10);
+  rq[0] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = bad,
+                             .len = 4096, .off = 12 << 20 };
+  rq[1] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = d,
+                             .len = 4096, .off = 13 << 20 };
+  ck_assert_int_eq (device_submit (rq, 2), -1);
+  ck_assert_int_eq (errno, EFAULT);
+  ck_assert_int_eq (rq[0].res, -EFAULT);
+  ck_assert_int_eq (rq[1].res, 0);
+  ck_assert_msg (strstr (strata_last_error (), "b.img: write of 4096 bytes at 12582912") != NULL,
+                 "%s", strata_last_error ());
+  ck_assert_int_eq (pread (fd, x, 4096, 13 << 20), 4096);
+  ck_assert_int_eq (memcmp (x, d, 4096), 0);
+  device_stats (dev, &st);
+  ck_assert_uint_eq (st.errors, 1);
+
+  munmap (bad, 4096);
+  close (fd);
+  device_close (dev);
+  free (a);
+  free (b);
+  free (c);
+  free (d);
+  free (x);
   test_rmdir (dir);
 }
 END_TEST
@@ -198,6 +286,7 @@ device_suite (void)
 
   tcase_set_timeout (tc, 60);
   tcase_add_test (tc, test_local_modes);
+  tcase_add_test (tc, test_buffered_batch);
   if (access ("/usr/sbin/nbdkit", X_OK) == 0
       || access ("/usr/bin/nbdkit", X_OK) == 0) {
     tcase_add_test (tc, test_remote);
