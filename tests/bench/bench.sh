@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: fio through strata beside `nbdkit file` on one backing file
 # and beside raw fio (io_uring, O_DIRECT) on a backing file, in one run, on
-# the same storage.  Prints a table with ratios.
+# the same storage, and the same pool again with io: buffered (the page
+# cache, as nbdkit file uses it).  Prints a table with ratios.
 #
 # RUNTIME=seconds per measured job (after a 2 s ramp), ROUNDS=how many
 # times each job runs; the table shows the median.  SECTIONS picks the
@@ -33,6 +34,14 @@ YAML
 "$STRATA" init "$D/pool.yaml" >/dev/null
 "$STRATA" apply "$D/pool.yaml" >/dev/null
 
+# The same pool on its own four files with io: buffered (the page cache
+# for reads and writes, as nbdkit file uses it): the like-for-like
+# column beside nbdkit file.
+sed "s/name: bench,/name: bbench,/; s|c.sock|bc.sock|; s|/d\([0-3]\).img, size: 3GiB|/b\1.img, size: 3GiB, io: buffered|" \
+  "$D/pool.yaml" > "$D/bpool.yaml"
+"$STRATA" init "$D/bpool.yaml" >/dev/null
+"$STRATA" apply "$D/bpool.yaml" >/dev/null
+
 # The remote case: the same striped volume over 4 remote members, each an
 # nbdkit file server on its own unix socket.
 cat > "$D/remote.yaml" <<YAML
@@ -55,6 +64,7 @@ truncate -s 2G "$D/file.img"
 truncate -s 2G "$D/raw.img"
 
 nbdkit -U "$D/strata.sock" -P "$D/strata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/pool.yaml"
+nbdkit -U "$D/bstrata.sock" -P "$D/bstrata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/bpool.yaml"
 nbdkit -U "$D/file.sock" -P "$D/file.pid" file "$D/file.img"
 nbdkit -U "$D/rstrata.sock" -P "$D/rstrata.pid" "$TOP/build/nbdkit-strata-plugin.so" config="$D/remote.yaml"
 # nbdkit's own NBD proxy in front of m0: one more hop, as strata adds,
@@ -82,23 +92,25 @@ raw () { echo --ioengine=io_uring --direct=1 --filename="$1"; }
 
 # Fill the first GiB of every target before reading it.
 if want local || want remote || want integrity; then
-for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")" "$(nbd s1 "$D/rstrata.sock")"; do
+for t in "$(nbd s1 "$D/strata.sock")" "$(nbd m2 "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")" "$(nbd s1 "$D/rstrata.sock")" \
+         "$(nbd s1 "$D/bstrata.sock")" "$(nbd m2 "$D/bstrata.sock")"; do
   # shellcheck disable=SC2086
   fio --name=fill --rw=write --bs=1M --iodepth=16 --size=1G $t >/dev/null 2>&1
 done
 fi
 
-want local && printf '\n%-22s %12s %12s %12s %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw"
+want local && printf '\n%-22s %12s %12s %12s %10s %10s | %10s %10s\n' "job" "strata" "nbdkit-file" "raw-fio" "vs file" "vs raw" "buffered" "vs file"
 median () { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
-  local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 col i k t s f r
+  local label=$1 unit=$2 rw=$3 bs=$4 vol=$5 col i k t s f r b
   local -a args res
   col=$([ "$unit" = bw ] && echo 1 || echo 2)
-  args=("$(nbd "$vol" "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")")
-  res=("" "" "")
+  args=("$(nbd "$vol" "$D/strata.sock")" "$(nbd "" "$D/file.sock")" "$(raw "$D/raw.img")"
+        "$(nbd "$vol" "$D/bstrata.sock")")
+  res=("" "" "" "")
   for ((i = 0; i < ROUNDS; i++)); do
-    for ((k = 0; k < 3; k++)); do
-      t=$(( (i + k) % 3 ))
+    for ((k = 0; k < 4; k++)); do
+      t=$(( (i + k) % 4 ))
       # shellcheck disable=SC2086
       res[t]+="$(fio_job "$rw" "$bs" ${args[t]} | cut -d' ' -f$col)"$'\n'
     done
@@ -106,8 +118,9 @@ row () {  # row LABEL UNIT(bw|iops) RW BS VOLUME
   s=$(printf '%s' "${res[0]}" | median)
   f=$(printf '%s' "${res[1]}" | median)
   r=$(printf '%s' "${res[2]}" | median)
-  printf '%-22s %12s %12s %12s %9.2fx %9.2fx\n' "$label" "$s" "$f" "$r" \
-    "$(echo "$s / $f" | bc -l)" "$(echo "$s / $r" | bc -l)"
+  b=$(printf '%s' "${res[3]}" | median)
+  printf '%-22s %12s %12s %12s %9.2fx %9.2fx | %10s %9.2fx\n' "$label" "$s" "$f" "$r" \
+    "$(echo "$s / $f" | bc -l)" "$(echo "$s / $r" | bc -l)" "$b" "$(echo "$b / $f" | bc -l)"
 }
 if want local; then
 row "s1 seq write MB/s" bw write 1M s1
@@ -280,7 +293,9 @@ printf '%-26s %12s %12s %9.2fx\n' "1M seq read MB/s vs none" "$rwb" "$rnc" "$(ec
 fi
 echo
 echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of"
-echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell."
+echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell.  \"buffered\" is the same"
+echo "pool with io: buffered (the page cache, as nbdkit file uses it) instead of"
+echo "the default io: auto (O_DIRECT writes); the targets are for the default."
 echo "Targets (issue 2): s1 >= 1.0x file on 1M seq read/write, >= 0.9x on 4k randread,"
 echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
 echo "Remote (issue 3): s1 over 4 remote members (nbdkit file on unix sockets)"
