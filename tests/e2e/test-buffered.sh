@@ -34,20 +34,6 @@ assert h.pread(70001, 12345) == data
 ok "unaligned write read back"
 stop_server
 
-for round in 1 2 3; do
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" write "$round" > "$T/w.log" 2>&1 &
-  wpid=$!
-  sleep "0.$(( RANDOM % 9 + 1 ))"
-  stop_server KILL
-  wait $wpid 2>/dev/null || true
-  start_server
-  $PY "$(dirname "$0")/oracle.py" "$(uri k)" "$T/state.json" check 0 \
-    || fail "round $round: flushed data lost or garbage after kill -9"
-  [ "$(csum_errors)" = 0 ] || fail "round $round: checksum errors after kill -9"
-  stop_server
-  ncols=$(compare_replicas) || fail "round $round: replicas differ after restart"
-done
-ok "3 kill -9 rounds: nothing flushed lost, no checksum error, $ncols columns' replicas identical"
+kill9_rounds k 3
 "$STRATA" scrub "$CONFIG" > "$T/scrub.log" 2>&1 || { cat "$T/scrub.log"; fail "scrub found problems"; }
 ok "scrub clean: $(tail -1 "$T/scrub.log")"

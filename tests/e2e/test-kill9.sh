@@ -15,25 +15,7 @@ make_pool 4 1GiB "{ name: v, size: 256MiB, replicas: 2, stripe_width: 2, stripe_
 # state file says which were flushed; a checker reads everything back.
 
 for vol in v s; do
-  for round in $(seq "$ROUNDS"); do
-    start_server
-    $PY "$(dirname "$0")/oracle.py" "$(uri $vol)" "$T/state-$vol.json" write "$round" > "$T/w.log" 2>&1 &
-    wpid=$!
-    sleep "0.$(( RANDOM % 9 + 1 ))"; sleep $(( round % 2 ))
-    stop_server KILL
-    wait $wpid 2>/dev/null || true
-    start_server
-    $PY "$(dirname "$0")/oracle.py" "$(uri $vol)" "$T/state-$vol.json" check 0 \
-      || fail "$vol round $round: durable data lost or garbage after kill -9"
-    # A crash in the middle of a write is never reported as corruption.
-    [ "$(csum_errors)" = 0 ] || fail "$vol round $round: checksum errors after kill -9"
-    stop_server
-    # The crash resync left the replicas of every column identical.
-    ncols=$(compare_replicas) || fail "$vol round $round: replicas differ after restart"
-  done
-  nwritten=$($PY -c "import json;print(len(json.load(open('$T/state-$vol.json'))['written']))")
-  [ "$nwritten" -gt 100 ] || fail "$vol: the oracle wrote too little ($nwritten blocks)"
-  ok "$vol: $ROUNDS kill -9 rounds, $nwritten blocks checked, nothing durable lost, no checksum error, $ncols columns' replicas identical"
+  kill9_rounds "$vol" "$ROUNDS"
 done
 
 # A server that was just killed can hold its devices' locks for a moment
