@@ -133,6 +133,7 @@ util_first_sort (struct util_first *l)
 {
   if (l->n > 1)
     qsort (l->items, l->n, l->size, l->cmp);
+  l->know_last = false;		/* LASTAT named a place, not an item */
 }
 
 void

@@ -89,7 +89,7 @@ struct util_first {
  * instead.  Out of memory, the list holds what it has room for. */
 void *util_first_offer (struct util_first *l, const void *x);
 
-/* Sort the kept items by CMP, for the report. */
+/* Sort the kept items by CMP, for the report.  Offers may go on after. */
 void util_first_sort (struct util_first *l);
 
 void util_first_free (struct util_first *l);

@@ -90,6 +90,17 @@ START_TEST (test_first_order_independent)
   ck_assert_uint_eq (la.dropped, N - MAX);
   ck_assert_uint_eq (lb.dropped, N - MAX);
   ck_assert_int_eq (memcmp (la.items, lb.items, MAX * sizeof (int)), 0);
+
+  /* Offers after a sort still replace the item that sorts last: -1
+   * takes the place of MAX - 1, wherever the sort moved it. */
+  {
+    int x = -1;
+    ck_assert_ptr_nonnull (util_first_offer (&la, &x));
+    util_first_sort (&la);
+    ck_assert_int_eq (((int *) la.items)[0], -1);
+    ck_assert_int_eq (((int *) la.items)[MAX - 1], MAX - 2);
+    ck_assert_uint_eq (la.dropped, N - MAX + 1);
+  }
   util_first_free (&la);
   util_first_free (&lb);
 }
