@@ -24,6 +24,8 @@
 #include <linux/fs.h>
 #include <liburing.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +165,25 @@ device_alloc_buf (size_t len)
   return p;
 }
 
+#define THP_ENABLED "/sys/kernel/mm/transparent_hugepage/enabled"
+
+const char *
+device_thp_problem (const char *path)
+{
+  char line[128] = "";
+  FILE *f = fopen (path ? path : THP_ENABLED, "r");
+  bool never;
+
+  if (!f)
+    return "this kernel has no transparent huge pages";
+  if (!fgets (line, sizeof line, f))
+    line[0] = '\0';
+  fclose (f);
+  never = strstr (line, "[never]") != NULL;
+  return never ? "transparent huge pages are off (" THP_ENABLED
+    " is never; madvise or always lets strata use them)" : NULL;
+}
+
 /* A buffer of 4 KiB pages gives an O_DIRECT request one segment per
  * page, and a disk takes a limited number per request (254 on virtio
  * disks): a 1 MiB request is split in two there.  Huge pages are
@@ -173,12 +194,20 @@ device_alloc_buf (size_t len)
 void *
 device_alloc_huge (size_t len)
 {
+  static atomic_bool told;
+  const char *why;
   void *p;
 
   len = round_up (len ? len : 1, DEVICE_HUGE_PAGE);
   if (posix_memalign (&p, DEVICE_HUGE_PAGE, len) != 0)
     return NULL;
   (void) madvise (p, len, MADV_HUGEPAGE);
+  /* Nothing fails without them, but the operator should know why scrub
+   * and rebuild send the disk smaller requests: say so once. */
+  if (!atomic_load_explicit (&told, memory_order_relaxed)
+      && !atomic_exchange (&told, true) && (why = device_thp_problem (NULL)))
+    fprintf (stderr, "strata: %s: scrub and rebuild requests may be split "
+             "at the disk's segment limit\n", why);
   return p;
 }
 

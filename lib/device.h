@@ -149,4 +149,9 @@ void *device_alloc_buf (size_t len);
 #define DEVICE_HUGE_PAGE (2u << 20)
 void *device_alloc_huge (size_t len);
 
+/* Why huge pages cannot back those buffers, as the kernel's THP setting
+ * in PATH (NULL: its sysfs file) says, or NULL when they can.  The first
+ * device_alloc_huge() of a process prints it as a warning. */
+const char *device_thp_problem (const char *path);
+
 #endif /* STRATA_DEVICE_H */

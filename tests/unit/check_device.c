@@ -278,6 +278,41 @@ START_TEST (test_remote_timeout)
 }
 END_TEST
 
+/* The kernel's THP setting as device_thp_problem() reads it: the mode
+ * in brackets is the one in force. */
+START_TEST (test_thp_setting)
+{
+  char path[] = "/tmp/strata-thp.XXXXXX";
+  static const struct { const char *text; bool problem; } cases[] = {
+    { "always [madvise] never\n", false },
+    { "[always] madvise never\n", false },
+    { "always madvise [never]\n", true },
+    { "[never]", true },
+  };
+  const char *why;
+  int fd = mkstemp (path);
+
+  ck_assert_int_ge (fd, 0);
+  close (fd);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    FILE *f = fopen (path, "w");
+    ck_assert_ptr_nonnull (f);
+    fputs (cases[i].text, f);
+    fclose (f);
+    why = device_thp_problem (path);
+    ck_assert_msg ((why != NULL) == cases[i].problem, "\"%s\": %s",
+                   cases[i].text, why ? why : "no problem");
+    if (why)
+      ck_assert_ptr_nonnull (strstr (why, "is never"));
+  }
+  unlink (path);
+  /* No such setting at all: a kernel built without THP. */
+  why = device_thp_problem (path);
+  ck_assert_ptr_nonnull (why);
+  ck_assert_ptr_nonnull (strstr (why, "no transparent huge pages"));
+}
+END_TEST
+
 Suite *
 device_suite (void)
 {
@@ -287,6 +322,7 @@ device_suite (void)
   tcase_set_timeout (tc, 60);
   tcase_add_test (tc, test_local_modes);
   tcase_add_test (tc, test_buffered_batch);
+  tcase_add_test (tc, test_thp_setting);
   if (access ("/usr/sbin/nbdkit", X_OK) == 0
       || access ("/usr/bin/nbdkit", X_OK) == 0) {
     tcase_add_test (tc, test_remote);
