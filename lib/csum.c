@@ -273,7 +273,6 @@ csum_write_reqs (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
     struct meta_extent e = c->ext[col * R + r];
     if (!pool_copy_readable (p, c, R, col, r))
       continue;
-    pool_mark_dirty (p, e.dev);
     rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                   .op = DEV_WRITE, .buf = buf, .len = slot,
                                   .off = csum_slot_offset (p, e), .tag = r };

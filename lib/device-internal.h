@@ -32,6 +32,13 @@ struct device {
 
   /* Counters for status, updated with relaxed atomics. */
   _Atomic uint64_t nreq, nerr, ntimeout, lat_ns;
+
+  /* What a flush has to cover (device_note_durability).  A write or
+   * discard is counted in wdone when it has completed and is not yet
+   * durable; a successful flush raises wflushed to the wdone it read when
+   * it was submitted (dev_req.covers). */
+  _Atomic uint64_t wdone;
+  _Atomic uint64_t wflushed;
 };
 
 /* Completion tracking for the remote part of one device_submit() call. */
@@ -54,6 +61,11 @@ void device_nbd_close (struct device *dev);
 
 /* Count one finished request in DEV's statistics. */
 void device_account (struct device *dev, int res, uint64_t t0_ns);
+
+/* R finished successfully: count a write (one not made durable by its
+ * own FUA, which FUA_DURABLE says the device honours) or a discard as
+ * waiting for a flush, or record what a flush covered. */
+void device_note_durability (const struct dev_req *r, bool fua_durable);
 
 uint64_t device_now_ns (void);
 

@@ -34,7 +34,9 @@
  * writes durable.  Only device_reconnect(), called when the pool takes
  * the member back (device add, which resyncs it), clears that.  Writes
  * are counted as their replies arrive (wdone); a flush covers those
- * counted when it was sent (wflushed, on its success).
+ * counted when it was sent (wflushed, on its success).  Local devices
+ * keep the same two counters (device_note_durability), and a pool flush
+ * goes to every device where they differ.
  *
  * Threads and fork: pollers start on first use.  nbdkit opens the pool
  * before it forks, so the plugin stops them with device_threads_stop()
@@ -81,9 +83,7 @@ struct nbd_remote {
   struct conn conns[NBD_MAX_CONNS];
   bool can_fua, can_zero, multi_conn;
   uint64_t timeout_ns;
-  /* Unflushed writes (see design notes). */
-  _Atomic uint64_t wdone;	/* non-durable writes acknowledged */
-  _Atomic uint64_t wflushed;	/* wdone covered by a successful flush */
+  /* Unflushed writes: dev->wdone and dev->wflushed (see design notes). */
   _Atomic bool lossy;		/* lost a connection with some uncovered */
   _Atomic unsigned rr;
   _Atomic bool running;		/* pollers started */
@@ -166,30 +166,6 @@ list_del (struct conn *c, struct dev_req *r)
   return found;
 }
 
-/* R succeeded: count a write that is not yet durable, or move the mark
- * of what is durable on to what a flush covered (see design notes). */
-static void
-note_durability (struct nbd_remote *rm, const struct dev_req *r)
-{
-  uint64_t f;
-
-  switch (r->op) {
-    case DEV_WRITE:
-      if (r->fua && rm->can_fua)
-        break;
-      /* fallthrough */
-    case DEV_ZERO:
-      atomic_fetch_add (&rm->wdone, 1);
-      break;
-    case DEV_FLUSH:
-      f = atomic_load (&rm->wflushed);
-      while (f < r->covers
-             && !atomic_compare_exchange_weak (&rm->wflushed, &f, r->covers))
-        ;
-      break;
-  }
-}
-
 /* libnbd completion callback: runs in the poller with the handle lock
  * held, so it must not call libnbd. */
 static int
@@ -201,7 +177,7 @@ on_done (void *opaque, int *error)
   if (c && list_del (c, r)) {
     int res = r->timed_out ? -ETIMEDOUT : *error ? -*error : 0;
     if (res == 0)
-      note_durability (c->rm, r);
+      device_note_durability (r, c->rm->can_fua);
     finish (r, res);
   }
   return 1;			/* retire the command */
@@ -392,8 +368,8 @@ poller (void *arg)
     }
 
     if (nbd_aio_is_dead (h) || nbd_aio_is_closed (h)) {
-      uint64_t done = atomic_load (&rm->wdone);
-      uint64_t flushed = atomic_load (&rm->wflushed);
+      uint64_t done = atomic_load (&rm->dev->wdone);
+      uint64_t flushed = atomic_load (&rm->dev->wflushed);
 
       fprintf (stderr, "strata: %s: connection lost: %s\n", rm->uri,
                why[0] ? why : "closed by the server");
@@ -523,7 +499,7 @@ device_nbd_start (struct dev_req *r, struct dev_waiter *w)
       finish (r, -EIO);
       return;
     }
-    r->covers = atomic_load (&rm->wdone);
+    r->covers = atomic_load (&rm->dev->wdone);
   }
   for (unsigned k = 0; k < rm->nconns; k++) {
     struct conn *c = &rm->conns[(start + k) % rm->nconns];
@@ -711,7 +687,7 @@ device_reconnect (struct device *dev)
     return 0;
   /* The pool takes the member back and resyncs it: writes it may have
    * lost are accounted for. */
-  atomic_store (&rm->wflushed, atomic_load (&rm->wdone));
+  atomic_store (&dev->wflushed, atomic_load (&dev->wdone));
   atomic_store (&rm->lossy, false);
   if (device_connected (dev))
     return 0;

@@ -70,6 +70,46 @@ device_account (struct device *dev, int res, uint64_t t0_ns)
 }
 
 void
+device_note_durability (const struct dev_req *r, bool fua_durable)
+{
+  struct device *dev = r->dev;
+  uint64_t f;
+
+  switch (r->op) {
+    case DEV_WRITE:
+      if (r->fua && fua_durable)
+        break;
+      /* fallthrough */
+    case DEV_ZERO:
+      atomic_fetch_add (&dev->wdone, 1);
+      break;
+    case DEV_FLUSH:
+      f = atomic_load (&dev->wflushed);
+      while (f < r->covers
+             && !atomic_compare_exchange_weak (&dev->wflushed, &f, r->covers))
+        ;
+      break;
+  }
+}
+
+bool
+device_unflushed (const struct device *dev)
+{
+  struct device *d = (struct device *) dev;
+
+  return atomic_load (&d->wdone) > atomic_load (&d->wflushed);
+}
+
+/* A local request R is finished. */
+static void
+finished (struct dev_req *r)
+{
+  device_account (r->dev, r->res, r->t0);
+  if (r->res == 0)
+    device_note_durability (r, true);	/* RWF_DSYNC makes FUA durable */
+}
+
+void
 device_stats (const struct device *dev, struct device_stats *st)
 {
   struct device *d = (struct device *) dev;
@@ -586,13 +626,17 @@ device_submit (struct dev_req *reqs, size_t n)
       pending--;
       continue;
     }
+    /* What a flush covers is what completed before it goes out. */
+    if (r->op == DEV_FLUSH)
+      r->covers = atomic_load (&r->dev->wdone);
     if (write_inline (r)) {
-      device_account (r->dev, r->res, r->t0);
+      finished (r);
       pending--;
       continue;
     }
     if (r->op == DEV_ZERO && r->dev->no_zero_range) {
       r->res = zero_by_writing (r->dev, r->len, r->off);
+      finished (r);
       pending--;
       continue;
     }
@@ -629,7 +673,7 @@ device_submit (struct dev_req *reqs, size_t n)
       seen++;
       inflight--;
       if (complete (r, cqe->res)) {
-        device_account (r->dev, r->res, r->t0);
+        finished (r);
         pending--;
       }
       else {

@@ -47,7 +47,7 @@ struct dev_req {
   struct dev_waiter *w;		/* remote: who waits for it */
   struct dev_req *prev, *next;	/* remote: the connection's in-flight list */
   bool timed_out;		/* remote: failed by the request timeout */
-  uint64_t covers;		/* remote flush: the writes it covers */
+  uint64_t covers;		/* flush: the writes it covers */
 };
 
 #define DEVICE_CREATE 0x1	/* create a sparse file of the given size */
@@ -68,6 +68,12 @@ struct device *device_open_local (const char *path, unsigned flags,
  * writes, flush and write zeroes.  Returns NULL with errno and a message
  * on failure.  FLAGS is reserved (0). */
 struct device *device_open_nbd (const char *uri, unsigned flags);
+
+/* True if some write or discard to DEV has completed that no flush has
+ * covered yet (a flush covers what completed before it was submitted;
+ * a FUA write needs none).  A flush of the pool sends a flush to such a
+ * device and to no other. */
+bool device_unflushed (const struct device *dev);
 
 /* Close DEV.  Any lock taken by device_lock() is released. */
 void device_close (struct device *dev);

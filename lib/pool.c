@@ -57,7 +57,6 @@ struct pool {
   struct meta *meta;
   struct journal *journal;
   struct alloc *alloc;
-  _Atomic bool *dirty;		/* [ndevs] written since the last flush */
   /* [ndevs] the device's data must not be used (failed or removed in the
    * metadata); a lock-free copy of the state for the data path. */
   _Atomic bool *failed;
@@ -991,12 +990,11 @@ pool_open (const struct config *cfg, unsigned flags)
   p->ndevs = p->meta->ndevices;
   p->devs = calloc (META_MAX_DEVICES, sizeof *p->devs);
   p->problem = calloc (META_MAX_DEVICES, sizeof *p->problem);
-  p->dirty = calloc (META_MAX_DEVICES, sizeof *p->dirty);
   p->failed = calloc (META_MAX_DEVICES, sizeof *p->failed);
   p->read_errors = calloc (META_MAX_DEVICES, sizeof *p->read_errors);
   p->csum_errors = calloc (META_MAX_DEVICES, sizeof *p->csum_errors);
   p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
-  if (!p->devs || !p->problem || !p->dirty || !p->failed || !p->read_errors
+  if (!p->devs || !p->problem || !p->failed || !p->read_errors
       || !p->csum_errors || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
@@ -1113,7 +1111,6 @@ pool_close (struct pool *p)
   free (p->opened);
   free (p->devs);
   free (p->problem);
-  free (p->dirty);
   free (p->failed);
   free (p->read_errors);
   free (p->csum_errors);
@@ -1979,13 +1976,6 @@ pool_extent_offset (struct pool *p, struct meta_extent e, uint64_t off)
     + off;
 }
 
-void
-pool_mark_dirty (struct pool *p, uint32_t dev)
-{
-  if (!atomic_load_explicit (&p->dirty[dev], memory_order_relaxed))
-    atomic_store (&p->dirty[dev], true);
-}
-
 /* True if some column of some volume that may hold writes not yet
  * flushed has no readable copy left.  A clean column holds none: a write
  * makes it dirty before it goes out, and the cleaner flushes before it
@@ -2035,11 +2025,12 @@ pool_flush (struct pool *p)
 
   if (n > ARRAY_SIZE (reqs) && !(rq = calloc (n, sizeof *rq)))
     return strata_error (ENOMEM, "out of memory");
-  /* Clear each flag before flushing: a write that completes after the
-   * clear sets it again, and one that completed before is covered.
+  /* Every device with a completed write no flush has covered yet.  A
+   * write still in flight is not this flush's to cover, but the next
+   * one's: the device counts it when it completes (device_unflushed).
    * Failed devices hold no data anyone relies on: they are skipped. */
   for (uint32_t i = 0; i < n; i++)
-    if (pool_device_usable (p, i) && atomic_exchange (&p->dirty[i], false))
+    if (pool_device_usable (p, i) && device_unflushed (p->devs[i]))
       rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
   device_submit (rq, nr);
   for (size_t k = 0; k < nr; k++) {
@@ -2053,10 +2044,8 @@ pool_flush (struct pool *p)
        * again, and the flush can only succeed if every column still has
        * a copy elsewhere. */
       snprintf (why, sizeof why, "flush failed: %s", strerror (-rq[k].res));
-      if (pool_device_fail (p, i, why) == -1) {
-        atomic_store (&p->dirty[i], true);
+      if (pool_device_fail (p, i, why) == -1)
         r = -1;
-      }
       failed = true;
     }
   }

@@ -51,11 +51,8 @@ struct device *pool_device (struct pool *p, uint32_t i);
 uint64_t pool_extent_offset (struct pool *p, struct meta_extent e,
                              uint64_t off);
 
-/* Record that DEV has been written since its last flush. */
-void pool_mark_dirty (struct pool *p, uint32_t dev);
-
-/* Flush every device written since its last flush, all at once.
- * Returns 0 or -1. */
+/* Flush every device with completed writes no flush has covered yet
+ * (device_unflushed), all at once.  Returns 0 or -1. */
 int pool_flush (struct pool *p);
 
 /* Allocate chunk IDX of V: choose extents, zero them, commit.  The

@@ -333,7 +333,6 @@ write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
   memset (slot, 0, slotsz);
   for (size_t k = 0; k < es / STRATA_BLOCK; k++)
     le[k] = htole32 (cs[k]);
-  pool_mark_dirty (p, e.dev);
   for (uint64_t o = 0; o < es && r == 0; o += 64 * (uint64_t) REBUILD_IO) {
     size_t nr = 0;
     for (uint64_t q = o; q < MIN (es, o + 64 * (uint64_t) REBUILD_IO);

@@ -650,7 +650,6 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
         continue;
       for (uint32_t b = 0; b < len; b += STRATA_BLOCK)
         if (memcmp (bufs[rep] + b, bufs[src] + b, STRATA_BLOCK) != 0) {
-          pool_mark_dirty (p, e.dev);
           wq[nw++] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                         .op = DEV_WRITE,
                                         .buf = bufs[src] + b,

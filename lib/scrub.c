@@ -364,7 +364,6 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
         log_finding (s, v, e, b, v0, "checksum mismatch", "");
         continue;
       }
-      pool_mark_dirty (p, e.dev);
       rq[nw] = (struct dev_req) {
         .dev = pool_device (p, e.dev), .op = DEV_WRITE, .fua = true,
         .buf = buf[good] + b * STRATA_BLOCK, .len = STRATA_BLOCK,
@@ -425,7 +424,6 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
         continue;
       for (size_t b = 0; b < nb; b++)
         slot[r][b] = htole32 (cs[b]);
-      pool_mark_dirty (p, e.dev);
       wq[n++] = (struct dev_req) { .dev = pool_device (p, e.dev),
                                    .op = DEV_WRITE, .fua = true,
                                    .buf = slot[r], .len = slotsz,

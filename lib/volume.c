@@ -749,7 +749,6 @@ heal_piece (struct volume *v, struct piece *p)
                volume_offset (v, p->chunk, p->col, o) + STRATA_BLOCK - 1,
                good >= 0 ? "; repaired" : "; no good copy");
       if (good >= 0) {
-        pool_mark_dirty (v->p, e.dev);
         wq[nw] = piece_req (v, p, rep, DEV_WRITE,
                             bufs[good] + b * STRATA_BLOCK, o,
                             o + STRATA_BLOCK, true);
@@ -1045,7 +1044,6 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     p->ok = 0;
     p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
-      struct meta_extent e = p->c->ext[p->col * R + rep];
       int w = replica_writable (v, p, rep);
       if (w == -1) {
         r = -1;
@@ -1053,7 +1051,6 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
       }
       if (w == 0)
         continue;
-      pool_mark_dirty (v->p, e.dev);
       rq[nr] = piece_req (v, p, rep, DEV_WRITE,
                           p->bounce ? p->bounce : p->ubuf,
                           p->bounce ? p->a0 : p->eoff,
@@ -1271,7 +1268,6 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     p->ok = 0;
     p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
-      struct meta_extent e = p->c->ext[p->col * R + rep];
       int w = replica_writable (v, p, rep);
       if (w == -1) {
         r = -1;
@@ -1279,7 +1275,6 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
       }
       if (w == 0)
         continue;
-      pool_mark_dirty (v->p, e.dev);
       sc->rq[nr] = piece_req (v, p, rep, DEV_ZERO, NULL, a0, a1, false);
       sc->rq[nr++].tag = i * R + rep;
     }

@@ -69,6 +69,40 @@ exercise (struct device *dev, bool aligned_only)
   free (r);
 }
 
+/* What a pool flush must cover (device_unflushed): a completed write or
+ * discard until a flush sent after it succeeds, and a FUA write never.
+ * A flush sent before a write, even in the same batch, does not cover
+ * it: the next flush must. */
+static void
+check_unflushed (struct device *dev)
+{
+  unsigned char *b = device_alloc_buf (4096);
+  struct dev_req rq[2];
+
+  fill (b, 4096, 9);
+  ck_assert_int_eq (device_flush (dev), 0);
+  ck_assert (!device_unflushed (dev));
+  ck_assert_int_eq (device_pwrite (dev, b, 4096, 8192, false), 0);
+  ck_assert (device_unflushed (dev));
+  ck_assert_int_eq (device_flush (dev), 0);
+  ck_assert (!device_unflushed (dev));
+  ck_assert_int_eq (device_pwrite (dev, b, 4096, 8192, true), 0);
+  ck_assert (!device_unflushed (dev));
+  ck_assert_int_eq (device_zero (dev, 4096, 8192), 0);
+  ck_assert (device_unflushed (dev));
+  ck_assert_int_eq (device_flush (dev), 0);
+  ck_assert (!device_unflushed (dev));
+
+  rq[0] = (struct dev_req) { .dev = dev, .op = DEV_FLUSH };
+  rq[1] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = b,
+                             .len = 4096, .off = 8192 };
+  ck_assert_int_eq (device_submit (rq, 2), 0);
+  ck_assert (device_unflushed (dev));
+  ck_assert_int_eq (device_flush (dev), 0);
+  ck_assert (!device_unflushed (dev));
+  free (b);
+}
+
 START_TEST (test_local_modes)
 {
   static const unsigned modes[] = { 0, DEVICE_DIRECT_READS, DEVICE_BUFFERED };
@@ -84,6 +118,7 @@ START_TEST (test_local_modes)
     /* Only O_DIRECT reads need aligned buffers (tmpfs has no O_DIRECT:
      * then every mode is buffered). */
     exercise (dev, device_mem_align (dev, DEV_READ) > 1);
+    check_unflushed (dev);
     device_close (dev);
   }
   test_rmdir (dir);
@@ -191,6 +226,7 @@ START_TEST (test_remote)
   ck_assert (device_connected (dev));
   ck_assert_int_eq (device_reconnect (dev), 0);
   exercise (dev, false);
+  check_unflushed (dev);
 
   /* One batch with a local and a remote request. */
   snprintf (path, sizeof path, "%s/local.img", dir);
