@@ -3,7 +3,7 @@
 # still in flight during an earlier FLUSH (NBD: a flush makes durable all
 # writes completed before it; DESIGN.md §4).  Member 3 is a file served
 # by nbdkit's eval plugin, requests in parallel.  While $T/slow exists,
-# a write to it is made and then answered 2 s later, and touches
+# a write to it is made and then answered 3 s later, and touches
 # $T/wrote just before its answer.  Each flush, once done, appends to
 # $T/flushes "w" if $T/wrote existed when it began, "-" if not.  Write W
 # goes to all 4 replicas; a first FLUSH is sent while W is still on
@@ -20,7 +20,7 @@ nbdkit -U "$T/m3.sock" -P "$T/m3.pid" eval \
   thread_model='echo parallel' \
   pread="dd if=$F iflag=skip_bytes,count_bytes skip=\$4 count=\$3 status=none" \
   pwrite="dd of=$F oflag=seek_bytes conv=notrunc seek=\$4 status=none
-          if [ -e $T/slow ]; then sleep 2; touch $T/wrote; fi" \
+          if [ -e $T/slow ]; then sleep 3; touch $T/wrote; fi" \
   zero="fallocate -z -o \$4 -l \$3 $F" \
   flush="if [ -e $T/wrote ]; then w=w; else w=-; fi
          sync $F && echo \$w >> $T/flushes" \
