@@ -18,6 +18,7 @@
 #include "admin.h"
 #include "cache.h"
 #include "destage.h"
+#include "csum.h"
 #include "error.h"
 #include "rebuild.h"
 #include "scrub.h"
@@ -450,7 +451,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   struct config *fresh = NULL;
   const struct config *yaml = pool_config (p);
   struct journal_replica_info ri[64];
-  uint64_t last_index, *stale;
+  uint64_t last_index, *stale, csum_used;
   size_t nri;
   bool json = false, map = false;
   char u[37], a[32], b[32], c[32];
@@ -483,6 +484,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   /* Before the meta lock: a commit applies entries under the journal's
    * lock and then takes the meta lock. */
   last_index = journal_last_index (pool_journal (p));
+  /* Walks the chunk maps itself, under the walk lock. */
+  csum_used = csum_resident (p) * (m->extent_size / 1024);
 
   /* Chunk maps are walked below: rebuild frees replaced chunks only
    * under the walk lock. */
@@ -499,10 +502,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, "{\"pool\":{\"name\":");
     json_str (out, m->name);
     fprintf (out, ",\"uuid\":\"%s\",\"extent_size\":%" PRIu64 ",\"online\":%s,"
-             "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64 "},",
+             "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64
+             ",\"checksum_memory\":{\"used\":%" PRIu64 ",\"limit\":%" PRIu64
+             "}},",
              u, m->extent_size, ctx->online ? "true" : "false",
              ctx->connections, journal_term (pool_journal (p)),
-             last_index);
+             last_index, csum_used, pool_config (p)->checksum_memory);
     fprintf (out, "\"metadata_replicas\":[");
     for (size_t i = 0; i < nri; i++) {
       fprintf (out, "%s{\"device\":", i ? "," : "");
@@ -613,6 +618,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              ri[i].repaired ? " (repaired at open)" : "",
              ri[i].problem[0] ? ": " : "", ri[i].problem);
   fputc ('\n', out);
+  fprintf (out, "checksums in memory: %s of %s (pool.checksum_memory)\n",
+           util_human_size (csum_used, a, sizeof a),
+           util_human_size (pool_config (p)->checksum_memory, b, sizeof b));
   cache_status (p, out, false);
   fprintf (out, "\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %9s %8s %s\n",
            "DEVICE", "CLASS", "DOMAIN", "HOST", "SIZE", "USED", "STATE",

@@ -295,6 +295,10 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       if (get_time (c, v, full, &cfg->io_timeout_ms) == -1)
         return -1;
     }
+    else if (strcmp (key, "checksum_memory") == 0) {
+      if (get_size (c, v, full, &cfg->checksum_memory) == -1)
+        return -1;
+    }
     else if (strcmp (key, "control_socket") == 0) {
       char buf[108];
       if (get_string (c, v, full, buf, sizeof buf) == -1)
@@ -304,8 +308,8 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
     }
     else
       return perr (c, k, full, "unknown key (expected name, extent_size, "
-                   "metadata_replicas, metadata_size, base_dir, io_timeout "
-                   "or control_socket)");
+                   "metadata_replicas, metadata_size, base_dir, io_timeout, "
+                   "checksum_memory or control_socket)");
   }
   if (!have_name)
     return perr (c, map, "pool.name", "missing (every pool needs a name)");
@@ -681,6 +685,7 @@ parse_root (struct ctx *c)
   cfg->extent_size = 4 << 20;
   cfg->metadata_size = FORMAT_DEFAULT_META_SIZE;
   cfg->io_timeout_ms = 30000;
+  cfg->checksum_memory = CONFIG_CHECKSUM_MEMORY;
   cfg->destage_age_ms = CONFIG_DESTAGE_AGE_MS;
   if (parse_pool (c, pool, &base_dir, &sock) == -1)
     goto out;

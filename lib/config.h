@@ -55,6 +55,7 @@ struct config {
   char *base_dir;		/* absolute */
   char *control_socket;		/* absolute */
   unsigned io_timeout_ms;	/* remote members' request timeout */
+  uint64_t checksum_memory;	/* bytes of checksum arrays kept in memory */
   struct config_device *devices;
   size_t ndevices;
   enum config_cache_mode cache_mode;
@@ -66,6 +67,7 @@ struct config {
 };
 
 #define CONFIG_DESTAGE_AGE_MS 10000
+#define CONFIG_CHECKSUM_MEMORY (1ull << 30)
 
 /* Parse FILE.  On success returns 0 and a config the caller frees with
  * config_free().  On error returns -1 with errno EINVAL (or the open

@@ -11,6 +11,24 @@
  * used, so a later load agrees again.  When no value matches, the first
  * replica's is kept: reads of that block then fail verification on every
  * copy and return EIO, which is the truth.
+ *
+ * Letting arrays go (csum_shrink): only a clean column's array may go,
+ * since only then do the slots on disk hold the same values, and only
+ * while nobody holds it (users) or writes the column (writers).  A
+ * holder counts itself before it loads the pointer; the shrinker swaps
+ * the pointer to NULL before it reads the counts (all sequentially
+ * consistent).  So either the shrinker sees the holder and puts the
+ * array back, or the holder sees NULL and loads the array again from
+ * the slots.  Arrays are installed and put back under csum_lock, so a
+ * put-back never meets an array installed meanwhile.  A writer counts
+ * itself (resync_write_begin) before it makes the column dirty, so a
+ * dirty column always has its array: a dirty column without one is
+ * taken for a new one.
+ *
+ * A load that finds the slots of a clean column disagreeing rewrites the
+ * odd ones, but only while the column is still clean and without an
+ * array: once a writer has installed one, the cleaner may be writing
+ * those slots itself.
  */
 #include <endian.h>
 #include <errno.h>
@@ -183,8 +201,10 @@ load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
         bad |= 1u << r;
   }
 
-  /* Rewrite the slots that disagreed, durably, before anyone uses A. */
-  if (bad && pool_writable (p)) {
+  /* Rewrite the slots that disagreed, durably, before anyone uses A
+   * (see the design notes for why only while nobody else has). */
+  if (bad && pool_writable (p) && !atomic_load (&c->col[col].csum)
+      && atomic_load (&c->col[col].state) == META_COL_CLEAN) {
     nr = 0;
     for (uint32_t r = 0; r < R; r++) {
       struct meta_extent e = c->ext[col * R + r];
@@ -221,8 +241,7 @@ csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
           uint32_t col)
 {
   struct meta_column *mc = &c->col[col];
-  uint32_t *a = atomic_load_explicit (&mc->csum, memory_order_acquire);
-  uint32_t *expected = NULL;
+  uint32_t *a = atomic_load (&mc->csum);	/* after the count (design notes) */
   uint8_t st = atomic_load (&mc->state);
 
   if (st == META_COL_UNSYNCED) {
@@ -249,11 +268,181 @@ csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
   }
   else if (!(a = load (p, v, c, col)))
     return NULL;
-  if (!atomic_compare_exchange_strong (&mc->csum, &expected, a)) {
-    free (a);
-    a = expected;
-  }
+  return csum_install (p, mc, a, false);
+}
+
+uint32_t *
+csum_hold (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+           uint32_t col)
+{
+  struct meta_column *mc = &c->col[col];
+  uint32_t *a;
+
+  atomic_fetch_add (&mc->users, 1);	/* before the pointer is loaded */
+  if (!atomic_load_explicit (&mc->used, memory_order_relaxed))
+    atomic_store_explicit (&mc->used, true, memory_order_relaxed);
+  if (!(a = csum_get (p, v, c, col)))
+    atomic_fetch_sub (&mc->users, 1);
   return a;
+}
+
+void
+csum_release (struct meta_chunk *c, uint32_t col)
+{
+  atomic_fetch_sub (&c->col[col].users, 1);
+}
+
+uint32_t *
+csum_install (struct pool *p, struct meta_column *mc, uint32_t *a,
+              bool overwrite)
+{
+  struct meta *m = pool_meta (p);
+  uint32_t *old = NULL;
+
+  pthread_mutex_lock (&m->csum_lock);
+  if (atomic_compare_exchange_strong (&mc->csum, &old, a)) {
+    atomic_fetch_add (&m->csum_loads, 1);
+    old = a;
+  }
+  else {
+    if (overwrite)
+      memcpy (old, a, csum_count (p) * sizeof *a);
+    free (a);
+  }
+  pthread_mutex_unlock (&m->csum_lock);
+  return old;
+}
+
+/* ---- letting arrays go ---- */
+
+size_t
+csum_budget (struct pool *p)
+{
+  return pool_config (p)->checksum_memory
+    / (csum_count (p) * sizeof (uint32_t));
+}
+
+/* Let go of MC's array if it is clean and nobody holds or writes it (see
+ * the design notes).  Returns true if it went. */
+static bool
+evict (struct meta *m, struct meta_column *mc)
+{
+  uint32_t *a;
+  bool gone = false;
+
+  if (atomic_load (&mc->state) != META_COL_CLEAN
+      || atomic_load (&mc->users) > 0 || atomic_load (&mc->writers) > 0)
+    return false;
+  pthread_mutex_lock (&m->csum_lock);
+  if ((a = atomic_exchange (&mc->csum, NULL))) {
+    if (atomic_load (&mc->users) == 0 && atomic_load (&mc->writers) == 0
+        && atomic_load (&mc->state) == META_COL_CLEAN) {
+      free (a);
+      gone = true;
+    }
+    else
+      atomic_store (&mc->csum, a);
+  }
+  pthread_mutex_unlock (&m->csum_lock);
+  return gone;
+}
+
+struct shrink {
+  struct meta *m;
+  int sweep;			/* 0 counts; 1 and 2 let go */
+  bool all;
+  size_t resident;		/* arrays found by sweep 0 */
+  size_t want;			/* arrays still to let go */
+  size_t gone;
+};
+
+static int
+shrink_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
+{
+  struct shrink *s = opaque;
+
+  (void) idx;
+  for (uint32_t col = 0; col < c->width; col++) {
+    struct meta_column *mc = &c->col[col];
+    if (!atomic_load (&mc->csum))
+      continue;
+    if (s->sweep == 0) {
+      s->resident++;
+      continue;
+    }
+    if (s->want == 0)
+      return 1;
+    /* The clock: an array held since the last sweep gets another
+     * chance (unless every array that can go is to go). */
+    if (atomic_exchange (&mc->used, false) && s->sweep == 1 && !s->all)
+      continue;
+    if (evict (s->m, mc)) {
+      s->want--;
+      s->gone++;
+    }
+  }
+  return 0;
+}
+
+/* Run S's sweep over every volume.  Called with the walk lock held. */
+static int
+sweep (struct meta *m, struct shrink *s)
+{
+  struct meta_volume **vols;
+  size_t nv;
+
+  pthread_mutex_lock (&m->lock);
+  nv = m->nvolumes;
+  vols = malloc ((nv ? nv : 1) * sizeof *vols);
+  if (vols && nv > 0)
+    memcpy (vols, m->volumes, nv * sizeof *vols);
+  pthread_mutex_unlock (&m->lock);
+  if (!vols)
+    return -1;
+  for (size_t i = 0; i < nv; i++)
+    if (meta_foreach_chunk (vols[i], shrink_chunk, s) != 0)
+      break;
+  free (vols);
+  return 0;
+}
+
+size_t
+csum_shrink (struct pool *p, bool all)
+{
+  struct meta *m = pool_meta (p);
+  size_t budget = csum_budget (p), low = budget - budget / 8;
+  struct shrink s = { .m = m, .all = all };
+
+  if (!all && atomic_load (&m->csum_resident)
+              + atomic_load (&m->csum_loads) <= budget)
+    return 0;
+  if (pthread_mutex_trylock (&m->shrink_lock) != 0)
+    return 0;
+  pool_walk_lock (p);
+  /* Arrays installed from here on are counted again by the next call,
+   * whether or not sweep 0 sees them: an estimate that errs high. */
+  atomic_store (&m->csum_loads, 0);
+  if (sweep (m, &s) == 0) {
+    s.want = all ? s.resident : s.resident > low ? s.resident - low : 0;
+    for (s.sweep = 1; s.sweep <= 2 && s.want > 0; s.sweep++)
+      if (sweep (m, &s) == -1)
+        break;
+  }
+  atomic_store (&m->csum_resident, s.resident - s.gone);
+  pool_walk_unlock (p);
+  pthread_mutex_unlock (&m->shrink_lock);
+  return s.gone;
+}
+
+size_t
+csum_resident (struct pool *p)
+{
+  struct shrink s = { .m = pool_meta (p) };
+
+  pool_walk_lock (p);
+  sweep (s.m, &s);
+  pool_walk_unlock (p);
+  return s.resident;
 }
 
 size_t

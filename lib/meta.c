@@ -32,6 +32,8 @@ meta_new (void)
     return NULL;
   }
   pthread_mutex_init (&m->lock, NULL);
+  pthread_mutex_init (&m->csum_lock, NULL);
+  pthread_mutex_init (&m->shrink_lock, NULL);
   m->next_vol_id = 1;
   return m;
 }
@@ -257,6 +259,8 @@ meta_free (struct meta *m)
     return;
   meta_clear (m);
   pthread_mutex_destroy (&m->lock);
+  pthread_mutex_destroy (&m->csum_lock);
+  pthread_mutex_destroy (&m->shrink_lock);
   free (m->devices);
   free (m);
 }

@@ -82,8 +82,11 @@ struct meta_extent {
 enum meta_col_state { META_COL_CLEAN = 0, META_COL_DIRTY = 1,
                       META_COL_CLEANING = 2, META_COL_UNSYNCED = 3 };
 struct meta_column {
-  _Atomic (uint32_t *) csum;	/* crc32c per 4 KiB block, NULL until loaded */
+  _Atomic (uint32_t *) csum;	/* crc32c per 4 KiB block, NULL until loaded
+				   and after csum_shrink() let it go */
   _Atomic uint32_t writers;	/* writes in progress */
+  _Atomic uint32_t users;	/* holders of csum (csum_hold) */
+  _Atomic bool used;		/* held since the last csum_shrink() pass */
   _Atomic uint8_t state;	/* enum meta_col_state */
   _Atomic bool touched;		/* written since the last cleaner pass */
   _Atomic uint8_t stale;	/* replicas that missed writes (journal) */
@@ -190,6 +193,15 @@ struct meta {
   struct meta_lost *lost;	/* sorted by volume and block, disjoint */
   size_t nlost;
   _Atomic size_t nlost_hint;	/* nlost, for a lock-free "none" test */
+  /* Checksum arrays in memory (csum.c).  csum_lock is taken by whoever
+   * installs an array and by csum_shrink() around each array it lets
+   * go; shrink_lock by csum_shrink() for its whole walk, which sets
+   * csum_resident to the arrays it left in memory.  csum_loads counts
+   * arrays installed since. */
+  pthread_mutex_t csum_lock;
+  pthread_mutex_t shrink_lock;
+  _Atomic uint64_t csum_resident;
+  _Atomic uint64_t csum_loads;
 };
 
 /* A new, empty state (no devices, no volumes). */

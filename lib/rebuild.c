@@ -422,11 +422,11 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
              it->col);
     goto out;
   }
+  begun = true;			/* resync_write_end even if this fails */
   if (resync_write_begin (pool_resync (p), mv, it->idx, c, it->col) == -1) {
     io = -1;
     goto out;
   }
-  begun = true;
   if (!(cs = csum_get (p, mv, c, it->col))) {
     io = -1;
     goto out;
@@ -620,6 +620,7 @@ worker (void *opaque)
     i = b->next++;
     pthread_mutex_unlock (&b->lock);
     io = rebuild_column (b, &b->items[i], buf);
+    csum_shrink (b->p, false);	/* as scrub does */
     pthread_mutex_lock (&b->lock);
     if (io == -1)
       stop_with (b, strata_last_error ());

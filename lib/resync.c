@@ -249,13 +249,11 @@ resync_write_begin (struct resync *r, struct meta_volume *v, uint64_t idx,
   struct meta_column *mc = &c->col[col];
 
   /* A dirty column without an array is taken for a new one (csum.h):
-   * the array must be in memory before the column turns dirty. */
-  if (!atomic_load_explicit (&mc->csum, memory_order_acquire)
-      && !csum_get (r->p, v, c, col)) {
-    atomic_fetch_add (&mc->writers, 1);	/* the caller's write_end */
+   * the array must be in memory before the column turns dirty, and is
+   * kept there by the count, which comes first (csum.c design notes). */
+  atomic_fetch_add (&mc->writers, 1);	/* the caller's write_end */
+  if (!atomic_load (&mc->csum) && !csum_get (r->p, v, c, col))
     return -1;
-  }
-  atomic_fetch_add (&mc->writers, 1);
   atomic_store_explicit (&mc->touched, true, memory_order_relaxed);
   if (atomic_load (&mc->state) == META_COL_DIRTY)
     return 0;
@@ -511,18 +509,31 @@ cleaner (void *opaque)
 {
   struct resync *r = opaque;
 
+  unsigned ticks = 0;
+
+  /* Every tick the checksum arrays are trimmed to the pool's
+   * checksum_memory, if they grew past it; every RESYNC_INTERVAL the
+   * cleaner makes a pass. */
   pthread_mutex_lock (&r->tick_lock);
   while (!r->stop) {
     struct timespec ts;
     clock_gettime (CLOCK_REALTIME, &ts);
-    ts.tv_sec += RESYNC_INTERVAL;
+    ts.tv_nsec += RESYNC_TICK_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000L;
+    }
     pthread_cond_timedwait (&r->tick, &r->tick_lock, &ts);
     if (r->stop)
       break;
     pthread_mutex_unlock (&r->tick_lock);
-    if (resync_clean (r, false) == -1)
-      fprintf (stderr, "strata: pool %s: cleaner: %s\n",
-               pool_config (r->p)->name, strata_last_error ());
+    csum_shrink (r->p, false);
+    if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
+      ticks = 0;
+      if (resync_clean (r, false) == -1)
+        fprintf (stderr, "strata: pool %s: cleaner: %s\n",
+                 pool_config (r->p)->name, strata_last_error ());
+    }
     pthread_mutex_lock (&r->tick_lock);
   }
   pthread_mutex_unlock (&r->tick_lock);
@@ -676,13 +687,8 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
   /* A column that was in use (UNSYNCED after a write that reached no
    * copy) keeps its array: a request that fetched it before may still
    * hold it. */
-  if (ret == 0 && a) {
-    uint32_t *old = NULL;
-    if (!atomic_compare_exchange_strong (&mc->csum, &old, a)) {
-      memcpy (old, a, n * sizeof *a);
-      free (a);
-    }
-  }
+  if (ret == 0 && a)
+    csum_install (p, mc, a, true);
   else
     free (a);
   return ret;

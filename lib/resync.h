@@ -26,15 +26,17 @@
 #include "pool.h"
 
 #define RESYNC_INTERVAL 5	/* seconds between cleaner passes */
+#define RESYNC_TICK_MS 500	/* between checks of the checksum memory */
 
 struct resync;
 
 struct resync *resync_new (struct pool *p);
 void resync_free (struct resync *r);
 
-/* Before writing column COL of chunk C (index IDX of volume V): load
- * its checksum array if it is not in memory, count the write in and
- * make sure the column is dirty in the journal (one group commit shared
+/* Before writing column COL of chunk C (index IDX of volume V): count
+ * the write in, load its checksum array if it is not in memory (the
+ * count keeps it there: csum.h), and make sure the column is dirty in
+ * the journal (one group commit shared
  * by concurrent callers).  Returns 0, or -1 with
  * errno if the commit failed; the write must then not be made (the
  * caller still calls resync_write_end).  The caller holds the volume's
@@ -48,7 +50,8 @@ void resync_write_end (struct meta_chunk *c, uint32_t col);
  * cleaned, or -1 with errno. */
 int resync_clean (struct resync *r, bool all);
 
-/* Run resync_clean() every RESYNC_INTERVAL seconds in a thread. */
+/* Run resync_clean() every RESYNC_INTERVAL seconds in a thread, and
+ * csum_shrink() every RESYNC_TICK_MS. */
 int resync_start (struct resync *r);
 void resync_stop (struct resync *r);
 

@@ -230,7 +230,7 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
   uint64_t slot_first[8];
   struct dev_req *rq = w->rq;
   struct meta_chunk *c;
-  uint32_t *cs, slot_bad = 0, read_failed = 0, any_bad = 0;
+  uint32_t *cs = NULL, slot_bad = 0, read_failed = 0, any_bad = 0;
   int read_err[8] = { 0 };
   uint64_t blocks = 0;
   bool clean;
@@ -240,7 +240,7 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
     return -1;
   if (!c)
     return 0;			/* freed meanwhile */
-  if (!(cs = csum_get (p, mv, c, col))) {
+  if (!(cs = csum_hold (p, mv, c, col))) {
     /* No copy of the checksums can be read: every copy counts as
      * unreadable. */
     pthread_mutex_lock (&s->lock);
@@ -443,6 +443,8 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
   pthread_mutex_unlock (&s->lock);
 
  out:
+  if (cs)
+    csum_release (c, col);
   volume_column_release (v, idx, col, 0, es);
   return io;
 }
@@ -642,6 +644,9 @@ worker (void *opaque)
       int64_t n = scrub_column (s, &w, s->v, idx, col);
       io = n == -1 ? -1 : io + n;
     }
+    /* A scrub loads every column's checksums: keep them within the
+     * pool's checksum_memory (also offline, with no cleaner thread). */
+    csum_shrink (s->p, false);
 
     pthread_mutex_lock (&s->lock);
     s->held[a->k].busy = false;

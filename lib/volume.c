@@ -641,15 +641,31 @@ range_unlock (struct vshared *s, const struct piece *pc, size_t n)
   pthread_mutex_unlock (&s->range_lock);
 }
 
-/* Look up the checksum arrays of the pieces' columns. */
+/* Release the checksum arrays get_csums() held.  Called before io_lock
+ * is let go: a trim may free the columns after that. */
+static void
+put_csums (struct piece *pc, size_t n)
+{
+  for (size_t i = 0; i < n; i++)
+    if (pc[i].cs) {
+      csum_release (pc[i].c, pc[i].col);
+      pc[i].cs = NULL;
+    }
+}
+
+/* Hold the checksum arrays of the pieces' columns in memory (csum.h)
+ * until put_csums().  On failure none is held. */
 static int
 get_csums (struct volume *v, struct piece *pc, size_t n)
 {
-  for (size_t i = 0; i < n; i++) {
+  for (size_t i = 0; i < n; i++)
     pc[i].cs = NULL;
-    if (pc[i].c && !(pc[i].cs = csum_get (v->p, v->mv, pc[i].c, pc[i].col)))
+  for (size_t i = 0; i < n; i++)
+    if (pc[i].c
+        && !(pc[i].cs = csum_hold (v->p, v->mv, pc[i].c, pc[i].col))) {
+      put_csums (pc, i);
       return -1;
-  }
+    }
   return 0;
 }
 
@@ -813,10 +829,13 @@ heal_pieces (struct volume *v, struct piece *pc, size_t n,
       memset (p->ubuf, 0, p->len);
       continue;
     }
-    if (!(p->cs = csum_get (v->p, v->mv, p->c, p->col)))
+    if (!(p->cs = csum_hold (v->p, v->mv, p->c, p->col)))
       r = -1;
-    else
+    else {
       r = heal_piece (v, p);
+      csum_release (p->c, p->col);
+      p->cs = NULL;
+    }
   }
   pthread_rwlock_unlock (&v->s->io_lock);
   return r;
@@ -933,6 +952,7 @@ backing_pread (struct volume *v, void *buf, uint32_t count, uint64_t off)
     }
   }
  out:
+  put_csums (pc, n);
   pthread_rwlock_unlock (&s->io_lock);
   if (r == 0 && heal)
     r = heal_pieces (v, pc, n, suspect);
@@ -952,8 +972,12 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
   size_t nr = 0, begun = 0;
   int r = 0;
 
-  if (get_csums (v, pc, n) == -1 || range_lock (v->s, pc, n) == -1)
+  if (get_csums (v, pc, n) == -1)
     return -1;
+  if (range_lock (v->s, pc, n) == -1) {
+    put_csums (pc, n);
+    return -1;
+  }
   /* A rebuild may have moved a copy while we waited (volume_column_hold):
    * the chunks as they are now, under the range lock. */
   for (size_t i = 0; i < n; i++)
@@ -1096,6 +1120,7 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (pc[i].c, pc[i].col);
+  put_csums (pc, n);
   range_unlock (v->s, pc, n);
   return r;
 }
@@ -1246,7 +1271,12 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     }
     n = m;
   }
-  if (get_csums (v, sc->pc, n) == -1 || range_lock (s, sc->pc, n) == -1) {
+  if (get_csums (v, sc->pc, n) == -1) {
+    pthread_rwlock_unlock (&s->io_lock);
+    return -1;
+  }
+  if (range_lock (s, sc->pc, n) == -1) {
+    put_csums (sc->pc, n);
     pthread_rwlock_unlock (&s->io_lock);
     return -1;
   }
@@ -1314,6 +1344,7 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (sc->pc[i].c, sc->pc[i].col);
+  put_csums (sc->pc, n);
   range_unlock (s, sc->pc, n);
   pthread_rwlock_unlock (&s->io_lock);
   return r;

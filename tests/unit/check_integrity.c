@@ -1,8 +1,10 @@
 /* Unit tests: block checksums, self-healing reads and crash resync
  * (csum.c, resync.c), with damage done behind the pool's back to the
- * backing files; the rebuild's report (rebuild.c). */
+ * backing files; the checksum arrays kept within checksum_memory; the
+ * rebuild's report (rebuild.c). */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +13,7 @@
 
 #include "config.h"
 #include "crc32c.h"
+#include "csum.h"
 #include "error.h"
 #include "pool.h"
 #include "rebuild.h"
@@ -402,6 +405,235 @@ START_TEST (test_rebuild_report)
 }
 END_TEST
 
+/* ---- checksum arrays within checksum_memory ---- */
+
+#define CM_COLS 32		/* 1 MiB columns of volume v */
+
+/* A pool whose checksum arrays (1 KiB each: 1 MiB extents) may take
+ * 8 KiB, and a 2-replica volume of CM_COLS one-column chunks. */
+static struct config *
+make_cm_config (const char *dir)
+{
+  char text[2048];
+  struct config *c;
+
+  snprintf (text, sizeof text,
+            "pool: { name: i, extent_size: 1MiB, metadata_size: 4MiB,\n"
+            "        control_socket: i.sock, checksum_memory: 8KiB }\n"
+            "devices:\n"
+            "  - { name: d0, path: d0.img, size: 64MiB }\n"
+            "  - { name: d1, path: d1.img, size: 64MiB }\n"
+            "  - { name: d2, path: d2.img, size: 64MiB }\n"
+            "volumes:\n"
+            "  - { name: v, size: %dMiB, replicas: 2, stripe_width: 1 }\n",
+            CM_COLS);
+  ck_assert_msg (config_parse_string (text, "i.yaml", dir, &c) == 0, "%s",
+                 strata_last_error ());
+  return c;
+}
+
+/* The arrays of clean columns go once they pass checksum_memory, and
+ * come back from the checksum slots when they are needed: a block
+ * damaged behind the pool's back after its array went is still caught
+ * and healed, and data written after that reads back. */
+START_TEST (test_csum_memory)
+{
+  char *dir = test_tmpdir ();
+  struct config *c = make_cm_config (dir);
+  size_t len = (size_t) CM_COLS * MIB;
+  char *pat = malloc (len), *buf = malloc (len), *raw = malloc (4096);
+  struct pool *p;
+  struct volume *v;
+  struct meta_chunk *ch;
+  struct meta_extent e;
+  uint64_t off;
+  uint64_t errs = 0;
+
+  fill (pat, len, 21);
+  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pwrite (v, pat, len, 0, false), 0);
+  ck_assert_uint_eq (csum_budget (p), 8);
+  ck_assert_uint_eq (csum_resident (p), CM_COLS);
+  /* Dirty columns keep their arrays. */
+  ck_assert_uint_eq (csum_shrink (p, true), 0);
+  ck_assert_uint_eq (csum_resident (p), CM_COLS);
+  /* Clean ones go, down to 7/8 of the budget, in the order of the walk
+   * (every array was held since the last sweep: the second sweep). */
+  ck_assert_int_eq (resync_clean (pool_resync (p), true), CM_COLS);
+  ck_assert_uint_eq (csum_shrink (p, false), CM_COLS - 7);
+  ck_assert_uint_eq (csum_resident (p), 7);
+  ck_assert_ptr_null (atomic_load (&meta_chunk_get (volume_meta (v), 0)
+                                   ->col[0].csum));
+  /* Within the budget it does nothing. */
+  ck_assert_uint_eq (csum_shrink (p, false), 0);
+
+  /* Damage one byte of replica 0 of chunk 0, whose array went. */
+  ch = meta_chunk_get (volume_meta (v), 0);
+  e = ch->ext[0];
+  off = pool_extent_offset (p, e, 3 * 4096 + 5);
+  file_rw (dir, e.dev, raw, 1, off, false);
+  raw[0] ^= 0x10;
+  file_rw (dir, e.dev, raw, 1, off, true);
+  for (int k = 0; k < 2; k++) {	/* whichever replica a read starts from */
+    ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+    ck_assert_mem_eq (buf, pat, len);
+  }
+  for (uint32_t d = 0; d < 3; d++)
+    errs += pool_device_csum_errors (p, d);
+  ck_assert_uint_eq (errs, 1);
+  ck_assert_uint_eq (pool_device_csum_errors (p, e.dev), 1);
+  file_rw (dir, e.dev, raw, 1, off, false);
+  ck_assert_int_eq (raw[0], pat[3 * 4096 + 5]);	/* healed */
+
+  /* New data in every column, cleaned, every array let go: it reads
+   * back through arrays loaded from the slots the cleaner wrote. */
+  fill (pat, len, 22);
+  ck_assert_int_eq (volume_pwrite (v, pat, len, 0, false), 0);
+  ck_assert_int_eq (resync_clean (pool_resync (p), true), CM_COLS);
+  ck_assert_uint_eq (csum_shrink (p, true), CM_COLS);
+  ck_assert_uint_eq (csum_resident (p), 0);
+  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+  ck_assert_mem_eq (buf, pat, len);
+  volume_close (v);
+  pool_close (p);
+
+  /* And after a reopen. */
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+  ck_assert_mem_eq (buf, pat, len);
+  for (uint32_t d = 0; d < 3; d++)
+    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
+  volume_close (v);
+  pool_close (p);
+
+  free (pat);
+  free (buf);
+  free (raw);
+  config_free (c);
+  test_rmdir (dir);
+}
+END_TEST
+
+struct cm_worker {
+  struct volume *v;
+  char *ref;			/* the whole volume */
+  uint64_t first, len;		/* this worker's range of it */
+  unsigned seed;
+  int ops;
+  int bad;			/* reads that did not match, or failed */
+  char msg[256];
+  _Atomic bool done;
+};
+
+static void *
+cm_work (void *opaque)
+{
+  struct cm_worker *w = opaque;
+  char *buf = malloc (256 * 1024);
+
+  for (int i = 0; i < w->ops && buf && !w->bad; i++) {
+    uint32_t n = 1 + rand_r (&w->seed) % (128 * 1024);
+    uint64_t o = w->first + rand_r (&w->seed) % (w->len - n);
+    uint32_t rn = 1 + rand_r (&w->seed) % (256 * 1024);
+    uint64_t ro = w->first + rand_r (&w->seed) % (w->len - rn);
+
+    fill (buf, n, rand_r (&w->seed));
+    if (volume_pwrite (w->v, buf, n, o, false) == -1) {
+      snprintf (w->msg, sizeof w->msg, "write: %s", strata_last_error ());
+      w->bad++;
+      break;
+    }
+    memcpy (w->ref + o, buf, n);
+    if (volume_pread (w->v, buf, rn, ro) == -1) {
+      snprintf (w->msg, sizeof w->msg, "read: %s", strata_last_error ());
+      w->bad++;
+    }
+    else if (memcmp (buf, w->ref + ro, rn) != 0) {
+      snprintf (w->msg, sizeof w->msg, "read of %u bytes at %llu differs",
+                rn, (unsigned long long) ro);
+      w->bad++;
+    }
+  }
+  free (buf);
+  device_thread_exit ();
+  atomic_store (&w->done, true);
+  return NULL;
+}
+
+/* Reads and writes race the cleaner and csum_shrink() letting every
+ * array go that it can, over and over: every read matches what was
+ * written, no block is ever taken for a damaged one, and all of it
+ * reads back after a reopen. */
+START_TEST (test_csum_memory_race)
+{
+  char *dir = test_tmpdir ();
+  struct config *c = make_cm_config (dir);
+  size_t len = (size_t) CM_COLS * MIB;
+  char *ref = malloc (len), *buf = malloc (len);
+  struct cm_worker w[2];
+  pthread_t t[2];
+  struct pool *p;
+  struct volume *v;
+  size_t gone = 0;
+  int passes = 0;
+
+  fill (ref, len, 31);
+  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pwrite (v, ref, len, 0, false), 0);
+  for (int i = 0; i < 2; i++) {
+    w[i] = (struct cm_worker) { v, ref, i * len / 2, len / 2, 40 + i, 1500,
+                                0, "", false };
+    ck_assert_int_eq (pthread_create (&t[i], NULL, cm_work, &w[i]), 0);
+  }
+  /* Cleaner passes (of all columns, or of those not written since the
+   * last pass) and shrinks (of every array that can go, or down to the
+   * budget) in turn, until both workers are done. */
+  while (!atomic_load (&w[0].done) || !atomic_load (&w[1].done)) {
+    ck_assert_int_ge (resync_clean (pool_resync (p), passes % 2), 0);
+    gone += csum_shrink (p, passes % 3 != 0);
+    passes++;
+    usleep (100);
+  }
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq (pthread_join (t[i], NULL), 0);
+  for (int i = 0; i < 2; i++)
+    ck_assert_msg (w[i].bad == 0, "worker %d: %s", i, w[i].msg);
+  /* The race was run: arrays went while the workers were busy. */
+  ck_assert_uint_gt (gone, 0);
+  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+  ck_assert_mem_eq (buf, ref, len);
+  for (uint32_t d = 0; d < 3; d++)
+    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
+  volume_close (v);
+  pool_close (p);
+
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+  ck_assert_mem_eq (buf, ref, len);
+  for (uint32_t d = 0; d < 3; d++)
+    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
+  volume_close (v);
+  pool_close (p);
+
+  free (ref);
+  free (buf);
+  config_free (c);
+  test_rmdir (dir);
+}
+END_TEST
+
 Suite *
 integrity_suite (void)
 {
@@ -414,6 +646,8 @@ integrity_suite (void)
   tcase_add_test (tc, test_slot_damage);
   tcase_add_test (tc, test_crash_resync);
   tcase_add_test (tc, test_rebuild_report);
+  tcase_add_test (tc, test_csum_memory);
+  tcase_add_test (tc, test_csum_memory_race);
   suite_add_tcase (s, tc);
   return s;
 }
