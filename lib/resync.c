@@ -508,7 +508,6 @@ static void *
 cleaner (void *opaque)
 {
   struct resync *r = opaque;
-
   unsigned ticks = 0;
 
   /* Every tick the checksum arrays are trimmed to the pool's

@@ -21,6 +21,13 @@ if [ "${STRATA_SANITIZE:-}" = 1 ]; then
   export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   NBDKIT_ENV=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)")
+elif [ "${STRATA_SANITIZE:-}" = thread ]; then
+  # A ThreadSanitizer build, made by hand (make B=build-tsan
+  # CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS=-fsanitize=thread all) and
+  # given as STRATA_BUILD.  Its reports go to nbdkit.log; any fails the
+  # test when it ends (_cleanup).
+  export TSAN_OPTIONS=halt_on_error=0:exitcode=0
+  NBDKIT_ENV=(env "LD_PRELOAD=$(gcc -print-file-name=libtsan.so)")
 fi
 PY=/usr/bin/python3
 
@@ -36,6 +43,12 @@ _cleanup () {
   local rc=$?
   for (( i=${#_cleanups[@]}-1; i>=0; i-- )); do eval "${_cleanups[i]}" || true; done
   stop_server || true
+  if [ "${STRATA_SANITIZE:-}" = thread ] \
+     && grep -q "WARNING: ThreadSanitizer" "$T/nbdkit.log" 2>/dev/null; then
+    grep -A 40 "WARNING: ThreadSanitizer" "$T/nbdkit.log" | head -300 >&2
+    echo "FAIL: ThreadSanitizer reports in nbdkit.log" >&2
+    rc=1
+  fi
   rm -rf "$T"
   exit $rc
 }
