@@ -53,9 +53,9 @@ void csum_release (struct meta_chunk *c, uint32_t col);
  * that is dirty and has no array is a new one: all zero blocks.  Where
  * the replicas' slots disagree, each block takes the value that matches
  * a replica's data, and the slots that held another are rewritten (in a
- * writable pool).  Safe from
- * any thread (the first array installed wins).  NULL with errno (EIO:
- * no copy of the slot could be read) and a message. */
+ * writable pool).  Safe from any thread (the first array installed
+ * wins).  NULL with errno (EIO: no copy of the slot could be read) and a
+ * message. */
 uint32_t *csum_get (struct pool *p, struct meta_volume *v,
                     struct meta_chunk *c, uint32_t col);
 
