@@ -531,7 +531,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       json_str (out, d->domain);
       {
         struct device_stats ds = { 0 };
-        char host[CONFIG_DOMAIN_MAX];
+        char host[CONFIG_DOMAIN_MAX], problem[200];
         if (pool_device (p, i))
           device_stats (pool_device (p, i), &ds);
         fprintf (out, ",\"host\":");
@@ -554,10 +554,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ds.connected ? "true" : "false",
                  pool_device_csum_errors (p, i), pool_device_repairs (p, i),
                  d->data_offset, d->csum_offset, stale[i]);
-        json_str (out, pool_device_problem (p, i));
+        pool_device_problem (p, i, problem, sizeof problem);
+        json_str (out, problem);
         fprintf (out, ",\"path\":");
         json_str (out, pool_device (p, i) ? device_path (pool_device (p, i))
-                                          : pool_device_problem (p, i));
+                                          : problem);
         fputc ('}', out);
       }
     }
@@ -628,9 +629,10 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   for (uint32_t i = 0; i < m->ndevices; i++) {
     struct meta_device *d = &m->devices[i];
     struct device_stats ds = { 0 };
-    char host[CONFIG_DOMAIN_MAX], lat[32], bad[48];
+    char host[CONFIG_DOMAIN_MAX], lat[32], bad[48], problem[200];
     if (pool_device (p, i))
       device_stats (pool_device (p, i), &ds);
+    pool_device_problem (p, i, problem, sizeof problem);
     if (ds.requests)
       snprintf (lat, sizeof lat, "%.2fms", ds.latency_ns / 1e6);
     else
@@ -645,8 +647,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              dev_state (p, i), ds.errors + ds.timeouts, bad, lat,
              pool_device (p, i) ? device_path (pool_device (p, i)) : "",
              pool_meta_member (p, i) ? " [metadata]" : "",
-             pool_device_problem (p, i)[0] ? " -- " : "",
-             pool_device_problem (p, i));
+             problem[0] ? " -- " : "", problem);
     /* The member answers (or answers again), but is not used. */
     if (d->state == META_DEV_FAILED && pool_device (p, i)
         && device_is_remote (pool_device (p, i)) && ds.connected)

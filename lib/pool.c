@@ -16,6 +16,7 @@
  * be found again after a crash.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
@@ -51,7 +52,8 @@ struct pool {
    * fills a device's entries before it raises ndevs. */
   _Atomic uint32_t ndevs;	/* from the metadata */
   struct device **devs;		/* [ndevs], NULL where missing */
-  char (*problem)[200];		/* [ndevs], why a device is missing */
+  char (*problem)[200];		/* [ndevs], why a device is missing or
+				   failed; see problem_lock */
   struct device **opened;	/* every device opened, for closing */
   size_t nopened;
   struct meta *meta;
@@ -66,6 +68,10 @@ struct pool {
   pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
   struct resync *resync;	/* dirty columns; NULL when read-only */
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
+  /* Protects problem[] once the pool is open (status reads it while
+   * the data path marks a device failed); a leaf: nothing else is
+   * taken while it is held. */
+  pthread_mutex_t problem_lock;
   int lockfd;			/* the pool lock file, or -1 */
   pthread_mutex_t admin_lock;	/* serialises pool_volume_* */
   /* Long jobs running in this process (job.h), per enum meta_job_kind. */
@@ -882,6 +888,7 @@ pool_open (const struct config *cfg, unsigned flags)
   }
   pthread_mutex_init (&p->admin_lock, NULL);
   pthread_mutex_init (&p->fail_lock, NULL);
+  pthread_mutex_init (&p->problem_lock, NULL);
   pthread_mutex_init (&p->walk_lock, NULL);
   pthread_mutex_init (&p->add_lock, NULL);
   pthread_mutex_init (&p->members_lock, NULL);
@@ -1123,6 +1130,7 @@ pool_close (struct pool *p)
   pthread_mutex_destroy (&p->members_lock);
   pthread_mutex_destroy (&p->admin_lock);
   pthread_mutex_destroy (&p->fail_lock);
+  pthread_mutex_destroy (&p->problem_lock);
   pthread_mutex_destroy (&p->lost_lock);
   free (p);
 }
@@ -1170,6 +1178,19 @@ commit_dev_state (struct pool *p, uint32_t i, uint8_t state)
   return r;
 }
 
+/* Say why device I is not (or not fully) in use, for status. */
+static void __attribute__ ((format (printf, 3, 4)))
+set_problem (struct pool *p, uint32_t i, const char *fmt, ...)
+{
+  va_list ap;
+
+  pthread_mutex_lock (&p->problem_lock);
+  va_start (ap, fmt);
+  vsnprintf (p->problem[i], sizeof p->problem[i], fmt, ap);
+  va_end (ap);
+  pthread_mutex_unlock (&p->problem_lock);
+}
+
 int
 pool_device_fail (struct pool *p, uint32_t i, const char *why)
 {
@@ -1186,7 +1207,7 @@ pool_device_fail (struct pool *p, uint32_t i, const char *why)
      * writes to it. */
     atomic_store_explicit (&p->failed[i], true, memory_order_release);
     alloc_set_usable (p->alloc, i, false);
-    snprintf (p->problem[i], sizeof p->problem[i], "failed: %s", why);
+    set_problem (p, i, "failed: %s", why);
     fprintf (stderr, "strata: pool %s: device %s marked failed: %s\n",
              p->cfg->name, p->meta->devices[i].name, why);
   }
@@ -1206,8 +1227,7 @@ pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
   if (r == 0 && (state == META_DEV_FAILED || state == META_DEV_REMOVED)) {
     atomic_store_explicit (&p->failed[i], true, memory_order_release);
     alloc_set_usable (p->alloc, i, false);
-    snprintf (p->problem[i], sizeof p->problem[i], "%s",
-              meta_dev_state_name (state));
+    set_problem (p, i, "%s", meta_dev_state_name (state));
   }
   pthread_mutex_unlock (&p->fail_lock);
   return r;
@@ -1433,7 +1453,7 @@ pool_device_return (struct pool *p, uint32_t i)
   p->devs[i] = d;
   note_align (p, d);
   atomic_store (&p->read_errors[i], 0);
-  p->problem[i][0] = '\0';
+  set_problem (p, i, "%s", "");
   atomic_store_explicit (&p->failed[i], false, memory_order_release);
   alloc_set_usable (p->alloc, i, true);
   fprintf (stderr, "strata: pool %s: device %s is back\n", p->cfg->name,
@@ -1654,7 +1674,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
     opened = false;
     p->devs[n] = d;
     p->failed[n] = false;
-    p->problem[n][0] = '\0';
+    set_problem (p, n, "%s", "");
     note_align (p, d);
     atomic_store_explicit (&p->ndevs, n + 1, memory_order_release);
     r = alloc_add_device (p->alloc, n, &md);
@@ -1900,7 +1920,7 @@ device_degrade (struct pool *p, uint32_t i, const char *why)
   if (!atomic_load (&p->failed[i])
       && p->meta->devices[i].state == META_DEV_UP
       && commit_dev_state (p, i, META_DEV_DEGRADED) == 0) {
-    snprintf (p->problem[i], sizeof p->problem[i], "degraded: %s", why);
+    set_problem (p, i, "degraded: %s", why);
     fprintf (stderr, "strata: pool %s: device %s degraded: %s\n",
              p->cfg->name, p->meta->devices[i].name, why);
   }
@@ -1933,10 +1953,12 @@ pool_device_read_errors (struct pool *p, uint32_t i)
   return i < p->ndevs ? atomic_load (&p->read_errors[i]) : 0;
 }
 
-const char *
-pool_device_problem (struct pool *p, uint32_t i)
+void
+pool_device_problem (struct pool *p, uint32_t i, char *buf, size_t len)
 {
-  return i < p->ndevs ? p->problem[i] : "no such device";
+  pthread_mutex_lock (&p->problem_lock);
+  snprintf (buf, len, "%s", i < p->ndevs ? p->problem[i] : "no such device");
+  pthread_mutex_unlock (&p->problem_lock);
 }
 
 void

@@ -140,7 +140,9 @@ size_t pool_mem_align (struct pool *p, enum dev_op op);
 int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
 
-const char *pool_device_problem (struct pool *p, uint32_t i);
+/* Why device I is missing, failed or degraded ("" if it is fine), copied
+ * into BUF (LEN bytes; 200 hold all of it). */
+void pool_device_problem (struct pool *p, uint32_t i, char *buf, size_t len);
 
 /* Checksum errors found on device I, and blocks (or checksum slots)
  * rewritten there with good data, since the pool opened.  Safe from any

@@ -92,10 +92,12 @@ strata_get_ready (void)
    * not read), which the operator must hear of. */
   for (uint32_t i = 0; i < pool_ndevices (pool); i++)
     if (!pool_device (pool, i)
-        && pool_meta (pool)->devices[i].state != META_DEV_REMOVED)
+        && pool_meta (pool)->devices[i].state != META_DEV_REMOVED) {
+      char why[200];
+      pool_device_problem (pool, i, why, sizeof why);
       fprintf (stderr, "strata: pool %s: device %s is missing: %s\n",
-               cfg->name, pool_meta (pool)->devices[i].name,
-               pool_device_problem (pool, i));
+               cfg->name, pool_meta (pool)->devices[i].name, why);
+    }
   /* Nothing the pool started may cross the fork: this thread's io_uring,
    * and the remote members' I/O threads (they restart on first use). */
   device_thread_exit ();
