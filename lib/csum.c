@@ -388,15 +388,9 @@ shrink_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 static int
 sweep (struct meta *m, struct shrink *s)
 {
-  struct meta_volume **vols;
   size_t nv;
+  struct meta_volume **vols = meta_volumes_copy (m, &nv);
 
-  pthread_mutex_lock (&m->lock);
-  nv = m->nvolumes;
-  vols = malloc ((nv ? nv : 1) * sizeof *vols);
-  if (vols && nv > 0)
-    memcpy (vols, m->volumes, nv * sizeof *vols);
-  pthread_mutex_unlock (&m->lock);
   if (!vols)
     return -1;
   for (size_t i = 0; i < nv; i++)

@@ -341,6 +341,22 @@ chunk_set (struct meta_volume *v, uint64_t idx, struct meta_chunk *c)
   return 0;
 }
 
+struct meta_volume **
+meta_volumes_copy (struct meta *m, size_t *n)
+{
+  struct meta_volume **vols;
+
+  pthread_mutex_lock (&m->lock);
+  *n = m->nvolumes;
+  vols = malloc ((*n ? *n : 1) * sizeof *vols);
+  if (vols && *n > 0)
+    memcpy (vols, m->volumes, *n * sizeof *vols);
+  pthread_mutex_unlock (&m->lock);
+  if (!vols)
+    strata_error (ENOMEM, "out of memory");
+  return vols;
+}
+
 int
 meta_foreach_chunk (struct meta_volume *v,
                     int (*fn) (void *, uint64_t, struct meta_chunk *),

@@ -288,6 +288,12 @@ struct meta_chunk *meta_chunk_get (struct meta_volume *v, uint64_t idx);
 /* Number of chunk slots of V (size rounded up to whole chunks). */
 uint64_t meta_volume_nchunks (const struct meta_volume *v);
 
+/* A copy of the list of volumes (*N of them), taken under m->lock, for
+ * a walk of their chunk maps; the caller frees it.  The volumes stay
+ * valid while the caller holds the pool's walk lock.  NULL with ENOMEM
+ * and a message. */
+struct meta_volume **meta_volumes_copy (struct meta *m, size_t *n);
+
 /* Call FN for every allocated chunk of V, in index order.  Stops and
  * returns FN's value when it is non-zero. */
 int meta_foreach_chunk (struct meta_volume *v,

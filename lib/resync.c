@@ -306,18 +306,11 @@ walk_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
 static int
 walk (struct pool *p, struct walk *w)
 {
-  struct meta *m = pool_meta (p);
-  struct meta_volume **vols;
   size_t nv;
+  struct meta_volume **vols = meta_volumes_copy (pool_meta (p), &nv);
 
-  pthread_mutex_lock (&m->lock);
-  nv = m->nvolumes;
-  vols = malloc ((nv ? nv : 1) * sizeof *vols);
-  if (vols && nv > 0)
-    memcpy (vols, m->volumes, nv * sizeof *vols);
-  pthread_mutex_unlock (&m->lock);
   if (!vols)
-    return strata_error (ENOMEM, "out of memory");
+    return -1;
   for (size_t i = 0; i < nv && !w->err; i++) {
     w->v = vols[i];
     meta_foreach_chunk (vols[i], walk_chunk, w);

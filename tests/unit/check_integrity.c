@@ -432,6 +432,24 @@ make_cm_config (const char *dir)
   return c;
 }
 
+/* Open the pool again: volume v reads back as REF[0..LEN) (through
+ * BUF), with no checksum error. */
+static void
+reopen_check (struct config *c, const char *ref, char *buf, size_t len)
+{
+  struct pool *p = pool_open (c, POOL_WRITE);
+  struct volume *v;
+
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
+  ck_assert_mem_eq (buf, ref, len);
+  for (uint32_t d = 0; d < 3; d++)
+    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
+  volume_close (v);
+  pool_close (p);
+}
+
 /* The arrays of clean columns go once they pass checksum_memory, and
  * come back from the checksum slots when they are needed: a block
  * damaged behind the pool's back after its array went is still caught
@@ -500,17 +518,7 @@ START_TEST (test_csum_memory)
   ck_assert_mem_eq (buf, pat, len);
   volume_close (v);
   pool_close (p);
-
-  /* And after a reopen. */
-  p = pool_open (c, POOL_WRITE);
-  ck_assert_msg (p != NULL, "%s", strata_last_error ());
-  v = volume_open (p, "v");
-  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
-  ck_assert_mem_eq (buf, pat, len);
-  for (uint32_t d = 0; d < 3; d++)
-    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
-  volume_close (v);
-  pool_close (p);
+  reopen_check (c, pat, buf, len);	/* and after a reopen */
 
   free (pat);
   free (buf);
@@ -616,16 +624,7 @@ START_TEST (test_csum_memory_race)
     ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
   volume_close (v);
   pool_close (p);
-
-  p = pool_open (c, POOL_WRITE);
-  ck_assert_msg (p != NULL, "%s", strata_last_error ());
-  v = volume_open (p, "v");
-  ck_assert_int_eq (volume_pread (v, buf, len, 0), 0);
-  ck_assert_mem_eq (buf, ref, len);
-  for (uint32_t d = 0; d < 3; d++)
-    ck_assert_uint_eq (pool_device_csum_errors (p, d), 0);
-  volume_close (v);
-  pool_close (p);
+  reopen_check (c, ref, buf, len);
 
   free (ref);
   free (buf);
