@@ -17,8 +17,8 @@
 
 #include "admin.h"
 #include "cache.h"
-#include "destage.h"
 #include "csum.h"
+#include "destage.h"
 #include "error.h"
 #include "rebuild.h"
 #include "scrub.h"
