@@ -432,6 +432,23 @@ make_cm_config (const char *dir)
   return c;
 }
 
+/* Create the pool and volume v, open them (*V) and write DATA[0..LEN)
+ * to it.  Returns the pool, open for writing. */
+static struct pool *
+cm_create (struct config *c, const char *data, size_t len, struct volume **v)
+{
+  struct pool *p;
+
+  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
+  *v = volume_open (p, "v");
+  ck_assert_ptr_nonnull (*v);
+  ck_assert_int_eq (volume_pwrite (*v, data, len, 0, false), 0);
+  return p;
+}
+
 /* Open the pool again: volume v reads back as REF[0..LEN) (through
  * BUF), with no checksum error. */
 static void
@@ -468,12 +485,7 @@ START_TEST (test_csum_memory)
   uint64_t errs = 0;
 
   fill (pat, len, 21);
-  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
-  p = pool_open (c, POOL_WRITE);
-  ck_assert_msg (p != NULL, "%s", strata_last_error ());
-  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
-  v = volume_open (p, "v");
-  ck_assert_int_eq (volume_pwrite (v, pat, len, 0, false), 0);
+  p = cm_create (c, pat, len, &v);
   ck_assert_uint_eq (csum_budget (p), 8);
   ck_assert_uint_eq (csum_resident (p), CM_COLS);
   /* Dirty columns keep their arrays. */
@@ -592,12 +604,7 @@ START_TEST (test_csum_memory_race)
   int passes = 0;
 
   fill (ref, len, 31);
-  ck_assert_msg (pool_init (c, false, NULL) == 0, "%s", strata_last_error ());
-  p = pool_open (c, POOL_WRITE);
-  ck_assert_msg (p != NULL, "%s", strata_last_error ());
-  ck_assert_int_eq (pool_volume_create (p, &c->volumes[0]), 0);
-  v = volume_open (p, "v");
-  ck_assert_int_eq (volume_pwrite (v, ref, len, 0, false), 0);
+  p = cm_create (c, ref, len, &v);
   for (int i = 0; i < 2; i++) {
     w[i] = (struct cm_worker) { v, ref, i * len / 2, len / 2, 40 + i, 1500,
                                 0, "", false };
