@@ -16,7 +16,7 @@ UNITDIR   ?= /lib/systemd/system
 PLUGINDIR ?= $(shell pkg-config --variable=plugindir nbdkit 2>/dev/null || echo $(PREFIX)/lib/nbdkit/plugins)
 
 CC      ?= cc
-PKGS    := liburing libnbd yaml-0.1
+PKGS    := liburing libnbd yaml-0.1 libisal
 # Messages are truncated on purpose where they exceed their buffers.
 WARN    := -Wall -Wextra -Wshadow -Wvla -Werror -Wno-format-truncation
 CFLAGS  ?= -O2 -g
@@ -26,7 +26,7 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -fPIC $(WARN) $(CFLAGS) \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) -Ilib
-LIBS    = $(shell pkg-config --libs liburing libnbd yaml-0.1 2>/dev/null) -lpthread
+LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 
 # A sanitizer build lives apart, so the two never mix objects.
 ifeq ($(SANITIZE),1)

@@ -1,8 +1,7 @@
 /* strata: CRC-32C (Castagnoli), used for every on-disk checksum.
  *
- * Uses the SSE4.2 crc32 instruction where the CPU has it and a table
- * otherwise; both give the same result.  The standard check value
- * crc32c("123456789") is 0xe3069283.
+ * Computed by ISA-L (libisal), which uses the fastest instructions the
+ * CPU has.  The standard check value crc32c("123456789") is 0xe3069283.
  */
 #ifndef STRATA_CRC32C_H
 #define STRATA_CRC32C_H

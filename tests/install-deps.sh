@@ -3,7 +3,7 @@
 # are missing.  As root it runs apt-get; otherwise it prints the command.
 set -euo pipefail
 PKGS="build-essential pkg-config perl nbdkit nbdkit-plugin-dev libnbd-dev
-      libnbd-bin python3-libnbd liburing-dev libyaml-dev check fio qemu-utils
+      libnbd-bin python3-libnbd liburing-dev libyaml-dev libisal-dev check fio qemu-utils
       e2fsprogs fuse3 util-linux openssl bc"
 missing=()
 for p in $PKGS; do
