@@ -13,11 +13,15 @@ static __thread char last_error[ERROR_MAX];
 int
 strata_error (int errnum, const char *fmt, ...)
 {
+  char msg[ERROR_MAX];
   va_list ap;
 
+  /* Formatted apart first: an argument may be strata_last_error (), and
+   * vsnprintf's source and destination must not overlap. */
   va_start (ap, fmt);
-  vsnprintf (last_error, sizeof last_error, fmt, ap);
+  vsnprintf (msg, sizeof msg, fmt, ap);
   va_end (ap);
+  memcpy (last_error, msg, sizeof msg);
   errno = errnum ? errnum : EIO;
   return -1;
 }

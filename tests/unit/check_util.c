@@ -1,7 +1,9 @@
-/* Unit tests: the small shared helpers (util.h). */
+/* Unit tests: the small shared helpers (util.h, error.h). */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "suites.h"
 #include "util.h"
 
@@ -127,6 +129,25 @@ END_TEST
 /* Version 4 UUIDs: the version and variant digits are fixed, the rest is
  * random, so 64 of them are all different and each of the random bits
  * takes both values. */
+/* A message may quote the one before it: "... (last error: %s)" with
+ * strata_last_error () as the argument, as volume.c does. */
+START_TEST (test_error_quotes_last)
+{
+  ck_assert_int_eq (strata_error (ENOTCONN, "d3: read of %u bytes", 4096u),
+                    -1);
+  ck_assert_int_eq (strata_error (EIO, "no readable copy (last error: %s)",
+                                  strata_last_error ()), -1);
+  ck_assert_int_eq (errno, EIO);
+  ck_assert_str_eq (strata_last_error (),
+                    "no readable copy (last error: d3: read of 4096 bytes)");
+  errno = ENOSPC;
+  ck_assert_int_eq (strata_error_prefix ("volume %s", "v"), -1);
+  ck_assert_int_eq (errno, ENOSPC);
+  ck_assert_str_eq (strata_last_error (), "volume v: no readable copy "
+                    "(last error: d3: read of 4096 bytes)");
+}
+END_TEST
+
 START_TEST (test_uuid_v4)
 {
   uint8_t u[64][16], ones[16] = { 0 }, zeros[16] = { 0 };
@@ -163,6 +184,7 @@ util_suite (void)
   tcase_add_test (tc, test_first_order_independent);
   tcase_add_test (tc, test_is_zero_and_sizes);
   tcase_add_test (tc, test_uuid_v4);
+  tcase_add_test (tc, test_error_quotes_last);
   suite_add_tcase (s, tc);
   return s;
 }
