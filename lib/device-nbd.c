@@ -504,7 +504,13 @@ device_nbd_start (struct dev_req *r, struct dev_waiter *w)
   for (unsigned k = 0; k < rm->nconns; k++) {
     struct conn *c = &rm->conns[(start + k) % rm->nconns];
     pthread_mutex_lock (&c->lock);
-    if (c->h && nbd_aio_is_ready (c->h) + nbd_aio_is_processing (c->h) > 0) {
+    /* A handle is only ever stored here connected, so it can take
+     * requests until it is dead.  Not "ready or processing": libnbd's
+     * state queries read a state the poller changes without c->lock, and
+     * a handle going from processing to ready between the two calls
+     * looked like neither, which failed a request on a healthy
+     * connection with ENOTCONN.  Dead and closed are final. */
+    if (c->h && !nbd_aio_is_dead (c->h) && !nbd_aio_is_closed (c->h)) {
       int e = 0;
       r->conn = c;
       list_add (c, r);
