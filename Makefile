@@ -5,6 +5,7 @@
 #   make demo       install missing packages, build, run the demo
 #   make bench      benchmark strata against nbdkit file and raw fio
 #   make soak       a long soak: faults one at a time (SOAK_ROUNDS, SOAK_SEED)
+#   make fuzz       libFuzzer on the metadata decoders and the YAML parser
 #   make install    install (PREFIX, DESTDIR, PLUGINDIR honoured)
 #   make SANITIZE=1 check   the same under ASan + UBSan
 
@@ -48,7 +49,7 @@ PLUGIN    := $(B)/nbdkit-strata-plugin.so
 CLI       := $(B)/strata
 UNIT      := $(B)/check-unit
 
-.PHONY: all check unit e2e soak demo bench install uninstall clean deps format
+.PHONY: all check unit e2e soak fuzz demo bench install uninstall clean deps format
 all: $(LIBSTRATA) $(PLUGIN) $(CLI) $(MANS)
 
 $(B)/lib/%.o: lib/%.c $(wildcard lib/*.h) | $(B)/lib
@@ -110,6 +111,17 @@ soak: deps
 	$(E2E_ENV) SOAK_ROUNDS=$(SOAK_ROUNDS) SOAK_SEED=$(SOAK_SEED) TESTS=test-soak.sh \
 	  TEST_TIMEOUT=36000 bash tests/e2e/run.sh
 
+# Coverage-guided fuzzing of the metadata decoders and the YAML parser
+# with clang's libFuzzer, FUZZ_SECONDS each (default 60; not part of
+# check).  The library is built apart, in build-fuzz.
+FUZZ_SECONDS ?= 60
+fuzz:
+	@bash tests/install-deps.sh clang libclang-rt-14-dev
+	$(MAKE) B=build-fuzz CC=clang WARN="-Wall -Wextra -Wshadow -Wvla -Werror" \
+	  CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	  build-fuzz/libstrata.a
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+
 demo: deps
 	$(MAKE) all
 	bash etc/strata/demo.sh
@@ -140,4 +152,4 @@ format:
 	clang-format -i lib/*.c lib/*.h plugins/*.c daemon/*.c tests/unit/*.c
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-tsan build-fuzz
