@@ -120,7 +120,7 @@ fuzz:
 	$(MAKE) B=build-fuzz CC=clang WARN="-Wall -Wextra -Wshadow -Wvla -Werror" \
 	  CFLAGS="-O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
 	  build-fuzz/libstrata.a
-	FUZZ_SECONDS=$(FUZZ_SECONDS) bash tests/fuzz/run.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_LIBS="$(LIBS)" bash tests/fuzz/run.sh
 
 demo: deps
 	$(MAKE) all

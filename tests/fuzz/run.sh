@@ -11,15 +11,21 @@ B=$TOP/build-fuzz
 SECS=${FUZZ_SECONDS:-60}
 FLAGS="-std=gnu11 -D_GNU_SOURCE -g -O1 -I$TOP/lib
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined"
-LIBS=$(pkg-config --libs liburing libnbd yaml-0.1 libisal)
+# The libraries the Makefile links strata with (make fuzz passes them).
+LIBS=${FUZZ_LIBS:?run this through make fuzz}
 
 for name in meta config; do
   # shellcheck disable=SC2086
-  clang $FLAGS "$TOP/tests/fuzz/fuzz-$name.c" "$B/libstrata.a" $LIBS -lpthread \
+  clang $FLAGS "$TOP/tests/fuzz/fuzz-$name.c" "$B/libstrata.a" $LIBS \
     -o "$B/fuzz-$name"
   mkdir -p "$B/corpus-$name" "$B/seeds-$name"
 done
-STRATA_FUZZ_SEEDS=$B/seeds-meta "$B/fuzz-meta" -runs=0 "$B/seeds-meta" >/dev/null 2>&1
+if ! STRATA_FUZZ_SEEDS=$B/seeds-meta "$B/fuzz-meta" -runs=0 "$B/seeds-meta" \
+     > "$B/fuzz-meta-seeds.log" 2>&1; then
+  cat "$B/fuzz-meta-seeds.log" >&2
+  echo "fuzz-meta: writing the seeds failed" >&2
+  exit 1
+fi
 cp "$TOP"/etc/strata/*.yaml "$B/seeds-config/"
 
 fail=0
