@@ -23,7 +23,8 @@
  * fail at once with ENOTCONN: replicated volumes read and write the other
  * copies, and the pool marks the member failed.  Nothing is retried on a
  * new connection, since an NBD write's fate on a dead connection is
- * unknown.
+ * unknown; only a request that libnbd refused because its connection had
+ * just died goes on to the member's next connection, as it never left.
  *
  * Writes the server acknowledged but was not yet asked to make durable
  * may be gone after a dropped connection too: a server that restarted
@@ -515,14 +516,16 @@ device_nbd_start (struct dev_req *r, struct dev_waiter *w)
       r->conn = c;
       list_add (c, r);
       if (issue (c->h, r, rm->can_fua) == -1) {
-        /* The poller may have seen the connection die since the check
-         * above; libnbd then says EINVAL (wrong state), which would
-         * misname a lost connection. */
-        if (nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h))
-          e = ENOTCONN;
-        else
-          e = nbd_get_errno () ? nbd_get_errno () : EIO;
+        bool died = nbd_aio_is_dead (c->h) || nbd_aio_is_closed (c->h);
+        e = nbd_get_errno () ? nbd_get_errno () : EIO;
         list_del (c, r);
+        if (died) {
+          /* The connection died since the check above (libnbd then
+           * says EINVAL, the wrong state).  The request never left, so
+           * another connection may take it. */
+          pthread_mutex_unlock (&c->lock);
+          continue;
+        }
       }
       else if (nbd_aio_get_direction (c->h) & LIBNBD_AIO_DIRECTION_WRITE) {
         uint64_t one = 1;
