@@ -39,7 +39,10 @@ void job_init (struct job *j, struct pool *p, uint8_t kind, const char *name,
                const char *unit, uint64_t rate, FILE *err, bool bar);
 
 /* Commit the record now (FORCE) or if JOB_SAVE_INTERVAL has passed since
- * the last commit.  Returns 0 or -1. */
+ * the last commit.  Returns 0 or -1.  Jobs with several workers call it
+ * under their lock, across the journal commit: the records then reach
+ * the journal in the order they were made, and the others wait for it
+ * (at most once a second) only between steps, holding no column. */
 int job_save (struct job *j, bool force);
 
 /* After a step that moved IO_BYTES of device data: count it, show
