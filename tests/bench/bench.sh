@@ -310,3 +310,5 @@ echo "clients keep >= 0.5x their 4k randread IOPS during a default-rate rebuild.
 echo "Cache (issue 5): over HDD members (5 ms writes, 2 ms reads, one at a time),"
 echo "write-back 4k randwrite >= 20x mode none and >= 0.7x a volume on the SSD file"
 echo "alone; 1M seq reads of destaged data >= 1.0x mode none."
+echo "Unix socket send buffers (net.core.wmem_default): $(cat /proc/sys/net/core/wmem_default) bytes;"
+echo "1M sequential rows depend on it (nbdkit-strata-plugin(1))."
