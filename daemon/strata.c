@@ -66,6 +66,7 @@ usage (FILE *f)
            "  cache detach CONFIG            write it all back, then stop using the cache\n"
            "  serve CONFIG [-U SOCKET | -p PORT] [-- NBDKIT-OPTIONS]\n"
            "                                 serve every volume over NBD\n"
+           "  --help | --version             this summary, or the version\n"
            "\n"
            "See strata(8) and strata.yaml(5).\n");
 }

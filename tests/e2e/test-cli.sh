@@ -95,7 +95,7 @@ def entries(lines, start):
 pod = open(sys.argv[1]).read()
 syn = pod[pod.index("=head1 SYNOPSIS"):pod.index("=head1 DESCRIPTION")]
 man = entries(syn.splitlines(), r" strata ")
-hlp = entries(sys.stdin.read().splitlines(), r"  [a-z]")
+hlp = entries(sys.stdin.read().splitlines(), r"  [a-z]|  --")
 assert len(man) > 15, man
 assert sorted(man) == sorted(hlp), (set(man) ^ set(hlp))
 ' "$TOP/man/strata.8.pod" || fail "strata --help and strata(8) SYNOPSIS differ"
