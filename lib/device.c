@@ -242,12 +242,12 @@ device_alloc_huge (size_t len)
   if (posix_memalign (&p, DEVICE_HUGE_PAGE, len) != 0)
     return NULL;
   (void) madvise (p, len, MADV_HUGEPAGE);
-  /* Nothing fails without them, but the operator should know why scrub
-   * and rebuild send the disk smaller requests: say so once. */
+  /* Nothing fails without them, but the operator should know why large
+   * requests are slower: say so once. */
   if (!atomic_load_explicit (&told, memory_order_relaxed)
       && !atomic_exchange (&told, true) && (why = device_thp_problem (NULL)))
-    fprintf (stderr, "strata: %s: scrub and rebuild requests may be split "
-             "at the disk's segment limit\n", why);
+    fprintf (stderr, "strata: %s: large requests (scrub, rebuild, writes of "
+             "1 MiB or more) may be slower\n", why);
   return p;
 }
 

@@ -149,9 +149,10 @@ void *device_alloc_buf (size_t len);
 
 /* Allocate a buffer for large requests (NULL on failure): 2 MiB aligned
  * and backed by huge pages where the kernel has them, so that a request
- * reaches the disk whole instead of split at its segment limit.  For
- * buffers that are reused or move megabytes; free() it.  Its size is
- * rounded up to a whole number of DEVICE_HUGE_PAGE. */
+ * reaches the disk whole instead of split at its segment limit, and
+ * O_DIRECT pins one page instead of hundreds.  For buffers that are
+ * reused or move megabytes; free() it.  Its size is rounded up to a
+ * whole number of DEVICE_HUGE_PAGE. */
 #define DEVICE_HUGE_PAGE (2u << 20)
 void *device_alloc_huge (size_t len);
 
