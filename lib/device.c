@@ -246,8 +246,9 @@ device_alloc_huge (size_t len)
    * requests are slower: say so once. */
   if (!atomic_load_explicit (&told, memory_order_relaxed)
       && !atomic_exchange (&told, true) && (why = device_thp_problem (NULL)))
-    fprintf (stderr, "strata: %s: large requests (scrub, rebuild, writes of "
-             "1 MiB or more) may be slower\n", why);
+    fprintf (stderr, "strata: %s: large requests (scrub, rebuild, and "
+             "copied reads and writes of 1 MiB or more) may be slower\n",
+             why);
   return p;
 }
 
