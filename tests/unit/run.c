@@ -8,10 +8,16 @@
 
 #include "suites.h"
 
+/* Every test's directory is made under one directory per run, which the
+ * runner removes when the run ends: a test that fails an assertion exits
+ * at once, without removing its own. */
+static char run_dir[] = "/var/tmp/strata-unit.XXXXXX";
+
 char *
 test_tmpdir (void)
 {
-  char *d = strdup ("/var/tmp/strata-unit.XXXXXX");
+  char *d;
+  ck_assert_int_ge (asprintf (&d, "%s/t.XXXXXX", run_dir), 0);
   ck_assert_ptr_nonnull (mkdtemp (d));
   return d;
 }
@@ -75,9 +81,15 @@ test_nbdkit_uri (const char *dir)
 int
 main (void)
 {
-  SRunner *sr = srunner_create (format_suite ());
+  SRunner *sr;
+  char cmd[100];
   int failed;
 
+  if (!mkdtemp (run_dir)) {
+    perror (run_dir);
+    return EXIT_FAILURE;
+  }
+  sr = srunner_create (format_suite ());
   srunner_add_suite (sr, util_suite ());
   srunner_add_suite (sr, config_suite ());
   srunner_add_suite (sr, device_suite ());
@@ -90,5 +102,8 @@ main (void)
   srunner_run_all (sr, CK_NORMAL);
   failed = srunner_ntests_failed (sr);
   srunner_free (sr);
+  snprintf (cmd, sizeof cmd, "rm -rf '%s'", run_dir);
+  if (system (cmd) != 0)
+    fprintf (stderr, "check-unit: cannot remove %s\n", run_dir);
   return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

@@ -16,8 +16,8 @@ Suite *meta_suite (void);
 Suite *cache_suite (void);
 Suite *util_suite (void);
 
-/* A fresh temporary directory for a test (removed by the runner's exit
- * only if empty; tests remove their files). */
+/* A fresh temporary directory for a test, under the run's own directory,
+ * which the runner removes at the end (tests remove theirs as they go). */
 char *test_tmpdir (void);
 void test_rmdir (char *dir);
 
