@@ -588,6 +588,7 @@ device_submit (struct dev_req *reqs, size_t n)
   struct io_uring *ring = NULL;
   struct dev_req **queue;	/* requests waiting for a ring slot */
   size_t qhead = 0, qlen = 0, inflight = 0, pending = n, nremote = 0;
+  int ring_err = 0;		/* set once the ring fails */
   struct dev_req *stackq[16];
   struct dev_waiter *w = NULL;
   int first_err = 0;
@@ -641,6 +642,7 @@ device_submit (struct dev_req *reqs, size_t n)
       pending--;
       continue;
     }
+    r->res = -EINPROGRESS;	/* until complete() or a ring failure */
     queue[qlen++] = r;
   }
   if (qlen > 0 && !(ring = get_ring ())) {
@@ -654,7 +656,7 @@ device_submit (struct dev_req *reqs, size_t n)
     unsigned head, seen = 0;
     int e;
 
-    while (qhead < qlen) {
+    while (!ring_err && qhead < qlen) {
       struct io_uring_sqe *sqe = io_uring_get_sqe (ring);
       if (!sqe)
         break;
@@ -663,29 +665,41 @@ device_submit (struct dev_req *reqs, size_t n)
     }
     e = io_uring_submit_and_wait (ring, 1);
     if (e < 0 && e != -EINTR && e != -EAGAIN && e != -EBUSY) {
-      /* The ring itself failed: nothing more can be submitted. */
-      for (size_t k = 0; k < qlen; k++)
-        if (queue[k]->res == 0 && queue[k]->done < queue[k]->len)
-          queue[k]->res = e;
-      break;
+      if (ring_err || inflight == 0) {
+        /* Not even completions come back: every request not finished
+         * fails (the kernel may still hold those it was given). */
+        for (size_t k = 0; k < n; k++)
+          if (!reqs[k].dev->remote && reqs[k].res == -EINPROGRESS)
+            reqs[k].res = e;
+        break;
+      }
+      /* The ring failed: nothing more goes out, and what was never
+       * handed to the kernel fails now; what it holds is still reaped,
+       * since it may yet read or fill those buffers. */
+      ring_err = e;
+      for (; qhead < qlen; qhead++, pending--) {
+        queue[qhead]->res = e;
+        finished (queue[qhead]);
+      }
     }
     io_uring_for_each_cqe (ring, head, cqe) {
       struct dev_req *r = io_uring_cqe_get_data (cqe);
       seen++;
       inflight--;
-      if (complete (r, cqe->res)) {
-        finished (r);
-        pending--;
+      if (!complete (r, cqe->res)) {
+        if (!ring_err) {
+          /* Resubmit the remainder: it goes out next, from the slot
+           * before qhead (free, as R was taken from the queue). */
+          queue[--qhead] = r;
+          continue;
+        }
+        r->res = ring_err;	/* its remainder cannot go out */
       }
-      else {
-        /* Resubmit the remainder: put it back at the end of the queue.
-         * The queue has room because R was taken from it. */
-        queue[--qhead] = r;
-      }
+      finished (r);
+      pending--;
     }
     io_uring_cq_advance (ring, seen);
   }
-  (void) inflight;
   if (queue != stackq)
     free (queue);
   if (nremote > 0) {

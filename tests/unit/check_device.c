@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "device.h"
@@ -388,6 +389,54 @@ START_TEST (test_remote_one_conn)
 }
 END_TEST
 
+/* A ring that fails fails every request of the batch that did not
+ * finish, a flush as much as a write: none is reported done.  The ring
+ * fails here as it would if strata forked without letting go of it:
+ * the child inherits the parent thread's ring, which (single issuer)
+ * takes requests from its creator alone. */
+START_TEST (test_ring_failure)
+{
+  char *dir = test_tmpdir (), path[300];
+  unsigned char *b = device_alloc_buf (8192);
+  struct device *dev;
+  int status;
+  pid_t pid;
+
+  snprintf (path, sizeof path, "%s/r.img", dir);
+  dev = device_open_local (path, DEVICE_CREATE, SZ);
+  ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  ck_assert_int_eq (device_pread (dev, b, 4096, 0), 0);	/* makes the ring */
+  fill (b, 8192, 3);
+  pid = fork ();
+  ck_assert_int_ge (pid, 0);
+  if (pid == 0) {
+    struct dev_req rq[3] = {
+      { .dev = dev, .op = DEV_WRITE, .buf = b, .len = 4096, .off = 0 },
+      { .dev = dev, .op = DEV_READ, .buf = b + 4096, .len = 4096, .off = 0 },
+      { .dev = dev, .op = DEV_FLUSH },
+    };
+    int r = device_submit (rq, 3);
+    if (r == 0)
+      _exit (1);		/* the ring took them */
+    for (size_t i = 0; i < 3; i++)
+      if (rq[i].res >= 0)
+        _exit (10 + i);		/* reported done */
+    _exit (0);
+  }
+  ck_assert_int_eq (waitpid (pid, &status, 0), pid);
+  ck_assert (WIFEXITED (status));
+  ck_assert_msg (WEXITSTATUS (status) != 1, "the child could use its "
+                 "parent's ring: this kernel has no single-issuer rings");
+  ck_assert_msg (WEXITSTATUS (status) == 0, "request %d of the batch was "
+                 "reported done on a failed ring", WEXITSTATUS (status) - 10);
+  /* The parent's ring is unharmed. */
+  ck_assert_int_eq (device_pread (dev, b, 4096, 0), 0);
+  device_close (dev);
+  free (b);
+  test_rmdir (dir);
+}
+END_TEST
+
 /* The kernel's THP setting as device_thp_problem() reads it: the mode
  * in brackets is the one in force. */
 START_TEST (test_thp_setting)
@@ -433,6 +482,7 @@ device_suite (void)
   tcase_add_test (tc, test_local_modes);
   tcase_add_test (tc, test_buffered_batch);
   tcase_add_test (tc, test_thp_setting);
+  tcase_add_test (tc, test_ring_failure);
   if (access ("/usr/sbin/nbdkit", X_OK) == 0
       || access ("/usr/bin/nbdkit", X_OK) == 0) {
     tcase_add_test (tc, test_remote);
