@@ -8,9 +8,11 @@
  * submits them in one system call, and reaps completions; a full ring
  * leaves the rest queued until slots free up.  liburing returns -errno
  * and the kernel may complete short: short transfers are resubmitted for
- * the remainder, -EAGAIN and -EINTR are resubmitted as they are.  A
- * write that only copies into the page cache skips the ring and is made
- * with pwrite() (write_inline).
+ * the remainder, -EAGAIN and -EINTR are resubmitted as they are.  If the
+ * ring itself fails, nothing more goes out: every request not finished
+ * fails, and completions are still reaped while the kernel gives them,
+ * as it may yet use those buffers.  A write that only copies into the
+ * page cache skips the ring and is made with pwrite() (write_inline).
  *
  * Durability: FUA writes carry RWF_DSYNC, flush is fdatasync through the
  * ring; with O_DIRECT both reach the disk's write cache rules exactly.
