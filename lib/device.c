@@ -10,8 +10,9 @@
  * and the kernel may complete short: short transfers are resubmitted for
  * the remainder, -EAGAIN and -EINTR are resubmitted as they are.  If the
  * ring itself fails, nothing more goes out: every request not finished
- * fails, and completions are still reaped while the kernel gives them,
- * as it may yet use those buffers.  A write that only copies into the
+ * fails, completions are still reaped while the kernel gives them (it
+ * may yet use those buffers), and when it gives none the thread gets a
+ * new ring for its next batch.  A write that only copies into the
  * page cache skips the ring and is made with pwrite() (write_inline).
  *
  * Durability: FUA writes carry RWF_DSYNC, flush is fdatasync through the
@@ -669,10 +670,13 @@ device_submit (struct dev_req *reqs, size_t n)
     if (e < 0 && e != -EINTR && e != -EAGAIN && e != -EBUSY) {
       if (ring_err || inflight == 0) {
         /* Not even completions come back: every request not finished
-         * fails (the kernel may still hold those it was given). */
+         * fails, and the thread lets go of the ring, so that its next
+         * batch gets a new one and never reaps this batch's late
+         * completions. */
         for (size_t k = 0; k < n; k++)
           if (!reqs[k].dev->remote && reqs[k].res == -EINPROGRESS)
             reqs[k].res = e;
+        device_thread_exit ();
         break;
       }
       /* The ring failed: nothing more goes out, and what was never

@@ -390,7 +390,8 @@ START_TEST (test_remote_one_conn)
 END_TEST
 
 /* A ring that fails fails every request of the batch that did not
- * finish, a flush as much as a write: none is reported done.  The ring
+ * finish, a flush as much as a write: none is reported done, and the
+ * thread's next batch goes through a new ring.  The ring
  * fails here as it would if strata forked without letting go of it:
  * the child inherits the parent thread's ring, which (single issuer)
  * takes requests from its creator alone. */
@@ -405,8 +406,8 @@ START_TEST (test_ring_failure)
   snprintf (path, sizeof path, "%s/r.img", dir);
   dev = device_open_local (path, DEVICE_CREATE, SZ);
   ck_assert_msg (dev != NULL, "%s", strata_last_error ());
-  ck_assert_int_eq (device_pread (dev, b, 4096, 0), 0);	/* makes the ring */
   fill (b, 8192, 3);
+  ck_assert_int_eq (device_pwrite (dev, b, 4096, 0, false), 0); /* the ring */
   pid = fork ();
   ck_assert_int_ge (pid, 0);
   if (pid == 0) {
@@ -421,12 +422,18 @@ START_TEST (test_ring_failure)
     for (size_t i = 0; i < 3; i++)
       if (rq[i].res >= 0)
         _exit (10 + i);		/* reported done */
+    /* The next batch gets a ring of its own. */
+    if (device_pread (dev, b + 4096, 4096, 0) != 0
+        || memcmp (b, b + 4096, 4096) != 0)
+      _exit (2);
     _exit (0);
   }
   ck_assert_int_eq (waitpid (pid, &status, 0), pid);
   ck_assert (WIFEXITED (status));
   ck_assert_msg (WEXITSTATUS (status) != 1, "the child could use its "
                  "parent's ring: this kernel has no single-issuer rings");
+  ck_assert_msg (WEXITSTATUS (status) != 2, "the batch after a ring "
+                 "failure did not read back what was written");
   ck_assert_msg (WEXITSTATUS (status) == 0, "request %d of the batch was "
                  "reported done on a failed ring", WEXITSTATUS (status) - 10);
   /* The parent's ring is unharmed. */
