@@ -293,6 +293,17 @@ device_open_local (const char *path, unsigned flags, uint64_t create_size)
       unlink (path);
       return NULL;
     }
+    /* A file written through in full, over and over (a cache log): its
+     * blocks are allocated now, as an O_DIRECT write into a hole must
+     * allocate, which io_uring hands to a kernel worker thread. */
+    if ((flags & DEVICE_PREALLOC) && fallocate (fd, 0, 0, create_size) == -1
+        && errno != EOPNOTSUPP) {
+      strata_error (errno, "%s: cannot allocate %" PRIu64 " bytes: %m", path,
+                    create_size);
+      close (fd);
+      unlink (path);
+      return NULL;
+    }
     close (fd);
     fd = -1;
     if (stat (path, &st) == -1) {

@@ -53,11 +53,14 @@ struct dev_req {
 #define DEVICE_CREATE 0x1	/* create a sparse file of the given size */
 #define DEVICE_BUFFERED 0x2	/* page cache for everything, no O_DIRECT */
 #define DEVICE_DIRECT_READS 0x4	/* O_DIRECT for reads too */
+#define DEVICE_PREALLOC 0x8	/* with DEVICE_CREATE: allocate its space */
 
 /* Open the local file or block device PATH for reading and writing.
  * With DEVICE_CREATE and a path that does not exist, a sparse file of
- * CREATE_SIZE bytes is created.  O_DIRECT is used where the storage
- * supports it.  Returns NULL with errno and a message on failure. */
+ * CREATE_SIZE bytes is created; with DEVICE_PREALLOC too, its space is
+ * allocated (fallocate) where the file system can.  O_DIRECT is used
+ * where the storage supports it.  Returns NULL with errno and a message
+ * on failure. */
 struct device *device_open_local (const char *path, unsigned flags,
                                   uint64_t create_size);
 

@@ -198,13 +198,15 @@ choose_meta (const struct config *cfg, bool *meta)
     }
 }
 
-/* Open device CD of CFG to be formatted, creating it sparse where it is
- * a file that does not exist and has a size (*CREATED, said on LOG),
- * and lock it.  NULL with a message on failure. */
+/* Open device CD of CFG to be formatted, creating it where it is a file
+ * that does not exist and has a size (*CREATED, said on LOG): sparse,
+ * or with its space allocated for a cache device, whose log is written
+ * through in full.  Lock it.  NULL with a message on failure. */
 static struct device *
 open_to_format (const struct config *cfg, const struct config_device *cd,
                 bool *created, FILE *log)
 {
+  bool cache = config_is_cache_device (cfg, cd->name);
   struct device *d;
   char sz[32];
 
@@ -222,15 +224,17 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
       *created = true;
     }
     d = device_open_local (cd->path, (*created ? DEVICE_CREATE : 0)
-                           | io_flags (cd), cd->size);
+                           | (cache ? DEVICE_PREALLOC : 0) | io_flags (cd),
+                           cd->size);
   }
   if (!d) {
     strata_error_prefix ("device %s", cd->name);
     return NULL;
   }
   if (log && *created)
-    fprintf (log, "created %s (%s, sparse)\n", cd->path,
-             util_human_size (cd->size, sz, sizeof sz));
+    fprintf (log, "created %s (%s, %s)\n", cd->path,
+             util_human_size (cd->size, sz, sizeof sz),
+             cache ? "space allocated" : "sparse");
   if (device_lock (d, 0) == -1) {
     strata_error_prefix ("device %s", cd->name);
     device_close (d);

@@ -25,8 +25,20 @@ volumes:
   - { name: v, size: 256MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }
   - { name: k, size: 128MiB, replicas: 2 }
 EOF
-"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" init "$CONFIG" > "$T/init.log"
 "$STRATA" apply "$CONFIG" >/dev/null
+
+# The cache's file is created with its space allocated (its log is
+# written through in full), the members' files sparse.
+grep -q "created $T/ssd.img (48.0 MiB, space allocated)" "$T/init.log" \
+  || fail "init said: $(cat "$T/init.log")"
+grep -q "created $T/d0.img (1.0 GiB, sparse)" "$T/init.log" \
+  || fail "init said: $(cat "$T/init.log")"
+[ $(( $(stat -c '%b * %B' "$T/ssd.img") )) -ge $((48 << 20)) ] \
+  || fail "ssd.img has $(stat -c '%b * %B' "$T/ssd.img") bytes allocated, not 48 MiB"
+[ $(( $(stat -c '%b * %B' "$T/d0.img") )) -lt $((256 << 20)) ] \
+  || fail "d0.img is not sparse: $(stat -c '%b * %B' "$T/d0.img") bytes allocated"
+ok "init allocates the cache's file and leaves the members' sparse"
 
 # The cache device is not a member, and cannot be added as one.
 "$STRATA" device add "$CONFIG" ssd > "$T/add.log" 2>&1 \

@@ -389,6 +389,38 @@ START_TEST (test_remote_one_conn)
 }
 END_TEST
 
+/* A file created for a device is sparse, or with DEVICE_PREALLOC has all
+ * its space allocated (this machine's /var/tmp can), and is the size
+ * asked either way. */
+START_TEST (test_create_prealloc)
+{
+  char *dir = test_tmpdir (), path[300];
+  struct device *dev;
+  struct stat st;
+
+  for (int pre = 0; pre <= 1; pre++) {
+    snprintf (path, sizeof path, "%s/c%d.img", dir, pre);
+    dev = device_open_local (path, DEVICE_CREATE
+                             | (pre ? DEVICE_PREALLOC : 0), SZ);
+    ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+    ck_assert_uint_eq (device_size (dev), SZ);
+    ck_assert_int_eq (stat (path, &st), 0);
+    ck_assert_int_eq (st.st_size, SZ);
+    if (pre)
+      ck_assert_msg ((uint64_t) st.st_blocks * 512 >= SZ, "%s: %jd bytes "
+                     "allocated of %d", path, (intmax_t) st.st_blocks * 512,
+                     SZ);
+    else
+      ck_assert_msg ((uint64_t) st.st_blocks * 512 < SZ / 16, "%s: %jd bytes "
+                     "allocated, not sparse", path,
+                     (intmax_t) st.st_blocks * 512);
+    device_close (dev);
+    unlink (path);
+  }
+  test_rmdir (dir);
+}
+END_TEST
+
 /* A ring that fails fails every request of the batch that did not
  * finish, a flush as much as a write: none is reported done, and the
  * thread's next batch goes through a new ring.  The ring
@@ -490,6 +522,7 @@ device_suite (void)
   tcase_add_test (tc, test_buffered_batch);
   tcase_add_test (tc, test_thp_setting);
   tcase_add_test (tc, test_ring_failure);
+  tcase_add_test (tc, test_create_prealloc);
   if (access ("/usr/sbin/nbdkit", X_OK) == 0
       || access ("/usr/bin/nbdkit", X_OK) == 0) {
     tcase_add_test (tc, test_remote);
