@@ -685,8 +685,10 @@ device_submit (struct dev_req *reqs, size_t n)
          * batch gets a new one and never reaps this batch's late
          * completions. */
         for (size_t k = 0; k < n; k++)
-          if (!reqs[k].dev->remote && reqs[k].res == -EINPROGRESS)
+          if (!reqs[k].dev->remote && reqs[k].res == -EINPROGRESS) {
             reqs[k].res = e;
+            finished (&reqs[k]);	/* counted as the device's error */
+          }
         device_thread_exit ();
         break;
       }

@@ -422,8 +422,9 @@ START_TEST (test_create_prealloc)
 END_TEST
 
 /* A ring that fails fails every request of the batch that did not
- * finish, a flush as much as a write: none is reported done, and the
- * thread's next batch goes through a new ring.  The ring
+ * finish, a flush as much as a write: none is reported done, each is
+ * counted as an error of its device, and the thread's next batch goes
+ * through a new ring.  The ring
  * fails here as it would if strata forked without letting go of it:
  * the child inherits the parent thread's ring, which (single issuer)
  * takes requests from its creator alone. */
@@ -448,12 +449,18 @@ START_TEST (test_ring_failure)
       { .dev = dev, .op = DEV_READ, .buf = b + 4096, .len = 4096, .off = 0 },
       { .dev = dev, .op = DEV_FLUSH },
     };
-    int r = device_submit (rq, 3);
+    struct device_stats st0, st;
+    int r;
+    device_stats (dev, &st0);
+    r = device_submit (rq, 3);
     if (r == 0)
       _exit (1);		/* the ring took them */
     for (size_t i = 0; i < 3; i++)
       if (rq[i].res >= 0)
         _exit (10 + i);		/* reported done */
+    device_stats (dev, &st);
+    if (st.errors != st0.errors + 3)
+      _exit (3);		/* not counted as the device's errors */
     /* The next batch gets a ring of its own. */
     if (device_pread (dev, b + 4096, 4096, 0) != 0
         || memcmp (b, b + 4096, 4096) != 0)
@@ -466,6 +473,8 @@ START_TEST (test_ring_failure)
                  "parent's ring: this kernel has no single-issuer rings");
   ck_assert_msg (WEXITSTATUS (status) != 2, "the batch after a ring "
                  "failure did not read back what was written");
+  ck_assert_msg (WEXITSTATUS (status) != 3, "the failed requests were not "
+                 "counted as the device's errors");
   ck_assert_msg (WEXITSTATUS (status) == 0, "request %d of the batch was "
                  "reported done on a failed ring", WEXITSTATUS (status) - 10);
   /* The parent's ring is unharmed. */
