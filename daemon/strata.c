@@ -161,6 +161,11 @@ run_admin (const char *file, int argc, char **argv)
   int code, ac = argc;
   struct pool *p;
 
+  if (!av) {
+    fprintf (stderr, "strata: out of memory\n");
+    config_free (cfg);
+    return 1;
+  }
   memcpy (av, argv, argc * sizeof *av);
   if (strcmp (argv[0], "apply") == 0) {
     /* The server reads the declarations from the caller's file. */

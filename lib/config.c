@@ -886,6 +886,11 @@ config_parse_file (const char *file, struct config **cfg)
     return strata_error (errno, "%s: %m", file);
   }
   dir = strdup (abs);
+  if (!dir) {
+    free (abs);
+    free (text);
+    return strata_error (ENOMEM, "out of memory");
+  }
   slash = strrchr (dir, '/');
   if (slash == dir)
     slash[1] = '\0';

@@ -242,7 +242,12 @@ control_server_start (struct pool *p, const char *path, control_ctx_fn ctx_fn)
   s->ctx_fn = ctx_fn;
   pthread_mutex_init (&s->lock, NULL);
   pthread_cond_init (&s->idle, NULL);
+  s->fd = -1;
   s->path = strdup (path);
+  if (!s->path) {
+    strata_error (ENOMEM, "out of memory");
+    goto fail;
+  }
   s->fd = socket (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (s->fd == -1) {
     strata_error (errno, "socket: %m");
@@ -250,7 +255,11 @@ control_server_start (struct pool *p, const char *path, control_ctx_fn ctx_fn)
   }
   /* Create the directory (one level, like /run/strata) if needed. */
   {
-    char *dir = strdup (path), *slash = strrchr (dir, '/');
+    char *dir = strdup (path), *slash = dir ? strrchr (dir, '/') : NULL;
+    if (!dir) {
+      strata_error (ENOMEM, "out of memory");
+      goto fail;
+    }
     if (slash && slash != dir) {
       *slash = '\0';
       if (mkdir (dir, 0755) == -1 && errno != EEXIST) {
