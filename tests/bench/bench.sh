@@ -74,8 +74,17 @@ sleep 1
 
 # fio_job NAME TARGET-ARGS... ; prints "bw_MBps iops"
 fio_job () {
-  local rw=$1 bs=$2; shift 2
+  local rw=$1 bs=$2 f; shift 2
   sync
+  # Before a write job every backing file leaves the page cache, so that
+  # a target writing through it (nbdkit file, io: buffered) starts from
+  # the same state whatever ran before.  On Linux 6.18 ext4 caches a file
+  # written in 1 MiB pieces in large folios, and a 4 KiB write into one
+  # then walks all its blocks under the inode lock: measured here,
+  # nbdkit file 4k randwrite 19k IOPS after the fill, 152k after an evict.
+  if [[ $rw == *write ]]; then
+    for f in "$D"/*.img; do dd if="$f" iflag=nocache count=0 status=none; done
+  fi
   fio --name=b --rw="$rw" --bs="$bs" --iodepth=32 --size=1G --runtime="$RUNTIME" \
       --ramp_time=2 --time_based --numjobs=1 --output-format=json "$@" 2>/dev/null \
     | /usr/bin/python3 -c '
@@ -306,6 +315,8 @@ echo "s1: 1 replica striped over 4 devices; m2: 2 replicas.  Depth 32; median of
 echo "$ROUNDS runs of ${RUNTIME}s (after a 2s ramp) per cell.  \"buffered\" is the same"
 echo "pool with io: buffered (the page cache, as nbdkit file uses it) instead of"
 echo "the default io: auto (O_DIRECT writes); the targets are for the default."
+echo "Write jobs start with every backing file out of the page cache, so that"
+echo "nbdkit file's 4k writes are not slowed by large folios a 1M fill left."
 echo "Targets (issue 2): s1 >= 1.0x file on 1M seq read/write, >= 0.9x on 4k randread,"
 echo ">= 2x on 4k randwrite; m2 seq write >= 0.45x raw seq write."
 echo "Remote (issue 3): s1 over 4 remote members (nbdkit file on unix sockets)"
