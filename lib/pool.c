@@ -235,6 +235,23 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
     fprintf (log, "created %s (%s, %s)\n", cd->path,
              util_human_size (cd->size, sz, sizeof sz),
              cache ? "space allocated" : "sparse");
+  else if (log && cache && cd->path) {
+    /* An existing cache file is used as it is; say so if it is sparse,
+     * as every cache write into a hole must allocate. */
+    struct stat st;
+    if (stat (cd->path, &st) == 0 && S_ISREG (st.st_mode)
+        && (uint64_t) st.st_blocks * 512 < (uint64_t) st.st_size) {
+      char al[32];
+      fprintf (log, "note: cache device %s: %s is sparse (%s of %s "
+               "allocated), which makes cache writes slower; "
+               "`fallocate -l %" PRIu64 " %s` allocates it, keeping what "
+               "it holds\n",
+               cd->name, cd->path,
+               util_human_size ((uint64_t) st.st_blocks * 512, al, sizeof al),
+               util_human_size (st.st_size, sz, sizeof sz),
+               (uint64_t) st.st_size, cd->path);
+    }
+  }
   if (device_lock (d, 0) == -1) {
     strata_error_prefix ("device %s", cd->name);
     device_close (d);

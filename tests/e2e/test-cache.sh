@@ -40,6 +40,25 @@ grep -q "created $T/d0.img (1.0 GiB, sparse)" "$T/init.log" \
   || fail "d0.img is not sparse: $(stat -c '%b * %B' "$T/d0.img") bytes allocated"
 ok "init allocates the cache's file and leaves the members' sparse"
 
+# A cache file that exists is used as it is; init says so if it is sparse.
+mkdir "$T/sp"
+truncate -s 16M "$T/sp/ssd.img"
+cat > "$T/sp.yaml" <<EOF
+pool: { name: sp$$, extent_size: 4MiB, metadata_size: 16MiB, control_socket: $T/sp/c.sock }
+devices:
+  - { name: m0, path: $T/sp/m0.img, size: 256MiB }
+  - { name: fast, path: $T/sp/ssd.img }
+cache: { mode: writeback, devices: [fast] }
+EOF
+"$STRATA" init "$T/sp.yaml" > "$T/sp/init.log"
+grep -q "note: cache device fast: $T/sp/ssd.img is sparse (0 B of 16.0 MiB allocated).*fallocate -l 16777216 $T/sp/ssd.img" "$T/sp/init.log" \
+  || fail "init of a sparse cache file said: $(cat "$T/sp/init.log")"
+fallocate -l 16777216 "$T/sp/ssd.img"
+"$STRATA" init --force "$T/sp.yaml" > "$T/sp/init2.log"
+grep -q "note: cache device" "$T/sp/init2.log" \
+  && fail "init of an allocated cache file said: $(cat "$T/sp/init2.log")"
+ok "init notes a sparse cache file it did not create, and not an allocated one"
+
 # The cache device is not a member, and cannot be added as one.
 "$STRATA" device add "$CONFIG" ssd > "$T/add.log" 2>&1 \
   && fail "device add of the cache device was accepted"
