@@ -260,6 +260,37 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
   return d;
 }
 
+/* Discard all of D (WHAT names it), so that every extent reads as zeros,
+ * and flush.  Where the storage can neither discard nor zero a range,
+ * the kernel (or the NBD server) writes the zeros, which takes hours on
+ * a large disk: a line on LOG every few seconds says how far it got. */
+static int
+discard_device (struct device *d, const char *what, FILE *log)
+{
+  const uint64_t step = 1ull << 30;
+  uint64_t size = device_size (d), last = util_now_ms ();
+
+  if (log) {
+    fprintf (log, "discarding %s\n", what);
+    fflush (log);
+  }
+  for (uint64_t off = 0; off < size;) {
+    uint64_t n = MIN (step, size - off);
+    if (device_zero (d, n, off) == -1)
+      return -1;
+    off += n;
+    if (log && off < size && util_now_ms () - last >= 2000) {
+      char a[32], b[32];
+      last = util_now_ms ();
+      fprintf (log, "discarding %s: %s of %s (%" PRIu64 "%%)\n", what,
+               util_human_size (off, a, sizeof a),
+               util_human_size (size, b, sizeof b), off * 100 / size);
+      fflush (log);
+    }
+  }
+  return device_flush (d);
+}
+
 /* A device that existed must be as large as its size: says. */
 static int
 check_size (const struct config *cfg, const struct config_device *cd,
@@ -428,10 +459,8 @@ init_members (const struct config *cfg, bool force, FILE *log,
   for (size_t i = 0; i < n; i++) {
     if (created[i])
       continue;
-    if (log)
-      fprintf (log, "discarding %s\n", config_device_where (&cfg->devices[i]));
-    if (device_zero (devs[i], device_size (devs[i]), 0) == -1
-        || device_flush (devs[i]) == -1) {
+    if (discard_device (devs[i], config_device_where (&cfg->devices[i]),
+                        log) == -1) {
       strata_error_prefix ("device %s", cfg->devices[i].name);
       goto out;
     }
@@ -1662,9 +1691,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
       goto out;
     }
     /* Every extent must read as zeros (the allocator's invariant). */
-    if (log)
-      fprintf (log, "discarding %s\n", config_device_where (cd));
-    if (device_zero (d, device_size (d), 0) == -1 || device_flush (d) == -1) {
+    if (discard_device (d, config_device_where (cd), log) == -1) {
       strata_error_prefix ("device %s", name);
       goto out;
     }

@@ -130,3 +130,19 @@ grep -c "x509x509" "$T/d9.img" >/dev/null || fail "data did not reach the X.509 
 sed -e "s|tls-certificates=$X/cli|tls-certificates=$X/srv|" "$T/x509.yaml" > "$T/x509-bad.yaml"
 if "$STRATA" status "$T/x509-bad.yaml" 2> "$T/err"; then fail "a client without its certificate was let in"; fi
 ok "pool on an X.509 member over loopback TCP: write, read back; a client without its certificate refused"
+
+# Discarding a member whose server must write the zeros (slow here: the
+# delay filter holds every zero request 2.5 s) shows how far it got.
+truncate -s 3G "$T/d10.img"
+start_member 10 3G --filter=delay delay-zero=2500ms
+cat > "$T/slow.yaml" <<EOF2
+pool: { name: s$$, metadata_replicas: 1, metadata_size: 16MiB, control_socket: $T/slow.sock }
+devices:
+  - { name: z, uri: "nbd+unix:///?socket=$T/m10.sock" }
+EOF2
+"$STRATA" init "$T/slow.yaml" > "$T/slow.log" || fail "init on the slow member: $(cat "$T/slow.log")"
+grep -q "^discarding nbd+unix:///?socket=$T/m10.sock: 1.0 GiB of 3.0 GiB (33%)$" "$T/slow.log" \
+  && grep -q "^discarding nbd+unix:///?socket=$T/m10.sock: 2.0 GiB of 3.0 GiB (66%)$" "$T/slow.log" \
+  || fail "init said: $(cat "$T/slow.log")"
+"$STRATA" status "$T/slow.yaml" >/dev/null || fail "the pool on the slow member does not open"
+ok "a slow discard at init shows its progress: $(grep -c '^discarding .*%' "$T/slow.log") lines"
