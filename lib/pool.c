@@ -260,35 +260,74 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
   return d;
 }
 
-/* Discard all of D (WHAT names it), so that every extent reads as zeros,
- * and flush.  Where the storage can neither discard nor zero a range,
- * the kernel (or the NBD server) writes the zeros, which takes hours on
- * a large disk: a line on LOG every few seconds says how far it got. */
+/* Discard devices DEVS[0..N) (declared as CDS[0..N)) but those SKIP
+ * (if given) says, so that every extent reads as zeros, and flush them:
+ * all together, a GiB of each at a time.  Where the storage can neither
+ * discard nor zero a range, the kernel (or the NBD server) writes the
+ * zeros, which takes hours on a large disk: a line on LOG every few
+ * seconds says how far it got. */
 static int
-discard_device (struct device *d, const char *what, FILE *log)
+discard_devices (struct device *const *devs, const struct config_device *cds,
+                 const bool *skip, size_t n, FILE *log)
 {
   const uint64_t step = 1ull << 30;
-  uint64_t size = device_size (d), last = util_now_ms ();
+  struct dev_req *rq = calloc (n ? n : 1, sizeof *rq);
+  uint64_t total = 0, done = 0, last = util_now_ms ();
+  size_t nr;
+  int r = 0;
 
-  if (log) {
-    fprintf (log, "discarding %s\n", what);
-    fflush (log);
+  if (!rq)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    if (skip && skip[i])
+      continue;
+    total += device_size (devs[i]);
+    if (log)
+      fprintf (log, "discarding %s\n", config_device_where (&cds[i]));
   }
-  for (uint64_t off = 0; off < size;) {
-    uint64_t n = MIN (step, size - off);
-    if (device_zero (d, n, off) == -1)
-      return -1;
-    off += n;
-    if (log && off < size && util_now_ms () - last >= 2000) {
+  if (log)
+    fflush (log);
+  for (uint64_t off = 0;; off += step) {
+    nr = 0;
+    for (size_t i = 0; i < n; i++)
+      if (!(skip && skip[i]) && off < device_size (devs[i]))
+        rq[nr++] = (struct dev_req) {
+          .dev = devs[i], .op = DEV_ZERO, .off = off, .tag = i,
+          .len = MIN (step, device_size (devs[i]) - off),
+        };
+    if (nr == 0)
+      break;
+    if ((r = device_submit (rq, nr)) == -1)
+      goto fail;
+    for (size_t k = 0; k < nr; k++)
+      done += rq[k].len;
+    if (log && done < total && util_now_ms () - last >= 2000) {
       char a[32], b[32];
       last = util_now_ms ();
-      fprintf (log, "discarding %s: %s of %s (%" PRIu64 "%%)\n", what,
-               util_human_size (off, a, sizeof a),
-               util_human_size (size, b, sizeof b), off * 100 / size);
+      fprintf (log, "discarding: %s of %s (%" PRIu64 "%%)\n",
+               util_human_size (done, a, sizeof a),
+               util_human_size (total, b, sizeof b), done * 100 / total);
       fflush (log);
     }
   }
-  return device_flush (d);
+  nr = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(skip && skip[i]))
+      rq[nr++] = (struct dev_req) { .dev = devs[i], .op = DEV_FLUSH,
+                                    .tag = i };
+  if ((r = device_submit (rq, nr)) == -1)
+    goto fail;
+  free (rq);
+  return 0;
+ fail:
+  /* device_submit() named the first request that failed. */
+  for (size_t k = 0; k < nr; k++)
+    if (rq[k].res < 0) {
+      strata_error_prefix ("device %s", cds[rq[k].tag].name);
+      break;
+    }
+  free (rq);
+  return r;
 }
 
 /* A device that existed must be as large as its size: says. */
@@ -456,15 +495,8 @@ init_members (const struct config *cfg, bool force, FILE *log,
 
   /* Pass 3: write.  Existing storage is discarded first so that every
    * extent reads as zeros (the allocator's invariant). */
-  for (size_t i = 0; i < n; i++) {
-    if (created[i])
-      continue;
-    if (discard_device (devs[i], config_device_where (&cfg->devices[i]),
-                        log) == -1) {
-      strata_error_prefix ("device %s", cfg->devices[i].name);
-      goto out;
-    }
-  }
+  if (discard_devices (devs, cfg->devices, created, n, log) == -1)
+    goto out;
   if (journal_format (members, nmeta, uuid, ck.p, ck.len) == -1)
     goto out;
   for (size_t i = 0; i < n; i++) {
@@ -1691,10 +1723,8 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
       goto out;
     }
     /* Every extent must read as zeros (the allocator's invariant). */
-    if (discard_device (d, config_device_where (cd), log) == -1) {
-      strata_error_prefix ("device %s", name);
+    if (discard_devices (&d, cd, NULL, 1, log) == -1)
       goto out;
-    }
   }
   /* The superblock first: a crash before the commit leaves a device
    * formatted for the pool that the metadata does not know, which
