@@ -948,6 +948,59 @@ open_cache (struct pool *p)
   return r;
 }
 
+/* Opening a remote member can wait io_timeout for a host that is down,
+ * so every remote member is opened at once, each in a thread of its own
+ * (in this one if no thread can be made). */
+struct open_remote {
+  const char *uri;
+  struct device *d;
+  char *err;			/* 200 bytes: why it could not be opened */
+  pthread_t thread;
+  bool started;
+};
+
+static void *
+open_remote_thread (void *arg)
+{
+  struct open_remote *o = arg;
+
+  o->d = device_open_nbd (o->uri, 0);
+  if (!o->d)
+    snprintf (o->err, 200, "%s", strata_last_error ());
+  return NULL;
+}
+
+/* Open the remote devices of CFG (not the cache's), together; DEV[i] is
+ * device i, or NULL with the reason in OPENERR[i].  Returns 0, or -1 if
+ * out of memory. */
+static int
+open_remotes (const struct config *cfg, struct device **dev,
+              char (*openerr)[200])
+{
+  size_t n = cfg->ndevices;
+  struct open_remote *o = calloc (n ? n : 1, sizeof *o);
+
+  if (!o)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    if (!cd->uri || config_is_cache_device (cfg, cd->name))
+      continue;
+    o[i] = (struct open_remote) { .uri = cd->uri, .err = openerr[i] };
+    o[i].started = pthread_create (&o[i].thread, NULL, open_remote_thread,
+                                   &o[i]) == 0;
+    if (!o[i].started)
+      open_remote_thread (&o[i]);
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (o[i].started)
+      pthread_join (o[i].thread, NULL);
+    dev[i] = o[i].d;
+  }
+  free (o);
+  return 0;
+}
+
 struct pool *
 pool_open (const struct config *cfg, unsigned flags)
 {
@@ -957,14 +1010,17 @@ pool_open (const struct config *cfg, unsigned flags)
   bool *have_sb = calloc (n, sizeof *have_sb);
   char (*openerr)[200] = calloc (n, sizeof *openerr);
   struct device **dev_of = calloc (n, sizeof *dev_of);
+  struct device **opened = calloc (n, sizeof *opened);
+  struct dev_req *rq = calloc (n, sizeof *rq);
   struct journal_member members[64];
-  uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
+  uint8_t *sbbuf = device_alloc_buf ((n ? n : 1) * STRATA_BLOCK);
+  size_t nrq = 0;
   size_t nmembers = 0, ref = SIZE_MAX, nosb = SIZE_MAX;
 
   if (p)
     p->lockfd = -1;
-  if (!p || !sbs || !have_sb || !buf || !openerr || !dev_of
-      || !(p->opened = calloc (n, sizeof *p->opened))) {
+  if (!p || !sbs || !have_sb || !openerr || !dev_of || !opened
+      || !rq || !sbbuf || !(p->opened = calloc (n, sizeof *p->opened))) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -981,36 +1037,51 @@ pool_open (const struct config *cfg, unsigned flags)
   if (lock_pool (p, cfg) == -1)
     goto fail;
   device_set_timeout (cfg->io_timeout_ms);
-  /* Open every declared device and read its superblock.  A device that
-   * cannot be opened is missing; one without our superblock is an error,
-   * because the YAML names it as part of this pool. */
+  /* Open every declared device and read its superblock, all together.
+   * A device that cannot be opened is missing; one without our
+   * superblock is an error, because the YAML names it as part of this
+   * pool. */
+  if (open_remotes (cfg, opened, openerr) == -1)
+    goto fail;
   for (size_t i = 0; i < n; i++) {
     const struct config_device *cd = &cfg->devices[i];
-    struct device *d;
-
-    if (config_is_cache_device (cfg, cd->name))
-      continue;			/* open_cache() */
-    d = cd->uri ? device_open_nbd (cd->uri, 0)
-                : device_open_local (cd->path, io_flags (cd), 0);
-    if (!d) {
-      /* Missing: the metadata will say what it held. */
+    if (!cd->uri && !config_is_cache_device (cfg, cd->name)
+        && !(opened[i] = device_open_local (cd->path, io_flags (cd), 0)))
       snprintf (openerr[i], sizeof openerr[i], "%s", strata_last_error ());
-      continue;
-    }
-    p->opened[p->nopened++] = d;
-    if (device_lock (d, lock_wait (p)) == -1) {
+    if (opened[i])
+      p->opened[p->nopened++] = opened[i];
+  }
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    if (!opened[i])
+      continue;			/* missing: the metadata will say what it held */
+    if (device_lock (opened[i], lock_wait (p)) == -1) {
       strata_error (EBUSY, "pool %s is in use by another process (device %s, "
                     "%s, is locked); is it being served?", cfg->name,
                     cd->name, config_device_where (cd));
       goto fail;
     }
-    if (device_pread (d, buf, STRATA_BLOCK, 0) == -1) {
+    rq[nrq++] = (struct dev_req) { .dev = opened[i], .op = DEV_READ,
+                                   .buf = sbbuf + i * STRATA_BLOCK,
+                                   .len = STRATA_BLOCK, .tag = i };
+  }
+  device_submit (rq, nrq);
+  for (size_t k = 0; k < nrq; k++)
+    if (rq[k].res != 0) {
       /* Unreadable (a failing member): missing, like one that cannot be
        * opened. */
-      snprintf (openerr[i], sizeof openerr[i], "%s", strata_last_error ());
-      continue;
+      snprintf (openerr[rq[k].tag], sizeof openerr[0], "%s: read of its "
+                "superblock failed: %s", device_path (rq[k].dev),
+                strerror (-rq[k].res));
+      opened[rq[k].tag] = NULL;
     }
-    if (format_sb_decode (buf, &sbs[i]) == -1) {
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    struct device *d = opened[i];
+
+    if (!d)
+      continue;
+    if (format_sb_decode (sbbuf + i * STRATA_BLOCK, &sbs[i]) == -1) {
       if (errno != EINVAL) {
         strata_error_prefix ("device %s (%s)", cd->name, config_device_where (cd));
         goto fail;
@@ -1156,7 +1227,9 @@ pool_open (const struct config *cfg, unsigned flags)
   free (have_sb);
   free (openerr);
   free (dev_of);
-  free (buf);
+  free (opened);
+  free (rq);
+  free (sbbuf);
   return p;
 
  fail:
@@ -1164,7 +1237,9 @@ pool_open (const struct config *cfg, unsigned flags)
   free (have_sb);
   free (openerr);
   free (dev_of);
-  free (buf);
+  free (opened);
+  free (rq);
+  free (sbbuf);
   if (p) {
     int e = errno;
     char msg[1024];

@@ -82,3 +82,52 @@ for _ in $(seq 100); do
 done
 grep "strata: .*m3.sock: reconnected" "$T/nbdkit.log" >/dev/null || { cat "$T/nbdkit.log"; fail "no reconnect logged"; }
 ok "member 3 back: reconnected, still failed"
+
+# Two members' hosts accept connections but never answer: opening the
+# pool waits io_timeout for them together, not one after the other.  A
+# listener notes when each connection came and when strata gave it up;
+# both must have come before either was given up.
+stop_server
+for i in 2 3; do kill "$(cat "$T/m$i.pid")"; done
+sleep 0.5
+rm -f "$T/m2.sock" "$T/m3.sock"
+$PY - "$T/silent.log" "$T/m2.sock" "$T/m3.sock" <<'PY' & spid=$!
+import socket, sys, threading, time
+log = open(sys.argv[1], "w")
+lock = threading.Lock()
+def note(*a):
+    with lock:
+        print(*a, file=log, flush=True)
+def serve(path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.listen(8)
+    while True:
+        c, _ = s.accept()
+        note("accept", path, time.monotonic())
+        def hold(c=c):
+            while c.recv(4096):
+                pass
+            note("close", path, time.monotonic())
+        threading.Thread(target=hold, daemon=True).start()
+for p in sys.argv[2:]:
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+time.sleep(120)
+PY
+wait_socket "$T/m2.sock"; wait_socket "$T/m3.sock"
+"$STRATA" status "$CONFIG" > "$T/silent-status.txt" 2>&1 || true
+kill $spid 2>/dev/null || true
+$PY - "$T/silent.log" "$T/m2.sock" "$T/m3.sock" <<'PY' || { cat "$T/silent.log" "$T/silent-status.txt"; fail "the silent members were not waited for together"; }
+import sys
+ev = [l.split() for l in open(sys.argv[1])]
+first = {}
+for kind, path, t in ev:
+    first.setdefault((kind, path), float(t))
+acc = [first.get(("accept", p)) for p in sys.argv[2:]]
+cls = [first.get(("close", p)) for p in sys.argv[2:]]
+assert None not in acc and None not in cls, ev
+assert max(acc) < min(cls), "accepts %s, closes %s" % (acc, cls)
+PY
+grep -q "connection timed out" "$T/silent-status.txt" \
+  || { cat "$T/silent-status.txt"; fail "status does not say the silent members timed out"; }
+ok "two silent members are waited for together at open: $(grep -c 'timed out' "$T/silent-status.txt") timeouts reported"
