@@ -424,10 +424,9 @@ END_TEST
 /* A ring that fails fails every request of the batch that did not
  * finish, a flush as much as a write: none is reported done, each is
  * counted as an error of its device, and the thread's next batch goes
- * through a new ring.  The ring
- * fails here as it would if strata forked without letting go of it:
- * the child inherits the parent thread's ring, which (single issuer)
- * takes requests from its creator alone. */
+ * through a new ring.  The ring fails here as it would if strata forked
+ * without letting go of it: the child inherits the parent thread's
+ * ring, which (single issuer) takes requests from its creator alone. */
 START_TEST (test_ring_failure)
 {
   char *dir = test_tmpdir (), path[300];
