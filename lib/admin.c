@@ -1,8 +1,12 @@
 /* strata: administrative verbs (see admin.h).
  *
  * Design notes: every verb parses its own options with getopt_long on a
- * copy of argv (optind is reset; the control server runs commands one at
- * a time).  Output is a readable table, or JSON with --json.  Apply
+ * copy of argv (the control server runs commands one at a time).  Each
+ * parse starts with optind = 0, which makes glibc take its ordering from
+ * this call's option string: setting optind to 1 keeps the ordering of
+ * the process's first getopt call, which in the serving process is
+ * nbdkit's (options anywhere) and in the CLI was ours, so the same
+ * command line parsed differently online and offline.  Output is a readable table, or JSON with --json.  Apply
  * compares the YAML's volumes with the pool's and only ever creates and
  * grows unless told to shrink (--allow-shrink) or delete (--prune).
  */
@@ -439,6 +443,19 @@ cache_status (struct pool *p, FILE *out, bool json)
   }
 }
 
+/* Say what is wrong with the option getopt_long() just refused (CH is
+ * ':' for a missing value, with ':' leading the option string). */
+static int
+bad_option (FILE *err, const char *verb, int ch, char **argv)
+{
+  if (ch == ':')
+    fprintf (err, "strata %s: option %s needs a value\n", verb,
+             argv[optind - 1]);
+  else
+    fprintf (err, "strata %s: unknown option %s\n", verb, argv[optind - 1]);
+  return 2;
+}
+
 static int
 cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
             FILE *out, FILE *err)
@@ -457,17 +474,15 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   char u[37], a[32], b[32], c[32];
   int ch;
 
-  optind = 1;
+  optind = 0;
   opterr = 0;
-  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+  while ((ch = getopt_long (argc, argv, "+:", opts, NULL)) != -1) {
     if (ch == 'j')
       json = true;
     else if (ch == 'm')
       map = true;
-    else {
-      fprintf (err, "strata status: unknown option %s\n", argv[optind - 1]);
-      return 2;
-    }
+    else
+      return bad_option (err, "status", ch, argv);
   }
   if (optind != argc) {
     fprintf (err, "strata status: unexpected argument %s\n", argv[optind]);
@@ -764,9 +779,13 @@ cmd_volume (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
   }
   sub = argv[1];
   config_volume_defaults (pool_config (p), &cv);
-  optind = 2;
+  /* From the subcommand on, options before, between or after NAME and
+   * SIZE: getopt moves those two to the end. */
+  argc--;
+  argv++;
+  optind = 0;
   opterr = 0;
-  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+  while ((ch = getopt_long (argc, argv, ":", opts, NULL)) != -1) {
     uint64_t v;
     char *end;
     switch (ch) {
@@ -795,8 +814,7 @@ cmd_volume (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
         shrink = true;
         break;
       default:
-        fprintf (err, "strata volume: unknown option %s\n", argv[optind - 1]);
-        return 2;
+        return bad_option (err, "volume", ch, argv);
     }
   }
   argc -= optind;
@@ -867,9 +885,9 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
   char (*gone)[FORMAT_NAME_MAX] = NULL;
   size_t ngone = 0;
 
-  optind = 1;
+  optind = 0;
   opterr = 0;
-  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+  while ((ch = getopt_long (argc, argv, "+:", opts, NULL)) != -1) {
     switch (ch) {
       case 'n': dry = true; break;
       case 'p': prune = true; break;
@@ -882,8 +900,7 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
         decl = parsed;
         break;
       default:
-        fprintf (err, "strata apply: unknown option %s\n", argv[optind - 1]);
-        return 2;
+        return bad_option (err, "apply", ch, argv);
     }
   }
   if (strcmp (decl->name, m->name) != 0) {
@@ -1033,9 +1050,9 @@ parse_job (const struct admin_ctx *ctx, int argc, char **argv,
   av[ac] = NULL;
   argc = ac;
   argv = av;
-  optind = 1;
+  optind = 0;
   opterr = 0;
-  while ((ch = getopt_long (argc, argv, "+", opts, NULL)) != -1) {
+  while ((ch = getopt_long (argc, argv, "+:", opts, NULL)) != -1) {
     switch (ch) {
       case 'j': a->json = true; break;
       case 'P': a->bar = true; break;
@@ -1059,8 +1076,7 @@ parse_job (const struct admin_ctx *ctx, int argc, char **argv,
   }
   return 0;
  bad:
-  fprintf (err, "strata %s: unknown option %s\n", argv[0], argv[optind - 1]);
-  return 2;
+  return bad_option (err, argv[0], ch, argv);
 }
 
 /* scrub and rebuild; called with verb_lock held, which they drop. */

@@ -23,6 +23,27 @@ assert len(s["devices"]) == 3 and all(d["state"] == "up" for d in s["devices"])
 ' || fail "status --json"
 ok "status --json"
 
+# Offline, options go before, between or after NAME and SIZE, as online
+# (the way strata(8) and the README write them).
+"$STRATA" volume create "$CONFIG" o1 16MiB --replicas 2 --stripe-width 3 --stripe-unit 64KiB \
+  | grep 'created volume o1' || fail "offline create with options after NAME SIZE"
+"$STRATA" volume create "$CONFIG" --replicas 3 o2 --stripe-width 2 8MiB >/dev/null \
+  || fail "offline create with options between NAME and SIZE"
+"$STRATA" volume resize "$CONFIG" o1 8MiB --shrink >/dev/null || fail "offline shrink"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+v = {v["name"]: v for v in json.load(sys.stdin)["volumes"]}
+assert (v["o1"]["size"], v["o1"]["replicas"], v["o1"]["stripe_width"], v["o1"]["stripe_unit"]) == (8 << 20, 2, 3, 64 << 10), v["o1"]
+assert (v["o2"]["size"], v["o2"]["replicas"], v["o2"]["stripe_width"]) == (8 << 20, 3, 2), v["o2"]
+' || fail "offline create/resize options not applied: $("$STRATA" status "$CONFIG" --json)"
+out=$("$STRATA" volume create "$CONFIG" o3 8MiB --replicas 2>&1) && fail "--replicas without a value"
+echo "$out" | grep -- 'option --replicas needs a value' || fail "unclear: $out"
+out=$("$STRATA" volume create "$CONFIG" o3 8MiB --copies 2 2>&1) && fail "--copies accepted"
+echo "$out" | grep -- 'unknown option --copies' || fail "unclear: $out"
+"$STRATA" volume delete "$CONFIG" o1 >/dev/null && "$STRATA" volume delete "$CONFIG" o2 >/dev/null \
+  || fail "offline delete"
+ok "offline volume verbs take options anywhere, and say which is wrong"
+
 start_server
 "$STRATA" status "$CONFIG" | grep 'online (served)' || fail "status not online"
 # Online: create, grow, refuse shrink without --shrink, delete.
