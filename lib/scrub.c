@@ -741,10 +741,20 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
       && (prev.flags & META_JOB_REPAIR) == (o->repair ? META_JOB_REPAIR : 0)) {
     s.job.rec = s.base = prev;
     resumed = true;
-    fprintf (err, "strata: continuing the scrub interrupted at volume id %"
-             PRIu32 ", chunk %" PRIu64 " (%" PRIu64 " of %" PRIu64
-             " bytes done; --restart starts again)\n", prev.pos_vol,
-             prev.pos_chunk, prev.done, prev.total);
+    struct meta_volume *pv;
+    char name[FORMAT_NAME_MAX + 16], a[32], b[32];
+    pthread_mutex_lock (&m->lock);
+    pv = meta_find_volume_id (m, prev.pos_vol);
+    if (pv)
+      snprintf (name, sizeof name, "%s", pv->name);
+    else
+      snprintf (name, sizeof name, "id %" PRIu32, prev.pos_vol);
+    pthread_mutex_unlock (&m->lock);
+    fprintf (err, "strata: continuing the scrub interrupted in volume %s "
+             "at chunk %" PRIu64 " (%s of %s done; --restart starts "
+             "again)\n", name, prev.pos_chunk,
+             util_human_size (prev.done, a, sizeof a),
+             util_human_size (prev.total, b, sizeof b));
   }
   else {
     s.job.rec = (struct meta_job) {

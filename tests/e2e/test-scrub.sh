@@ -158,7 +158,7 @@ total=$(json_field "$T/st.json" "['jobs']['scrub']['total']")
 [ "$done1" -gt 0 ] && [ "$done1" -lt "$total" ] || fail "saved progress $done1 of $total"
 start_server
 "$STRATA" scrub "$CONFIG" --rate 0 --json > "$T/s11.json" 2>"$T/s11.err" || fail "resumed scrub failed: $(cat "$T/s11.err")"
-grep "continuing the scrub interrupted" "$T/s11.err" >/dev/null || fail "the scrub started over: $(cat "$T/s11.err")"
+grep -E "continuing the scrub interrupted in volume [a-z0-9]+ at chunk [0-9]+ \([0-9.]+ [KMG]?i?B of [0-9.]+ [KMG]?i?B done" "$T/s11.err" >/dev/null || fail "the scrub started over: $(cat "$T/s11.err")"
 $PY - "$T/s11.json" "$done1" <<'PY' || fail "resumed scrub: $(cat "$T/s11.json")"
 import json, sys
 r = json.load(open(sys.argv[1]))
