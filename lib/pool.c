@@ -1017,7 +1017,7 @@ pool_open (const struct config *cfg, unsigned flags)
   struct dev_req *rq = calloc (n, sizeof *rq);
   struct journal_member members[64];
   uint8_t *sbbuf = device_alloc_buf ((n ? n : 1) * STRATA_BLOCK);
-  size_t nrq = 0;
+  size_t nrq = 0, ndata = 0, nabsent = 0;
   size_t nmembers = 0, ref = SIZE_MAX, nosb = SIZE_MAX;
 
   if (p)
@@ -1048,9 +1048,15 @@ pool_open (const struct config *cfg, unsigned flags)
     goto fail;
   for (size_t i = 0; i < n; i++) {
     const struct config_device *cd = &cfg->devices[i];
-    if (!cd->uri && !config_is_cache_device (cfg, cd->name)
-        && !(opened[i] = device_open_local (cd->path, io_flags (cd), 0)))
+    if (config_is_cache_device (cfg, cd->name))
+      continue;
+    ndata++;
+    if (!cd->uri
+        && !(opened[i] = device_open_local (cd->path, io_flags (cd), 0))) {
+      if (errno == ENOENT)
+        nabsent++;
       snprintf (openerr[i], sizeof openerr[i], "%s", strata_last_error ());
+    }
     if (opened[i])
       p->opened[p->nopened++] = opened[i];
   }
@@ -1064,9 +1070,15 @@ pool_open (const struct config *cfg, unsigned flags)
                     cd->name, config_device_where (cd));
       goto fail;
     }
+    /* Too small to hold one: no superblock, said below. */
+    if (device_size (opened[i]) < FORMAT_SB_OFFSET + STRATA_BLOCK) {
+      memset (sbbuf + i * STRATA_BLOCK, 0, STRATA_BLOCK);
+      continue;
+    }
     rq[nrq++] = (struct dev_req) { .dev = opened[i], .op = DEV_READ,
                                    .buf = sbbuf + i * STRATA_BLOCK,
-                                   .len = STRATA_BLOCK, .tag = i };
+                                   .len = STRATA_BLOCK,
+                                   .off = FORMAT_SB_OFFSET, .tag = i };
   }
   device_submit (rq, nrq);
   for (size_t k = 0; k < nrq; k++)
@@ -1118,8 +1130,13 @@ pool_open (const struct config *cfg, unsigned flags)
     goto fail;
   }
   if (ref == SIZE_MAX) {
+    size_t first = 0;
+    while (first + 1 < n && !openerr[first][0])
+      first++;
     strata_error (ENOENT, "pool %s: none of its %zu devices can be opened "
-                  "(first: %s)", cfg->name, n, openerr[0]);
+                  "(first: %s)%s", cfg->name, ndata, openerr[first],
+                  nabsent == ndata ? "; none of them exists: was the pool "
+                  "initialised (strata init)?" : "");
     goto fail;
   }
   memcpy (p->uuid, sbs[ref].pool_uuid, 16);

@@ -56,3 +56,16 @@ sed -i "s#d0.img#e0.img#" "$CONFIG"
 out=$("$STRATA" status "$CONFIG" 2>&1) && fail "foreign device accepted"
 echo "$out" | grep 'belongs to pool "other"' || fail "unclear: $out"
 ok "a device of another pool is refused: $out"
+
+# A pool that was never initialised: status says so, and creates or
+# changes nothing (an empty file is not taken for a member either).
+sed -e "s/name: t$$/name: new/" -e "s#$T/control.sock#$T/c3.sock#" \
+    -e "s#/[de]\([0-9]\).img#/n\1.img#" "$CONFIG" > new.yaml
+out=$("$STRATA" status new.yaml 2>&1) && fail "status of a pool never initialised"
+echo "$out" | grep 'none of them exists: was the pool initialised (strata init)?' || fail "unclear: $out"
+ls "$T"/n?.img 2>/dev/null && fail "status created device files"
+: > "$T/n0.img"
+out=$("$STRATA" status new.yaml 2>&1) && fail "an empty file taken for a member"
+echo "$out" | grep "device d0 ($T/n0.img) holds no strata superblock.*strata init" || fail "unclear: $out"
+[ ! -s "$T/n0.img" ] || fail "status wrote into the empty file"
+ok "a pool never initialised: $out"
