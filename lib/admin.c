@@ -922,18 +922,29 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
     const struct config_volume *cv = &decl->volumes[i];
     struct meta_volume *v;
     uint64_t size = 0;
-    char a[32], b[32];
-    bool differs;
+    char a[32], b[32], differs[256] = "";
+    size_t dl = 0;
 
     pthread_mutex_lock (&m->lock);
     v = meta_find_volume (m, cv->name);
     if (v) {
+      /* What apply cannot change, each with both values. */
       size = v->size;
-      differs = v->replicas != cv->replicas || v->width != cv->stripe_width
-        || v->unit != cv->stripe_unit || strcmp (v->class, cv->class) != 0;
+      if (v->replicas != cv->replicas)
+        dl += snprintf (differs + dl, sizeof differs - dl, ", replicas %u "
+                        "(YAML: %u)", v->replicas, cv->replicas);
+      if (v->width != cv->stripe_width && dl < sizeof differs)
+        dl += snprintf (differs + dl, sizeof differs - dl, ", stripe_width "
+                        "%u (YAML: %u)", v->width, cv->stripe_width);
+      if (v->unit != cv->stripe_unit && dl < sizeof differs)
+        dl += snprintf (differs + dl, sizeof differs - dl, ", stripe_unit "
+                        "%s (YAML: %s)",
+                        util_human_size (v->unit, a, sizeof a),
+                        util_human_size (cv->stripe_unit, b, sizeof b));
+      if (strcmp (v->class, cv->class) != 0 && dl < sizeof differs)
+        snprintf (differs + dl, sizeof differs - dl, ", class \"%s\" (YAML: "
+                  "\"%s\")", v->class, cv->class);
     }
-    else
-      differs = false;
     pthread_mutex_unlock (&m->lock);
 
     if (!v) {
@@ -949,10 +960,10 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
       }
       continue;
     }
-    if (differs)
-      fprintf (err, "strata: warning: volume %s: replicas, stripe or class "
-               "differ from the YAML (line %d); they cannot be changed by "
-               "apply and are left as they are\n", cv->name, cv->line);
+    if (differs[0])
+      fprintf (err, "strata: warning: volume %s differs from %s:%d in what "
+               "apply cannot change, which is left as it is: %s\n",
+               cv->name, decl->file, cv->line, differs + 2);
     if (cv->size > size || (cv->size < size && shrink)) {
       fprintf (out, "%s volume %s from %s to %s\n",
                dry ? "would resize" : "resizing", cv->name,

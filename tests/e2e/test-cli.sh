@@ -13,6 +13,19 @@ echo "$out" | grep 'would create volume a' || fail "dry run: $out"
 "$STRATA" apply "$CONFIG" | grep 'nothing to do' || fail "apply is not idempotent"
 ok "offline apply, dry run, idempotent"
 
+# What apply cannot change is named, with both values, and left alone.
+sed -i 's/{ name: b, size: 32MiB, replicas: 2 }/{ name: b, size: 32MiB, replicas: 3, stripe_unit: 64KiB }/' "$CONFIG"
+out=$("$STRATA" apply "$CONFIG" 2>&1) || fail "apply with a changed replica count: $out"
+echo "$out" | grep "warning: volume b differs from $CONFIG:[0-9]* in what apply cannot change, which is left as it is: replicas 2 (YAML: 3), stripe_unit 1.0 MiB (YAML: 64.0 KiB)$" \
+  || fail "unclear: $out"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+v = {v["name"]: v for v in json.load(sys.stdin)["volumes"]}
+assert (v["b"]["replicas"], v["b"]["stripe_unit"]) == (2, 1 << 20), v["b"]
+' || fail "apply changed what it said it left alone"
+sed -i 's/{ name: b, size: 32MiB, replicas: 3, stripe_unit: 64KiB }/{ name: b, size: 32MiB, replicas: 2 }/' "$CONFIG"
+ok "apply names what it cannot change: $out"
+
 "$STRATA" status "$CONFIG" --json | $PY -c '
 import json, sys
 s = json.load(sys.stdin)
