@@ -288,7 +288,7 @@ cmd_serve (int argc, char **argv)
   nargv[na++] = (char *) plugin_path ();
   nargv[na++] = cfgarg;
   nargv[na] = NULL;
-  fprintf (stderr, "strata: serving pool %s on %s%s\n", cfg->name,
+  fprintf (stderr, "strata: starting nbdkit for pool %s on %s%s\n", cfg->name,
            sock ? "unix socket " : "port ", sock ? sock : port);
   fflush (stderr);
   execvp ("nbdkit", nargv);

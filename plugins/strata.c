@@ -129,6 +129,16 @@ strata_after_fork (void)
     nbdkit_error ("%s", strata_last_error ());
     return -1;
   }
+  {
+    struct meta *m = pool_meta (pool);
+    size_t nv;
+    pthread_mutex_lock (&m->lock);
+    nv = m->nvolumes;
+    pthread_mutex_unlock (&m->lock);
+    fprintf (stderr, "strata: pool %s is served: %zu volume%s; control "
+             "socket %s\n", cfg->name, nv, nv == 1 ? "" : "s",
+             cfg->control_socket);
+  }
   return 0;
 }
 

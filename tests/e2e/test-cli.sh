@@ -134,3 +134,29 @@ assert len(man) > 15, man
 assert sorted(man) == sorted(hlp), (set(man) ^ set(hlp))
 ' "$TOP/man/strata.8.pod" || fail "strata --help and strata(8) SYNOPSIS differ"
 ok "strata --help matches the SYNOPSIS of strata(8)"
+
+# strata serve: nbdkit with the plugin in the foreground, saying when the
+# pool is served; the CLI goes through it; a second serve is refused;
+# SIGTERM stops it and the pool opens offline again.
+"${NBDKIT_ENV[@]}" "$STRATA" serve "$CONFIG" -U "$T/serve.sock" 2> "$T/serve.err" &
+serve_pid=$!
+on_exit "kill -9 $serve_pid 2>/dev/null"
+for _ in $(seq 100); do grep -q 'is served' "$T/serve.err" && break; sleep 0.1; done
+grep -q "^strata: starting nbdkit for pool t$$ on unix socket $T/serve.sock$" "$T/serve.err" \
+  && grep -q "^strata: pool t$$ is served: 1 volume; control socket $T/control.sock$" "$T/serve.err" \
+  || fail "strata serve said: $(cat "$T/serve.err")"
+nbdinfo --list "nbd+unix:///?socket=$T/serve.sock" | grep -q 'export="a"' || fail "serve: a not listed"
+nbdsh -u "nbd+unix:///a?socket=$T/serve.sock" -c '
+h.pwrite(b"served" * 1000, 12345); h.flush()
+assert h.pread(6000, 12345) == b"served" * 1000' || fail "serve: write and read back"
+"$STRATA" status "$CONFIG" | grep -q 'online (served)' || fail "serve: status does not go through it"
+out=$("${NBDKIT_ENV[@]}" "$STRATA" serve "$CONFIG" -U "$T/serve2.sock" 2>&1) && fail "a second serve ran"
+echo "$out" | grep -q 'in use by another process' || fail "second serve: unclear: $out"
+kill -TERM "$serve_pid"
+for _ in $(seq 100); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$serve_pid" 2>/dev/null && fail "strata serve did not stop on SIGTERM"
+wait "$serve_pid" 2>/dev/null || true
+"$STRATA" status "$CONFIG" | grep -q 'offline' || fail "pool not offline after serve stopped"
+nbdsh_offline=$("$STRATA" status "$CONFIG" --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["volumes"][0]["allocated"] > 0)')
+[ "$nbdsh_offline" = True ] || fail "what serve wrote is not allocated"
+ok "strata serve runs nbdkit in the foreground, says when it serves, stops on SIGTERM"
