@@ -767,6 +767,23 @@ device_flush (struct device *dev)
 }
 
 int
+device_reserve (struct device *dev, uint64_t off, uint64_t len)
+{
+  if (off > dev->size || len > dev->size - off)
+    return strata_error (EINVAL, "%s: cannot allocate %" PRIu64 " bytes at "
+                         "offset %" PRIu64 ": past its end", dev->path, len,
+                         off);
+  if (dev->remote || dev->is_blk || len == 0)
+    return 0;
+  if (fallocate (dev->fd, 0, off, len) == 0)
+    return 0;
+  if (errno == EOPNOTSUPP || errno == ENOSYS)
+    return 0;
+  return strata_error (errno, "%s: cannot allocate %" PRIu64 " bytes at "
+                       "offset %" PRIu64 ": %m", dev->path, len, off);
+}
+
+int
 device_zero (struct device *dev, uint64_t len, uint64_t off)
 {
   while (len > 0) {

@@ -111,6 +111,16 @@ int device_pwrite (struct device *dev, const void *buf, uint32_t len,
 int device_flush (struct device *dev);
 int device_zero (struct device *dev, uint64_t len, uint64_t off);
 
+/* Give [OFF, OFF+LEN) of a local file its blocks now (fallocate), so
+ * that writes into it cannot fail for want of space on the filesystem
+ * that holds the file, which a sparse file otherwise only finds out
+ * when the write comes.  Blocks already there keep their data; new ones
+ * read as zeros.  A no-op for block devices, remote members and
+ * filesystems that cannot allocate ahead.  Returns 0, or -1 with errno
+ * (ENOSPC when the filesystem is full, EINVAL past the device's end)
+ * and a message. */
+int device_reserve (struct device *dev, uint64_t off, uint64_t len);
+
 /* What status shows about a device. */
 struct device_stats {
   uint64_t requests, errors, timeouts;

@@ -95,6 +95,11 @@ struct pool {
   struct cache *cache;
   struct device *cache_dev[2];
   void *destager;
+  /* [META_MAX_DEVICES] bitmaps, made on first use: which groups of
+   * reserve_group() extents of a local file have their blocks
+   * (pool_reserve_extent), since the pool opened.  A leaf lock. */
+  pthread_mutex_t reserve_lock;
+  uint64_t **reserved;
   pthread_mutex_t lost_lock;	/* serialises pool_cache_lost() */
   _Atomic bool cache_lost;	/* the cache died; its dirty ranges lost */
   _Atomic bool cache_detaching;	/* being drained to be detached */
@@ -333,6 +338,21 @@ discard_devices (struct device *const *devs, const struct config_device *cds,
   return r;
 }
 
+/* Give device D (named NAME) the blocks of its superblock and metadata
+ * area, everything before CSUM_OFFSET, so that a sparse file on a full
+ * filesystem cannot make the journal fail (device_reserve). */
+static int
+reserve_meta (struct device *d, const char *name, uint64_t csum_offset)
+{
+  if (device_reserve (d, 0, csum_offset) == -1) {
+    char sz[32];
+    return strata_error_prefix ("device %s: the %s of its superblock and "
+                                "metadata area", name,
+                                util_human_size (csum_offset, sz, sizeof sz));
+  }
+  return 0;
+}
+
 /* A device that existed must be as large as its size: says. */
 static int
 check_size (const struct config *cfg, const struct config_device *cd,
@@ -500,6 +520,9 @@ init_members (const struct config *cfg, bool force, FILE *log,
    * extent reads as zeros (the allocator's invariant). */
   if (discard_devices (devs, cfg->devices, created, n, log) == -1)
     goto out;
+  for (size_t i = 0; i < n; i++)
+    if (reserve_meta (devs[i], cfg->devices[i].name, sbs[i].csum_offset) == -1)
+      goto out;
   if (journal_format (members, nmeta, uuid, ck.p, ck.len) == -1)
     goto out;
   for (size_t i = 0; i < n; i++) {
@@ -1034,6 +1057,7 @@ pool_open (const struct config *cfg, unsigned flags)
   pthread_mutex_init (&p->add_lock, NULL);
   pthread_mutex_init (&p->members_lock, NULL);
   pthread_mutex_init (&p->lost_lock, NULL);
+  pthread_mutex_init (&p->reserve_lock, NULL);
   p->cfg = cfg;
   p->writable = flags & POOL_WRITE;
 
@@ -1147,6 +1171,15 @@ pool_open (const struct config *cfg, unsigned flags)
                   cfg->extent_size, cfg->name, p->extent_size);
     goto fail;
   }
+  /* Pools made before init reserved the metadata areas of sparse files
+   * get them now; a full filesystem only gets a warning, since the
+   * pool works until the journal needs a block it cannot have. */
+  for (size_t i = 0; i < n && p->writable; i++)
+    if (have_sb[i]
+        && reserve_meta (dev_of[i], cfg->devices[i].name,
+                         sbs[i].csum_offset) == -1)
+      fprintf (stderr, "strata: pool %s: warning: %s\n", cfg->name,
+               strata_last_error ());
   nmembers = find_members (cfg, sbs, have_sb, dev_of, &p->mem, members);
 
   p->meta = meta_new ();
@@ -1170,12 +1203,13 @@ pool_open (const struct config *cfg, unsigned flags)
   p->ndevs = p->meta->ndevices;
   p->devs = calloc (META_MAX_DEVICES, sizeof *p->devs);
   p->problem = calloc (META_MAX_DEVICES, sizeof *p->problem);
+  p->reserved = calloc (META_MAX_DEVICES, sizeof *p->reserved);
   p->failed = calloc (META_MAX_DEVICES, sizeof *p->failed);
   p->read_errors = calloc (META_MAX_DEVICES, sizeof *p->read_errors);
   p->csum_errors = calloc (META_MAX_DEVICES, sizeof *p->csum_errors);
   p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
-  if (!p->devs || !p->problem || !p->failed || !p->read_errors
-      || !p->csum_errors || !p->repairs) {
+  if (!p->devs || !p->problem || !p->reserved || !p->failed
+      || !p->read_errors || !p->csum_errors || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -1295,6 +1329,10 @@ pool_close (struct pool *p)
   free (p->opened);
   free (p->devs);
   free (p->problem);
+  if (p->reserved)
+    for (size_t i = 0; i < META_MAX_DEVICES; i++)
+      free (p->reserved[i]);
+  free (p->reserved);
   free (p->failed);
   free (p->read_errors);
   free (p->csum_errors);
@@ -1821,6 +1859,8 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
     if (discard_devices (&d, cd, NULL, 1, log) == -1)
       goto out;
   }
+  if (reserve_meta (d, name, sb.csum_offset) == -1)
+    goto out;
   /* The superblock first: a crash before the commit leaves a device
    * formatted for the pool that the metadata does not know, which
    * pool_open() passes over and a new device add formats again. */
@@ -2171,6 +2211,76 @@ pool_extent_offset (struct pool *p, struct meta_extent e, uint64_t off)
     + off;
 }
 
+/* Extents per reservation group: 64 MiB of them, at least one. */
+static uint64_t
+reserve_group (const struct pool *p)
+{
+  return MAX (1, (64ull << 20) / p->extent_size);
+}
+
+static int
+reserve_extents (struct pool *p, struct device *d,
+                 const struct meta_device *md, uint64_t first, uint64_t n)
+{
+  uint64_t slot = format_csum_slot (p->extent_size);
+
+  if (device_reserve (d, md->data_offset + first * p->extent_size,
+                      n * p->extent_size) == -1
+      || device_reserve (d, md->csum_offset + first * slot, n * slot) == -1)
+    return -1;
+  return 0;
+}
+
+int
+pool_reserve_extent (struct pool *p, struct meta_extent e)
+{
+  struct device *d = e.dev < p->ndevs ? p->devs[e.dev] : NULL;
+  const struct meta_device *md;
+  uint64_t g = e.ext / reserve_group (p), first, n;
+  bool done;
+
+  if (!d || device_is_remote (d))
+    return 0;
+  md = &p->meta->devices[e.dev];
+  pthread_mutex_lock (&p->reserve_lock);
+  done = p->reserved[e.dev] && (p->reserved[e.dev][g / 64] >> (g % 64)) & 1;
+  pthread_mutex_unlock (&p->reserve_lock);
+  if (done)
+    return 0;
+
+  first = g * reserve_group (p);
+  n = MIN (reserve_group (p), md->extent_count - first);
+  if (reserve_extents (p, d, md, first, n) == 0) {
+    uint64_t words = div_round_up (md->extent_count, reserve_group (p) * 64);
+    pthread_mutex_lock (&p->reserve_lock);
+    if (!p->reserved[e.dev])
+      p->reserved[e.dev] = calloc (words, sizeof (uint64_t));
+    if (p->reserved[e.dev])	/* else: reserved again next time */
+      p->reserved[e.dev][g / 64] |= 1ull << (g % 64);
+    pthread_mutex_unlock (&p->reserve_lock);
+    return 0;
+  }
+  /* The filesystem may still hold this extent alone. */
+  if (errno == ENOSPC && n > 1 && reserve_extents (p, d, md, e.ext, 1) == 0)
+    return 0;
+  if (errno == ENOSPC)
+    return strata_error (ENOSPC, "no space on the filesystem that holds "
+                         "device %s (%s) for the blocks of a new extent",
+                         md->name, device_path (d));
+  return strata_error_prefix ("device %s", md->name);
+}
+
+void
+pool_unreserve_extent (struct pool *p, struct meta_extent e)
+{
+  uint64_t g = e.ext / reserve_group (p);
+
+  pthread_mutex_lock (&p->reserve_lock);
+  if (e.dev < META_MAX_DEVICES && p->reserved[e.dev])
+    p->reserved[e.dev][g / 64] &= ~(1ull << (g % 64));
+  pthread_mutex_unlock (&p->reserve_lock);
+}
+
 /* True if some column of some volume that may hold writes not yet
  * flushed has no readable copy left.  A clean column holds none: a write
  * makes it dirty before it goes out, and the cleaner flushes before it
@@ -2267,6 +2377,14 @@ pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx)
     return strata_error (EROFS, "pool %s is open read-only", p->cfg->name);
   if (alloc_chunk (p->alloc, v->width, v->replicas, v->class, ext) == -1)
     return strata_error_prefix ("volume %s", v->name);
+  /* Local files get the extents' blocks before the metadata says the
+   * chunk exists: a full filesystem refuses the chunk (ENOSPC), not a
+   * later write into it. */
+  for (uint32_t k = 0; k < n; k++)
+    if (pool_reserve_extent (p, ext[k]) == -1) {
+      alloc_release (p->alloc, ext, n);
+      return strata_error_prefix ("volume %s: chunk %" PRIu64, v->name, idx);
+    }
   fbuf_init_write (&e);
   meta_entry_chunk_alloc (&e, v->id, idx, n, ext);
   it = (struct journal_item) { META_E_CHUNK_ALLOC, e.len, e.p };
@@ -2318,6 +2436,13 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   }
   if (device_submit (rq, nr) == -1)
     goto out;
+  /* Punched: their groups are reserved again when next allocated from
+   * (they are released only after this). */
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
+    for (uint32_t i = 0; c && i < c->n; i++)
+      pool_unreserve_extent (p, c->ext[i]);
+  }
   nr = 0;
   for (uint32_t i = 0; i < p->ndevs; i++)
     if (touched[i])

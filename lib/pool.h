@@ -47,6 +47,19 @@ bool pool_writable (struct pool *p);
 /* Device I of the pool (NULL if it is missing). */
 struct device *pool_device (struct pool *p, uint32_t i);
 
+/* Give extent E's blocks (its data and checksum slot) on its device now,
+ * where that is a local file, with those of the extents around it (64
+ * MiB at a time, once while the pool is open), so that a full
+ * filesystem under a sparse file refuses new extents rather than writes
+ * into them (device_reserve).  Returns 0, or -1 with errno (ENOSPC when
+ * the filesystem has no room even for E alone) and a message naming
+ * the device. */
+int pool_reserve_extent (struct pool *p, struct meta_extent e);
+
+/* Extent E was punched (freed): the next pool_reserve_extent() in its
+ * group reserves the group again. */
+void pool_unreserve_extent (struct pool *p, struct meta_extent e);
+
 /* The byte offset on its device of byte OFF of extent E. */
 uint64_t pool_extent_offset (struct pool *p, struct meta_extent e,
                              uint64_t off);

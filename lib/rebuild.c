@@ -441,6 +441,7 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
 
   for (uint32_t r = 0; r < R; r++) {
     struct meta_extent from, to;
+    bool placed;
     struct move mo;
     enum need nd;
     c = meta_chunk_get (mv, it->idx);
@@ -473,8 +474,13 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
       pthread_mutex_unlock (&b->lock);
       continue;
     }
-    if (alloc_replica (pool_alloc (p), mv->class, keep, nkeep, b->o->prefer,
-                       &to) == -1) {
+    placed = alloc_replica (pool_alloc (p), mv->class, keep, nkeep,
+                            b->o->prefer, &to) == 0;
+    if (placed && pool_reserve_extent (p, to) == -1) {
+      alloc_release (pool_alloc (p), &to, 1);
+      placed = false;
+    }
+    if (!placed) {
       count (b, &b->no_space);
       fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64
                " column %" PRIu32 ": %s\n", mv->name, it->idx, it->col,
@@ -545,6 +551,10 @@ zero_old (struct rebuild *b)
   }
   if (ok && nr > 0) {
     ok = device_submit (rq, nr) == 0;
+    /* Punched: their groups are reserved again when next allocated
+     * from (they are released only after this). */
+    for (size_t i = 0; i < b->nold; i++)
+      pool_unreserve_extent (p, b->old[i]);
     nr = 0;
     for (uint32_t d = 0; ok && d < META_MAX_DEVICES; d++)
       if (touched[d])

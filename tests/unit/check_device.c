@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "device.h"
+#include "util.h"
 #include "error.h"
 #include "suites.h"
 
@@ -421,6 +422,42 @@ START_TEST (test_create_prealloc)
 }
 END_TEST
 
+/* device_reserve() gives a sparse file's range its blocks, keeping
+ * the data already there, and what it added reads as zeros. */
+START_TEST (test_reserve)
+{
+  char *dir = test_tmpdir (), path[300];
+  char *buf = device_alloc_buf (2 * STRATA_BLOCK);
+  struct device *dev;
+  struct stat st;
+
+  snprintf (path, sizeof path, "%s/r.img", dir);
+  dev = device_open_local (path, DEVICE_CREATE, SZ);
+  ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  memset (buf, 0x6b, STRATA_BLOCK);
+  ck_assert_int_eq (device_pwrite (dev, buf, STRATA_BLOCK, SZ / 4, true), 0);
+  ck_assert_int_eq (device_reserve (dev, SZ / 8, SZ / 2), 0);
+  ck_assert_int_eq (stat (path, &st), 0);
+  ck_assert_int_eq (st.st_size, SZ);
+  ck_assert_msg ((uint64_t) st.st_blocks * 512 >= SZ / 2
+                 && (uint64_t) st.st_blocks * 512 < SZ, "%jd bytes "
+                 "allocated", (intmax_t) st.st_blocks * 512);
+  ck_assert_int_eq (device_pread (dev, buf, 2 * STRATA_BLOCK, SZ / 4), 0);
+  for (size_t i = 0; i < 2 * STRATA_BLOCK; i++)
+    ck_assert_int_eq ((unsigned char) buf[i], i < STRATA_BLOCK ? 0x6b : 0);
+  /* Past the end of the file: refused, the file keeps its size. */
+  ck_assert_int_eq (device_reserve (dev, SZ - STRATA_BLOCK, 2 * STRATA_BLOCK),
+                    -1);
+  ck_assert_int_eq (errno, EINVAL);
+  device_close (dev);
+  ck_assert_int_eq (stat (path, &st), 0);
+  ck_assert_int_eq (st.st_size, SZ);
+  unlink (path);
+  free (buf);
+  test_rmdir (dir);
+}
+END_TEST
+
 /* A ring that fails fails every request of the batch that did not
  * finish, a flush as much as a write: none is reported done, each is
  * counted as an error of its device, and the thread's next batch goes
@@ -531,6 +568,7 @@ device_suite (void)
   tcase_add_test (tc, test_thp_setting);
   tcase_add_test (tc, test_ring_failure);
   tcase_add_test (tc, test_create_prealloc);
+  tcase_add_test (tc, test_reserve);
   if (access ("/usr/sbin/nbdkit", X_OK) == 0
       || access ("/usr/bin/nbdkit", X_OK) == 0) {
     tcase_add_test (tc, test_remote);

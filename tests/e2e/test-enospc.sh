@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# A pool of sparse files whose filesystem fills up: the metadata areas
+# got their blocks at init, so the journal keeps working; a write that
+# needs a new chunk fails with ENOSPC (not EIO), no device is failed and
+# nothing written before is touched; once the filesystem has room again,
+# writing goes on, and every byte reads back.
+source "$(dirname "$0")/functions.sh"
+requires nbdkit nbdsh mount umount
+
+# The devices live on a small tmpfs of their own (with links where
+# compare_replicas looks for them).
+mkdir "$T/fs"
+mount -t tmpfs -o size=128M tmpfs "$T/fs" 2>/dev/null \
+  || { echo "SKIP: cannot mount a tmpfs"; exit 77; }
+on_exit "umount -l '$T/fs'"
+make_config 3 1GiB "{ name: v, size: 512MiB, replicas: 2 }"
+sed -i "s#$T/d\([0-9]\).img#$T/fs/d\1.img#" "$CONFIG"
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+for i in 0 1 2; do ln -s "$T/fs/d$i.img" "$T/d$i.img"; done
+
+# init gave every metadata area (16 MiB) and superblock its blocks.
+for i in 0 1 2; do
+  used=$(du -k "$T/fs/d$i.img" | cut -f1)
+  [ "$used" -ge $((16 * 1024)) ] || fail "d$i: only $used KiB allocated after init"
+done
+ok "init allocates the metadata areas of sparse files"
+
+start_server
+nbdsh -u "$(uri v)" -c '
+import errno
+done = 0
+for i in range(512):
+    try:
+        h.pwrite(bytes([i % 251 + 1]) * (1 << 20), i << 20)
+    except nbd.Error as e:
+        assert e.errno == "ENOSPC", "write %d failed with %s, not ENOSPC: %s" % (i, e.errno, e.string)
+        done = i
+        break
+assert 8 <= done < 100, "%d MiB written before the filesystem was full" % done
+h.flush()
+for i in range(done):
+    assert h.pread(1 << 20, i << 20) == bytes([i % 251 + 1]) * (1 << 20), "MiB %d" % i
+open("'"$T/done"'", "w").write(str(done))
+' || fail "writing until the filesystem is full"
+done_mib=$(cat "$T/done")
+grep -q "error: write: volume v: chunk [0-9]*: no space on the filesystem that holds device d[0-2] " "$T/nbdkit.log" \
+  || fail "the server does not say why: $(tail -3 "$T/nbdkit.log")"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)
+assert all(d["state"] == "up" and d["errors"] == 0 for d in s["devices"]), s["devices"]
+assert s["volumes"][0]["health"] == "healthy", s["volumes"][0]
+assert all(r["state"] == "in sync" for r in s["metadata_replicas"]), s["metadata_replicas"]
+' || fail "a full filesystem changed the pool's state: $("$STRATA" status "$CONFIG")"
+ok "a full filesystem: ENOSPC after $done_mib MiB, devices up, journal in sync"
+
+# Room again: writing goes on where it stopped.
+mount -o remount,size=512M "$T/fs"
+nbdsh -u "$(uri v)" -c '
+for i in range('"$done_mib"', 160):
+    h.pwrite(bytes([i % 251 + 1]) * (1 << 20), i << 20)
+h.flush()
+for i in range(160):
+    assert h.pread(1 << 20, i << 20) == bytes([i % 251 + 1]) * (1 << 20), "MiB %d" % i
+' || fail "writing after the filesystem had room again"
+stop_server
+compare_replicas || fail "replicas differ"
+out=$("$STRATA" scrub "$CONFIG" 2>&1) || fail "scrub: $out"
+echo "$out" | grep -q "errors: 0; repaired: 0; no good copy: 0" || fail "scrub: $out"
+ok "with room again, writes go on; 160 MiB read back, replicas equal, scrub clean"
