@@ -243,7 +243,13 @@ stop_server () {
   pid=$(cat "$PIDFILE")
   kill -"$sig" "$pid" 2>/dev/null || true
   # Give it 10 s to exit (an exited child is a zombie: that counts as
-  # gone), then kill it, and reap it if it is our child.
+  # gone), then kill it, and reap it if it is our child.  Under
+  # SANITIZE=1 nbdkit can hang at exit, in p11-kit's destructor, once any
+  # strerror() ran: libasan, preloaded into a program not built with it,
+  # initialises inside p11-kit's constructor (its first malloc, within
+  # newlocale), and its dlerror() call there unbalances glibc's
+  # __libc_setlocale_lock before main.  Nothing of strata's; the kill
+  # loses no report, as ASan aborts at the error itself.
   for _ in $(seq 100); do
     case $(ps -o stat= -p "$pid" 2>/dev/null) in ""|Z*) break;; esac
     sleep 0.1
