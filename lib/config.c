@@ -222,6 +222,21 @@ resolve_path (const char *dir, const char *p)
 
 #define NODE(c, id) yaml_document_get_node (&(c)->doc, (id))
 
+/* True if PAIR's key came before in MAP (YAML leaves that to us). */
+static bool
+key_repeated (struct ctx *c, yaml_node_t *map, yaml_node_pair_t *pair)
+{
+  const char *key = scalar (NODE (c, pair->key));
+
+  for (yaml_node_pair_t *q = map->data.mapping.pairs.start; key && q < pair;
+       q++) {
+    const char *k = scalar (NODE (c, q->key));
+    if (k && strcmp (k, key) == 0)
+      return true;
+  }
+  return false;
+}
+
 /* A time from 100ms to 60min: "30s", "500ms", "2min" (bare: seconds). */
 static int
 get_time (struct ctx *c, yaml_node_t *v, const char *full, unsigned *ms)
@@ -261,6 +276,8 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
     snprintf (full, sizeof full, "pool.%s", key ? key : "?");
     if (!key)
       return perr (c, k, "pool", "keys must be plain strings");
+    if (key_repeated (c, map, pair))
+      return perr (c, k, full, "given twice");
     if (strcmp (key, "name") == 0) {
       if (get_name (c, v, full, "pool", cfg->name) == -1)
         return -1;
@@ -357,6 +374,8 @@ parse_device (struct ctx *c, yaml_node_t *map, size_t i,
     snprintf (full, sizeof full, "devices[%zu].%s", i, key ? key : "?");
     if (!key)
       return perr (c, k, full, "keys must be plain strings");
+    if (key_repeated (c, map, pair))
+      return perr (c, k, full, "given twice");
     if (strcmp (key, "name") == 0) {
       if (get_name (c, v, full, "device", d->name) == -1)
         return -1;
@@ -465,6 +484,8 @@ parse_volume (struct ctx *c, yaml_node_t *map, size_t i,
     snprintf (full, sizeof full, "volumes[%zu].%s", i, key ? key : "?");
     if (!key)
       return perr (c, k, full, "keys must be plain strings");
+    if (key_repeated (c, map, pair))
+      return perr (c, k, full, "given twice");
     if (strcmp (key, "name") == 0) {
       if (get_name (c, n, full, "volume", v->name) == -1)
         return -1;
@@ -533,6 +554,8 @@ parse_cache (struct ctx *c, yaml_node_t *map)
     snprintf (full, sizeof full, "cache.%s", key ? key : "?");
     if (!key)
       return perr (c, k, "cache", "keys must be plain strings");
+    if (key_repeated (c, map, pair))
+      return perr (c, k, full, "given twice");
     if (strcmp (key, "mode") == 0) {
       if (get_cache_mode (c, v, full, &cfg->cache_mode) == -1)
         return -1;
