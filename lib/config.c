@@ -845,6 +845,14 @@ parse (const char *text, size_t len, const char *file, const char *dir,
   }
   r = parse_root (&c);
   yaml_document_delete (&c.doc);
+  /* One pool, one document: a second one ("---") would be ignored. */
+  if (r == 0 && yaml_parser_load (&parser, &c.doc)) {
+    yaml_node_t *next = yaml_document_get_root_node (&c.doc);
+    if (next)
+      r = strata_error (EINVAL, "%s:%zu: a second YAML document; a pool "
+                        "file holds one", file, next->start_mark.line + 1);
+    yaml_document_delete (&c.doc);
+  }
   yaml_parser_delete (&parser);
   if (r == -1) {
     config_free (c.cfg);

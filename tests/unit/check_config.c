@@ -132,6 +132,7 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\n" DEVS "cache: {devices: [d0], age: 1s}\n", "cache.age: unknown key (expected mode, devices or destage_age)" },
   { "pool: {name: p}\npool: {name: q}\n" DEVS, "pool: given twice" },
   { "pool: {name: p, name: q}\n" DEVS, "t.yaml:1:17: pool.name: given twice" },
+  { "pool: {name: p}\n" DEVS "---\npool: {name: q}\n" DEVS, "t.yaml:7: a second YAML document; a pool file holds one" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a.img, size: 1G, size: 2G }\n", "t.yaml:3:40: devices[0].size: given twice" },
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, replicas: 1, replicas: 2 }\n", "volumes[0].replicas: given twice" },
   { "pool: {name: p}\n" DEVS "cache: {devices: [d0], mode: none, mode: writeback}\n", "cache.mode: given twice" },
