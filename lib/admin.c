@@ -138,7 +138,8 @@ map_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
                c->ext[col * mc->replicas + r].ext);
     fputc (']', mc->out);
   }
-  fprintf (mc->out, "],\"dirty\":%" PRIu64 ",\"stale\":[", c->dirty);
+  fprintf (mc->out, "],\"dirty\":%" PRIu64 ",\"stale\":[",
+           (uint64_t) atomic_load (&c->dirty));
   for (uint32_t col = 0; col < c->n / mc->replicas; col++)
     fprintf (mc->out, "%s%u", col ? "," : "",
              (unsigned) atomic_load (&c->col[col].stale));

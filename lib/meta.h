@@ -102,12 +102,13 @@ meta_copy_stale (struct meta_column *col, uint32_t r)
 /* An allocated chunk: width * replicas extents, column-major
  * (ext[col * replicas + r]).  DIRTY has a bit per column that may hold
  * replicas which differ, or checksums on disk that do not match the data
- * (crash resync); it changes only through the journal. */
+ * (crash resync); it changes only through the journal (under its lock),
+ * and is atomic because status reads it while the journal applies. */
 struct meta_chunk {
   struct meta_chunk *retired;	/* next on the volume's retired list */
   uint32_t n;			/* width * replicas */
   uint32_t width;
-  uint64_t dirty;
+  _Atomic uint64_t dirty;
   struct meta_column *col;	/* [width] */
   struct meta_extent ext[];
 };

@@ -149,14 +149,16 @@ nbdinfo --list "nbd+unix:///?socket=$T/serve.sock" | grep -q 'export="a"' || fai
 nbdsh -u "nbd+unix:///a?socket=$T/serve.sock" -c '
 h.pwrite(b"served" * 1000, 12345); h.flush()
 assert h.pread(6000, 12345) == b"served" * 1000' || fail "serve: write and read back"
-"$STRATA" status "$CONFIG" | grep -q 'online (served)' || fail "serve: status does not go through it"
+out=$("$STRATA" status "$CONFIG" 2>&1) || fail "serve: status: $out"
+echo "$out" | grep -q 'online (served)' || fail "serve: status does not go through it: $out"
 out=$("${NBDKIT_ENV[@]}" "$STRATA" serve "$CONFIG" -U "$T/serve2.sock" 2>&1) && fail "a second serve ran"
 echo "$out" | grep -q 'in use by another process' || fail "second serve: unclear: $out"
 kill -TERM "$serve_pid"
 for _ in $(seq 100); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$serve_pid" 2>/dev/null && fail "strata serve did not stop on SIGTERM"
 wait "$serve_pid" 2>/dev/null || true
-"$STRATA" status "$CONFIG" | grep -q 'offline' || fail "pool not offline after serve stopped"
+out=$("$STRATA" status "$CONFIG" 2>&1) || fail "status after serve stopped: $out"
+echo "$out" | grep -q 'offline' || fail "pool not offline after serve stopped: $out"
 nbdsh_offline=$("$STRATA" status "$CONFIG" --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["volumes"][0]["allocated"] > 0)')
 [ "$nbdsh_offline" = True ] || fail "what serve wrote is not allocated"
 ok "strata serve runs nbdkit in the foreground, says when it serves, stops on SIGTERM"
