@@ -6,9 +6,11 @@
  * this call's option string: setting optind to 1 keeps the ordering of
  * the process's first getopt call, which in the serving process is
  * nbdkit's (options anywhere) and in the CLI was ours, so the same
- * command line parsed differently online and offline.  Output is a readable table, or JSON with --json.  Apply
- * compares the YAML's volumes with the pool's and only ever creates and
- * grows unless told to shrink (--allow-shrink) or delete (--prune).
+ * command line parsed differently online and offline.
+ *
+ * Output is a readable table, or JSON with --json.  Apply compares the
+ * YAML's volumes with the pool's and only ever creates and grows unless
+ * told to shrink (--allow-shrink) or delete (--prune).
  */
 #include <errno.h>
 #include <getopt.h>
