@@ -140,7 +140,10 @@ install: all
 	install -m 644 $(B)/man/strata.yaml.5 $(DESTDIR)$(MANDIR)/man5/strata.yaml.5
 	install -m 644 $(B)/man/nbdkit-strata-plugin.1 $(DESTDIR)$(MANDIR)/man1/nbdkit-strata-plugin.1
 	install -m 644 etc/strata/example.yaml $(DESTDIR)$(SYSCONFDIR)/strata/example.yaml
-	install -m 644 etc/systemd/strata@.service $(DESTDIR)$(UNITDIR)/strata@.service
+	sed -e 's|/usr/local/bin/strata|$(BINDIR)/strata|' \
+	  -e 's|/etc/strata/|$(SYSCONFDIR)/strata/|' etc/systemd/strata@.service \
+	  > $(DESTDIR)$(UNITDIR)/strata@.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/strata@.service
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/strata $(DESTDIR)$(PLUGINDIR)/nbdkit-strata-plugin.so \
