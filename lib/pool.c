@@ -265,6 +265,16 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
   return d;
 }
 
+/* A failed init takes back the files it created (CD's, said on LOG),
+ * so that the next try starts where this one did: it changes nothing
+ * that was there before. */
+static void
+remove_created (const struct config_device *cd, FILE *log)
+{
+  if (unlink (cd->path) == 0 && log)
+    fprintf (log, "removed %s, which this failed init created\n", cd->path);
+}
+
 /* Discard devices DEVS[0..N) (declared as CDS[0..N)) but those SKIP
  * (if given) says, so that every extent reads as zeros, and flush them:
  * all together, 256 MiB of each at a time.  Where the storage can
@@ -545,8 +555,11 @@ init_members (const struct config *cfg, bool force, FILE *log,
 
  out:
   if (devs)
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
       device_close (devs[i]);
+      if (r == -1 && created[i])
+        remove_created (&cfg->devices[i], log);
+    }
   free (devs);
   free (sbs);
   free (meta_dev);
@@ -558,24 +571,24 @@ init_members (const struct config *cfg, bool force, FILE *log,
   return r;
 }
 
-/* Open cache device CD to be formatted and check it holds nothing
- * (unless FORCE).  NULL with a message. */
+/* Open cache device CD to be formatted (*CREATED if this made its file)
+ * and check it holds nothing (unless FORCE).  NULL with a message. */
 static struct device *
 open_cache_to_format (const struct config *cfg, const struct config_device *cd,
-                      bool force, FILE *log)
+                      bool force, bool *created, FILE *log)
 {
   uint64_t need = FORMAT_CACHE_AREA_OFFSET + FORMAT_CACHE_HDRS + (1 << 20);
   uint8_t *buf = device_alloc_buf (FORMAT_RESERVED_END);
   struct device *d;
-  bool created;
   char why[200];
 
+  *created = false;
   if (!buf) {
     strata_error (ENOMEM, "out of memory");
     return NULL;
   }
-  if (!(d = open_to_format (cfg, cd, &created, log))
-      || check_size (cfg, cd, d, created) == -1)
+  if (!(d = open_to_format (cfg, cd, created, log))
+      || check_size (cfg, cd, d, *created) == -1)
     goto fail;
   if (device_size (d) < need) {
     strata_error (EINVAL, "%s:%d: cache device %s: %s is too small (%" PRIu64
@@ -584,7 +597,7 @@ open_cache_to_format (const struct config *cfg, const struct config_device *cd,
                   device_size (d), need);
     goto fail;
   }
-  if (!created) {
+  if (!*created) {
     uint32_t len = MIN (FORMAT_RESERVED_END, device_size (d));
     const char *what;
     struct format_cs cs;
@@ -619,6 +632,7 @@ pool_init (const struct config *full, bool force, FILE *log)
   struct config cfg = *full;
   struct config_device *data = calloc (full->ndevices, sizeof *data);
   struct device *cdev[2] = { NULL, NULL };
+  bool ccreated[2] = { false, false };
   struct cache_dev mirrors[2];
   uint8_t uuid[16], cache_uuid[16];
   uint8_t *blk = device_alloc_buf (STRATA_BLOCK);
@@ -643,7 +657,8 @@ pool_init (const struct config *full, bool force, FILE *log)
   for (size_t i = 0; i < nc; i++) {
     const struct config_device *cd = config_find_device (full,
                                                          full->cache_devices[i]);
-    if (!(cdev[i] = open_cache_to_format (full, cd, force, log)))
+    if (!(cdev[i] = open_cache_to_format (full, cd, force, &ccreated[i],
+                                          log)))
       goto out;
   }
   if (nc && util_uuid_new (cache_uuid) == -1) {
@@ -689,8 +704,11 @@ pool_init (const struct config *full, bool force, FILE *log)
   }
   r = 0;
  out:
-  for (size_t i = 0; i < 2; i++)
+  for (size_t i = 0; i < 2; i++) {
     device_close (cdev[i]);
+    if (r == -1 && ccreated[i])
+      remove_created (config_find_device (full, full->cache_devices[i]), log);
+  }
   free (data);
   free (blk);
   return r;

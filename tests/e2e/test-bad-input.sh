@@ -69,3 +69,27 @@ out=$("$STRATA" status new.yaml 2>&1) && fail "an empty file taken for a member"
 echo "$out" | grep "device d0 ($T/n0.img) holds no strata superblock.*strata init" || fail "unclear: $out"
 [ ! -s "$T/n0.img" ] || fail "status wrote into the empty file"
 ok "a pool never initialised: $out"
+
+# An init that fails part way (here a member that cannot be reached,
+# after two files were created) takes back the files it created and
+# leaves an existing file as it was; the next init then starts afresh.
+rm -f "$T"/n?.img
+truncate -s 256M "$T/n1.img"
+before=$(sums "$T/n1.img")
+{
+  pool_section 3
+  echo "devices:"
+  echo "  - { name: d0, path: $T/n0.img, size: 256MiB }"
+  echo "  - { name: d1, path: $T/n1.img }"
+  echo "  - { name: d2, path: $T/n2.img, size: 256MiB }"
+  echo "  - { name: d3, uri: \"nbd+unix:///?socket=$T/nobody.sock\" }"
+} | sed -e "s/name: t$$/name: half/" -e "s#$T/control.sock#$T/c4.sock#" > half.yaml
+out=$("$STRATA" init half.yaml 2>&1) && fail "init with an unreachable member"
+echo "$out" | grep "device d3: .*nobody.sock" || fail "unclear: $out"
+echo "$out" | grep "removed $T/n2.img, which this failed init created" || fail "not said: $out"
+ls "$T"/n0.img "$T"/n2.img 2>/dev/null && fail "a failed init left the files it created"
+[ "$(sums "$T/n1.img")" = "$before" ] || fail "a failed init changed an existing file"
+sed -i '/name: d3/d' half.yaml
+"$STRATA" init half.yaml >/dev/null || fail "init after the failed one"
+"$STRATA" status half.yaml >/dev/null || fail "status after init"
+ok "a failed init takes back the files it created: $(echo "$out" | grep "device d3")"
