@@ -265,14 +265,15 @@ open_to_format (const struct config *cfg, const struct config_device *cd,
   return d;
 }
 
-/* A failed init takes back the files it created (CD's, said on LOG),
- * so that the next try starts where this one did: it changes nothing
- * that was there before. */
+/* A failed init or device add (VERB) takes back the file it created
+ * for CD (said on LOG), so that the next try starts where this one did:
+ * it changes nothing that was there before. */
 static void
-remove_created (const struct config_device *cd, FILE *log)
+remove_created (const struct config_device *cd, const char *verb, FILE *log)
 {
   if (unlink (cd->path) == 0 && log)
-    fprintf (log, "removed %s, which this failed init created\n", cd->path);
+    fprintf (log, "removed %s, which this failed %s created\n", cd->path,
+             verb);
 }
 
 /* Discard devices DEVS[0..N) (declared as CDS[0..N)) but those SKIP
@@ -558,7 +559,7 @@ init_members (const struct config *cfg, bool force, FILE *log,
     for (size_t i = 0; i < n; i++) {
       device_close (devs[i]);
       if (r == -1 && created[i])
-        remove_created (&cfg->devices[i], log);
+        remove_created (&cfg->devices[i], "init", log);
     }
   free (devs);
   free (sbs);
@@ -707,7 +708,8 @@ pool_init (const struct config *full, bool force, FILE *log)
   for (size_t i = 0; i < 2; i++) {
     device_close (cdev[i]);
     if (r == -1 && ccreated[i])
-      remove_created (config_find_device (full, full->cache_devices[i]), log);
+      remove_created (config_find_device (full, full->cache_devices[i]),
+                      "init", log);
   }
   free (data);
   free (blk);
@@ -1794,7 +1796,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   struct journal_item it;
   uint8_t *buf = NULL;
   uint32_t n;
-  bool opened = false, created = false;
+  bool opened = false, created = false, committing = false;
   char why[200];
   int r = -1, refusal;
 
@@ -1895,6 +1897,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
 
   meta_entry_dev_add (&e, n, &md);
   it = (struct journal_item) { META_E_DEV_ADD, e.len, e.p };
+  committing = true;		/* from here the file may be a member */
   pthread_mutex_lock (&p->fail_lock);
   if (e.bad)
     strata_error (ENOMEM, "out of memory");
@@ -1921,8 +1924,11 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
 
  out:
   pthread_mutex_unlock (&p->add_lock);
-  if (opened)
+  if (opened) {
     device_close (d);
+    if (created && !committing)
+      remove_created (cd, "device add", log);
+  }
   free (buf);
   fbuf_free (&e);
   return r;

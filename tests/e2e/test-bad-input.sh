@@ -93,3 +93,15 @@ sed -i '/name: d3/d' half.yaml
 "$STRATA" init half.yaml >/dev/null || fail "init after the failed one"
 "$STRATA" status half.yaml >/dev/null || fail "status after init"
 ok "a failed init takes back the files it created: $(echo "$out" | grep "device d3")"
+
+# The same for device add: a new file too small for a member is refused
+# and removed, and the pool is as it was.
+echo "  - { name: d9, path: $T/n9.img, size: 8MiB }" >> half.yaml
+before=$("$STRATA" status half.yaml --json | $PY -c 'import json,sys; s=json.load(sys.stdin); print([(d["name"], d["state"], d["used"]) for d in s["devices"]], s["not_members"])')
+out=$("$STRATA" device add half.yaml d9 2>&1) && fail "a device too small was added"
+echo "$out" | grep "device d9 ($T/n9.img) is too small" || fail "unclear: $out"
+echo "$out" | grep "removed $T/n9.img, which this failed device add created" || fail "not said: $out"
+[ ! -e "$T/n9.img" ] || fail "a failed device add left the file it created"
+after=$("$STRATA" status half.yaml --json | $PY -c 'import json,sys; s=json.load(sys.stdin); print([(d["name"], d["state"], d["used"]) for d in s["devices"]], s["not_members"])')
+[ "$before" = "$after" ] || fail "a failed device add changed the pool: $before -> $after"
+ok "a failed device add takes back the file it created"
