@@ -2096,6 +2096,9 @@ meta_step (struct pool *p, int64_t add, int64_t drop)
     for (uint32_t k = 0; k < to.n; k++)
       if (to.dev[k] == drop)
         pos = k;
+    if (pos < 0)
+      return strata_error (EINVAL, "device %s holds no metadata replica",
+                           p->meta->devices[drop].name);
     memmove (&to.dev[pos], &to.dev[pos + 1],
              (to.n - pos - 1) * sizeof to.dev[0]);
     to.n--;
