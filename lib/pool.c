@@ -558,7 +558,7 @@ init_members (const struct config *cfg, bool force, FILE *log,
   if (devs)
     for (size_t i = 0; i < n; i++) {
       device_close (devs[i]);
-      if (r == -1 && created[i])
+      if (r == -1 && created && created[i])
         remove_created (&cfg->devices[i], "init", log);
     }
   free (devs);
