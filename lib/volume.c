@@ -707,6 +707,43 @@ volume_offset (struct volume *v, uint64_t chunk, uint32_t col, uint64_t eoff)
     + (uint64_t) col * mv->unit + eoff % mv->unit;
 }
 
+/* A run of blocks of one copy of piece P that did not match their
+ * checksums: [first, end) in the extent, within one stripe unit, so
+ * that its volume bytes are contiguous too. */
+struct bad_run {
+  uint64_t first, end;
+  bool repaired;
+};
+
+/* Say on the server log that RUN of replica REP of P was bad: one line
+ * per run, not per block (a disk that lost a region has thousands). */
+static void
+say_bad_run (struct volume *v, const struct piece *p, uint32_t rep,
+             struct bad_run *run)
+{
+  struct meta_extent e = p->c->ext[p->col * v->mv->replicas + rep];
+  uint64_t b0 = run->first / STRATA_BLOCK, b1 = run->end / STRATA_BLOCK - 1;
+  uint64_t vo = volume_offset (v, p->chunk, p->col, run->first);
+
+  if (run->end == 0)
+    return;
+  if (b0 == b1)
+    fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
+             "extent %" PRIu32 " block %" PRIu64 " (volume bytes %" PRIu64
+             "-%" PRIu64 ")%s\n", v->mv->name,
+             pool_meta (v->p)->devices[e.dev].name, e.ext, b0, vo,
+             vo + STRATA_BLOCK - 1,
+             run->repaired ? "; repaired" : "; no good copy");
+  else
+    fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
+             "extent %" PRIu32 " blocks %" PRIu64 "-%" PRIu64 " (volume "
+             "bytes %" PRIu64 "-%" PRIu64 ")%s\n", v->mv->name,
+             pool_meta (v->p)->devices[e.dev].name, e.ext, b0, b1, vo,
+             vo + (run->end - run->first) - 1,
+             run->repaired ? "; repaired" : "; no good copy");
+  run->end = 0;
+}
+
 /* The self-healing read of piece P (see design notes), with io_lock
  * held exclusively: read [a0, a1) from every usable replica, keep for
  * each block a copy that matches its checksum, rewrite the copies that
@@ -719,6 +756,7 @@ heal_piece (struct volume *v, struct piece *p)
   size_t nb = len / STRATA_BLOCK, nr = 0, nw = 0;
   char *bufs[8] = { NULL };
   struct dev_req rq[8], *wq = calloc (nb * R + 1, sizeof *wq);
+  struct bad_run runs[8] = { { 0 } };
   int r = 0;
 
   if (!wq)
@@ -762,16 +800,18 @@ heal_piece (struct volume *v, struct piece *p)
     }
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = p->c->ext[p->col * R + rep];
-      if (!(badmask & (1u << rep)))
+      struct bad_run *run = &runs[rep];
+      if (!(badmask & (1u << rep))) {
+        say_bad_run (v, p, rep, run);
         continue;
+      }
       pool_device_csum_error (v->p, e.dev);
-      fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
-               "extent %" PRIu32 " block %" PRIu64 " (volume bytes %" PRIu64
-               "-%" PRIu64 ")%s\n", v->mv->name,
-               pool_meta (v->p)->devices[e.dev].name, e.ext,
-               o / STRATA_BLOCK, volume_offset (v, p->chunk, p->col, o),
-               volume_offset (v, p->chunk, p->col, o) + STRATA_BLOCK - 1,
-               good >= 0 ? "; repaired" : "; no good copy");
+      if (run->end != o || run->repaired != (good >= 0)
+          || o % v->mv->unit == 0)
+        say_bad_run (v, p, rep, run);
+      if (run->end == 0)
+        *run = (struct bad_run) { .first = o, .repaired = good >= 0 };
+      run->end = o + STRATA_BLOCK;
       if (good >= 0) {
         wq[nw] = piece_req (v, p, rep, DEV_WRITE,
                             bufs[good] + b * STRATA_BLOCK, o,
@@ -797,6 +837,8 @@ heal_piece (struct volume *v, struct piece *p)
               bufs[good] + b * STRATA_BLOCK + (lo - o), hi - lo);
     }
   }
+  for (uint32_t rep = 0; rep < R; rep++)
+    say_bad_run (v, p, rep, &runs[rep]);
   device_submit (wq, nw);
   for (size_t k = 0; k < nw; k++) {
     struct meta_extent e = p->c->ext[p->col * R + wq[k].tag];

@@ -82,6 +82,8 @@ fd = os.open('$T/$dev.img', os.O_WRONLY)
 for o in range($coff, os.fstat(fd).st_size, 1 << 20):
     os.pwrite(fd, os.urandom(1 << 20), o)
 os.close(fd)"
+lines0=$(wc -l < "$T/nbdkit.log")
+bad0=$(device_field "$dev" csum_errors)
 start_server
 check_r2
 check_r2
@@ -92,4 +94,21 @@ fixed=$(device_field "$dev" repaired)
 [ "$bad" -ge 1024 ] || fail "only $bad checksum errors on the overwritten member $dev"
 [ "$fixed" = "$bad" ] || fail "$bad bad blocks found on $dev but $fixed repaired"
 ok "a whole member overwritten: correct reads, $bad bad blocks found and repaired on $dev"
-
+# The log gives a run of bad blocks one line, as far as a stripe unit
+# (1 MiB here: 256 blocks) goes, and that line adds up.
+tail -n +$((lines0 + 1)) "$T/nbdkit.log" | grep "checksum mismatch on device $dev" > "$T/runs"
+$PY - "$T/runs" $((bad - bad0)) <<'PYEOF' || fail "the log lines of the bad runs: $(head -3 "$T/runs")"
+import re, sys
+lines = open(sys.argv[1]).read().splitlines()
+total = 0
+for l in lines:
+    m = re.search(r"extent \d+ blocks (\d+)-(\d+) \(volume bytes (\d+)-(\d+)\); repaired$", l)
+    assert m, "not a run of blocks: " + l
+    b0, b1, v0, v1 = map(int, m.groups())
+    assert b1 - b0 + 1 == 256 and b0 % 256 == 0, l
+    assert v1 - v0 + 1 == 256 * 4096 and v0 % (1 << 20) == 0, l
+    total += b1 - b0 + 1
+# The count also has the member's checksum slots, overwritten too.
+assert 1024 <= total <= int(sys.argv[2]), "%d blocks in %d lines, %s counted" % (total, len(lines), sys.argv[2])
+PYEOF
+ok "the log gives each bad run one line: $(wc -l < "$T/runs") lines for $(awk -F'[ -]' '{for(i=1;i<NF;i++) if($i=="blocks") n+=$(i+2)-$(i+1)+1} END{print n}' "$T/runs") blocks"
