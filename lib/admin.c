@@ -811,6 +811,11 @@ cmd_volume (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
           return 2;
         break;
       case 'c':
+        if (strlen (optarg) >= sizeof cv.class) {
+          fprintf (err, "strata: --class: a class name has at most %zu "
+                   "characters, got \"%s\"\n", sizeof cv.class - 1, optarg);
+          return 2;
+        }
         snprintf (cv.class, sizeof cv.class, "%s", optarg);
         break;
       case 's':
@@ -828,6 +833,11 @@ cmd_volume (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
       fprintf (err, "usage: strata volume create CONFIG NAME SIZE "
                "[--replicas N] [--stripe-width W] [--stripe-unit U] "
                "[--class C]\n");
+      return 2;
+    }
+    /* Checked whole here: the copy below would cut a long name short. */
+    if (config_check_name ("volume", argv[0]) == -1) {
+      fprintf (err, "strata: %s\n", strata_last_error ());
       return 2;
     }
     snprintf (cv.name, sizeof cv.name, "%s", argv[0]);

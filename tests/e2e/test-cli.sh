@@ -57,6 +57,19 @@ echo "$out" | grep -- 'unknown option --copies' || fail "unclear: $out"
   || fail "offline delete"
 ok "offline volume verbs take options anywhere, and say which is wrong"
 
+# A name too long is refused whole, not cut to fit and created.
+long=$(printf 'n%.0s' $(seq 64))
+out=$("$STRATA" volume create "$CONFIG" "$long" 8MiB 2>&1) && fail "a 64-character name accepted: $out"
+echo "$out" | grep 'volume name must be 1 to 63 characters' || fail "unclear: $out"
+out=$("$STRATA" volume create "$CONFIG" o4 8MiB --class "$(printf 'c%.0s' $(seq 40))" 2>&1) \
+  && fail "a 40-character class accepted: $out"
+echo "$out" | grep -- '--class: a class name has at most 31 characters' || fail "unclear: $out"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+assert [v["name"] for v in json.load(sys.stdin)["volumes"]] == ["a", "b"]
+' || fail "a refused create made a volume: $("$STRATA" status "$CONFIG")"
+ok "a name or class too long is refused, nothing created"
+
 start_server
 "$STRATA" status "$CONFIG" | grep 'online (served)' || fail "status not online"
 # Online: create, grow, refuse shrink without --shrink, delete.
