@@ -729,6 +729,25 @@ note_align (struct pool *p, struct device *d)
   }
 }
 
+/* A member whose storage is now smaller than its superblock says (a file
+ * truncated, an NBD export or a disk swapped for a smaller one) has lost
+ * what lay past its end: it is not used, like a member that cannot be
+ * read, rather than served with extents that are gone.  Returns true,
+ * with WHY, if D is such a device. */
+static bool
+shrunk (struct device *d, const struct format_sb *sb, char *why, size_t n)
+{
+  char have[32], want[32];
+
+  if (device_size (d) >= sb->dev_size)
+    return false;
+  snprintf (why, n, "%s is %s, smaller than the %s it was formatted with "
+            "(truncated, or another disk?)", device_path (d),
+            util_human_size (device_size (d), have, sizeof have),
+            util_human_size (sb->dev_size, want, sizeof want));
+  return true;
+}
+
 /* How long to wait for the lock of a local device when the pool lock was
  * free.  Then no live process serves the pool, but one that just died
  * may still hold its devices' locks for a moment: the kernel tears its
@@ -1154,6 +1173,8 @@ pool_open (const struct config *cfg, unsigned flags)
                 "superblock (wiped, or another disk?)", config_device_where (cd));
       continue;
     }
+    if (shrunk (d, &sbs[i], openerr[i], sizeof openerr[i]))
+      continue;
     if (ref == SIZE_MAX)
       ref = i;
     if (memcmp (sbs[i].pool_uuid, sbs[ref].pool_uuid, 16) != 0
@@ -1480,7 +1501,7 @@ member_open (struct pool *p, uint32_t i, struct format_sb *sbp)
   struct device *d = p->devs[i];
   uint8_t *buf = device_alloc_buf (STRATA_BLOCK);
   struct format_sb sb;
-  char u[37];
+  char u[37], why[300];
   bool opened = false;
 
   if (!buf) {
@@ -1538,6 +1559,10 @@ member_open (struct pool *p, uint32_t i, struct format_sb *sbp)
                   "%s: its superblock names device \"%s\" %s of pool \"%s\"",
                   md->name, config_device_where (cd), p->cfg->name,
                   sb.dev_name, u, sb.pool_name);
+    goto fail;
+  }
+  if (shrunk (d, &sb, why, sizeof why)) {
+    strata_error (EINVAL, "device %s: %s", md->name, why);
     goto fail;
   }
   free (buf);

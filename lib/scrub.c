@@ -62,7 +62,9 @@ static const char *const kind_text[] = {
   [F_SLOT] = "checksum slot differs from the checksums",
 };
 
-/* Blocks [b0, b1] of extent EXT on device DEV, volume bytes [v0, v1]. */
+/* Blocks [b0, b1] of extent EXT on device DEV, volume bytes [v0, v1]
+ * (a read error: the whole extent, and the bytes of its chunk, of which
+ * it holds column COL when the volume is striped). */
 struct finding {
   uint32_t dev, ext;
   uint64_t b0, b1;
@@ -70,6 +72,7 @@ struct finding {
   uint64_t v0, v1;
   uint8_t kind;
   bool repaired;
+  bool striped;
   uint64_t idx;			/* chunk and column it was found in */
   uint32_t col;
   size_t seq;			/* place in the list when found */
@@ -144,7 +147,15 @@ note (struct scrub *s, struct volume *v, uint64_t idx, uint32_t col,
   uint64_t v0 = volume_column_offset (v, idx, col, b * STRATA_BLOCK);
   struct finding *last = s->last;
   struct finding f = { e.dev, e.ext, b, b, s->vi, v0, v0 + STRATA_BLOCK - 1,
-                       kind, repaired, idx, col, s->seq++ };
+                       kind, repaired, false, idx, col, s->seq++ };
+
+  if (kind == F_READ_ERROR) {
+    const struct meta_volume *mv = volume_meta (v);
+    f.b1 = pool_meta (s->p)->extent_size / STRATA_BLOCK - 1;
+    f.v0 = idx * mv->chunk_size;
+    f.v1 = MIN ((idx + 1) * mv->chunk_size, mv->size) - 1;
+    f.striped = mv->width > 1;
+  }
 
   s->dev_errors[e.dev]++;
   if (repaired)
@@ -519,17 +530,21 @@ report (struct scrub *s, FILE *out, bool resumed, bool finished)
            resumed ? ", continuing an interrupted scrub" : "");
   for (size_t i = 0; i < s->found.n; i++) {
     struct finding *f = (struct finding *) s->found.items + i;
-    char blocks[64];
-    if (f->b0 == f->b1)
+    char blocks[64], col[32] = "";
+    if (f->kind == F_READ_ERROR) {
+      snprintf (blocks, sizeof blocks, "whole extent");
+      if (f->striped)
+        snprintf (col, sizeof col, "column %" PRIu32 " of ", f->col);
+    }
+    else if (f->b0 == f->b1)
       snprintf (blocks, sizeof blocks, "block %" PRIu64, f->b0);
     else
       snprintf (blocks, sizeof blocks, "blocks %" PRIu64 "-%" PRIu64, f->b0,
                 f->b1);
-    fprintf (out, "  device %s, extent %" PRIu32 ", %s (volume %s bytes %"
+    fprintf (out, "  device %s, extent %" PRIu32 ", %s (%svolume %s bytes %"
              PRIu64 "-%" PRIu64 "): %s%s\n", m->devices[f->dev].name, f->ext,
-             f->kind == F_READ_ERROR ? "whole extent" : blocks,
-             s->vols[f->vol].name, f->v0,
-             f->kind == F_READ_ERROR ? f->v0 : f->v1, kind_text[f->kind],
+             blocks, col, s->vols[f->vol].name, f->v0, f->v1,
+             kind_text[f->kind],
              f->repaired ? ", repaired"
              : f->kind == F_NO_GOOD_COPY ? ", left alone"
              : f->kind == F_READ_ERROR ? "" : ", not repaired");

@@ -112,3 +112,26 @@ for l in lines:
 assert 1024 <= total <= int(sys.argv[2]), "%d blocks in %d lines, %s counted" % (total, len(lines), sys.argv[2])
 PYEOF
 ok "the log gives each bad run one line: $(wc -l < "$T/runs") lines for $(awk -F'[ -]' '{for(i=1;i<NF;i++) if($i=="blocks") n+=$(i+2)-$(i+1)+1} END{print n}' "$T/runs") blocks"
+
+# 5. A member's file cut short behind strata's back (what lay past the
+# cut is gone): it is not used, and status says why; its copies are read
+# from the others.  Grown back to its size, it is used again, and scrub
+# rewrites what it lost.
+stop_server
+size=$(stat -c %s "$T/$dev.img")
+cut=$(( $(device_field "$dev" data_offset) + ES ))	# one extent left
+truncate -s "$cut" "$T/$dev.img"
+"$STRATA" status "$CONFIG" | grep "$T/$dev.img is $((cut >> 20)).0 MiB, smaller than the 256.0 MiB it was formatted with" \
+  || fail "status does not say $dev was cut short: $("$STRATA" status "$CONFIG")"
+start_server
+check_r2
+[ "$(device_field "$dev" csum_errors)" = 0 ] || fail "a member cut short was read"
+stop_server
+truncate -s "$size" "$T/$dev.img"
+start_server
+out=$("$STRATA" scrub "$CONFIG" r2 --repair 2>&1) || fail "scrub --repair: $out"
+echo "$out" | grep -E "errors: [1-9][0-9]* \($dev " || fail "scrub found nothing lost on $dev: $out"
+out=$("$STRATA" scrub "$CONFIG" r2 2>&1) || fail "a second scrub: $out"
+echo "$out" | grep "errors: 0;" || fail "a second scrub is not clean: $out"
+check_r2
+ok "a member cut short is left out until it has its size again, then scrub repairs it"
