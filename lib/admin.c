@@ -471,9 +471,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   struct config *fresh = NULL;
   const struct config *yaml = pool_config (p);
   struct journal_replica_info ri[64];
-  uint64_t last_index, *stale, csum_used;
+  uint64_t last_index, *stale, csum_used, next, room_ext;
   size_t nri;
-  bool json = false, map = false;
+  bool json = false, map = false, tight;
   char u[37], a[32], b[32], c[32];
   int ch;
 
@@ -504,6 +504,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   last_index = journal_last_index (pool_journal (p));
   /* Walks the chunk maps itself, under the walk lock. */
   csum_used = csum_resident (p) * (m->extent_size / 1024);
+  tight = pool_meta_tight (p, &next, &room_ext);
 
   /* Chunk maps are walked below: rebuild frees replaced chunks only
    * under the walk lock. */
@@ -522,10 +523,12 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     fprintf (out, ",\"uuid\":\"%s\",\"extent_size\":%" PRIu64 ",\"online\":%s,"
              "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64
              ",\"checksum_memory\":{\"used\":%" PRIu64 ",\"limit\":%" PRIu64
-             "}},",
+             "},\"extents\":%" PRIu64 ",\"metadata_room_extents\":%" PRIu64
+             "},",
              u, m->extent_size, ctx->online ? "true" : "false",
              ctx->connections, journal_term (pool_journal (p)),
-             last_index, csum_used, pool_config (p)->checksum_memory);
+             last_index, csum_used, pool_config (p)->checksum_memory,
+             next, room_ext);
     fprintf (out, "\"metadata_replicas\":[");
     for (size_t i = 0; i < nri; i++) {
       fprintf (out, "%s{\"device\":", i ? "," : "");
@@ -640,6 +643,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   fprintf (out, "checksums in memory: %s of %s (pool.checksum_memory)\n",
            util_human_size (csum_used, a, sizeof a),
            util_human_size (pool_config (p)->checksum_memory, b, sizeof b));
+  if (tight)
+    fprintf (out, "warning: the metadata areas hold the checkpoint of %"
+             PRIu64 " extents in use, and the pool has %" PRIu64 ": "
+             "metadata changes (allocation among them) fail past that\n",
+             room_ext, next);
   cache_status (p, out, false);
   fprintf (out, "\n%-10s %-5s %-12s %-10s %9s %9s %-7s %6s %9s %8s %s\n",
            "DEVICE", "CLASS", "DOMAIN", "HOST", "SIZE", "USED", "STATE",

@@ -300,6 +300,7 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       if (cfg->metadata_size < FORMAT_MIN_META_SIZE
           || !is_aligned (cfg->metadata_size, 1 << 20))
         return perr (c, v, full, "must be a whole number of MiB, at least 4MiB");
+      cfg->metadata_size_set = true;
     }
     else if (strcmp (key, "base_dir") == 0) {
       char buf[PATH_MAX];

@@ -52,6 +52,7 @@ struct config {
   uint64_t extent_size;
   uint32_t metadata_replicas;
   uint64_t metadata_size;
+  bool metadata_size_set;	/* given in the YAML, not the default */
   char *base_dir;		/* absolute */
   char *control_socket;		/* absolute */
   unsigned io_timeout_ms;	/* remote members' request timeout */

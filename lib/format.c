@@ -22,6 +22,21 @@ format_meta_layout (uint64_t meta_size, struct format_meta_layout *l)
 }
 
 uint64_t
+format_meta_size_for (uint64_t ckpt_bytes)
+{
+  struct format_meta_layout l;
+  uint64_t size = round_up (2 * FORMAT_HDR_SLOT + ckpt_bytes / 3 * 8,
+                            1 << 20);
+
+  size = MAX (size, FORMAT_MIN_META_SIZE);
+  for (format_meta_layout (size, &l);
+       l.ckpt_size < ckpt_bytes + sizeof (struct format_ck_disk);
+       format_meta_layout (size, &l))
+    size += 1 << 20;
+  return size;
+}
+
+uint64_t
 format_csum_slot (uint64_t extent_size)
 {
   return round_up (extent_size / STRATA_BLOCK * 4, STRATA_BLOCK);

@@ -298,6 +298,9 @@ struct format_meta_layout {
   uint64_t log_size;
 };
 void format_meta_layout (uint64_t meta_size, struct format_meta_layout *l);
+/* The smallest metadata area (a whole number of MiB) whose checkpoint
+ * slot holds a checkpoint of CKPT_BYTES. */
+uint64_t format_meta_size_for (uint64_t ckpt_bytes);
 
 /* Encode SB into a zeroed 4 KiB block BLK. */
 void format_sb_encode (const struct format_sb *sb, void *blk);

@@ -1066,6 +1066,30 @@ journal_term (struct journal *j)
 }
 
 uint64_t
+journal_ckpt_room (struct journal *j)
+{
+  uint64_t room = UINT64_MAX;
+
+  pthread_mutex_lock (&j->lock);
+  for (size_t i = 0; i < j->n; i++)
+    room = MIN (room, j->r[i].lay.ckpt_size);
+  pthread_mutex_unlock (&j->lock);
+  return room;
+}
+
+uint64_t
+journal_meta_size (struct journal *j)
+{
+  uint64_t size = 0;
+
+  pthread_mutex_lock (&j->lock);
+  for (size_t i = 0; i < j->n; i++)
+    size = MAX (size, j->r[i].m.meta_size);
+  pthread_mutex_unlock (&j->lock);
+  return size;
+}
+
+uint64_t
 journal_last_index (struct journal *j)
 {
   uint64_t v;

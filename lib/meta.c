@@ -1026,6 +1026,16 @@ snap_stale (void *opaque, uint64_t idx, struct meta_chunk *c)
   return 0;
 }
 
+uint64_t
+meta_ckpt_bound (uint64_t extents)
+{
+  /* A chunk of W x R extents takes 16 + 8 W R bytes (snap_chunk), most
+   * an extent when W R = 1: 24.  Replicated chunks (W R >= 2: at most
+   * 16 an extent) may have a stale mark of 17 bytes on every column:
+   * at most 8.5 an extent.  So 25 an extent; the rest in 1 MiB. */
+  return (1ull << 20) + 25 * extents;
+}
+
 int
 meta_snapshot (struct meta *m, struct fbuf *out)
 {

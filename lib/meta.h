@@ -216,6 +216,11 @@ int meta_load (struct meta *m, const void *data, size_t len);
 /* Serialise the whole state into OUT (fbuf_init_write'd by the caller). */
 int meta_snapshot (struct meta *m, struct fbuf *out);
 
+/* The most bytes a checkpoint of a pool of EXTENTS extents can take:
+ * every extent allocated, with room for the devices, a few thousand
+ * volumes and the job records. */
+uint64_t meta_ckpt_bound (uint64_t extents);
+
 /* Apply one journal entry.  Deterministic: the same state and entry give
  * the same result.  Returns 0, or -1 with EBADMSG if the entry is
  * malformed or does not fit the state (the caller treats that as

@@ -400,7 +400,7 @@ static int
 new_member (struct format_sb *sb, struct meta_device *md,
             const struct config *cfg, const struct config_device *cd,
             const uint8_t *uuid, uint32_t index, const struct membership *ms,
-            uint64_t dev_size, uint64_t extent_size)
+            uint64_t dev_size, uint64_t extent_size, uint64_t meta_size)
 {
   memset (sb, 0, sizeof *sb);
   memset (md, 0, sizeof *md);
@@ -413,7 +413,7 @@ new_member (struct format_sb *sb, struct meta_device *md,
   sb->dev_size = dev_size;
   sb->extent_size = extent_size;
   sb->meta_offset = FORMAT_META_OFFSET;
-  sb->meta_size = cfg->metadata_size;
+  sb->meta_size = meta_size;
   format_data_layout (sb);
   sb->created = time (NULL);
   snprintf (sb->pool_name, sizeof sb->pool_name, "%s", cfg->name);
@@ -432,10 +432,62 @@ new_member (struct format_sb *sb, struct meta_device *md,
   return 0;
 }
 
-/* Format the members of CFG (its cache devices left out) as a new pool,
- * with CACHE_UUID (or NULL) as its cache, and return its UUID. */
+/* The extents a device of DEV_SIZE bytes holds with metadata areas of
+ * META_SIZE. */
+static uint64_t
+extents_of (uint64_t dev_size, uint64_t extent_size, uint64_t meta_size)
+{
+  struct format_sb sb = {
+    .dev_size = dev_size, .extent_size = extent_size,
+    .meta_offset = FORMAT_META_OFFSET, .meta_size = meta_size,
+  };
+
+  format_data_layout (&sb);
+  return sb.extent_count;
+}
+
+/* Every metadata area must hold the checkpoint of the pool full, or the
+ * journal stops taking changes once the pool fills past it: size the
+ * areas of CFG's devices DEVS[0..N) for that.  metadata_size, when
+ * given, must be enough; the default grows to what is needed (said on
+ * LOG).  Returns 0, or -1 with a message. */
 static int
-init_members (const struct config *cfg, bool force, FILE *log,
+size_meta (struct config *cfg, struct device *const *devs, size_t n,
+           FILE *log)
+{
+  uint64_t ext = 0, want;
+  char a[32], b[32], c[32];
+
+  for (size_t i = 0; i < n; i++)
+    ext += extents_of (device_size (devs[i]), cfg->extent_size,
+                       cfg->metadata_size);
+  want = format_meta_size_for (meta_ckpt_bound (ext));
+  if (want <= cfg->metadata_size)
+    return 0;
+  if (cfg->metadata_size_set)
+    return strata_error (EINVAL, "%s: pool.metadata_size %s is too small "
+                         "for a pool of %" PRIu64 " extents: the "
+                         "checkpoint of the pool full may take %s, and a "
+                         "metadata area holds it twice and a log; give "
+                         "metadata_size: %" PRIu64 "MiB at least (or a "
+                         "larger extent_size)", cfg->file,
+                         util_human_size (cfg->metadata_size, a, sizeof a),
+                         ext, util_human_size (meta_ckpt_bound (ext), b,
+                                               sizeof b), want >> 20);
+  if (log)
+    fprintf (log, "metadata areas of %s (the default, %s, is too small for "
+             "the checkpoint of %" PRIu64 " extents)\n",
+             util_human_size (want, a, sizeof a),
+             util_human_size (cfg->metadata_size, c, sizeof c), ext);
+  cfg->metadata_size = want;
+  return 0;
+}
+
+/* Format the members of CFG (its cache devices left out) as a new pool,
+ * with CACHE_UUID (or NULL) as its cache, and return its UUID.  CFG's
+ * metadata_size may grow (size_meta). */
+static int
+init_members (struct config *cfg, bool force, FILE *log,
               const uint8_t *cache_uuid, uint8_t uuid[16])
 {
   size_t n = cfg->ndevices;
@@ -491,6 +543,24 @@ init_members (const struct config *cfg, bool force, FILE *log,
     }
   }
 
+  /* The metadata areas, and again whether each device holds one. */
+  if (size_meta (cfg, devs, n, log) == -1)
+    goto out;
+  for (size_t i = 0; i < n; i++) {
+    const struct config_device *cd = &cfg->devices[i];
+    uint64_t need = round_up (FORMAT_META_OFFSET + cfg->metadata_size
+                              + format_csum_slot (cfg->extent_size), 1 << 20)
+      + cfg->extent_size;
+    if (device_size (devs[i]) < need) {
+      strata_error (EINVAL, "%s:%d: device %s: %s is too small (%" PRIu64
+                    " bytes) for metadata areas of %" PRIu64 " bytes, one "
+                    "extent and its checksums", cfg->file, cd->line,
+                    cd->name, config_device_where (cd), device_size (devs[i]),
+                    cfg->metadata_size);
+      goto out;
+    }
+  }
+
   /* Pass 2: build the new pool's identity and initial state. */
   if (util_uuid_new (uuid) == -1) {
     strata_error (errno, "getrandom: %m");
@@ -515,7 +585,7 @@ init_members (const struct config *cfg, bool force, FILE *log,
     struct meta_device *md = &m->devices[i];
 
     if (new_member (sb, md, cfg, cd, uuid, i, &ms, device_size (devs[i]),
-                    cfg->extent_size) == -1)
+                    cfg->extent_size, cfg->metadata_size) == -1)
       goto out;
     if (meta_dev[i]) {
       members[nmeta++] = (struct journal_member) {
@@ -627,6 +697,33 @@ open_cache_to_format (const struct config *cfg, const struct config_device *cd,
   return NULL;
 }
 
+/* One process at a time: local devices are flock'ed, but remote members
+ * cannot be, so a lock file beside the control socket stands for the
+ * pool.  A pool of local devices only goes on without it when the file
+ * cannot be created (a user without access to /run/strata, say). */
+static int
+lock_pool_file (int *fd, const struct config *cfg)
+{
+  char path[PATH_MAX], dir[PATH_MAX];
+  bool remote = false;
+
+  for (size_t i = 0; i < cfg->ndevices; i++)
+    remote |= cfg->devices[i].uri != NULL;
+  snprintf (path, sizeof path, "%s.lock", cfg->control_socket);
+  snprintf (dir, sizeof dir, "%s", path);
+  if (mkdir (dirname (dir), 0755) == -1 && errno != EEXIST && remote)
+    return strata_error (errno, "%s: cannot create the directory of the "
+                         "pool lock: %m", path);
+  *fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (*fd == -1)
+    return remote ? strata_error (errno, "%s: cannot create the pool lock: "
+                                  "%m", path) : 0;
+  if (flock (*fd, LOCK_EX | LOCK_NB) == -1)
+    return strata_error (EBUSY, "pool %s is in use by another process (%s "
+                         "is locked); is it being served?", cfg->name, path);
+  return 0;
+}
+
 int
 pool_init (const struct config *full, bool force, FILE *log)
 {
@@ -634,6 +731,7 @@ pool_init (const struct config *full, bool force, FILE *log)
   struct config_device *data = calloc (full->ndevices, sizeof *data);
   struct device *cdev[2] = { NULL, NULL };
   bool ccreated[2] = { false, false };
+  int lockfd = -1;
   struct cache_dev mirrors[2];
   uint8_t uuid[16], cache_uuid[16];
   uint8_t *blk = device_alloc_buf (STRATA_BLOCK);
@@ -644,6 +742,11 @@ pool_init (const struct config *full, bool force, FILE *log)
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
+  /* Not under a process that serves (or opened) a pool of this name:
+   * its devices may have been replaced under it, and the CLI would talk
+   * to it, not to the new pool. */
+  if (lock_pool_file (&lockfd, full) == -1)
+    goto out;
   /* The members are the devices that are not the cache's. */
   cfg.devices = data;
   cfg.ndevices = 0;
@@ -713,6 +816,8 @@ pool_init (const struct config *full, bool force, FILE *log)
   }
   free (data);
   free (blk);
+  if (lockfd >= 0)
+    close (lockfd);
   return r;
 }
 
@@ -763,31 +868,11 @@ lock_wait (const struct pool *p)
   return p->lockfd >= 0 ? DEAD_OWNER_WAIT_MS : 0;
 }
 
-/* One process at a time: local devices are flock'ed, but remote members
- * cannot be, so a lock file beside the control socket stands for the
- * pool.  A pool of local devices only goes on without it when the file
- * cannot be created (a user without access to /run/strata, say). */
+/* The pool lock for P (see lock_pool_file). */
 static int
 lock_pool (struct pool *p, const struct config *cfg)
 {
-  char path[PATH_MAX], dir[PATH_MAX];
-  bool remote = false;
-
-  for (size_t i = 0; i < cfg->ndevices; i++)
-    remote |= cfg->devices[i].uri != NULL;
-  snprintf (path, sizeof path, "%s.lock", cfg->control_socket);
-  snprintf (dir, sizeof dir, "%s", path);
-  if (mkdir (dirname (dir), 0755) == -1 && errno != EEXIST && remote)
-    return strata_error (errno, "%s: cannot create the directory of the "
-                         "pool lock: %m", path);
-  p->lockfd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (p->lockfd == -1)
-    return remote ? strata_error (errno, "%s: cannot create the pool lock: "
-                                  "%m", path) : 0;
-  if (flock (p->lockfd, LOCK_EX | LOCK_NB) == -1)
-    return strata_error (EBUSY, "pool %s is in use by another process (%s "
-                         "is locked); is it being served?", cfg->name, path);
-  return 0;
+  return lock_pool_file (&p->lockfd, cfg);
 }
 
 /* ---- metadata membership ----
@@ -1318,6 +1403,16 @@ pool_open (const struct config *cfg, unsigned flags)
     strata_error_prefix ("pool %s: crash resync", cfg->name);
     goto fail;
   }
+  /* A pool made before init sized its metadata areas for the pool full
+   * (size_meta) may outgrow them: say so while there is time. */
+  if (p->writable) {
+    uint64_t ext, fit;
+    if (pool_meta_tight (p, &ext, &fit))
+      fprintf (stderr, "strata: pool %s: warning: the metadata areas hold "
+               "the checkpoint of %" PRIu64 " extents in use, and the pool "
+               "has %" PRIu64 ": metadata changes (allocation among them) "
+               "fail past that\n", cfg->name, fit, ext);
+  }
   free (sbs);
   free (have_sb);
   free (openerr);
@@ -1821,6 +1916,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   struct journal_item it;
   uint8_t *buf = NULL;
   uint32_t n;
+  uint64_t msize;
   bool opened = false, created = false, committing = false;
   char why[200];
   int r = -1, refusal;
@@ -1874,9 +1970,34 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   }
   if (check_size (p->cfg, cd, d, created) == -1)
     goto out;
+  /* Its metadata area: metadata_size if the YAML gives it, else as
+   * large as the pool's.  The pool's areas cannot grow: the checkpoint
+   * of the pool full with this device must fit them and this one. */
+  msize = p->cfg->metadata_size_set ? p->cfg->metadata_size
+    : MAX (p->cfg->metadata_size, journal_meta_size (p->journal));
   if (new_member (&sb, &md, p->cfg, cd, p->uuid, n, &p->mem,
-                  device_size (d), p->extent_size) == -1)
+                  device_size (d), p->extent_size, msize) == -1)
     goto out;
+  {
+    struct format_meta_layout lay;
+    uint64_t ext = sb.extent_count, room = journal_ckpt_room (p->journal);
+    char a[32], b[32];
+    for (uint32_t k = 0; k < n; k++)
+      if (p->meta->devices[k].state != META_DEV_REMOVED)
+        ext += p->meta->devices[k].extent_count;
+    format_meta_layout (msize, &lay);
+    room = MIN (room, lay.ckpt_size);
+    if (meta_ckpt_bound (ext) > room) {
+      strata_error (ENOSPC, "device %s was not added: with it pool %s would "
+                    "have %" PRIu64 " extents, whose checkpoint may take %s "
+                    "once they are all in use, and the metadata areas hold "
+                    "%s (metadata_size is fixed when a device is formatted)",
+                    name, p->cfg->name, ext,
+                    util_human_size (meta_ckpt_bound (ext), a, sizeof a),
+                    util_human_size (room, b, sizeof b));
+      goto out;
+    }
+  }
   if (sb.data_offset >= sb.dev_size || sb.extent_count == 0) {
     strata_error (EINVAL, "device %s (%s) is too small (%" PRIu64 " bytes) "
                   "to hold the metadata area, one extent and its checksums",
@@ -1957,6 +2078,24 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   free (buf);
   fbuf_free (&e);
   return r;
+}
+
+bool
+pool_meta_tight (struct pool *p, uint64_t *extents, uint64_t *room_extents)
+{
+  uint64_t room = journal_ckpt_room (p->journal), ext = 0, fit = 0;
+
+  pthread_mutex_lock (&p->meta->lock);
+  for (uint32_t k = 0; k < p->meta->ndevices; k++)
+    if (p->meta->devices[k].state != META_DEV_REMOVED)
+      ext += p->meta->devices[k].extent_count;
+  pthread_mutex_unlock (&p->meta->lock);
+  if (room > meta_ckpt_bound (0))
+    fit = (room - meta_ckpt_bound (0)) / (meta_ckpt_bound (1)
+                                          - meta_ckpt_bound (0));
+  *extents = ext;
+  *room_extents = fit;
+  return ext > fit;
 }
 
 bool

@@ -122,6 +122,12 @@ int pool_device_add (struct pool *p, const char *name, bool force, FILE *log);
 /* Does device DEV hold a metadata replica? */
 bool pool_meta_member (struct pool *p, uint32_t dev);
 
+/* The extents of P's devices (*EXTENTS) and the most whose checkpoint
+ * the metadata areas hold (*ROOM_EXTENTS); true if the pool has more,
+ * so that metadata changes would fail once about that many are in use. */
+bool pool_meta_tight (struct pool *p, uint64_t *extents,
+                      uint64_t *room_extents);
+
 /* A usable device that holds no metadata replica and could take the one
  * of device LEAVING (or -1): PREFER if it qualifies, else one whose
  * failure domain no other metadata replica uses, else any.  Returns its

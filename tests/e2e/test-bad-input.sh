@@ -105,3 +105,44 @@ echo "$out" | grep "removed $T/n9.img, which this failed device add created" || 
 after=$("$STRATA" status half.yaml --json | $PY -c 'import json,sys; s=json.load(sys.stdin); print([(d["name"], d["state"], d["used"]) for d in s["devices"]], s["not_members"])')
 [ "$before" = "$after" ] || fail "a failed device add changed the pool: $before -> $after"
 ok "a failed device add takes back the file it created"
+
+# Metadata areas too small for the checkpoint of the pool full: an
+# explicit metadata_size is refused (with the size needed), the default
+# grows to it; a device add that would outgrow the areas is refused.
+mkyaml () {  # mkyaml NAME SIZE [POOL-EXTRA]: 3 devices of SIZE, 64 KiB extents
+  {
+    echo "pool: { name: $1, extent_size: 64KiB, control_socket: $T/$1.sock${3:+, $3} }"
+    echo "devices:"
+    for i in 0 1 2; do echo "  - { name: e$i, path: $T/$1-$i.img, size: $2 }"; done
+  } > "$1.yaml"
+}
+mkyaml tight 4GiB "metadata_size: 4MiB"
+out=$("$STRATA" init tight.yaml 2>&1) && fail "metadata_size 4MiB accepted for 184800 extents"
+echo "$out" | grep "pool.metadata_size 4.0 MiB is too small for a pool of [0-9]* extents: .* give metadata_size: 15MiB at least" \
+  || fail "unclear: $out"
+ls "$T"/tight-*.img 2>/dev/null && fail "a refused init left files"
+mkyaml grown 24GiB
+out=$("$STRATA" init grown.yaml 2>&1) || fail "init with the default metadata_size: $out"
+echo "$out" | grep "metadata areas of 7[0-9].0 MiB (the default, 64.0 MiB, is too small for the checkpoint of [0-9]* extents)" \
+  || fail "the grown metadata areas not said: $out"
+"$STRATA" status grown.yaml --json | $PY -c '
+import json, sys
+p = json.load(sys.stdin)["pool"]
+assert 0 < p["extents"] <= p["metadata_room_extents"] < p["extents"] * 11 // 10, p
+' || fail "status: the areas do not hold the pool full: $("$STRATA" status grown.yaml --json | head -c 400)"
+rm -f "$T"/grown-*.img
+ok "metadata areas sized for the pool full: $(echo "$out" | grep 'metadata areas of')"
+
+mkyaml small 256MiB "metadata_size: 4MiB"
+"$STRATA" init small.yaml >/dev/null || fail "init of a small pool with metadata_size 4MiB"
+echo "  - { name: big, path: $T/small-big.img, size: 2GiB }" >> small.yaml
+out=$("$STRATA" device add small.yaml big 2>&1) && fail "a device add past the metadata areas accepted"
+echo "$out" | grep "device big was not added: with it pool small would have [0-9]* extents, whose checkpoint may take .* and the metadata areas hold" \
+  || fail "unclear: $out"
+"$STRATA" status small.yaml --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)
+assert [d["name"] for d in s["devices"]] == ["e0", "e1", "e2"], s["devices"]
+' || fail "the refused device add changed the pool"
+[ ! -e "$T/small-big.img" ] || fail "the refused device add left its file"
+ok "a device add the metadata areas cannot hold is refused: $(echo "$out" | grep -o 'with it pool.*')"

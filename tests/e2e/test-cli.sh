@@ -87,6 +87,14 @@ nbdsh -u "$(uri c)" -c 'assert h.pread(4096, 16 * 1024 * 1024 - 4096) == bytes(4
   || fail "data beyond a shrink came back after growing again"
 ok "online create, grow, shrink (only with --shrink), regrow reads zeros"
 
+# init, even with --force, is refused while the pool is served: the
+# serving process would go on with devices formatted under it.
+before=$(sums "$T"/d*.img)
+out=$("$STRATA" init "$CONFIG" --force 2>&1) && fail "init --force of a served pool accepted"
+echo "$out" | grep "pool t$$ is in use by another process" || fail "unclear: $out"
+[ "$(sums "$T"/d*.img)" = "$before" ] || fail "a refused init changed a device"
+ok "init of a served pool is refused: $out"
+
 # Past the largest volume of its extent size and stripe width (32 PiB
 # for c, 16 PiB at width 1): refused before anything is committed.
 out=$("$STRATA" volume resize "$CONFIG" c 33PiB 2>&1) && fail "resize to 33 PiB"

@@ -180,6 +180,29 @@ START_TEST (test_fbuf_bounds)
 }
 END_TEST
 
+/* format_meta_size_for() gives the smallest whole MiB whose checkpoint
+ * slot holds the checkpoint, header and all. */
+START_TEST (test_meta_size_for)
+{
+  static const uint64_t sizes[] = { 1, 4096, 1u << 20, 1500000, 6u << 20,
+                                    24u << 20, 400ull << 20, 5ull << 30 };
+
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    struct format_meta_layout l;
+    uint64_t m = format_meta_size_for (sizes[i]);
+    ck_assert_uint_eq (m % (1 << 20), 0);
+    ck_assert_uint_ge (m, FORMAT_MIN_META_SIZE);
+    format_meta_layout (m, &l);
+    ck_assert_uint_ge (l.ckpt_size, sizes[i] + sizeof (struct format_ck_disk));
+    ck_assert_uint_ge (l.log_size, l.ckpt_size / 2);
+    if (m > FORMAT_MIN_META_SIZE) {
+      format_meta_layout (m - (1 << 20), &l);
+      ck_assert_uint_lt (l.ckpt_size, sizes[i] + sizeof (struct format_ck_disk));
+    }
+  }
+}
+END_TEST
+
 Suite *
 format_suite (void)
 {
@@ -192,6 +215,7 @@ format_suite (void)
   tcase_add_test (tc, test_csum_copy_blocks);
   tcase_add_test (tc, test_sb_roundtrip_and_damage);
   tcase_add_test (tc, test_fbuf_bounds);
+  tcase_add_test (tc, test_meta_size_for);
   suite_add_tcase (s, tc);
   return s;
 }

@@ -668,6 +668,47 @@ START_TEST (test_fuzz_entries)
 }
 END_TEST
 
+/* meta_ckpt_bound() holds for a pool full in the shapes that take the
+ * most an extent: one-extent chunks of an unreplicated volume, and
+ * two-copy chunks with every column's second copy stale. */
+START_TEST (test_ckpt_bound)
+{
+  enum { N = 4096 };
+  struct meta *m = meta_new ();
+  struct config_volume a = { .name = "a", .size = (uint64_t) N * ES,
+                             .replicas = 1, .stripe_width = 1,
+                             .stripe_unit = 1 << 20 };
+  struct config_volume b = { .name = "b", .size = (uint64_t) N * ES,
+                             .replicas = 2, .stripe_width = 1,
+                             .stripe_unit = 1 << 20 };
+  struct fbuf ck;
+
+  ck_assert_ptr_nonnull (m);
+  m->extent_size = ES;
+  m->ndevices = 3;
+  for (int i = 0; i < 3; i++) {
+    snprintf (m->devices[i].name, sizeof m->devices[i].name, "d%d", i);
+    m->devices[i].extent_count = N;
+  }
+  vol_create (m, 1, &a);
+  vol_create (m, 2, &b);
+  for (uint32_t k = 0; k < N; k++) {
+    struct meta_extent e1 = { 0, k }, e2[2] = { { 1, k }, { 2, k } };
+    chunk_alloc (m, 1, k, 1, &e1);
+    chunk_alloc (m, 2, k, 2, e2);
+    ck_assert_int_eq (stale (m, true, 2, k, 0, 2), 0);
+  }
+  fbuf_init_write (&ck);
+  ck_assert_int_eq (meta_snapshot (m, &ck), 0);
+  ck_assert (!ck.bad);
+  ck_assert_uint_le (ck.len, meta_ckpt_bound (3 * N));
+  /* Not loose: most of the bound is used. */
+  ck_assert_uint_ge (ck.len, (meta_ckpt_bound (3 * N) - (1u << 20)) * 9 / 10);
+  fbuf_free (&ck);
+  meta_free (m);
+}
+END_TEST
+
 Suite *
 meta_suite (void)
 {
@@ -679,6 +720,7 @@ meta_suite (void)
   tcase_add_test (tc, test_stale);
   tcase_add_test (tc, test_dev_add);
   tcase_add_test (tc, test_lost);
+  tcase_add_test (tc, test_ckpt_bound);
   suite_add_tcase (s, tc);
   tc = tcase_create ("fuzz");
   tcase_set_timeout (tc, 120);
