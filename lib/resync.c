@@ -404,7 +404,10 @@ stale_unusable (struct pool *p, struct col_ref *cols, size_t n)
       items[k++] = (struct meta_stale_item) { cr->v->id, cr->idx, cr->col,
                                               m };
   }
-  ret = pool_commit_stale (p, true, items, k);
+  /* In bounded entries, as commit_cols(): a pass may hold very many. */
+  ret = 0;
+  for (size_t i = 0; i < k && ret == 0; i += 4096)
+    ret = pool_commit_stale (p, true, items + i, MIN (4096, k - i));
   free (items);
   return ret;
 }
