@@ -1264,6 +1264,32 @@ device_add (struct pool *p, const struct admin_ctx *ctx, int argc,
   return r;
 }
 
+/* Whether the other usable devices have as many free extents as device
+ * DEV has in use: if not, draining it would stop part way, so nothing is
+ * moved (a message on ERR).  Room by this count may still be short of
+ * devices in distinct domains or of a volume's class: the drain says
+ * so when it gets there. */
+static bool
+room_to_drain (struct pool *p, const char *verb, uint32_t dev, FILE *err)
+{
+  struct meta *m = pool_meta (p);
+  struct alloc *al = pool_alloc (p);
+  uint64_t used = alloc_used_count (al, dev), room = 0;
+  char a[32], b[32];
+
+  for (uint32_t k = 0; k < m->ndevices; k++)
+    if (k != dev && pool_device_usable (p, k))
+      room += alloc_free_count (al, k);
+  if (used <= room)
+    return true;
+  fprintf (err, "strata device %s: device %s was not removed: it holds %s "
+           "of copies and the other usable devices have %s free; nothing "
+           "was moved (add a device first)\n", verb, m->devices[dev].name,
+           util_human_size (used * m->extent_size, a, sizeof a),
+           util_human_size (room * m->extent_size, b, sizeof b));
+  return false;
+}
+
 /* Move every copy off device DEV (draining it: no new copies there
  * meanwhile), onto PREFER where it fits, then its metadata replica if it
  * holds one (to PREFER if it can take it), then mark DEV removed.
@@ -1442,7 +1468,8 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
                m->devices[dev].name);
       return 1;
     }
-    if (metadata_stuck (p, dev, -1, "remove", err))
+    if (metadata_stuck (p, dev, -1, "remove", err)
+        || !room_to_drain (p, "remove", dev, err))
       return 1;
     *unlocked = true;
     pthread_mutex_unlock (&verb_lock);

@@ -155,3 +155,39 @@ grep -q "device e0 holds a metadata replica and no other usable device can take 
   "$T/rm.out" || { cat "$T/rm.out"; fail "unclear refusal"; }
 [ "$(layout)" = "$before" ] || fail "the refused remove changed the pool: $(layout)"
 ok "device remove refuses when no device can take the metadata replica, and changes nothing"
+
+# ---- no room for the copies: refused before anything moves ----
+mkdir "$T/full"
+CONFIG=$T/full/pool.yaml
+cat > "$CONFIG" <<YAML
+pool: { name: f$$, extent_size: 1MiB, metadata_size: 4MiB, metadata_replicas: 1, control_socket: $T/full/c.sock }
+devices:
+  - { name: e0, path: $T/full/e0.img, size: 64MiB }
+  - { name: e1, path: $T/full/e1.img, size: 64MiB }
+  - { name: e2, path: $T/full/e2.img, size: 64MiB }
+volumes:
+  - { name: f, size: 150MiB }
+YAML
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+start_server
+nbdsh -u "$(uri f)" -c '
+for i in range(150):
+    h.pwrite(b"f" * (1 << 20), i << 20)
+h.flush()'
+full_layout () {
+  "$STRATA" status "$CONFIG" --json --map | $PY -c "
+import json, sys
+s = json.load(sys.stdin)
+print([(d['name'], d['state'], d['used_extents']) for d in s['devices']], [v['map'] for v in s['volumes']])"
+}
+before=$(full_layout)
+"$STRATA" device remove "$CONFIG" e2 > "$T/rm3.out" 2>&1 && fail "e2 removed with no room for its copies"
+grep "device e2 was not removed: it holds [0-9.]* MiB of copies and the other usable devices have [0-9.]* MiB free; nothing was moved" \
+  "$T/rm3.out" || fail "unclear refusal: $(cat "$T/rm3.out")"
+[ "$(full_layout)" = "$before" ] || fail "the refused remove changed the pool"
+nbdsh -u "$(uri f)" -c '
+for i in range(150):
+    assert h.pread(1 << 20, i << 20) == b"f" * (1 << 20), i' || fail "f does not read back"
+stop_server
+ok "device remove with no room for the copies is refused before anything moves"
