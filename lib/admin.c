@@ -1282,9 +1282,10 @@ room_to_drain (struct pool *p, const char *verb, uint32_t dev, FILE *err)
       room += alloc_free_count (al, k);
   if (used <= room)
     return true;
-  fprintf (err, "strata device %s: device %s was not removed: it holds %s "
+  fprintf (err, "strata device %s: device %s was not %s: it holds %s "
            "of copies and the other usable devices have %s free; nothing "
            "was moved (add a device first)\n", verb, m->devices[dev].name,
+           strcmp (verb, "replace") == 0 ? "replaced" : "removed",
            util_human_size (used * m->extent_size, a, sizeof a),
            util_human_size (room * m->extent_size, b, sizeof b));
   return false;
@@ -1402,7 +1403,8 @@ device_replace (struct pool *p, const struct admin_ctx *ctx, int argc,
              "copies\n", argv[3], meta_dev_state_name (m->devices[new].state));
     return 1;
   }
-  if (metadata_stuck (p, old, new, "replace", err))
+  if (metadata_stuck (p, old, new, "replace", err)
+      || !room_to_drain (p, "replace", old, err))
     return 1;
   *unlocked = true;
   pthread_mutex_unlock (&verb_lock);
