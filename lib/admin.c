@@ -643,6 +643,25 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   fprintf (out, "checksums in memory: %s of %s (pool.checksum_memory)\n",
            util_human_size (csum_used, a, sizeof a),
            util_human_size (pool_config (p)->checksum_memory, b, sizeof b));
+  {
+    /* Thin volumes share the devices: what they may take, beside what
+     * the usable devices hold. */
+    uint64_t cap = 0, used = 0, prov = 0;
+    for (uint32_t i = 0; i < m->ndevices; i++)
+      if (pool_device_usable (p, i)) {
+        cap += m->devices[i].extent_count * m->extent_size;
+        used += alloc_used_count (pool_alloc (p), i) * m->extent_size;
+      }
+    for (size_t i = 0; i < m->nvolumes; i++)
+      prov += m->volumes[i]->size * m->volumes[i]->replicas;
+    fprintf (out, "space: %s of %s used (%" PRIu64 "%%); the volumes may "
+             "take %s with their replicas%s\n",
+             util_human_size (used, a, sizeof a),
+             util_human_size (cap, b, sizeof b),
+             cap ? used * 100 / cap : 0, util_human_size (prov, c, sizeof c),
+             prov > cap ? ", more than the devices hold (writes that need "
+             "new space fail with ENOSPC once they are full)" : "");
+  }
   if (tight)
     fprintf (out, "warning: the metadata areas hold the checkpoint of %"
              PRIu64 " extents in use, and the pool has %" PRIu64 ": "

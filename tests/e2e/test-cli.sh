@@ -105,6 +105,16 @@ echo "$out" | grep 'larger than 16.0 PiB' || fail "unclear: $out"
 nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="e"' && fail "e served"
 ok "sizes past the largest volume are refused: $out"
 
+# The space line: used of the devices' capacity, and what the thin
+# volumes may take; past the capacity it says what happens then.
+"$STRATA" status "$CONFIG" | grep -E "^space: [0-9.]+ [KMG]?i?B of 1\.[0-9] GiB used \([0-9]+%\); the volumes may take [0-9.]+ MiB with their replicas$" \
+  || fail "no space line: $("$STRATA" status "$CONFIG" | head -5)"
+"$STRATA" volume create "$CONFIG" huge 2GiB >/dev/null || fail "create of a thin 2 GiB volume"
+"$STRATA" status "$CONFIG" | grep -E "^space: .* the volumes may take 2\.[0-9] GiB with their replicas, more than the devices hold \(writes that need new space fail with ENOSPC once they are full\)$" \
+  || fail "overcommit not said: $("$STRATA" status "$CONFIG" | head -5)"
+"$STRATA" volume delete "$CONFIG" huge >/dev/null || fail "delete huge"
+ok "status gives the space used and what the volumes may take"
+
 # Declared volume grown in the YAML: apply grows it while served.
 sed -i 's/{ name: a, size: 64MiB }/{ name: a, size: 80MiB }/' "$CONFIG"
 "$STRATA" apply "$CONFIG" | grep 'resizing volume a' || fail "online apply grow"
