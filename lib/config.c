@@ -904,7 +904,8 @@ config_parse_file (const char *file, struct config **cfg)
       break;
   }
   if (ferror (fp)) {
-    r = strata_error (errno ? errno : EIO, "%s: read error", file);
+    int e = errno ? errno : EIO;
+    r = strata_error (e, "%s: cannot read: %s", file, strerror (e));
     free (text);
     fclose (fp);
     return r;
