@@ -225,6 +225,19 @@ uncomment_cache (char *doc)
   }
 }
 
+/* A path that is not a readable file says why. */
+START_TEST (test_not_a_file)
+{
+  struct config *c;
+
+  ck_assert_int_eq (config_parse_file ("tests", &c), -1);
+  ck_assert_str_eq (strata_last_error (), "tests: cannot read: Is a directory");
+  ck_assert_int_eq (config_parse_file ("tests/no-such.yaml", &c), -1);
+  ck_assert_str_eq (strata_last_error (),
+                    "tests/no-such.yaml: cannot open: No such file or directory");
+}
+END_TEST
+
 START_TEST (test_shipped_examples)
 {
   struct config *c;
@@ -249,6 +262,8 @@ START_TEST (test_shipped_examples)
   ck_assert_str_eq (c->devices[7].domain, "storage-d.example");
   ck_assert_int_eq (c->devices[4].io, CONFIG_IO_DIRECT);
   ck_assert_int_eq (c->nvolumes, 3);
+  /* metadata_size is left to init (sized for the pool full). */
+  ck_assert (!c->metadata_size_set);
   ck_assert_str_eq (c->volumes[0].name, "train");
   ck_assert_int_eq (c->volumes[0].replicas, 2);
   ck_assert_int_eq (c->volumes[0].stripe_width, 3);
@@ -279,6 +294,7 @@ config_suite (void)
   tcase_add_test (tc, test_sizes);
   tcase_add_test (tc, test_remote);
   tcase_add_test (tc, test_shipped_examples);
+  tcase_add_test (tc, test_not_a_file);
   tcase_add_loop_test (tc, test_broken, 0, sizeof broken / sizeof broken[0]);
   suite_add_tcase (s, tc);
   return s;
