@@ -29,7 +29,8 @@ ES=$((4 << 20))
 poke "$T/$dev.img" $((data + ext * ES + 3 * 4096 + 100)) ff
 start_server
 check_r2
-[ "$(device_field "$dev" csum_errors)" = 1 ] || fail "csum_errors on $dev: $(device_field "$dev" csum_errors), want 1"
+[ "$(device_field "$dev" csum_errors)" = 1 ] \
+  || LOG_LINES=40 fail "csum_errors on $dev: $(device_field "$dev" csum_errors), want 1; $("$STRATA" status "$CONFIG")"
 [ "$(device_field "$dev" repaired)" = 1 ] || fail "repaired on $dev: $(device_field "$dev" repaired), want 1"
 for d in d0 d1 d2; do
   [ "$d" = "$dev" ] && continue
