@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
 
@@ -204,16 +205,62 @@ get_uint (struct ctx *c, yaml_node_t *n, const char *key, uint32_t min,
   return 0;
 }
 
+/* Drop the "." components, empty ones and those a ".." cancels from
+ * absolute path P, in place ("/a/./b//../c" becomes "/a/c"). */
+static void
+normalize_path (char *p)
+{
+  char *out = p, *in = p;
+
+  while (*in) {
+    size_t n;
+    while (*in == '/')
+      in++;
+    n = strcspn (in, "/");
+    if (n == 0)
+      break;
+    if (n == 1 && in[0] == '.')
+      ;
+    else if (n == 2 && in[0] == '.' && in[1] == '.') {
+      while (out > p && *--out != '/')
+        ;
+    }
+    else {
+      *out++ = '/';
+      memmove (out, in, n);
+      out += n;
+    }
+    in += n;
+  }
+  if (out == p)
+    *out++ = '/';
+  *out = '\0';
+}
+
 static char *
 resolve_path (const char *dir, const char *p)
 {
   char *r;
 
   if (p[0] == '/')
-    return strdup (p);
-  if (asprintf (&r, "%s/%s", dir, p) == -1)
+    r = strdup (p);
+  else if (asprintf (&r, "%s/%s", dir, p) == -1)
     return NULL;
+  if (r)
+    normalize_path (r);
   return r;
+}
+
+/* Whether paths A and B name one file: the same inode if both exist
+ * (through a symbolic link, say), else the same normalized path. */
+static bool
+same_file (const char *a, const char *b)
+{
+  struct stat sa, sb;
+
+  if (stat (a, &sa) == 0 && stat (b, &sb) == 0)
+    return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+  return strcmp (a, b) == 0;
 }
 
 #define FOR_PAIRS(c, map, pair)                                         \
@@ -756,13 +803,25 @@ parse_root (struct ctx *c)
     cfg->devices[i].path = resolve_path (cfg->base_dir, rawpaths[i]);
     for (size_t j = 0; j < i; j++)
       if (cfg->devices[j].path
-          && strcmp (cfg->devices[j].path, cfg->devices[i].path) == 0) {
+          && same_file (cfg->devices[j].path, cfg->devices[i].path)) {
+        bool same = strcmp (cfg->devices[j].path, cfg->devices[i].path) == 0;
         perr (c, NODE (c, devs->data.sequence.items.start[i]), "devices",
-              "devices \"%s\" and \"%s\" have the same path %s",
-              cfg->devices[j].name, cfg->devices[i].name, cfg->devices[i].path);
+              "devices \"%s\" and \"%s\" are the same file (%s%s%s)",
+              cfg->devices[j].name, cfg->devices[i].name,
+              cfg->devices[j].path, same ? "" : " and ",
+              same ? "" : cfg->devices[i].path);
         goto out;
       }
   }
+  for (size_t i = 0; i < cfg->ndevices; i++)
+    for (size_t j = 0; j < i && cfg->devices[i].uri; j++)
+      if (cfg->devices[j].uri
+          && strcmp (cfg->devices[j].uri, cfg->devices[i].uri) == 0) {
+        perr (c, NODE (c, devs->data.sequence.items.start[i]), "devices",
+              "devices \"%s\" and \"%s\" have the same URI %s",
+              cfg->devices[j].name, cfg->devices[i].name, cfg->devices[i].uri);
+        goto out;
+      }
   if (sock)
     cfg->control_socket = resolve_path (cfg->base_dir, sock);
   else if (base_dir)
