@@ -159,6 +159,7 @@ run_admin (const char *file, int argc, char **argv)
   char *abs = NULL;
   char **av = calloc (argc + 4, sizeof *av);
   int code, ac = argc;
+  unsigned flags;
   struct pool *p;
 
   if (!av) {
@@ -182,7 +183,25 @@ run_admin (const char *file, int argc, char **argv)
     code = 1;
     goto done;
   }
-  p = pool_open (cfg, admin_verb_writes (argv[0], argc, argv) ? POOL_WRITE : 0);
+  flags = admin_verb_writes (argv[0], argc, argv) ? POOL_WRITE : 0;
+  p = pool_open (cfg, flags);
+  /* A server that has just started holds the pool a moment before its
+   * control socket listens (that starts after nbdkit forks): for a few
+   * seconds, ask it again, or open the pool if it has gone, before
+   * saying that the pool is in use.  The pool lock is the first thing
+   * pool_open() takes, so a busy pool costs no device opens. */
+  for (int k = 0; !p && errno == EBUSY && k < 50; k++) {
+    usleep (100 * 1000);
+    if (control_call (cfg->control_socket, ac, av, stdout, stderr,
+                      &code) == 0)
+      goto done;
+    if (errno != ENOENT && errno != ECONNREFUSED) {
+      fprintf (stderr, "strata: %s\n", strata_last_error ());
+      code = 1;
+      goto done;
+    }
+    p = pool_open (cfg, flags);
+  }
   if (!p) {
     fprintf (stderr, "strata: %s\n", strata_last_error ());
     code = 1;
