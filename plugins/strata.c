@@ -126,7 +126,12 @@ strata_after_fork (void)
   }
   control = control_server_start (pool, cfg->control_socket, live_ctx);
   if (!control) {
-    nbdkit_error ("%s", strata_last_error ());
+    if (errno == EACCES || errno == EPERM || errno == EROFS)
+      nbdkit_error ("%s (give the pool a control_socket, or a base_dir, "
+                    "where this user may create it: see strata.yaml(5))",
+                    strata_last_error ());
+    else
+      nbdkit_error ("%s", strata_last_error ());
     return -1;
   }
   {
