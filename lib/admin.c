@@ -205,7 +205,8 @@ dev_state (struct pool *p, uint32_t i)
 {
   const struct meta_device *d = &pool_meta (p)->devices[i];
 
-  if (d->state == META_DEV_UP && !pool_device (p, i))
+  if ((d->state == META_DEV_UP || d->state == META_DEV_DEGRADED)
+      && !pool_device (p, i))
     return "missing";
   return meta_dev_state_name (d->state);
 }

@@ -733,6 +733,16 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
     fprintf (out, "%" PRIu64 " columns are still missing copies (%" PRIu64
              " for want of space or a device in another domain, %" PRIu64
              " with no copy left)\n", left, b->no_space, b->no_copy);
+  /* Copies on a member that is only away are not replaced (it may come
+   * back, with them): say so, since status calls its columns degraded. */
+  for (uint32_t i = 0; i < m->ndevices; i++)
+    if ((m->devices[i].state == META_DEV_UP
+         || m->devices[i].state == META_DEV_DEGRADED)
+        && !pool_device (b->p, i))
+      fprintf (out, "device %s is missing (not failed): its copies are "
+               "left for it to come back; 'strata device fail %s' lets "
+               "rebuild replace them\n", m->devices[i].name,
+               m->devices[i].name);
 }
 
 /* Give every metadata replica on a failed or removed device a new home

@@ -124,6 +124,12 @@ cut=$(( $(device_field "$dev" data_offset) + ES ))	# one extent left
 truncate -s "$cut" "$T/$dev.img"
 "$STRATA" status "$CONFIG" | grep "$T/$dev.img is $((cut >> 20)).0 MiB, smaller than the 256.0 MiB it was formatted with" \
   || fail "status does not say $dev was cut short: $("$STRATA" status "$CONFIG")"
+out=$("$STRATA" status "$CONFIG" --json | $PY -c "import json,sys; print([d['state'] for d in json.load(sys.stdin)['devices'] if d['name'] == '$dev'][0])")
+[ "$out" = missing ] || fail "$dev is $out, not missing"
+# rebuild leaves a missing member's copies for it, and says so.
+out=$("$STRATA" rebuild "$CONFIG" 2>&1) || fail "rebuild: $out"
+echo "$out" | grep "device $dev is missing (not failed): its copies are left for it to come back; 'strata device fail $dev' lets rebuild replace them" \
+  || fail "rebuild does not say why it left $dev's copies: $out"
 start_server
 check_r2
 [ "$(device_field "$dev" csum_errors)" = 0 ] || fail "a member cut short was read"
