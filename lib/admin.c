@@ -1664,11 +1664,32 @@ admin_run (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
            FILE *out, FILE *err)
 {
   bool unlocked = false;
+  FILE *rout = out, *rerr = err;
+  char *ob = NULL, *eb = NULL;
+  size_t ol = 0, el = 0;
   int r;
 
   if (argc < 1) {
     fprintf (err, "strata: no command\n");
     return 2;
+  }
+  /* The verbs that run wholly under verb_lock (and status under the
+   * pool's locks too) write into memory, and the output goes out once
+   * the locks are dropped: a reader that stalls (a CLI suspended with
+   * ^Z, a pager) then holds up no other command and no allocation. */
+  if (strcmp (argv[0], "status") == 0 || strcmp (argv[0], "apply") == 0
+      || strcmp (argv[0], "volume") == 0) {
+    FILE *mo = open_memstream (&ob, &ol), *me = open_memstream (&eb, &el);
+    if (mo && me) {
+      out = mo;
+      err = me;
+    }
+    else {
+      if (mo)
+        fclose (mo);
+      if (me)
+        fclose (me);
+    }
   }
   pthread_mutex_lock (&verb_lock);
   if (strcmp (argv[0], "status") == 0)
@@ -1691,6 +1712,16 @@ admin_run (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   }
   if (!unlocked)
     pthread_mutex_unlock (&verb_lock);
+  if (out != rout) {
+    fclose (out);
+    fclose (err);
+    fwrite (ob, 1, ol, rout);
+    fwrite (eb, 1, el, rerr);
+    free (ob);
+    free (eb);
+    out = rout;
+    err = rerr;
+  }
   fflush (out);
   fflush (err);
   return r;

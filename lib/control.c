@@ -8,6 +8,14 @@
  * serialises what must be.  A poll() with a timeout lets the accepting
  * thread notice shutdown; stopping cancels the long jobs and waits for
  * every command to end.
+ *
+ * The server never waits on a client without bound: a request must
+ * arrive within REQUEST_TIMEOUT_MS, and output must find room in the
+ * socket within OUTPUT_TIMEOUT_MS (a CLI suspended with ^Z, or piped
+ * into a pager that stopped reading).  Past that the client is dropped
+ * and the command goes on without it; while the server stops, both
+ * waits are cut short, so that a stalled client cannot hold up
+ * shutdown.
  */
 #include <endian.h>
 #include <errno.h>
@@ -29,6 +37,9 @@
 
 #define MAX_ARGS 64
 #define MAX_ARG 4096
+#define REQUEST_TIMEOUT_MS 10000
+#define OUTPUT_TIMEOUT_MS 30000
+#define STOP_GRACE_MS 2000	/* output still delivered while stopping */
 
 struct control_server {
   struct pool *p;
@@ -47,15 +58,54 @@ struct conn {
   int fd;
 };
 
+/* Wait until FD is ready for EV, for at most LIMIT_MS, or STOP_GRACE_MS
+ * once S stops (at once for a read: a request is not worth waiting for
+ * then).  S NULL (the client side) waits as long as it takes.  Returns
+ * 0, or -1 with errno. */
 static int
-write_all (int fd, const void *buf, size_t len)
+wait_ready (struct control_server *s, int fd, short ev, int limit_ms)
+{
+  int waited = 0, stopped = -1;
+
+  if (!s)
+    return 0;
+  for (;;) {
+    struct pollfd pfd = { .fd = fd, .events = ev };
+    int r;
+    if (atomic_load (&s->stop) && stopped < 0) {
+      if (ev == POLLIN) {
+        errno = ESHUTDOWN;
+        return -1;
+      }
+      stopped = waited;
+    }
+    if (waited >= limit_ms || (stopped >= 0 && waited - stopped >= STOP_GRACE_MS)) {
+      errno = ETIMEDOUT;
+      return -1;
+    }
+    r = poll (&pfd, 1, 200);
+    if (r > 0)
+      return 0;
+    if (r == -1 && errno != EINTR)
+      return -1;
+    waited += 200;
+  }
+}
+
+/* Send all of BUF; on the server (S given), without waiting on the
+ * client past OUTPUT_TIMEOUT_MS for room in the socket. */
+static int
+write_all (struct control_server *s, int fd, const void *buf, size_t len)
 {
   const char *p = buf;
 
   while (len > 0) {
-    ssize_t w = send (fd, p, len, MSG_NOSIGNAL);
+    ssize_t w;
+    if (wait_ready (s, fd, POLLOUT, OUTPUT_TIMEOUT_MS) == -1)
+      return -1;
+    w = send (fd, p, len, MSG_NOSIGNAL | (s ? MSG_DONTWAIT : 0));
     if (w == -1) {
-      if (errno == EINTR)
+      if (errno == EINTR || errno == EAGAIN)
         continue;
       return -1;
     }
@@ -65,13 +115,18 @@ write_all (int fd, const void *buf, size_t len)
   return 0;
 }
 
+/* Read all of BUF; on the server (S given), the request must come
+ * within REQUEST_TIMEOUT_MS. */
 static int
-read_all (int fd, void *buf, size_t len)
+read_all (struct control_server *s, int fd, void *buf, size_t len)
 {
   char *p = buf;
 
   while (len > 0) {
-    ssize_t r = read (fd, p, len);
+    ssize_t r;
+    if (wait_ready (s, fd, POLLIN, REQUEST_TIMEOUT_MS) == -1)
+      return -1;
+    r = read (fd, p, len);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -87,21 +142,31 @@ read_all (int fd, void *buf, size_t len)
   return 0;
 }
 
+/* One frame to the client of S on FD.  A client that failed a send
+ * (*DEAD) gets nothing more: a frame cut short would garble the rest. */
 static int
-send_frame (int fd, char kind, const void *data, uint32_t len)
+send_frame (struct control_server *s, int fd, bool *dead, char kind,
+            const void *data, uint32_t len)
 {
   uint8_t hdr[5];
   uint32_t le = htole32 (len);
 
+  if (*dead)
+    return -1;
   hdr[0] = kind;
   memcpy (hdr + 1, &le, 4);
-  if (write_all (fd, hdr, 5) == -1)
+  if (write_all (s, fd, hdr, 5) == -1
+      || (len && write_all (s, fd, data, len) == -1)) {
+    *dead = true;
     return -1;
-  return len ? write_all (fd, data, len) : 0;
+  }
+  return 0;
 }
 
 struct frame_cookie {
+  struct control_server *s;
   int fd;
+  bool *dead;
   char kind;
 };
 
@@ -110,8 +175,8 @@ frame_write (void *c, const char *buf, size_t len)
 {
   struct frame_cookie *fc = c;
 
-  /* A client that went away must not stop the command half way. */
-  send_frame (fc->fd, fc->kind, buf, len);
+  /* A client that went away (or stalled) must not stop the command. */
+  send_frame (fc->s, fc->fd, fc->dead, fc->kind, buf, len);
   return len;
 }
 
@@ -120,29 +185,30 @@ serve_one (struct control_server *s, int fd)
 {
   uint32_t argc;
   char *argv[MAX_ARGS + 1] = { NULL };
-  struct frame_cookie oc = { fd, 'o' }, ec = { fd, 'e' };
+  bool dead = false;
+  struct frame_cookie oc = { s, fd, &dead, 'o' }, ec = { s, fd, &dead, 'e' };
   cookie_io_functions_t io = { .write = frame_write };
   struct admin_ctx ctx = { .online = true };
   FILE *out, *err;
   int32_t code;
 
-  if (read_all (fd, &argc, 4) == -1)
+  if (read_all (s, fd, &argc, 4) == -1)
     return;
   argc = le32toh (argc);
   if (argc == 0 || argc > MAX_ARGS) {
     const char msg[] = "strata: bad control request\n";
-    send_frame (fd, 'e', msg, sizeof msg - 1);
+    send_frame (s, fd, &dead, 'e', msg, sizeof msg - 1);
     code = htole32 (2);
-    send_frame (fd, 'x', &code, 4);
+    send_frame (s, fd, &dead, 'x', &code, 4);
     return;
   }
   for (uint32_t i = 0; i < argc; i++) {
     uint32_t len;
-    if (read_all (fd, &len, 4) == -1)
+    if (read_all (s, fd, &len, 4) == -1)
       goto out;
     len = le32toh (len);
     if (len > MAX_ARG || !(argv[i] = calloc (1, len + 1))
-        || read_all (fd, argv[i], len) == -1)
+        || read_all (s, fd, argv[i], len) == -1)
       goto out;
   }
   out = fopencookie (&oc, "w", io);
@@ -162,7 +228,7 @@ serve_one (struct control_server *s, int fd)
   fclose (out);
   fclose (err);
   code = htole32 (code);
-  send_frame (fd, 'x', &code, 4);
+  send_frame (s, fd, &dead, 'x', &code, 4);
  out:
   for (uint32_t i = 0; i < argc && i < MAX_ARGS; i++)
     free (argv[i]);
@@ -334,12 +400,13 @@ control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
     return strata_error (e, "control socket %s: %s", path, strerror (e));
   }
   v = htole32 (argc);
-  if (write_all (fd, &v, 4) == -1)
+  if (write_all (NULL, fd, &v, 4) == -1)
     goto io;
   for (int i = 0; i < argc; i++) {
     size_t len = strlen (argv[i]);
     v = htole32 (len);
-    if (write_all (fd, &v, 4) == -1 || write_all (fd, argv[i], len) == -1)
+    if (write_all (NULL, fd, &v, 4) == -1
+        || write_all (NULL, fd, argv[i], len) == -1)
       goto io;
   }
   for (;;) {
@@ -347,13 +414,13 @@ control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
     uint32_t len;
     char buf[4096];
 
-    if (read_all (fd, hdr, 5) == -1)
+    if (read_all (NULL, fd, hdr, 5) == -1)
       goto io;
     memcpy (&len, hdr + 1, 4);
     len = le32toh (len);
     if (hdr[0] == 'x') {
       int32_t code;
-      if (len != 4 || read_all (fd, &code, 4) == -1)
+      if (len != 4 || read_all (NULL, fd, &code, 4) == -1)
         goto io;
       *exit_code = (int32_t) le32toh (code);
       close (fd);
@@ -361,7 +428,7 @@ control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
     }
     while (len > 0) {
       uint32_t n = MIN (len, sizeof buf);
-      if (read_all (fd, buf, n) == -1)
+      if (read_all (NULL, fd, buf, n) == -1)
         goto io;
       fwrite (buf, 1, n, hdr[0] == 'e' ? err : out);
       len -= n;
