@@ -137,6 +137,22 @@ on_signal (int sig)
       pool_job_cancel (open_pool, k);
 }
 
+/* Online, Ctrl-C (or SIGTERM) on a long job asks the server to stop it
+ * (control_call_stop_on), as it stops one run here; a second one ends
+ * the CLI at once. */
+static volatile sig_atomic_t stop_asked;
+
+static void
+on_stop_signal (int sig)
+{
+  if (stop_asked) {
+    signal (sig, SIG_DFL);
+    raise (sig);
+    return;
+  }
+  stop_asked = 1;
+}
+
 /* Whether VERB is a long job that draws a progress bar. */
 static bool
 long_job (int argc, char **argv)
@@ -176,8 +192,20 @@ run_admin (const char *file, int argc, char **argv)
   }
   if (long_job (argc, argv) && isatty (STDERR_FILENO))
     av[ac++] = (char *) "--progress";
+  if (long_job (argc, argv) && strcmp (argv[0], "cache") != 0) {
+    /* scrub stops with scrub --stop; rebuild and the device verbs,
+     * which run a rebuild, with rebuild --stop. */
+    static char *stop_scrub[] = { (char *) "scrub", (char *) "--stop" };
+    static char *stop_rebuild[] = { (char *) "rebuild", (char *) "--stop" };
+    struct sigaction sa = { .sa_handler = on_stop_signal };	/* no SA_RESTART */
+    control_call_stop_on (&stop_asked, 2, strcmp (argv[0], "scrub") == 0
+                          ? stop_scrub : stop_rebuild);
+    sigaction (SIGINT, &sa, NULL);
+    sigaction (SIGTERM, &sa, NULL);
+  }
   if (control_call (cfg->control_socket, ac, av, stdout, stderr, &code) == 0)
     goto done;
+  control_call_stop_on (NULL, 0, NULL);
   if (errno != ENOENT && errno != ECONNREFUSED) {
     fprintf (stderr, "strata: %s\n", strata_last_error ());
     code = 1;

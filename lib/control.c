@@ -115,6 +115,34 @@ write_all (struct control_server *s, int fd, const void *buf, size_t len)
   return 0;
 }
 
+/* The client's stop request on a signal (control_call_stop_on). */
+static volatile sig_atomic_t *stop_flag;
+static int stop_argc;
+static char **stop_argv;
+static const char *call_path;
+static bool stop_sent;
+
+void
+control_call_stop_on (volatile sig_atomic_t *flag, int argc, char **argv)
+{
+  stop_flag = flag;
+  stop_argc = argc;
+  stop_argv = argv;
+}
+
+/* A read of the client was interrupted: if by the stop signal, ask the
+ * server to stop the job, once (its lines go to stderr). */
+static void
+client_interrupted (void)
+{
+  int code;
+
+  if (!stop_flag || !*stop_flag || stop_sent || !call_path)
+    return;
+  stop_sent = true;
+  control_call (call_path, stop_argc, stop_argv, stderr, stderr, &code);
+}
+
 /* Read all of BUF; on the server (S given), the request must come
  * within REQUEST_TIMEOUT_MS. */
 static int
@@ -126,10 +154,15 @@ read_all (struct control_server *s, int fd, void *buf, size_t len)
     ssize_t r;
     if (wait_ready (s, fd, POLLIN, REQUEST_TIMEOUT_MS) == -1)
       return -1;
+    if (!s)
+      client_interrupted ();	/* a signal that came between reads */
     r = read (fd, p, len);
     if (r == -1) {
-      if (errno == EINTR)
+      if (errno == EINTR) {
+        if (!s)
+          client_interrupted ();
         continue;
+      }
       return -1;
     }
     if (r == 0) {
@@ -399,6 +432,8 @@ control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
     close (fd);
     return strata_error (e, "control socket %s: %s", path, strerror (e));
   }
+  if (!call_path)
+    call_path = path;		/* the stop request goes there too */
   v = htole32 (argc);
   if (write_all (NULL, fd, &v, 4) == -1)
     goto io;

@@ -10,6 +10,7 @@
 #ifndef STRATA_CONTROL_H
 #define STRATA_CONTROL_H
 
+#include <signal.h>
 #include <stdio.h>
 
 #include "admin.h"
@@ -34,5 +35,13 @@ void control_server_stop (struct control_server *s);
  * or another errno on a protocol failure. */
 int control_call (const char *path, int argc, char **argv, FILE *out,
                   FILE *err, int *exit_code);
+
+/* While control_call() waits for its reply, a signal handler (installed
+ * without SA_RESTART) that sets *FLAG makes it send STOP_ARGV[0..ARGC)
+ * (the job's --stop) to the server on a second connection, once, and go
+ * on reading the reply: the job saves its place and reports, as one
+ * stopped offline does.  FLAG NULL turns this off. */
+void control_call_stop_on (volatile sig_atomic_t *flag, int argc,
+                           char **stop_argv);
 
 #endif /* STRATA_CONTROL_H */

@@ -101,12 +101,13 @@ job_account (struct job *j, uint64_t io_bytes)
 }
 
 void
-job_pace (double due)
+job_pace (struct job *j, double due)
 {
-  double d = due - mono ();
-
-  if (d > 0) {
-    struct timespec ts = { (time_t) d, (long) ((d - (time_t) d) * 1e9) };
+  for (double d = due - mono (); d > 0 && !job_cancelled (j);
+       d = due - mono ()) {
+    double step = MIN (d, 0.1);
+    struct timespec ts = { (time_t) step,
+                           (long) ((step - (time_t) step) * 1e9) };
     nanosleep (&ts, NULL);
   }
 }

@@ -51,7 +51,9 @@ int job_save (struct job *j, bool force);
  * their lock and job_pace() after dropping it, so that a worker waiting
  * for the lock with a column held never waits out another's sleep. */
 double job_account (struct job *j, uint64_t io_bytes);
-void job_pace (double due);
+/* Sleep until DUE, waking early if J is cancelled: at a low rate the
+ * wait can be long, and a stop must not wait it out. */
+void job_pace (struct job *j, double due);
 
 /* Whether the job should stop (cancelled, or the pool is closing). */
 bool job_cancelled (struct job *j);

@@ -648,7 +648,7 @@ worker (void *opaque)
         stop_with (b, strata_last_error ());
     }
     pthread_mutex_unlock (&b->lock);
-    job_pace (due);
+    job_pace (&b->job, due);
   }
   free (buf);
   device_thread_exit ();	/* this thread's io_uring */

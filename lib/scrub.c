@@ -670,7 +670,7 @@ worker (void *opaque)
     else
       due = chunk_done (s, io);
     pthread_mutex_unlock (&s->lock);
-    job_pace (due);
+    job_pace (&s->job, due);
   }
  out:
   bufs_free (&w);

@@ -169,8 +169,36 @@ assert r["bytes"] == r["total"] == 48 << 20, r
 assert r["run"]["blocks"] == 2 * (r["total"] - done1) // 4096, (r["run"], done1)
 assert r["errors"] == 0, r
 PY
-stop_server
 ok "kill -9 at $done1 of $total bytes: the next scrub continued there and finished"
+
+# Ctrl-C on the CLI of an online scrub stops the scrub in the server
+# (it saves its place and reports), not just the CLI.  (A shell starts
+# background jobs with SIGINT ignored: Python puts it back.)
+$PY - "$STRATA" "$CONFIG" "$T/s12" <<'PY' || fail "Ctrl-C: $(cat "$T/s12.out" "$T/s12.err" 2>/dev/null)"
+import json, signal, subprocess, sys, time
+strata, config, base = sys.argv[1:4]
+def job():
+    s = subprocess.run([strata, "status", config, "--json"], capture_output=True, text=True, check=True)
+    return json.loads(s.stdout)["jobs"]["scrub"]
+p = subprocess.Popen([strata, "scrub", config, "--restart", "--rate", "2"],
+                     stdout=open(base + ".out", "w"), stderr=open(base + ".err", "w"),
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+for _ in range(100):
+    j = job()
+    if j["state"] == "running" and j["done"] > 0:
+        break
+    time.sleep(0.2)
+assert j["state"] == "running", j
+p.send_signal(signal.SIGINT)
+assert p.wait(timeout=30) == 1, p.returncode
+out, err = open(base + ".out").read(), open(base + ".err").read()
+assert "asked the running scrub to stop" in err, err
+assert "scrub of every volume interrupted" in out, out
+j = job()
+assert j["state"] == "interrupted" and 0 < j["done"] < j["total"], j
+PY
+stop_server
+ok "Ctrl-C on an online scrub stops it in the server: $(head -1 "$T/s12.out")"
 
 # 7. More findings than the report keeps (1000): it lists the first in
 # chunk order whatever order the workers took the columns in, and counts
