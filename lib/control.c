@@ -175,31 +175,42 @@ read_all (struct control_server *s, int fd, void *buf, size_t len)
   return 0;
 }
 
-/* One frame to the client of S on FD.  A client that failed a send
- * (*DEAD) gets nothing more: a frame cut short would garble the rest. */
+/* The output side of one connection: its frames go out whole, one at a
+ * time (a command's threads may write its two streams at once), and
+ * after a failed send (DEAD) none do: a frame cut short would garble
+ * the rest. */
+struct conn_out {
+  pthread_mutex_t lock;
+  bool dead;
+};
+
+/* One frame to the client of S on FD. */
 static int
-send_frame (struct control_server *s, int fd, bool *dead, char kind,
+send_frame (struct control_server *s, int fd, struct conn_out *co, char kind,
             const void *data, uint32_t len)
 {
   uint8_t hdr[5];
   uint32_t le = htole32 (len);
+  int r = 0;
 
-  if (*dead)
-    return -1;
   hdr[0] = kind;
   memcpy (hdr + 1, &le, 4);
-  if (write_all (s, fd, hdr, 5) == -1
-      || (len && write_all (s, fd, data, len) == -1)) {
-    *dead = true;
-    return -1;
+  pthread_mutex_lock (&co->lock);
+  if (co->dead)
+    r = -1;
+  else if (write_all (s, fd, hdr, 5) == -1
+           || (len && write_all (s, fd, data, len) == -1)) {
+    co->dead = true;
+    r = -1;
   }
-  return 0;
+  pthread_mutex_unlock (&co->lock);
+  return r;
 }
 
 struct frame_cookie {
   struct control_server *s;
   int fd;
-  bool *dead;
+  struct conn_out *co;
   char kind;
 };
 
@@ -209,7 +220,7 @@ frame_write (void *c, const char *buf, size_t len)
   struct frame_cookie *fc = c;
 
   /* A client that went away (or stalled) must not stop the command. */
-  send_frame (fc->s, fc->fd, fc->dead, fc->kind, buf, len);
+  send_frame (fc->s, fc->fd, fc->co, fc->kind, buf, len);
   return len;
 }
 
@@ -218,8 +229,8 @@ serve_one (struct control_server *s, int fd)
 {
   uint32_t argc;
   char *argv[MAX_ARGS + 1] = { NULL };
-  bool dead = false;
-  struct frame_cookie oc = { s, fd, &dead, 'o' }, ec = { s, fd, &dead, 'e' };
+  struct conn_out co = { .lock = PTHREAD_MUTEX_INITIALIZER };
+  struct frame_cookie oc = { s, fd, &co, 'o' }, ec = { s, fd, &co, 'e' };
   cookie_io_functions_t io = { .write = frame_write };
   struct admin_ctx ctx = { .online = true };
   FILE *out, *err;
@@ -230,9 +241,9 @@ serve_one (struct control_server *s, int fd)
   argc = le32toh (argc);
   if (argc == 0 || argc > MAX_ARGS) {
     const char msg[] = "strata: bad control request\n";
-    send_frame (s, fd, &dead, 'e', msg, sizeof msg - 1);
+    send_frame (s, fd, &co, 'e', msg, sizeof msg - 1);
     code = htole32 (2);
-    send_frame (s, fd, &dead, 'x', &code, 4);
+    send_frame (s, fd, &co, 'x', &code, 4);
     return;
   }
   for (uint32_t i = 0; i < argc; i++) {
@@ -261,7 +272,7 @@ serve_one (struct control_server *s, int fd)
   fclose (out);
   fclose (err);
   code = htole32 (code);
-  send_frame (s, fd, &dead, 'x', &code, 4);
+  send_frame (s, fd, &co, 'x', &code, 4);
  out:
   for (uint32_t i = 0; i < argc && i < MAX_ARGS; i++)
     free (argv[i]);
