@@ -1150,8 +1150,10 @@ cmd_job (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       return 1;
     }
     pool_job_cancel (p, kind);
-    fprintf (out, "asked the running %s to stop; it saves its place and "
-             "'strata %s' continues it\n", argv[0], argv[0]);
+    fprintf (out, "asked the running %s to stop; it saves its place, and "
+             "%s continues it\n", argv[0], scrub ? "'strata scrub'"
+             : "the command that started it (strata rebuild, or device "
+             "remove, replace or add), run again,");
     return 0;
   }
   if (scrub) {
