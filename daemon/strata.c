@@ -216,9 +216,10 @@ run_admin (const char *file, int argc, char **argv)
   /* A server that has just started holds the pool a moment before its
    * control socket listens (that starts after nbdkit forks): for a few
    * seconds, ask it again, or open the pool if it has gone, before
-   * saying that the pool is in use.  The pool lock is the first thing
-   * pool_open() takes, so a busy pool costs no device opens. */
-  for (int k = 0; !p && errno == EBUSY && k < 50; k++) {
+   * saying that the pool is in use.  Only while the pool lock is held:
+   * a device lock held elsewhere has had its wait in pool_open(). */
+  for (int k = 0; !p && errno == EBUSY && pool_lock_busy (cfg) && k < 50;
+       k++) {
     usleep (100 * 1000);
     if (control_call (cfg->control_socket, ac, av, stdout, stderr,
                       &code) == 0)

@@ -724,6 +724,21 @@ lock_pool_file (int *fd, const struct config *cfg)
   return 0;
 }
 
+bool
+pool_lock_busy (const struct config *cfg)
+{
+  char path[PATH_MAX];
+  bool busy;
+  int fd;
+
+  snprintf (path, sizeof path, "%s.lock", cfg->control_socket);
+  if ((fd = open (path, O_RDONLY | O_CLOEXEC)) == -1)
+    return false;
+  busy = flock (fd, LOCK_EX | LOCK_NB) == -1 && errno == EWOULDBLOCK;
+  close (fd);
+  return busy;
+}
+
 int
 pool_init (const struct config *full, bool force, FILE *log)
 {

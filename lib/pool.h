@@ -122,6 +122,10 @@ int pool_device_add (struct pool *p, const char *name, bool force, FILE *log);
 /* Does device DEV hold a metadata replica? */
 bool pool_meta_member (struct pool *p, uint32_t dev);
 
+/* Whether another process holds the pool lock of CFG (a server, or a
+ * command that opened the pool), rather than only a device's lock. */
+bool pool_lock_busy (const struct config *cfg);
+
 /* The extents of P's devices (*EXTENTS) and the most whose checkpoint
  * the metadata areas hold (*ROOM_EXTENTS); true if the pool has more,
  * so that metadata changes would fail once about that many are in use. */
