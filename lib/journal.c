@@ -1065,28 +1065,22 @@ journal_term (struct journal *j)
   return j->term;
 }
 
-uint64_t
-journal_ckpt_room (struct journal *j)
+void
+journal_meta_room (struct journal *j, uint64_t *ckpt_room,
+                   uint64_t *meta_size)
 {
-  uint64_t room = UINT64_MAX;
+  uint64_t room = UINT64_MAX, size = 0;
 
   pthread_mutex_lock (&j->lock);
-  for (size_t i = 0; i < j->n; i++)
+  for (size_t i = 0; i < j->n; i++) {
     room = MIN (room, j->r[i].lay.ckpt_size);
-  pthread_mutex_unlock (&j->lock);
-  return room;
-}
-
-uint64_t
-journal_meta_size (struct journal *j)
-{
-  uint64_t size = 0;
-
-  pthread_mutex_lock (&j->lock);
-  for (size_t i = 0; i < j->n; i++)
     size = MAX (size, j->r[i].m.meta_size);
+  }
   pthread_mutex_unlock (&j->lock);
-  return size;
+  if (ckpt_room)
+    *ckpt_room = room;
+  if (meta_size)
+    *meta_size = size;
 }
 
 uint64_t

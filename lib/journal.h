@@ -127,10 +127,10 @@ int journal_checkpoint (struct journal *j);
 
 uint64_t journal_term (struct journal *j);
 uint64_t journal_last_index (struct journal *j);
-/* The smallest checkpoint slot of the replicas, and the largest
- * metadata area, in bytes. */
-uint64_t journal_ckpt_room (struct journal *j);
-uint64_t journal_meta_size (struct journal *j);
+/* The smallest checkpoint slot of the replicas (*CKPT_ROOM) and the
+ * largest metadata area (*META_SIZE), in bytes; either may be NULL. */
+void journal_meta_room (struct journal *j, uint64_t *ckpt_room,
+                        uint64_t *meta_size);
 uint64_t journal_commits (struct journal *j);
 
 /* Fill up to MAX entries of OUT; returns the number of replicas. */

@@ -1931,7 +1931,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   struct journal_item it;
   uint8_t *buf = NULL;
   uint32_t n;
-  uint64_t msize;
+  uint64_t msize, room;
   bool opened = false, created = false, committing = false;
   char why[200];
   int r = -1, refusal;
@@ -1988,14 +1988,15 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
   /* Its metadata area: metadata_size if the YAML gives it, else as
    * large as the pool's.  The pool's areas cannot grow: the checkpoint
    * of the pool full with this device must fit them and this one. */
+  journal_meta_room (p->journal, &room, &msize);
   msize = p->cfg->metadata_size_set ? p->cfg->metadata_size
-    : MAX (p->cfg->metadata_size, journal_meta_size (p->journal));
+    : MAX (p->cfg->metadata_size, msize);
   if (new_member (&sb, &md, p->cfg, cd, p->uuid, n, &p->mem,
                   device_size (d), p->extent_size, msize) == -1)
     goto out;
   {
     struct format_meta_layout lay;
-    uint64_t ext = sb.extent_count, room = journal_ckpt_room (p->journal);
+    uint64_t ext = sb.extent_count;
     char a[32], b[32];
     for (uint32_t k = 0; k < n; k++)
       if (p->meta->devices[k].state != META_DEV_REMOVED)
@@ -2098,8 +2099,9 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
 bool
 pool_meta_tight (struct pool *p, uint64_t *extents, uint64_t *room_extents)
 {
-  uint64_t room = journal_ckpt_room (p->journal), ext = 0, fit = 0;
+  uint64_t room, ext = 0, fit = 0;
 
+  journal_meta_room (p->journal, &room, NULL);
   pthread_mutex_lock (&p->meta->lock);
   for (uint32_t k = 0; k < p->meta->ndevices; k++)
     if (p->meta->devices[k].state != META_DEV_REMOVED)

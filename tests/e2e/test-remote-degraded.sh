@@ -6,11 +6,9 @@
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 
-truncate -s 512M "$T/d2.img"
-nbdkit -U "$T/m2.sock" -P "$T/m2.pid" --filter=error file "$T/d2.img" \
-  error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
-members_cleanup
-wait_socket "$T/m2.sock"
+# Reads fail while $T/m2.rfail exists (start_member's error-file, for
+# every request, is never made here).
+start_member 2 512M error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
 
 STRATA_REMOTE=1 make_pool 3 512MiB "{ name: v, size: 64MiB, replicas: 3, stripe_unit: 64KiB }"
 start_server

@@ -6,11 +6,9 @@
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 
-truncate -s 512M "$T/d2.img"
-nbdkit -U "$T/m2.sock" -P "$T/m2.pid" --filter=error file "$T/d2.img" \
-  error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
-members_cleanup
-wait_socket "$T/m2.sock"
+# Reads fail while $T/m2.rfail exists (start_member's error-file, for
+# every request, is never made here).
+start_member 2 512M error-pread=EIO error-pread-rate=1 error-pread-file="$T/m2.rfail"
 
 # w: one chunk (8 MiB) of two columns, a copy of each on every member;
 # s: one column, so the chunk is its volume bytes.
