@@ -485,6 +485,9 @@ control_call (const char *path, int argc, char **argv, FILE *out, FILE *err,
   e = errno;
   close (fd);
   return strata_error (e == ENOENT || e == ECONNREFUSED ? EPROTO : e,
-                       "control socket %s: the server went away (%s)", path,
+                       "control socket %s: the connection ended before the "
+                       "command did (%s): the server stopped, or dropped "
+                       "this client after it read nothing for 30 s; "
+                       "'strata status' shows what runs", path,
                        strerror (e));
 }
