@@ -721,26 +721,25 @@ static void
 say_bad_run (struct volume *v, const struct piece *p, uint32_t rep,
              struct bad_run *run)
 {
-  struct meta_extent e = p->c->ext[p->col * v->mv->replicas + rep];
-  uint64_t b0 = run->first / STRATA_BLOCK, b1 = run->end / STRATA_BLOCK - 1;
-  uint64_t vo = volume_offset (v, p->chunk, p->col, run->first);
+  struct meta_extent e;
+  uint64_t b0, b1, vo;
+  char blocks[64];
 
   if (run->end == 0)
     return;
+  e = p->c->ext[p->col * v->mv->replicas + rep];
+  b0 = run->first / STRATA_BLOCK;
+  b1 = run->end / STRATA_BLOCK - 1;
+  vo = volume_offset (v, p->chunk, p->col, run->first);
   if (b0 == b1)
-    fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
-             "extent %" PRIu32 " block %" PRIu64 " (volume bytes %" PRIu64
-             "-%" PRIu64 ")%s\n", v->mv->name,
-             pool_meta (v->p)->devices[e.dev].name, e.ext, b0, vo,
-             vo + STRATA_BLOCK - 1,
-             run->repaired ? "; repaired" : "; no good copy");
+    snprintf (blocks, sizeof blocks, "block %" PRIu64, b0);
   else
-    fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
-             "extent %" PRIu32 " blocks %" PRIu64 "-%" PRIu64 " (volume "
-             "bytes %" PRIu64 "-%" PRIu64 ")%s\n", v->mv->name,
-             pool_meta (v->p)->devices[e.dev].name, e.ext, b0, b1, vo,
-             vo + (run->end - run->first) - 1,
-             run->repaired ? "; repaired" : "; no good copy");
+    snprintf (blocks, sizeof blocks, "blocks %" PRIu64 "-%" PRIu64, b0, b1);
+  fprintf (stderr, "strata: volume %s: checksum mismatch on device %s, "
+           "extent %" PRIu32 " %s (volume bytes %" PRIu64 "-%" PRIu64 ")%s\n",
+           v->mv->name, pool_meta (v->p)->devices[e.dev].name, e.ext, blocks,
+           vo, vo + (run->end - run->first) - 1,
+           run->repaired ? "; repaired" : "; no good copy");
   run->end = 0;
 }
 
