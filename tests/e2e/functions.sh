@@ -347,9 +347,20 @@ print(dev, ch['extents'][$3][$4], d['data_offset'])"
 }
 
 # poke FILE OFFSET HEXBYTES: overwrite bytes in place, behind strata's back.
+# Fails if they are there already: the damage would be none.
 poke () { $PY -c "
+import os, sys
+fd = os.open('$1', os.O_RDWR); new = bytes.fromhex('$3')
+if os.pread(fd, len(new), $2) == new:
+    sys.exit('poke: $1 already holds $3 at $2')
+os.pwrite(fd, new, $2); os.close(fd)" || fail "poke did not change $1"; }
+
+# flip FILE OFFSET: invert the bits of one byte in place (always a change,
+# whatever the byte held; a fixed value is already there once in 256).
+flip () { $PY -c "
 import os
-fd = os.open('$1', os.O_WRONLY); os.pwrite(fd, bytes.fromhex('$3'), $2); os.close(fd)"; }
+fd = os.open('$1', os.O_RDWR); b = os.pread(fd, 1, $2)
+os.pwrite(fd, bytes([b[0] ^ 0xff]), $2); os.close(fd)"; }
 
 # volume_field VOL FIELD: a field of volume VOL in status --json.
 volume_field () {

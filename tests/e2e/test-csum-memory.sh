@@ -68,7 +68,7 @@ ok "fio verify over 32 columns with room for 16: zero errors, memory back within
 check_ref "before the damage"
 wait_within "after reading ref"
 read -r dev ext data < <(copy_at ref 0 0 0)
-poke "$T/$dev.img" $((data + ext * (4 << 20) + 9 * 4096 + 123)) 77
+flip "$T/$dev.img" $((data + ext * (4 << 20) + 9 * 4096 + 123))
 nbdsh -u "$(uri ref)" -c "
 ref = open('$T/ref', 'rb').read(1 << 20)
 for _ in range(2):    # consecutive reads start from different copies

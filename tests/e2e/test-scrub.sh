@@ -44,7 +44,7 @@ ok "clean pool: $blocks blocks checked, no errors, no byte of data or checksums 
 
 # 2. One byte of one copy (offline): named, repaired, then clean.
 read -r dev ext data < <(copy_at r2 1 0 0)
-poke "$T/$dev.img" $((data + ext * ES + 17 * 4096 + 99)) 5a
+flip "$T/$dev.img" $((data + ext * ES + 17 * 4096 + 99))
 "$STRATA" scrub "$CONFIG" > "$T/s2.out" 2>"$T/s2.err" && fail "scrub found nothing wrong: $(cat "$T/s2.out")"
 grep "device $dev, extent $ext, block 17 (volume r2 " "$T/s2.out" >/dev/null \
   || fail "the report does not name device $dev extent $ext block 17: $(cat "$T/s2.out")"
