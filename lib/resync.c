@@ -36,6 +36,7 @@
  * that reaches a copy.  The cleaner leaves dirty columns it cannot reach
  * dirty.
  */
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -44,6 +45,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "crc32c.h"
 #include "csum.h"
 #include "error.h"
 #include "resync.h"
@@ -575,8 +577,127 @@ want_dirty (struct walk *w, struct meta_chunk *c, uint32_t col)
 
 #define RESYNC_IO (1024 * 1024)	/* bytes per replica per step */
 
-/* Make the usable replicas of one column identical to the first one that
- * reads, and compute its checksums.  Adds the bytes rewritten to *BYTES. */
+/* Read the checksum slots of the usable replicas of CR into SLOTS[r]
+ * (allocated here; the caller frees them).  Returns the mask of those
+ * read; one that cannot be read is left out, as the data decides. */
+static uint32_t
+read_slots (struct pool *p, struct col_ref *cr, uint32_t **slots)
+{
+  uint32_t R = cr->v->replicas, have = 0;
+  uint64_t slot = format_csum_slot (pool_meta (p)->extent_size);
+  struct dev_req rq[8];
+  size_t nr = 0;
+
+  for (uint32_t rep = 0; rep < R; rep++) {
+    struct meta_extent e = cr->c->ext[cr->col * R + rep];
+    if (!pool_copy_readable (p, cr->c, R, cr->col, rep)
+        || !(slots[rep] = device_alloc_buf (slot)))
+      continue;
+    rq[nr++] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                  .op = DEV_READ, .buf = slots[rep],
+                                  .len = slot, .off = csum_slot_offset (p, e),
+                                  .tag = rep };
+  }
+  device_submit (rq, nr);
+  for (size_t k = 0; k < nr; k++)
+    if (rq[k].res == 0)
+      have |= 1u << rq[k].tag;
+  return have;
+}
+
+/* Which copy of block B (at BLK bytes into the step's buffers) a crash
+ * resync keeps, among the replicas in OK that were read.  Where they
+ * differ, the first whose data matches a value of the block in the
+ * checksum slots (SLOTS, those in HAVE): the block as it stood when the
+ * column was last clean, or as the cleaner was writing it; so a copy
+ * damaged behind strata's back is not copied over a good one.  Failing
+ * that, a copy most of them agree on; failing that, the first.  Any
+ * copy that is not damaged is right: copies differ only where a write
+ * was in flight, not yet made durable by a flush or FUA.  (An extent is
+ * zeroed when it is allocated, so the values a reused extent's slots
+ * still hold from before match only zeros or data written since.) */
+static int
+choose_block (uint32_t R, uint32_t ok, char **bufs, size_t blk, size_t b,
+              uint32_t **slots, uint32_t have, int *why)
+{
+  uint32_t crc[8];
+  int first = -1, best = -1;
+  uint32_t best_n = 0, n_ok = 0;
+  bool differ = false;
+
+  *why = 0;
+  for (uint32_t r = 0; r < R; r++) {
+    if (!(ok & (1u << r)))
+      continue;
+    n_ok++;
+    if (first < 0)
+      first = r;
+    else if (memcmp (bufs[r] + blk, bufs[first] + blk, STRATA_BLOCK) != 0)
+      differ = true;
+  }
+  if (!differ)
+    return first;
+  for (uint32_t r = 0; r < R; r++)
+    if (ok & (1u << r))
+      crc[r] = crc32c (0, bufs[r] + blk, STRATA_BLOCK);
+  for (uint32_t r = 0; r < R; r++) {
+    if (!(ok & (1u << r)))
+      continue;
+    for (uint32_t s = 0; s < R; s++)
+      if ((have & (1u << s)) && le32toh (slots[s][b]) == crc[r]) {
+        *why = 1;
+        return r;
+      }
+  }
+  for (uint32_t r = 0; r < R; r++) {
+    uint32_t same = 0;
+    if (!(ok & (1u << r)))
+      continue;
+    for (uint32_t s = 0; s < R; s++)
+      if ((ok & (1u << s)) && crc[s] == crc[r]
+          && memcmp (bufs[s] + blk, bufs[r] + blk, STRATA_BLOCK) == 0)
+        same++;
+    if (same > best_n) {
+      best_n = same;
+      best = r;
+    }
+  }
+  if (2 * best_n > n_ok) {
+    *why = 2;
+    return best;
+  }
+  return first;
+}
+
+/* Log the N blocks of copy R of CR that crash resync rewrote, from
+ * block FIRST, and why the copy kept instead was kept (WHY_N: how many
+ * blocks for each reason choose_block() gives). */
+static void
+say_rewritten (struct pool *p, struct col_ref *cr, uint32_t r, uint64_t n,
+               size_t first, const uint64_t *why_n)
+{
+  static const char *const why[] = { "the first copy read",
+                                     "matching the block's last checksum",
+                                     "held by most copies" };
+  char reasons[200] = "";
+  size_t len = 0;
+
+  for (int k = 0; k < 3; k++)
+    if (why_n[k] > 0 && len < sizeof reasons)
+      len += snprintf (reasons + len, sizeof reasons - len, "%s%" PRIu64
+                       " %s", len ? ", " : "", why_n[k], why[k]);
+  fprintf (stderr, "strata: pool %s: crash resync: volume %s chunk %"
+           PRIu64 " column %" PRIu32 ": the copy on %s differed in %"
+           PRIu64 " block%s from block %zu, rewritten from the copy kept "
+           "(%s)\n", pool_config (p)->name, cr->v->name, cr->idx, cr->col,
+           pool_meta (p)->devices[cr->c->ext[cr->col * cr->v->replicas
+                                             + r].dev].name,
+           n, n == 1 ? "" : "s", first, reasons);
+}
+
+/* Make the usable replicas of one column identical, block by block (the
+ * copy choose_block() keeps), and compute its checksums.  Adds the bytes
+ * rewritten to *BYTES. */
 static int
 resync_column (struct pool *p, struct col_ref *cr, char **bufs,
                uint64_t *bytes)
@@ -588,15 +709,20 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
   uint32_t *a = calloc (n, sizeof *a);
   struct meta_column *mc = &cr->c->col[cr->col];
   struct dev_req rq[8], *wq = NULL;
+  uint32_t *slots[8] = { NULL }, have = 0;
+  uint64_t nrw[8] = { 0 }, why_n[8][3] = { { 0 } };
+  size_t first_rw[8] = { 0 };
   size_t wcap = 0;
   int ret = 0;
 
   if (!a)
     return strata_error (ENOMEM, "out of memory");
+  if (R > 1)
+    have = read_slots (p, cr, slots);
   for (uint64_t off = 0; off < es && ret == 0; off += RESYNC_IO) {
     uint32_t len = MIN (RESYNC_IO, es - off);
     size_t nr = 0, nw = 0;
-    int src = -1;
+    uint32_t ok = 0;
 
     for (uint32_t rep = 0; rep < R; rep++) {
       struct meta_extent e = cr->c->ext[cr->col * R + rep];
@@ -617,9 +743,9 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
       break;
     }
     device_submit (rq, nr);
-    for (size_t k = 0; k < nr && src < 0; k++)
+    for (size_t k = 0; k < nr; k++)
       if (rq[k].res == 0)
-        src = rq[k].tag;
+        ok |= 1u << rq[k].tag;
     for (size_t k = 0; k < nr; k++) {
       struct meta_extent e = cr->c->ext[cr->col * R + rq[k].tag];
       struct meta_stale_item it = { v->id, cr->idx, cr->col,
@@ -629,17 +755,16 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
       /* A copy that cannot be made to agree must not be read again,
        * unless it is the last (design notes): its device is failed,
        * and the column stays dirty. */
-      if ((src >= 0 && pool_commit_stale (p, true, &it, 1) == -1)
+      if ((ok && pool_commit_stale (p, true, &it, 1) == -1)
           || pool_device_fail (p, e.dev, "unreadable during crash "
                                "resync") == -1)
         ret = -1;
     }
-    if (src < 0) {
+    if (!ok) {
       free (a);
       a = NULL;
       break;
     }
-    csum_blocks (bufs[src], len, a + off / STRATA_BLOCK);
     if (wcap < R * (len / STRATA_BLOCK)) {
       free (wq);
       wcap = R * (len / STRATA_BLOCK);
@@ -649,21 +774,27 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
         break;
       }
     }
-    for (size_t k = 0; k < nr; k++) {
-      uint32_t rep = rq[k].tag;
-      struct meta_extent e = cr->c->ext[cr->col * R + rep];
-      if (rq[k].res != 0 || (int) rep == src)
-        continue;
-      for (uint32_t b = 0; b < len; b += STRATA_BLOCK)
-        if (memcmp (bufs[rep] + b, bufs[src] + b, STRATA_BLOCK) != 0) {
-          wq[nw++] = (struct dev_req) { .dev = pool_device (p, e.dev),
-                                        .op = DEV_WRITE,
-                                        .buf = bufs[src] + b,
-                                        .len = STRATA_BLOCK,
-                                        .off = pool_extent_offset (p, e,
-                                                                   off + b),
-                                        .tag = rep };
-        }
+    for (uint32_t blk = 0; blk < len; blk += STRATA_BLOCK) {
+      size_t b = (off + blk) / STRATA_BLOCK;
+      int why, src = choose_block (R, ok, bufs, blk, b, slots, have, &why);
+
+      a[b] = crc32c (0, bufs[src] + blk, STRATA_BLOCK);
+      for (uint32_t rep = 0; rep < R; rep++) {
+        struct meta_extent e = cr->c->ext[cr->col * R + rep];
+        if (!(ok & (1u << rep)) || (int) rep == src
+            || memcmp (bufs[rep] + blk, bufs[src] + blk, STRATA_BLOCK) == 0)
+          continue;
+        if (nrw[rep]++ == 0)
+          first_rw[rep] = b;
+        why_n[rep][why]++;
+        wq[nw++] = (struct dev_req) { .dev = pool_device (p, e.dev),
+                                      .op = DEV_WRITE,
+                                      .buf = bufs[src] + blk,
+                                      .len = STRATA_BLOCK,
+                                      .off = pool_extent_offset (p, e,
+                                                                 off + blk),
+                                      .tag = rep };
+      }
     }
     device_submit (wq, nw);
     for (size_t k = 0; k < nw && ret == 0; k++) {
@@ -679,6 +810,11 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
     }
   }
   free (wq);
+  for (uint32_t r = 0; r < R; r++) {
+    free (slots[r]);
+    if (nrw[r] > 0)
+      say_rewritten (p, cr, r, nrw[r], first_rw[r], why_n[r]);
+  }
   /* A column that was in use (UNSYNCED after a write that reached no
    * copy) keeps its array: a request that fetched it before may still
    * hold it. */

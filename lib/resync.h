@@ -4,10 +4,12 @@
  * may differ from each other or from the checksum slots on disk: from
  * before the first write to it until the cleaner has written its
  * checksums to every replica, flushed, and committed it clean.  After an
- * unclean stop, only dirty columns need resync: one replica is chosen,
- * the others are made identical to it, and the checksums are computed
- * from its data.  That is also why a crash in the middle of a write never
- * shows up as a checksum error afterwards.
+ * unclean stop, only dirty columns need resync: block by block, where
+ * the replicas differ, one copy is kept (the one matching the block's
+ * last checksum on disk, else the one most replicas hold, else the
+ * first), the others are made identical to it, and the checksums are
+ * computed from the data kept.  That is also why a crash in the middle
+ * of a write never shows up as a checksum error afterwards.
  *
  * Steady writing costs no commits: a column stays dirty while it is being
  * written, and the cleaner only cleans columns left alone for a whole
