@@ -923,6 +923,7 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
   struct meta *m = pool_meta (p);
   bool dry = false, prune = false, shrink = false;
   int ch, rc = 0, changes = 0;
+  size_t kept = 0;		/* differences left as they are */
   char (*gone)[FORMAT_NAME_MAX] = NULL;
   size_t ngone = 0;
 
@@ -1001,10 +1002,12 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
       }
       continue;
     }
-    if (differs[0])
+    if (differs[0]) {
       fprintf (err, "strata: warning: volume %s differs from %s:%d in what "
                "apply cannot change, which is left as it is: %s\n",
                cv->name, decl->file, cv->line, differs + 2);
+      kept++;
+    }
     if (cv->size > size || (cv->size < size && shrink)) {
       fprintf (out, "%s volume %s from %s to %s\n",
                dry ? "would resize" : "resizing", cv->name,
@@ -1014,16 +1017,19 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
       if (!dry && resize (p, cv->name, cv->size, shrink, err))
         rc = 1;
     }
-    else if (cv->size < size)
+    else if (cv->size < size) {
       fprintf (out, "volume %s is larger (%s) than declared (%s); not "
                "shrinking it without --allow-shrink\n", cv->name,
                util_human_size (size, a, sizeof a),
                util_human_size (cv->size, b, sizeof b));
+      kept++;
+    }
   }
   for (size_t i = 0; i < ngone; i++) {
     if (!prune) {
       fprintf (out, "volume %s is not declared; keeping it (use --prune to "
                "delete it)\n", gone[i]);
+      kept++;
       continue;
     }
     fprintf (out, "%s volume %s\n", dry ? "would delete" : "deleting", gone[i]);
@@ -1033,8 +1039,12 @@ cmd_apply (struct pool *p, int argc, char **argv, FILE *out, FILE *err)
       rc = 1;
     }
   }
-  if (changes == 0)
+  if (changes == 0 && kept == 0)
     fprintf (out, "pool %s matches %s; nothing to do\n", m->name, decl->file);
+  else if (changes == 0)
+    fprintf (out, "pool %s: nothing to do; %zu difference%s from %s left as "
+             "%s\n", m->name, kept, kept == 1 ? "" : "s", decl->file,
+             kept == 1 ? "it is" : "they are");
   free (gone);
   config_free (parsed);
   return rc;

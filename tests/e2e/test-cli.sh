@@ -18,6 +18,9 @@ sed -i 's/{ name: b, size: 32MiB, replicas: 2 }/{ name: b, size: 32MiB, replicas
 out=$("$STRATA" apply "$CONFIG" 2>&1) || fail "apply with a changed replica count: $out"
 echo "$out" | grep "warning: volume b differs from $CONFIG:[0-9]* in what apply cannot change, which is left as it is: replicas 2 (YAML: 3), stripe_unit 1.0 MiB (YAML: 64.0 KiB)$" \
   || fail "unclear: $out"
+echo "$out" | grep "pool t[0-9]*: nothing to do; 1 difference from $CONFIG left as it is$" \
+  || fail "apply says nothing of the difference it left: $out"
+echo "$out" | grep "matches" && fail "apply says the pool matches a YAML it differs from: $out"
 "$STRATA" status "$CONFIG" --json | $PY -c '
 import json, sys
 v = {v["name"]: v for v in json.load(sys.stdin)["volumes"]}
@@ -121,6 +124,7 @@ sed -i 's/{ name: a, size: 64MiB }/{ name: a, size: 80MiB }/' "$CONFIG"
 [ "$(nbdinfo --size "$(uri a)")" = 83886080 ] || fail "a not grown"
 out=$("$STRATA" apply "$CONFIG")
 echo "$out" | grep 'volume c is not declared; keeping it' || fail "apply wants to delete c: $out"
+echo "$out" | grep "nothing to do; 1 difference from $CONFIG left as it is" || fail "apply: $out"
 "$STRATA" apply "$CONFIG" --prune | grep 'deleting volume c' || fail "prune"
 nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="c"' && fail "c still served"
 ok "online apply grows, keeps undeclared volumes unless --prune"
