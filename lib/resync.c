@@ -579,7 +579,8 @@ want_dirty (struct walk *w, struct meta_chunk *c, uint32_t col)
 
 /* Read the checksum slots of the usable replicas of CR into SLOTS[r]
  * (allocated here; the caller frees them).  Returns the mask of those
- * read; one that cannot be read is left out, as the data decides. */
+ * read; one that cannot be read is counted as its device's read error
+ * and left out (the data decides). */
 static uint32_t
 read_slots (struct pool *p, struct col_ref *cr, uint32_t **slots)
 {
@@ -599,9 +600,16 @@ read_slots (struct pool *p, struct col_ref *cr, uint32_t **slots)
                                   .tag = rep };
   }
   device_submit (rq, nr);
-  for (size_t k = 0; k < nr; k++)
-    if (rq[k].res == 0)
+  for (size_t k = 0; k < nr; k++) {
+    char why[200];
+    if (rq[k].res == 0) {
       have |= 1u << rq[k].tag;
+      continue;
+    }
+    snprintf (why, sizeof why, "checksum read failed: %s",
+              strerror (-rq[k].res));
+    pool_device_read_error (p, cr->c->ext[cr->col * R + rq[k].tag].dev, why);
+  }
   return have;
 }
 
