@@ -380,14 +380,18 @@ control_server_start (struct pool *p, const char *path, control_ctx_fn ctx_fn)
     }
     free (dir);
   }
-  /* We hold the pool's lock, so a socket file left here is stale. */
+  /* We hold the pool's lock, so a socket file left here is stale.  The
+   * socket is the owner's alone (every verb can change the pool): Linux
+   * creates the file with the mode of the socket, less the umask, so no
+   * one else can connect between bind() and chmod(). */
   unlink (path);
-  if (bind (s->fd, (struct sockaddr *) &sa, sizeof sa) == -1
+  if (fchmod (s->fd, 0600) == -1
+      || bind (s->fd, (struct sockaddr *) &sa, sizeof sa) == -1
+      || chmod (path, 0600) == -1
       || listen (s->fd, 16) == -1) {
     strata_error (errno, "control socket %s: %m", path);
     goto fail;
   }
-  chmod (path, 0600);
   e = pthread_create (&s->thread, NULL, server_thread, s);
   if (e) {
     strata_error (e, "pthread_create: %s", strerror (e));

@@ -129,6 +129,10 @@ echo "$out" | grep "nothing to do; 1 difference from $CONFIG left as it is" || f
 nbdinfo --list "nbd+unix:///?socket=$SOCK" | grep 'export="c"' && fail "c still served"
 ok "online apply grows, keeps undeclared volumes unless --prune"
 
+# Only the server's owner can use its control socket.
+[ "$(stat -c %a "$T/control.sock")" = 600 ] \
+  || fail "the control socket is mode $(stat -c %a "$T/control.sock"), not 600"
+
 # A second writer is refused while the pool is served.
 out=$("$STRATA" init --force "$CONFIG" 2>&1) && fail "init --force of a served pool"
 echo "$out" | grep 'in use by another process' || fail "unclear: $out"
