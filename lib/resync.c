@@ -576,6 +576,7 @@ want_dirty (struct walk *w, struct meta_chunk *c, uint32_t col)
 }
 
 #define RESYNC_IO (1024 * 1024)	/* bytes per replica per step */
+#define RESYNC_PROGRESS_MS 5000	/* between progress lines */
 
 /* Read the checksum slots of the usable replicas of CR into SLOTS[r]
  * (allocated here; the caller frees them).  Returns the mask of those
@@ -737,8 +738,8 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
       if (!pool_copy_readable (p, cr->c, R, cr->col, rep))
         continue;
       rq[nr] = (struct dev_req) { .dev = pool_device (p, e.dev),
-                                  .op = DEV_READ, .buf = bufs[rep],
-                                  .len = len,
+                                  .op = DEV_READ, .media = true,
+                                  .buf = bufs[rep], .len = len,
                                   .off = pool_extent_offset (p, e, off),
                                   .tag = rep };
       nr++;
@@ -854,15 +855,24 @@ resync_pass (struct resync *r, struct walk *w, const char *what)
   struct pool *p = r->p;
   size_t k = 0;			/* the first K have a usable copy */
   char *bufs[8] = { NULL };
-  uint64_t bytes = 0;
+  uint64_t bytes = 0, t0, last;
   int ret;
 
   ret = walk (p, w);
   for (uint32_t i = 0; i < 8 && ret == 0 && w->n > 0; i++)
     if (!(bufs[i] = device_alloc_buf (RESYNC_IO)))
       ret = strata_error (ENOMEM, "out of memory");
-  for (size_t i = 0; i < w->n && ret == 0; i++)
+  t0 = last = util_now_ms ();
+  for (size_t i = 0; i < w->n && ret == 0; i++) {
     ret = resync_column (p, &w->cols[i], bufs, &bytes);
+    /* Opening waits for this: say how far it is, every few seconds. */
+    if (util_now_ms () - last >= RESYNC_PROGRESS_MS) {
+      last = util_now_ms ();
+      fprintf (stderr, "strata: pool %s: %s: %zu of %zu columns (%.0f s)\n",
+               pool_config (p)->name, what, i + 1, w->n,
+               (last - t0) / 1000.0);
+    }
+  }
   if (ret == 0)
     ret = split_unreachable (p, w->cols, w->n, &k);
   if (ret == 0 && k > 0)
