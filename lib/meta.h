@@ -139,6 +139,7 @@ struct meta_volume {
   _Atomic uint64_t nchunks;	/* allocated chunks */
   /* The next three are protected by meta->lock. */
   int users;			/* open data-path handles */
+  int job_users[3];		/* of them, VOLUME_JOB_* (volume.h) */
   bool busy;			/* being deleted or shrunk: no new handles */
   void *dp;			/* data-path state, owned by volume.c */
 };

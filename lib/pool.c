@@ -2858,16 +2858,30 @@ find_locked (struct pool *p, const char *name)
 static int
 claim (struct pool *p, struct meta_volume *v, const char *what)
 {
-  int users;
+  static const char *const jobs[] = { "a scrub", "a rebuild",
+                                      "the cache's write-back" };
+  int users, clients, job = -1;
 
   pthread_mutex_lock (&p->meta->lock);
-  users = v->users;
+  users = clients = v->users;
+  for (int k = 0; k < 3; k++)
+    if (v->job_users[k] > 0) {
+      clients -= v->job_users[k];
+      job = k;
+    }
   if (users == 0)
     v->busy = true;
   pthread_mutex_unlock (&p->meta->lock);
-  if (users > 0)
+  if (clients > 0)
     return strata_error (EBUSY, "volume %s is in use by %d connection(s); "
-                         "disconnect them before %s it", v->name, users, what);
+                         "disconnect them before %s it", v->name, clients,
+                         what);
+  if (users > 0)
+    return strata_error (EBUSY, "volume %s is being read by %s; try %s it "
+                         "again once that has finished or been stopped%s",
+                         v->name, jobs[job], what,
+                         job == 0 ? " (strata scrub --stop)"
+                         : job == 1 ? " (strata rebuild --stop)" : "");
   return 0;
 }
 

@@ -364,7 +364,7 @@ handle (struct rebuild *b, uint32_t vi)
 
   pthread_mutex_lock (&b->lock);
   if (!b->handles[vi])
-    b->handles[vi] = volume_open (b->p, b->vols[vi].name);
+    b->handles[vi] = volume_open_job (b->p, b->vols[vi].name, VOLUME_JOB_REBUILD);
   v = b->handles[vi];
   pthread_mutex_unlock (&b->lock);
   return v;

@@ -791,7 +791,7 @@ scrub_run (struct pool *p, const struct scrub_opts *o, FILE *out, FILE *err)
       continue;
     if (jv->id == s.job.rec.pos_vol)
       first = s.job.rec.pos_chunk;
-    if (!(v = volume_open (p, jv->name)))
+    if (!(v = volume_open_job (p, jv->name, VOLUME_JOB_SCRUB)))
       continue;			/* deleted meanwhile */
     if (scrub_volume (&s, v, first) == -1) {
       volume_close (v);

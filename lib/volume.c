@@ -91,6 +91,7 @@ struct volume {
   struct vshared *s;
   struct cache *cache;		/* the pool's, or NULL */
   enum config_cache_mode mode;	/* how this volume uses it */
+  int job;			/* VOLUME_JOB_*, or -1 for a client */
 };
 
 struct piece {
@@ -234,8 +235,8 @@ shared_free (struct vshared *s)
   free (s);
 }
 
-struct volume *
-volume_open (struct pool *p, const char *name)
+static struct volume *
+open_as (struct pool *p, const char *name, int job)
 {
   struct meta *m = pool_meta (p);
   struct volume *v = calloc (1, sizeof *v);
@@ -264,6 +265,9 @@ volume_open (struct pool *p, const char *name)
     return NULL;
   }
   mv->users++;
+  if (job >= 0)
+    mv->job_users[job]++;
+  v->job = job;
   v->p = p;
   v->mv = mv;
   v->s = mv->dp;
@@ -278,6 +282,18 @@ volume_open (struct pool *p, const char *name)
   return v;
 }
 
+struct volume *
+volume_open (struct pool *p, const char *name)
+{
+  return open_as (p, name, -1);
+}
+
+struct volume *
+volume_open_job (struct pool *p, const char *name, enum volume_job job)
+{
+  return open_as (p, name, job);
+}
+
 void
 volume_close (struct volume *v)
 {
@@ -287,6 +303,8 @@ volume_close (struct volume *v)
     return;
   m = pool_meta (v->p);
   pthread_mutex_lock (&m->lock);
+  if (v->job >= 0)
+    v->mv->job_users[v->job]--;
   if (--v->mv->users == 0) {
     shared_free (v->mv->dp);
     v->mv->dp = NULL;

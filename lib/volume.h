@@ -31,6 +31,12 @@ struct volume;
 struct volume *volume_open (struct pool *p, const char *name);
 void volume_close (struct volume *v);
 
+/* The same for a background job of the pool, which is then named when
+ * the volume cannot be shrunk or deleted because it is open. */
+enum volume_job { VOLUME_JOB_SCRUB, VOLUME_JOB_REBUILD, VOLUME_JOB_DESTAGE };
+struct volume *volume_open_job (struct pool *p, const char *name,
+                                enum volume_job job);
+
 uint64_t volume_size (struct volume *v);
 uint64_t volume_stripe_unit (struct volume *v);
 const char *volume_name (struct volume *v);

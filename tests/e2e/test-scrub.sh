@@ -148,6 +148,11 @@ print(j['state'], j['done'])")
 done
 [ "$st" = running ] && [ "$d" -gt 0 ] || fail "the scrub made no progress"
 "$STRATA" status "$CONFIG" | grep -E "^scrub +running at" >/dev/null || fail "status does not show the running scrub"
+# The volume it reads cannot be shrunk meanwhile, and the refusal names
+# the scrub (no client is connected).
+out=$("$STRATA" volume resize "$CONFIG" r2 16MiB --shrink 2>&1) && fail "r2 shrunk under a running scrub"
+echo "$out" | grep "volume r2 is being read by a scrub; try shrinking it again once that has finished or been stopped (strata scrub --stop)" >/dev/null \
+  || fail "the refusal does not name the scrub: $out"
 stop_server KILL
 wait $spid 2>/dev/null || true
 "$STRATA" status "$CONFIG" --json > "$T/st.json"
