@@ -893,12 +893,16 @@ parse (const char *text, size_t len, const char *file, const char *dir,
   }
   yaml_parser_set_input_string (&parser, (const unsigned char *) text, len);
   if (!yaml_parser_load (&parser, &c.doc)) {
-    r = strata_error (EINVAL, "%s:%zu:%zu: YAML syntax error: %s%s%s", file,
+    size_t at = parser.problem_mark.index;
+    /* The usual cause, which libyaml does not name. */
+    bool tab = at < len && text[at] == '\t';
+    r = strata_error (EINVAL, "%s:%zu:%zu: YAML syntax error: %s%s%s%s", file,
                       parser.problem_mark.line + 1,
                       parser.problem_mark.column + 1,
                       parser.problem ? parser.problem : "unknown",
                       parser.context ? " " : "",
-                      parser.context ? parser.context : "");
+                      parser.context ? parser.context : "",
+                      tab ? " (a tab: YAML indents with spaces only)" : "");
     yaml_parser_delete (&parser);
     config_free (c.cfg);
     return r;

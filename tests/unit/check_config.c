@@ -139,7 +139,10 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p}\n" DEVS "volumes:\n  - { name: v, size: 1G, replicas: 1, replicas: 2 }\n", "volumes[0].replicas: given twice" },
   { "pool: {name: p}\n" DEVS "cache: {devices: [d0], mode: none, mode: writeback}\n", "cache.mode: given twice" },
   { "pool:\n  name: [unclosed\n", "t.yaml:3:1: YAML syntax error" },
-  { "pool: {name: p}\n\tdevices: []\n", "YAML syntax error" },
+  { "pool: {name: p}\n\tdevices: []\n",
+    "t.yaml:2:1: YAML syntax error: found character that cannot start any "
+    "token while scanning for the next token (a tab: YAML indents with "
+    "spaces only)" },
 };
 
 START_TEST (test_broken)
