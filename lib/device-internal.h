@@ -25,7 +25,7 @@ struct device {
   bool direct_read;		/* rfd is O_DIRECT */
   bool is_blk;
   bool no_punch;		/* PUNCH_HOLE unsupported: use ZERO_RANGE */
-  bool no_zero_range;		/* neither: write zeros */
+  bool no_zrange;		/* ZERO_RANGE unsupported (both: write zeros) */
 
   /* Remote members (device-nbd.c). */
   struct nbd_remote *nbd;

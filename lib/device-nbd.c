@@ -470,7 +470,8 @@ issue (struct nbd_handle *h, struct dev_req *r, bool fua_ok)
     case DEV_FLUSH:
       return nbd_aio_flush (h, cb, 0) == -1 ? -1 : 0;
     case DEV_ZERO:
-      return nbd_aio_zero (h, r->len, r->off, cb, 0)
+      return nbd_aio_zero (h, r->len, r->off, cb,
+                           r->keep ? LIBNBD_CMD_FLAG_NO_HOLE : 0)
         == -1 ? -1 : 0;
   }
   errno = EINVAL;

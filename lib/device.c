@@ -482,11 +482,15 @@ prep (struct io_uring_sqe *sqe, struct dev_req *r)
       io_uring_prep_fsync (sqe, dev->fd, IORING_FSYNC_DATASYNC);
       break;
     case DEV_ZERO:
+      /* A hole gives the blocks back to the filesystem; a zero range
+       * keeps them (a block device has none to keep).  Either where the
+       * other is not supported. */
+      r->zrange = ((r->keep && !dev->is_blk) || dev->no_punch)
+                  && !dev->no_zrange;
       io_uring_prep_fallocate (sqe, dev->fd,
-                               dev->no_punch
-                               ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE
-                               : FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                               r->off, r->len);
+                               (r->zrange ? FALLOC_FL_ZERO_RANGE
+                                          : FALLOC_FL_PUNCH_HOLE)
+                               | FALLOC_FL_KEEP_SIZE, r->off, r->len);
       break;
   }
   io_uring_sqe_set_data (sqe, r);
@@ -501,12 +505,13 @@ complete (struct dev_req *r, int res)
   if (res < 0) {
     if (r->op == DEV_ZERO && (res == -EOPNOTSUPP || res == -EINVAL)) {
       struct device *dev = r->dev;
-      if (!dev->no_punch) {
-        dev->no_punch = true;	/* benign race: both threads learn it */
-        return false;
-      }
-      if (!dev->no_zero_range)
-        dev->no_zero_range = true;
+      /* Benign race: both threads learn it. */
+      if (r->zrange)
+        dev->no_zrange = true;
+      else
+        dev->no_punch = true;
+      if (!dev->no_punch || !dev->no_zrange)
+        return false;		/* again, the other way */
       r->res = zero_by_writing (dev, r->len, r->off);
       return true;
     }
@@ -650,7 +655,7 @@ device_submit (struct dev_req *reqs, size_t n)
       pending--;
       continue;
     }
-    if (r->op == DEV_ZERO && r->dev->no_zero_range) {
+    if (r->op == DEV_ZERO && r->dev->no_punch && r->dev->no_zrange) {
       r->res = zero_by_writing (r->dev, r->len, r->off);
       finished (r);
       pending--;

@@ -35,6 +35,9 @@ struct dev_req {
   bool fua;			/* DEV_WRITE: durable before completion */
   bool media;			/* DEV_READ: from the storage, never from
 				 * the page cache (needs an aligned buffer) */
+  bool keep;			/* DEV_ZERO: a file keeps the range's blocks,
+				 * so that a write there later needs no new
+				 * space (a remote member is asked to) */
   uint32_t len;
   uint64_t off;
   void *buf;
@@ -47,6 +50,7 @@ struct dev_req {
   struct dev_waiter *w;		/* remote: who waits for it */
   struct dev_req *prev, *next;	/* remote: the connection's in-flight list */
   bool timed_out;		/* remote: failed by the request timeout */
+  bool zrange;			/* DEV_ZERO: went out as a zero range */
   uint64_t covers;		/* flush: the writes it covers */
 };
 

@@ -1373,6 +1373,9 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
       if (w == 0)
         continue;
       sc->rq[nr] = piece_req (v, p, rep, DEV_ZERO, NULL, a0, a1, false);
+      /* The chunk keeps its blocks: writing there again must not need
+       * space the filesystem may no longer have. */
+      sc->rq[nr].keep = true;
       sc->rq[nr++].tag = i * R + rep;
     }
   }

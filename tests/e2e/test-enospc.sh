@@ -69,3 +69,48 @@ compare_replicas || fail "replicas differ"
 out=$("$STRATA" scrub "$CONFIG" 2>&1) || fail "scrub: $out"
 echo "$out" | grep -q "errors: 0; repaired: 0; no good copy: 0" || fail "scrub: $out"
 ok "with room again, writes go on; 160 MiB read back, replicas equal, scrub clean"
+
+# Trims inside allocated chunks keep the chunks' blocks: on ext4 (which
+# has zero ranges) a filesystem that fills up after them cannot make a
+# write into a trimmed range fail.  (A hole would need new blocks, and a
+# write there would fail its device.)
+requires mkfs.ext4
+rm -f "$T/d0.img" "$T/d1.img" "$T/d2.img"
+truncate -s 400M "$T/ext4.img"
+mkfs.ext4 -q -F "$T/ext4.img" || fail "mkfs.ext4"
+mkdir "$T/e4"
+mount -o loop "$T/ext4.img" "$T/e4" 2>/dev/null \
+  || { echo "SKIP: cannot mount an ext4 image (loop)"; exit 77; }
+on_exit "umount -l '$T/e4'"
+make_config 3 1GiB "{ name: t, size: 64MiB }"
+sed -i "s#$T/d\([0-9]\).img#$T/e4/d\1.img#" "$CONFIG"
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+for i in 0 1 2; do ln -s "$T/e4/d$i.img" "$T/d$i.img"; done
+start_server
+nbdsh -u "$(uri t)" -c '
+for i in range(64):
+    h.pwrite(bytes([i + 1]) * (1 << 20), i << 20)
+h.flush()
+for c in range(16):    # MiB 1 and 2 of every 4 MiB chunk
+    h.trim(2 << 20, (4 * c + 1) << 20)
+h.flush()
+' || fail "writing and trimming t"
+# Fill what the filesystem has left.
+dd if=/dev/zero of="$T/e4/filler" bs=1M status=none 2>/dev/null || true
+[ "$(df --output=avail -B1M "$T/e4" | tail -1)" -le 1 ] || fail "the filesystem did not fill: $(df -h "$T/e4")"
+nbdsh -u "$(uri t)" -c '
+for c in range(16):
+    h.pwrite(bytes([200 + c % 50]) * (2 << 20), (4 * c + 1) << 20)
+h.flush()
+for i in range(64):
+    want = bytes([200 + i // 4 % 50]) if i % 4 in (1, 2) else bytes([i + 1])
+    assert h.pread(1 << 20, i << 20) == want * (1 << 20), "MiB %d" % i
+' || fail "writing into trimmed ranges of a full filesystem: $(tail -3 "$T/nbdkit.log")"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)
+assert all(d["state"] == "up" and d["errors"] == 0 for d in s["devices"]), s["devices"]
+' || fail "writes into trimmed ranges of a full filesystem hurt a device: $("$STRATA" status "$CONFIG")"
+stop_server
+ok "trimmed ranges keep their blocks: written again on a full ext4, devices up, every MiB reads back"
