@@ -655,6 +655,16 @@ worker (void *opaque)
   return NULL;
 }
 
+/* Device I is a member only away (missing, not failed): rebuild leaves
+ * its copies for it to come back. */
+static bool
+away (struct pool *p, uint32_t i)
+{
+  uint8_t st = pool_meta (p)->devices[i].state;
+
+  return (st == META_DEV_UP || st == META_DEV_DEGRADED) && !pool_device (p, i);
+}
+
 static void
 report (struct rebuild *b, FILE *out, bool finished, bool resumed)
 {
@@ -690,7 +700,12 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
       fprintf (out, "%s{\"from\":\"%s\",\"to\":\"%s\"}", i ? "," : "",
                m->devices[b->meta_from[i]].name,
                m->devices[b->meta_to[i]].name);
-    fprintf (out, "],\"metadata_stuck\":%" PRIu32 "}\n", b->meta_stuck);
+    fprintf (out, "],\"metadata_stuck\":%" PRIu32 ",\"missing_devices\":[",
+             b->meta_stuck);
+    for (uint32_t i = 0, k = 0; i < m->ndevices; i++)
+      if (away (b->p, i))
+        fprintf (out, "%s\"%s\"", k++ ? "," : "", m->devices[i].name);
+    fprintf (out, "]}\n");
     return;
   }
   fprintf (out, "rebuild %s: %" PRIu64 " of %" PRIu64 " columns done, %s "
@@ -736,9 +751,7 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
   /* Copies on a member that is only away are not replaced (it may come
    * back, with them): say so, since status calls its columns degraded. */
   for (uint32_t i = 0; i < m->ndevices; i++)
-    if ((m->devices[i].state == META_DEV_UP
-         || m->devices[i].state == META_DEV_DEGRADED)
-        && !pool_device (b->p, i))
+    if (away (b->p, i))
       fprintf (out, "device %s is missing (not failed): its copies are "
                "left for it to come back; 'strata device fail %s' lets "
                "rebuild replace them\n", m->devices[i].name,

@@ -130,6 +130,9 @@ out=$("$STRATA" status "$CONFIG" --json | $PY -c "import json,sys; print([d['sta
 out=$("$STRATA" rebuild "$CONFIG" 2>&1) || fail "rebuild: $out"
 echo "$out" | grep "device $dev is missing (not failed): its copies are left for it to come back; 'strata device fail $dev' lets rebuild replace them" \
   || fail "rebuild does not say why it left $dev's copies: $out"
+out=$("$STRATA" rebuild "$CONFIG" --json 2>/dev/null) || fail "rebuild --json: $out"
+[ "$(echo "$out" | $PY -c "import json,sys; print(json.load(sys.stdin)['missing_devices'])")" = "['$dev']" ] \
+  || fail "rebuild --json does not list $dev as missing: $out"
 start_server
 check_r2
 [ "$(device_field "$dev" csum_errors)" = 0 ] || fail "a member cut short was read"
