@@ -1383,8 +1383,8 @@ metadata_stuck (struct pool *p, uint32_t dev, int32_t prefer,
     return false;
   fprintf (err, "strata device %s: device %s holds a metadata replica and "
            "no other usable device can take it (every other one holds one "
-           "already); add a device to the pool first\n", verb,
-           m->devices[dev].name);
+           "already, or has a metadata area too small for the pool's); add "
+           "a device to the pool first\n", verb, m->devices[dev].name);
   return true;
 }
 

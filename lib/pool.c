@@ -2134,13 +2134,27 @@ pool_meta_pick (struct pool *p, int64_t leaving, int64_t prefer)
   struct membership ms;
   int64_t best = -1;
   bool best_free = false;
+  uint64_t room, ext = 0, need;
 
+  /* The new home's checkpoint slot must hold the pool's checkpoint full
+   * (or, in a pool made with less, be no smaller than the least now). */
+  journal_meta_room (p->journal, &room, NULL);
+  pthread_mutex_lock (&m->lock);
+  for (uint32_t k = 0; k < m->ndevices; k++)
+    if (m->devices[k].state != META_DEV_REMOVED)
+      ext += m->devices[k].extent_count;
+  pthread_mutex_unlock (&m->lock);
+  need = MIN (room, meta_ckpt_bound (ext));
   pthread_mutex_lock (&p->members_lock);
   ms = p->mem;
   pthread_mutex_unlock (&p->members_lock);
   for (uint32_t d = 0; d < p->ndevs; d++) {
     bool member = false, domain_free = true;
+    struct format_meta_layout l;
     if ((int64_t) d == leaving || !pool_device_usable (p, d))
+      continue;
+    format_meta_layout (m->devices[d].csum_offset - FORMAT_META_OFFSET, &l);
+    if (l.ckpt_size < need)
       continue;
     for (uint32_t k = 0; k < ms.n; k++) {
       uint32_t o = ms.dev[k];

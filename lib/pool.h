@@ -133,9 +133,9 @@ bool pool_meta_tight (struct pool *p, uint64_t *extents,
                       uint64_t *room_extents);
 
 /* A usable device that holds no metadata replica and could take the one
- * of device LEAVING (or -1): PREFER if it qualifies, else one whose
- * failure domain no other metadata replica uses, else any.  Returns its
- * index, or -1 if there is none. */
+ * of device LEAVING (or -1), its metadata area large enough: PREFER if
+ * it qualifies, else one whose failure domain no other metadata replica
+ * uses, else any.  Returns its index, or -1 if there is none. */
 int pool_meta_pick (struct pool *p, int64_t leaving, int64_t prefer);
 
 /* Move the metadata replica of device FROM to device TO: TO joins the

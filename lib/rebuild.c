@@ -776,7 +776,8 @@ restore_metadata (struct rebuild *b, FILE *err)
     if ((to = pool_meta_pick (p, d, -1)) < 0) {
       b->meta_stuck++;
       fprintf (err, "strata: rebuild: the metadata replica on device %s (%s) "
-               "has nowhere to go: every usable device holds one already\n",
+               "has nowhere to go: every usable device holds one already, or has a "
+               "metadata area too small for the pool's\n",
                m->devices[d].name, meta_dev_state_name (st));
       continue;
     }
