@@ -58,6 +58,7 @@ void device_nbd_wait (struct dev_waiter *w);
 bool device_nbd_needs_flush_for_fua (struct device *dev);
 
 void device_nbd_close (struct device *dev);
+bool device_nbd_can_fast_zero (const struct device *dev);
 
 /* Count one finished request in DEV's statistics. */
 void device_account (struct device *dev, int res, uint64_t t0_ns);

@@ -82,7 +82,7 @@ struct nbd_remote {
   char *uri;
   unsigned nconns;
   struct conn conns[NBD_MAX_CONNS];
-  bool can_fua, can_zero, multi_conn;
+  bool can_fua, can_zero, can_fast_zero, multi_conn;
   uint64_t timeout_ns;
   /* Unflushed writes: dev->wdone and dev->wflushed (see design notes). */
   _Atomic bool lossy;		/* lost a connection with some uncovered */
@@ -127,7 +127,10 @@ finish (struct dev_req *r, int res)
   struct dev_waiter *w = r->w;
 
   r->res = res;
-  device_account (r->dev, res, r->t0);
+  /* A fast zero (a reservation: pool.c) that the server cannot do fast,
+   * or has no room for, is no fault of the member. */
+  device_account (r->dev, r->fast && (res == -ENOTSUP || res == -ENOSPC
+                                      || res == -EDQUOT) ? 0 : res, r->t0);
   pthread_mutex_lock (&w->m);
   if (--w->pending == 0)
     pthread_cond_signal (&w->c);
@@ -471,7 +474,8 @@ issue (struct nbd_handle *h, struct dev_req *r, bool fua_ok)
       return nbd_aio_flush (h, cb, 0) == -1 ? -1 : 0;
     case DEV_ZERO:
       return nbd_aio_zero (h, r->len, r->off, cb,
-                           r->keep ? LIBNBD_CMD_FLAG_NO_HOLE : 0)
+                           (r->keep ? LIBNBD_CMD_FLAG_NO_HOLE : 0)
+                           | (r->fast ? LIBNBD_CMD_FLAG_FAST_ZERO : 0))
         == -1 ? -1 : 0;
   }
   errno = EINVAL;
@@ -627,6 +631,7 @@ device_open_nbd (const char *uri, unsigned flags)
   }
   rm->can_fua = nbd_can_fua (h) == 1;
   rm->can_zero = true;
+  rm->can_fast_zero = nbd_can_fast_zero (h) == 1;
   rm->multi_conn = nbd_can_multi_conn (h) == 1;
   rm->nconns = rm->multi_conn ? NBD_MAX_CONNS : 1;
   for (unsigned i = 1; i < rm->nconns; i++) {
@@ -652,6 +657,12 @@ device_open_nbd (const char *uri, unsigned flags)
   free (dev->path);
   free (dev);
   return NULL;
+}
+
+bool
+device_nbd_can_fast_zero (const struct device *dev)
+{
+  return dev->nbd->can_fast_zero;
 }
 
 void

@@ -132,6 +132,12 @@ device_is_remote (const struct device *dev)
   return dev->remote;
 }
 
+bool
+device_fast_zero (const struct device *dev)
+{
+  return dev->remote && device_nbd_can_fast_zero (dev);
+}
+
 
 static pthread_key_t ring_key;
 static pthread_once_t ring_once = PTHREAD_ONCE_INIT;

@@ -38,6 +38,9 @@ struct dev_req {
   bool keep;			/* DEV_ZERO: a file keeps the range's blocks,
 				 * so that a write there later needs no new
 				 * space (a remote member is asked to) */
+  bool fast;			/* DEV_ZERO, remote: fail with ENOTSUP
+				 * rather than write zeros slowly (only
+				 * where device_fast_zero()) */
   uint32_t len;
   uint64_t off;
   void *buf;
@@ -94,6 +97,9 @@ const char *device_path (const struct device *dev);
 size_t device_mem_align (const struct device *dev, enum dev_op op);
 
 bool device_is_remote (const struct device *dev);
+
+/* A remote member that offers fast zeroing (NBD FAST_ZERO). */
+bool device_fast_zero (const struct device *dev);
 
 /* Take an exclusive lock on DEV for this process, waiting up to WAIT_MS
  * milliseconds for a holder to let go.  Returns 0, or -1 with errno

@@ -349,12 +349,50 @@ discard_devices (struct device *const *devs, const struct config_device *cds,
   return r;
 }
 
+/* A remote member has no fallocate: it is asked to allocate the N
+ * ranges OFF[k], LEN[k] with writes of zeros that must leave no hole
+ * (NO_HOLE) and be fast (FAST_ZERO) where it offers fast zeroing.
+ * Where it does not, only if SLOW_OK (a server may write the zeros out,
+ * which a metadata area at format time can afford and every new extent
+ * cannot).  The ranges must hold nothing (a free extent, a device being
+ * formatted).  Only ENOSPC (or EDQUOT) is an error, naming device NAME
+ * and WHAT: other failures are for the writes to meet, as without
+ * this. */
+static int
+reserve_remote (struct device *d, const char *name, const char *what,
+                const uint64_t *off, const uint64_t *len, int n,
+                bool slow_ok)
+{
+  struct dev_req rq[2];
+  bool fast = device_fast_zero (d);
+
+  if (!fast && !slow_ok)
+    return 0;
+  for (int k = 0; k < n; k++)
+    rq[k] = (struct dev_req) { .dev = d, .op = DEV_ZERO, .keep = true,
+                               .fast = fast, .off = off[k], .len = len[k] };
+  device_submit (rq, n);
+  for (int k = 0; k < n; k++)
+    if (rq[k].res == -ENOSPC || rq[k].res == -EDQUOT)
+      return strata_error (ENOSPC, "no space on remote member %s (%s) for "
+                           "%s", name, device_path (d), what);
+  return 0;
+}
+
 /* Give device D (named NAME) the blocks of its superblock and metadata
  * area, everything before CSUM_OFFSET, so that a sparse file on a full
- * filesystem cannot make the journal fail (device_reserve). */
+ * filesystem cannot make the journal fail (device_reserve).  A remote
+ * member is asked to, where it can, only when it is being formatted
+ * (FRESH): that zeroes the area. */
 static int
-reserve_meta (struct device *d, const char *name, uint64_t csum_offset)
+reserve_meta (struct device *d, const char *name, uint64_t csum_offset,
+              bool fresh)
 {
+  uint64_t off = FORMAT_META_OFFSET, len = csum_offset - FORMAT_META_OFFSET;
+
+  if (device_is_remote (d))
+    return fresh ? reserve_remote (d, name, "its metadata area", &off,
+                                   &len, 1, true) : 0;
   if (device_reserve (d, 0, csum_offset) == -1) {
     char sz[32];
     return strata_error_prefix ("device %s: the %s of its superblock and "
@@ -602,7 +640,8 @@ init_members (struct config *cfg, bool force, FILE *log,
   if (discard_devices (devs, cfg->devices, created, n, log) == -1)
     goto out;
   for (size_t i = 0; i < n; i++)
-    if (reserve_meta (devs[i], cfg->devices[i].name, sbs[i].csum_offset) == -1)
+    if (reserve_meta (devs[i], cfg->devices[i].name, sbs[i].csum_offset,
+                      true) == -1)
       goto out;
   if (journal_format (members, nmeta, uuid, ck.p, ck.len) == -1)
     goto out;
@@ -1318,7 +1357,7 @@ pool_open (const struct config *cfg, unsigned flags)
   for (size_t i = 0; i < n && p->writable; i++)
     if (have_sb[i]
         && reserve_meta (dev_of[i], cfg->devices[i].name,
-                         sbs[i].csum_offset) == -1)
+                         sbs[i].csum_offset, false) == -1)
       fprintf (stderr, "strata: pool %s: warning: %s\n", cfg->name,
                strata_last_error ());
   nmembers = find_members (cfg, sbs, have_sb, dev_of, &p->mem, members);
@@ -2041,7 +2080,7 @@ pool_device_add (struct pool *p, const char *name, bool force, FILE *log)
     if (discard_devices (&d, cd, NULL, 1, log) == -1)
       goto out;
   }
-  if (reserve_meta (d, name, sb.csum_offset) == -1)
+  if (reserve_meta (d, name, sb.csum_offset, true) == -1)
     goto out;
   /* The superblock first: a crash before the commit leaves a device
    * formatted for the pool that the metadata does not know, which
@@ -2461,9 +2500,18 @@ pool_reserve_extent (struct pool *p, struct meta_extent e)
   uint64_t g = e.ext / reserve_group (p), first, n;
   bool done;
 
-  if (!d || device_is_remote (d))
+  if (!d)
     return 0;
   md = &p->meta->devices[e.dev];
+  if (device_is_remote (d)) {
+    /* E alone, and its checksum slot: a free extent holds nothing. */
+    uint64_t slot = format_csum_slot (p->extent_size);
+    uint64_t off[2] = { pool_extent_offset (p, e, 0),
+                        md->csum_offset + e.ext * slot };
+    uint64_t len[2] = { p->extent_size, slot };
+    return reserve_remote (d, md->name, "the blocks of a new extent", off,
+                           len, 2, false);
+  }
   pthread_mutex_lock (&p->reserve_lock);
   done = p->reserved[e.dev] && (p->reserved[e.dev][g / 64] >> (g % 64)) & 1;
   pthread_mutex_unlock (&p->reserve_lock);

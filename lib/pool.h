@@ -51,9 +51,11 @@ struct device *pool_device (struct pool *p, uint32_t i);
  * where that is a local file, with those of the extents around it (64
  * MiB at a time, once while the pool is open), so that a full
  * filesystem under a sparse file refuses new extents rather than writes
- * into them (device_reserve).  Returns 0, or -1 with errno (ENOSPC when
- * the filesystem has no room even for E alone) and a message naming
- * the device. */
+ * into them (device_reserve).  E must be free (being allocated): on a
+ * remote member that offers fast zeroing, E alone is zeroed to the same
+ * end (NO_HOLE).  Returns 0, or -1 with errno (ENOSPC when the
+ * filesystem has no room even for E alone) and a message naming the
+ * device. */
 int pool_reserve_extent (struct pool *p, struct meta_extent e);
 
 /* Extent E was punched (freed): the next pool_reserve_extent() in its

@@ -114,3 +114,46 @@ assert all(d["state"] == "up" and d["errors"] == 0 for d in s["devices"]), s["de
 ' || fail "writes into trimmed ranges of a full filesystem hurt a device: $("$STRATA" status "$CONFIG")"
 stop_server
 ok "trimmed ranges keep their blocks: written again on a full ext4, devices up, every MiB reads back"
+
+# Remote members on the same full filesystem, which offer fast zeroing
+# (nbdkit file does not advertise it: the nozero filter does, and hands
+# the zeros to the file plugin, which makes them a zero range): each new
+# extent's blocks are asked of the member (a fast write of zeros that
+# leaves no hole), so a write that needs a new chunk fails with ENOSPC,
+# no member is failed, and the journal keeps working (the metadata areas
+# got their blocks at init the same way).
+rm -f "$T/e4/"*.img "$T/e4/filler" "$T"/d[0-9].img
+for i in 0 1 2; do
+  truncate -s 1G "$T/e4/r$i.img"
+  ln -s "$T/e4/r$i.img" "$T/d$i.img"
+  start_member $i 1G --filter=nozero zeromode=plugin fastzeromode=ignore
+done
+STRATA_REMOTE=1 make_config 3 1GiB "{ name: r, size: 1GiB, replicas: 2 }"
+"$STRATA" init "$CONFIG" >/dev/null
+"$STRATA" apply "$CONFIG" >/dev/null
+start_server
+nbdsh -u "$(uri r)" -c '
+done = 0
+for i in range(1024):
+    try:
+        h.pwrite(bytes([i % 251 + 1]) * (1 << 20), i << 20)
+    except nbd.Error as e:
+        assert e.errno == "ENOSPC", "write %d failed with %s, not ENOSPC: %s" % (i, e.errno, e.string)
+        done = i
+        break
+assert 8 <= done < 1000, "%d MiB written before the filesystem was full" % done
+h.flush()
+for i in range(done):
+    assert h.pread(1 << 20, i << 20) == bytes([i % 251 + 1]) * (1 << 20), "MiB %d" % i
+open("'"$T/done"'", "w").write(str(done))
+' || fail "writing to remote members until their filesystem is full: $(tail -3 "$T/nbdkit.log")"
+grep "no space on remote member d[0-2] (nbd+unix:.*) for the blocks of a new extent" "$T/nbdkit.log" >/dev/null \
+  || fail "the server does not say why: $(tail -3 "$T/nbdkit.log")"
+"$STRATA" status "$CONFIG" --json | $PY -c '
+import json, sys
+s = json.load(sys.stdin)
+assert all(d["state"] == "up" and d["errors"] == 0 for d in s["devices"]), s["devices"]
+assert all(r["state"] == "in sync" for r in s["metadata_replicas"]), s["metadata_replicas"]
+' || fail "a full filesystem under the members changed the pool's state: $("$STRATA" status "$CONFIG")"
+stop_server
+ok "remote members on a full filesystem: ENOSPC after $(cat "$T/done") MiB, members up, journal in sync"
