@@ -388,11 +388,18 @@ static int
 reserve_meta (struct device *d, const char *name, uint64_t csum_offset,
               bool fresh)
 {
-  uint64_t off = FORMAT_META_OFFSET, len = csum_offset - FORMAT_META_OFFSET;
-
-  if (device_is_remote (d))
-    return fresh ? reserve_remote (d, name, "its metadata area", &off,
-                                   &len, 1, true) : 0;
+  if (device_is_remote (d)) {
+    /* In steps that finish within io_timeout if written out (as
+     * discard_devices does). */
+    for (uint64_t off = FORMAT_META_OFFSET; fresh && off < csum_offset;
+         off += 256ull << 20) {
+      uint64_t len = MIN (256ull << 20, csum_offset - off);
+      if (reserve_remote (d, name, "its metadata area", &off, &len, 1,
+                          true) == -1)
+        return -1;
+    }
+    return 0;
+  }
   if (device_reserve (d, 0, csum_offset) == -1) {
     char sz[32];
     return strata_error_prefix ("device %s: the %s of its superblock and "
