@@ -445,6 +445,26 @@ START_TEST (test_reserve)
   ck_assert_int_eq (device_pread (dev, buf, 2 * STRATA_BLOCK, SZ / 4), 0);
   for (size_t i = 0; i < 2 * STRATA_BLOCK; i++)
     ck_assert_int_eq ((unsigned char) buf[i], i < STRATA_BLOCK ? 0x6b : 0);
+  /* A zero that keeps the blocks (part of a chunk) reads as zeros and
+   * leaves them allocated; one that does not (a freed extent) gives
+   * them back. */
+  {
+    struct dev_req z = { .dev = dev, .op = DEV_ZERO, .keep = true,
+                         .off = SZ / 4, .len = 1 << 20 };
+    blkcnt_t before;
+    ck_assert_int_eq (stat (path, &st), 0);
+    before = st.st_blocks;
+    ck_assert_int_eq (device_submit (&z, 1), 0);
+    ck_assert_int_eq (stat (path, &st), 0);
+    ck_assert_int_eq (st.st_blocks, before);
+    ck_assert_int_eq (device_pread (dev, buf, STRATA_BLOCK, SZ / 4), 0);
+    for (size_t i = 0; i < STRATA_BLOCK; i++)
+      ck_assert_int_eq (buf[i], 0);
+    z.keep = false;
+    ck_assert_int_eq (device_submit (&z, 1), 0);
+    ck_assert_int_eq (stat (path, &st), 0);
+    ck_assert_int_eq (st.st_blocks, before - (1 << 20) / 512);
+  }
   /* Past the end of the file: refused, the file keeps its size. */
   ck_assert_int_eq (device_reserve (dev, SZ - STRATA_BLOCK, 2 * STRATA_BLOCK),
                     -1);
