@@ -47,6 +47,13 @@ ref[:] = bytes(size)
 check(0, size // 2)
 h.trim(4 << 20, 0)
 h.flush()
+# Zeroes where no hole may be made leave none, in a chunk just freed (mi)
+# as in one still allocated (st).
+h.zero((1 << 20) + 4095, (1 << 20) + 1, nbd.CMD_FLAG_NO_HOLE)
+ents = []
+h.block_status(2 << 20, 1 << 20, lambda ctx, off, e, err: ents.extend(e))
+assert ents[1] & 1 == 0, ents
+check(0, 4 << 20)
 
 # Out-of-range requests fail cleanly; the connection stays usable.
 for bad in (lambda: h.pread(4096, size), lambda: h.pwrite(b"x" * 10, size - 5)):
