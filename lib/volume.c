@@ -1478,26 +1478,18 @@ write_zeros (struct volume *v, uint32_t count, uint64_t off, bool fua)
   return 0;
 }
 
-/* Zeros where no hole may be made (NBD_CMD_FLAG_NO_HOLE): the whole
- * blocks of allocated chunks are discarded as in a partial trim, which
- * keeps the chunks and their blocks on the devices (device.h: keep);
- * unallocated chunks get zeros written, which allocates them; unaligned
- * edges are written too. */
+/* Zero the whole blocks of [OFF, OFF+COUNT) where no hole may be made
+ * (NBD_CMD_FLAG_NO_HOLE): allocated chunks are discarded as in a partial
+ * trim, which keeps the chunks and their blocks on the devices
+ * (device.h: keep); unallocated chunks get zeros written, which
+ * allocates them. */
 static int
-zero_keeping (struct volume *v, uint32_t count, uint64_t off, bool fua)
+zero_in_place (struct volume *v, uint32_t count, uint64_t off)
 {
   uint64_t cs = v->mv->chunk_size, end = off + count;
-  uint64_t a0 = round_up (off, STRATA_BLOCK);
-  uint64_t a1 = round_down (end, STRATA_BLOCK);
 
-  if (a0 >= a1)
-    return write_zeros (v, count, off, fua);
-  if (a0 > off && write_zeros (v, a0 - off, off, false) == -1)
-    return -1;
-  if (end > a1 && write_zeros (v, end - a1, a1, false) == -1)
-    return -1;
-  for (uint64_t o = a0; o < a1;) {
-    uint64_t e = MIN (a1, (o / cs + 1) * cs);
+  for (uint64_t o = off; o < end;) {
+    uint64_t e = MIN (end, (o / cs + 1) * cs);
     /* A chunk trimmed meanwhile is skipped by discard_blocks(): it reads
      * as zeros, as asked. */
     if ((meta_chunk_get (v->mv, o / cs)
@@ -1506,7 +1498,7 @@ zero_keeping (struct volume *v, uint32_t count, uint64_t off, bool fua)
       return -1;
     o = e;
   }
-  return fua ? pool_flush (v->p) : 0;
+  return 0;
 }
 
 int
@@ -1526,11 +1518,10 @@ volume_zero (struct volume *v, uint32_t count, uint64_t off, bool may_trim,
   if (lost_any (v, count, off))	/* zeros written are no longer lost */
     return write_zeros (v, count, off, fua) == -1 ? -1
            : lost_written (v, count, off);
-  if (!may_trim)
-    return zero_keeping (v, count, off, fua);
 
   /* Unaligned edges are written; the aligned middle is discarded (which
-   * reads back as zeros: device.h). */
+   * reads back as zeros: device.h), whole chunks freed where holes may
+   * be made. */
   a0 = round_up (off, STRATA_BLOCK);
   a1 = round_down (end, STRATA_BLOCK);
   if (a0 >= a1)
@@ -1539,7 +1530,8 @@ volume_zero (struct volume *v, uint32_t count, uint64_t off, bool may_trim,
     return -1;
   if (end > a1 && write_zeros (v, end - a1, a1, false) == -1)
     return -1;
-  if (discard_range (v, a1 - a0, a0) == -1)
+  if ((may_trim ? discard_range (v, a1 - a0, a0)
+                : zero_in_place (v, a1 - a0, a0)) == -1)
     return -1;
   return fua ? pool_flush (v->p) : 0;
 }
