@@ -26,23 +26,30 @@ for i in 0 1 2; do
 done
 ok "init allocates the metadata areas of sparse files"
 
-start_server
-nbdsh -u "$(uri v)" -c '
-import errno
+# fill_until_full VOLUME MIB MOST: write its first MIB MiB, one at a time,
+# until a write fails, which must be with ENOSPC after at least 8 and
+# fewer than MOST; then read back what was written.  The count of MiB
+# written goes to $T/done.
+fill_until_full () {
+  nbdsh -u "$(uri "$1")" -c '
 done = 0
-for i in range(512):
+for i in range('"$2"'):
     try:
         h.pwrite(bytes([i % 251 + 1]) * (1 << 20), i << 20)
     except nbd.Error as e:
         assert e.errno == "ENOSPC", "write %d failed with %s, not ENOSPC: %s" % (i, e.errno, e.string)
         done = i
         break
-assert 8 <= done < 100, "%d MiB written before the filesystem was full" % done
+assert 8 <= done < '"$3"', "%d MiB written before the filesystem was full" % done
 h.flush()
 for i in range(done):
     assert h.pread(1 << 20, i << 20) == bytes([i % 251 + 1]) * (1 << 20), "MiB %d" % i
 open("'"$T/done"'", "w").write(str(done))
-' || fail "writing until the filesystem is full"
+'
+}
+
+start_server
+fill_until_full v 512 100 || fail "writing until the filesystem is full"
 done_mib=$(cat "$T/done")
 grep -q "error: write: volume v: chunk [0-9]*: no space on the filesystem that holds device d[0-2] " "$T/nbdkit.log" \
   || fail "the server does not say why: $(tail -3 "$T/nbdkit.log")"
@@ -132,21 +139,7 @@ STRATA_REMOTE=1 make_config 3 1GiB "{ name: r, size: 1GiB, replicas: 2 }"
 "$STRATA" init "$CONFIG" >/dev/null
 "$STRATA" apply "$CONFIG" >/dev/null
 start_server
-nbdsh -u "$(uri r)" -c '
-done = 0
-for i in range(1024):
-    try:
-        h.pwrite(bytes([i % 251 + 1]) * (1 << 20), i << 20)
-    except nbd.Error as e:
-        assert e.errno == "ENOSPC", "write %d failed with %s, not ENOSPC: %s" % (i, e.errno, e.string)
-        done = i
-        break
-assert 8 <= done < 1000, "%d MiB written before the filesystem was full" % done
-h.flush()
-for i in range(done):
-    assert h.pread(1 << 20, i << 20) == bytes([i % 251 + 1]) * (1 << 20), "MiB %d" % i
-open("'"$T/done"'", "w").write(str(done))
-' || fail "writing to remote members until their filesystem is full: $(tail -3 "$T/nbdkit.log")"
+fill_until_full r 1024 1000 || fail "writing to remote members until their filesystem is full: $(tail -3 "$T/nbdkit.log")"
 grep "no space on remote member d[0-2] (nbd+unix:.*) for the blocks of a new extent" "$T/nbdkit.log" >/dev/null \
   || fail "the server does not say why: $(tail -3 "$T/nbdkit.log")"
 "$STRATA" status "$CONFIG" --json | $PY -c '
