@@ -124,9 +124,9 @@ vol_of (struct destager *d, uint32_t id, struct volume **v)
   if ((mv = meta_find_volume_id (m, id)))
     snprintf (name, sizeof name, "%s", mv->name);
   pthread_mutex_unlock (&m->lock);
-  d->vols[d->nvols] = (struct vol_handle) { id, name[0] ? volume_open_job (d->p, name,
-                                                                VOLUME_JOB_DESTAGE)
-                                                        : NULL };
+  d->vols[d->nvols] = (struct vol_handle) {
+    id, name[0] ? volume_open_job (d->p, name, VOLUME_JOB_DESTAGE) : NULL
+  };
   *v = d->vols[d->nvols++].v;
   return 0;
 }

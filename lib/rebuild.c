@@ -364,7 +364,8 @@ handle (struct rebuild *b, uint32_t vi)
 
   pthread_mutex_lock (&b->lock);
   if (!b->handles[vi])
-    b->handles[vi] = volume_open_job (b->p, b->vols[vi].name, VOLUME_JOB_REBUILD);
+    b->handles[vi] = volume_open_job (b->p, b->vols[vi].name,
+                                      VOLUME_JOB_REBUILD);
   v = b->handles[vi];
   pthread_mutex_unlock (&b->lock);
   return v;
@@ -776,8 +777,8 @@ restore_metadata (struct rebuild *b, FILE *err)
     if ((to = pool_meta_pick (p, d, -1)) < 0) {
       b->meta_stuck++;
       fprintf (err, "strata: rebuild: the metadata replica on device %s (%s) "
-               "has nowhere to go: every usable device holds one already, or has a "
-               "metadata area too small for the pool's\n",
+               "has nowhere to go: every usable device holds one already, "
+               "or has a metadata area too small for the pool's\n",
                m->devices[d].name, meta_dev_state_name (st));
       continue;
     }
