@@ -20,13 +20,14 @@ ES=$((4 << 20))
 start_server
 nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/ref2','rb').read(), 0); h.flush()"
 stop_server
-# Then one block of r2's first column (block 8) is rewritten, which
-# makes the column dirty, and r3 is written whole (dirty, never clean,
-# unless the cleaner got to it first); the server is killed.
+# Then r3 is written whole (dirty, never clean) and one block of r2's
+# first column (block 8) is rewritten, which makes that column dirty;
+# the server is killed at once.  (The cleaner leaves a column dirty for
+# at least RESYNC_INTERVAL, 5 s, after its last write.)
 head -c 4096 /dev/urandom > "$T/blk"
 start_server
-nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/blk','rb').read(), 8 * 4096); h.flush()"
 nbdsh -u "$(uri r3)" -c "h.pwrite(open('$T/ref3','rb').read(), 0); h.flush()"
+nbdsh -u "$(uri r2)" -c "h.pwrite(open('$T/blk','rb').read(), 8 * 4096); h.flush()"
 stop_server KILL
 dd if="$T/blk" of="$T/ref2" bs=4096 seek=8 conv=notrunc status=none
 
