@@ -97,7 +97,7 @@ struct pool {
   void *destager;
   /* [META_MAX_DEVICES] bitmaps, made on first use: which groups of
    * reserve_group() extents of a local file have their blocks
-   * (pool_reserve_extent), since the pool opened.  A leaf lock. */
+   * (pool_reserve_extents), since the pool opened.  A leaf lock. */
   pthread_mutex_t reserve_lock;
   uint64_t **reserved;
   pthread_mutex_t lost_lock;	/* serialises pool_cache_lost() */
@@ -349,34 +349,46 @@ discard_devices (struct device *const *devs, const struct config_device *cds,
   return r;
 }
 
-/* A remote member has no fallocate: it is asked to allocate the N
- * ranges OFF[k], LEN[k] with writes of zeros that must leave no hole
- * (NO_HOLE) and be fast (FAST_ZERO) where it offers fast zeroing.
- * Where it does not, only if SLOW_OK (a server may write the zeros out,
- * which a metadata area at format time can afford and every new extent
- * cannot).  The ranges must hold nothing (a free extent, a device being
- * formatted).  Only ENOSPC (or EDQUOT) is an error, naming device NAME
- * and WHAT: other failures are for the writes to meet, as without
+/* A remote member has no fallocate: it is asked to allocate a range
+ * with a write of zeros that must leave no hole (NO_HOLE) and be fast
+ * (FAST_ZERO) where it offers fast zeroing.  Where it does not, only if
+ * SLOW_OK (a server may write the zeros out, which a metadata area at
+ * format time can afford and every new extent cannot).  The ranges must
+ * hold nothing (a free extent, a device being formatted).  The N ranges
+ * of Z go out together.  Only ENOSPC (or EDQUOT) is an error, naming the
+ * device and WHAT: other failures are for the writes to meet, as without
  * this. */
+struct zrange {
+  struct device *d;
+  const char *name;
+  uint64_t off, len;
+};
+
 static int
-reserve_remote (struct device *d, const char *name, const char *what,
-                const uint64_t *off, const uint64_t *len, int n,
+reserve_remote (const struct zrange *z, size_t n, const char *what,
                 bool slow_ok)
 {
-  struct dev_req rq[2];
-  bool fast = device_fast_zero (d);
+  struct dev_req *rq = calloc (n ? n : 1, sizeof *rq);
+  size_t nr = 0;
+  int r = 0;
 
-  if (!fast && !slow_ok)
-    return 0;
-  for (int k = 0; k < n; k++)
-    rq[k] = (struct dev_req) { .dev = d, .op = DEV_ZERO, .keep = true,
-                               .fast = fast, .off = off[k], .len = len[k] };
-  device_submit (rq, n);
-  for (int k = 0; k < n; k++)
+  if (!rq)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t k = 0; k < n; k++) {
+    bool fast = device_fast_zero (z[k].d);
+    if (fast || slow_ok)
+      rq[nr++] = (struct dev_req) { .dev = z[k].d, .op = DEV_ZERO,
+                                    .keep = true, .fast = fast,
+                                    .off = z[k].off, .len = z[k].len,
+                                    .tag = k };
+  }
+  device_submit (rq, nr);
+  for (size_t k = 0; k < nr && r == 0; k++)
     if (rq[k].res == -ENOSPC || rq[k].res == -EDQUOT)
-      return strata_error (ENOSPC, "no space on remote member %s (%s) for "
-                           "%s", name, device_path (d), what);
-  return 0;
+      r = strata_error (ENOSPC, "no space on remote member %s (%s) for %s",
+                        z[rq[k].tag].name, device_path (rq[k].dev), what);
+  free (rq);
+  return r;
 }
 
 /* Give device D (named NAME) the blocks of its superblock and metadata
@@ -393,9 +405,9 @@ reserve_meta (struct device *d, const char *name, uint64_t csum_offset,
      * discard_devices does). */
     for (uint64_t off = FORMAT_META_OFFSET; fresh && off < csum_offset;
          off += 256ull << 20) {
-      uint64_t len = MIN (256ull << 20, csum_offset - off);
-      if (reserve_remote (d, name, "its metadata area", &off, &len, 1,
-                          true) == -1)
+      struct zrange z = { d, name, off,
+                          MIN (256ull << 20, csum_offset - off) };
+      if (reserve_remote (&z, 1, "its metadata area", true) == -1)
         return -1;
     }
     return 0;
@@ -2499,26 +2511,14 @@ reserve_extents (struct pool *p, struct device *d,
   return 0;
 }
 
-int
-pool_reserve_extent (struct pool *p, struct meta_extent e)
+/* A local file's extent E: its group (reserve_group), once. */
+static int
+reserve_local (struct pool *p, struct device *d, struct meta_extent e)
 {
-  struct device *d = e.dev < p->ndevs ? p->devs[e.dev] : NULL;
-  const struct meta_device *md;
+  const struct meta_device *md = &p->meta->devices[e.dev];
   uint64_t g = e.ext / reserve_group (p), first, n;
   bool done;
 
-  if (!d)
-    return 0;
-  md = &p->meta->devices[e.dev];
-  if (device_is_remote (d)) {
-    /* E alone, and its checksum slot: a free extent holds nothing. */
-    uint64_t slot = format_csum_slot (p->extent_size);
-    uint64_t off[2] = { pool_extent_offset (p, e, 0),
-                        md->csum_offset + e.ext * slot };
-    uint64_t len[2] = { p->extent_size, slot };
-    return reserve_remote (d, md->name, "the blocks of a new extent", off,
-                           len, 2, false);
-  }
   pthread_mutex_lock (&p->reserve_lock);
   done = p->reserved[e.dev] && (p->reserved[e.dev][g / 64] >> (g % 64)) & 1;
   pthread_mutex_unlock (&p->reserve_lock);
@@ -2545,6 +2545,38 @@ pool_reserve_extent (struct pool *p, struct meta_extent e)
                          "device %s (%s) for the blocks of a new extent",
                          md->name, device_path (d));
   return strata_error_prefix ("device %s", md->name);
+}
+
+int
+pool_reserve_extents (struct pool *p, const struct meta_extent *e, size_t n)
+{
+  uint64_t slot = format_csum_slot (p->extent_size);
+  struct zrange *z = calloc (2 * n + 1, sizeof *z);
+  size_t nz = 0;
+  int r = 0;
+
+  if (!z)
+    return strata_error (ENOMEM, "out of memory");
+  for (size_t k = 0; k < n && r == 0; k++) {
+    struct device *d = e[k].dev < p->ndevs ? p->devs[e[k].dev] : NULL;
+    const struct meta_device *md = &p->meta->devices[e[k].dev];
+    if (!d)
+      continue;
+    if (!device_is_remote (d)) {
+      r = reserve_local (p, d, e[k]);
+      continue;
+    }
+    /* E alone, and its checksum slot: a free extent holds nothing.  The
+     * requests of all remote extents go out together. */
+    z[nz++] = (struct zrange) { d, md->name, pool_extent_offset (p, e[k], 0),
+                                p->extent_size };
+    z[nz++] = (struct zrange) { d, md->name,
+                                md->csum_offset + e[k].ext * slot, slot };
+  }
+  if (r == 0 && nz > 0)
+    r = reserve_remote (z, nz, "the blocks of a new extent", false);
+  free (z);
+  return r;
 }
 
 void
@@ -2657,11 +2689,10 @@ pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx)
   /* Local files get the extents' blocks before the metadata says the
    * chunk exists: a full filesystem refuses the chunk (ENOSPC), not a
    * later write into it. */
-  for (uint32_t k = 0; k < n; k++)
-    if (pool_reserve_extent (p, ext[k]) == -1) {
-      alloc_release (p->alloc, ext, n);
-      return strata_error_prefix ("volume %s: chunk %" PRIu64, v->name, idx);
-    }
+  if (pool_reserve_extents (p, ext, n) == -1) {
+    alloc_release (p->alloc, ext, n);
+    return strata_error_prefix ("volume %s: chunk %" PRIu64, v->name, idx);
+  }
   fbuf_init_write (&e);
   meta_entry_chunk_alloc (&e, v->id, idx, n, ext);
   it = (struct journal_item) { META_E_CHUNK_ALLOC, e.len, e.p };

@@ -47,18 +47,19 @@ bool pool_writable (struct pool *p);
 /* Device I of the pool (NULL if it is missing). */
 struct device *pool_device (struct pool *p, uint32_t i);
 
-/* Give extent E's blocks (its data and checksum slot) on its device now,
- * where that is a local file, with those of the extents around it (64
+/* Give the blocks (data and checksum slot) of the N extents E on their
+ * devices now: on a local file with those of the extents around each (64
  * MiB at a time, once while the pool is open), so that a full
  * filesystem under a sparse file refuses new extents rather than writes
- * into them (device_reserve).  E must be free (being allocated): on a
- * remote member that offers fast zeroing, E alone is zeroed to the same
- * end (NO_HOLE).  Returns 0, or -1 with errno (ENOSPC when the
- * filesystem has no room even for E alone) and a message naming the
- * device. */
-int pool_reserve_extent (struct pool *p, struct meta_extent e);
+ * into them (device_reserve).  The extents must be free (being
+ * allocated): on a remote member that offers fast zeroing, each is
+ * zeroed alone to the same end (NO_HOLE), all in one batch.  Returns 0,
+ * or -1 with errno (ENOSPC when there is no room even for the extent
+ * alone) and a message naming the device. */
+int pool_reserve_extents (struct pool *p, const struct meta_extent *e,
+                          size_t n);
 
-/* Extent E was punched (freed): the next pool_reserve_extent() in its
+/* Extent E was punched (freed): the next pool_reserve_extents() in its
  * group reserves the group again. */
 void pool_unreserve_extent (struct pool *p, struct meta_extent e);
 

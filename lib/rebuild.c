@@ -477,7 +477,7 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
     }
     placed = alloc_replica (pool_alloc (p), mv->class, keep, nkeep,
                             b->o->prefer, &to) == 0;
-    if (placed && pool_reserve_extent (p, to) == -1) {
+    if (placed && pool_reserve_extents (p, &to, 1) == -1) {
       alloc_release (pool_alloc (p), &to, 1);
       placed = false;
     }
