@@ -13,11 +13,16 @@ mkdir "$T/fs"
 mount -t tmpfs -o size=128M tmpfs "$T/fs" 2>/dev/null \
   || { echo "SKIP: cannot mount a tmpfs"; exit 77; }
 on_exit "umount -l '$T/fs'"
-make_config 3 1GiB "{ name: v, size: 512MiB, replicas: 2 }"
-sed -i "s#$T/d\([0-9]\).img#$T/fs/d\1.img#" "$CONFIG"
-"$STRATA" init "$CONFIG" >/dev/null
-"$STRATA" apply "$CONFIG" >/dev/null
-for i in 0 1 2; do ln -s "$T/fs/d$i.img" "$T/d$i.img"; done
+# pool_in DIR VOLUME: a pool of three 1 GiB sparse files in DIR, with
+# VOLUME, made and applied; links in $T where compare_replicas looks.
+pool_in () {
+  make_config 3 1GiB "$2"
+  sed -i "s#$T/d\([0-9]\).img#$1/d\1.img#" "$CONFIG"
+  "$STRATA" init "$CONFIG" >/dev/null
+  "$STRATA" apply "$CONFIG" >/dev/null
+  for i in 0 1 2; do ln -sf "$1/d$i.img" "$T/d$i.img"; done
+}
+pool_in "$T/fs" "{ name: v, size: 512MiB, replicas: 2 }"
 
 # init gave every metadata area (16 MiB) and superblock its blocks.
 for i in 0 1 2; do
@@ -89,11 +94,7 @@ mkdir "$T/e4"
 mount -o loop "$T/ext4.img" "$T/e4" 2>/dev/null \
   || { echo "SKIP: cannot mount an ext4 image (loop)"; exit 77; }
 on_exit "umount -l '$T/e4'"
-make_config 3 1GiB "{ name: t, size: 64MiB }"
-sed -i "s#$T/d\([0-9]\).img#$T/e4/d\1.img#" "$CONFIG"
-"$STRATA" init "$CONFIG" >/dev/null
-"$STRATA" apply "$CONFIG" >/dev/null
-for i in 0 1 2; do ln -s "$T/e4/d$i.img" "$T/d$i.img"; done
+pool_in "$T/e4" "{ name: t, size: 64MiB }"
 start_server
 nbdsh -u "$(uri t)" -c '
 for i in range(64):
