@@ -566,7 +566,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ",\"connected\":%s,\"csum_errors\":%" PRIu64
                  ",\"repaired\":%" PRIu64 ",\"data_offset\":%" PRIu64
                  ",\"csum_offset\":%" PRIu64 ",\"stale_copies\":%" PRIu64
-                 ",\"problem\":",
+                 ",\"no_space\":%" PRIu64 ",\"problem\":",
                  d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
                  alloc_used_count (pool_alloc (p), i) * m->extent_size,
                  dev_state (p, i),
@@ -575,7 +575,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ds.errors, ds.timeouts, ds.latency_ns / 1000,
                  ds.connected ? "true" : "false",
                  pool_device_csum_errors (p, i), pool_device_repairs (p, i),
-                 d->data_offset, d->csum_offset, stale[i]);
+                 d->data_offset, d->csum_offset, stale[i],
+                 pool_device_no_spaces (p, i));
         pool_device_problem (p, i, problem, sizeof problem);
         json_str (out, problem);
         fprintf (out, ",\"path\":");

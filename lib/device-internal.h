@@ -60,7 +60,8 @@ bool device_nbd_needs_flush_for_fua (struct device *dev);
 void device_nbd_close (struct device *dev);
 bool device_nbd_can_fast_zero (const struct device *dev);
 
-/* Count one finished request in DEV's statistics. */
+/* Count one finished request (RES: 0 or -errno) in DEV's statistics;
+ * lack of space (device_no_space) is not counted as an error. */
 void device_account (struct device *dev, int res, uint64_t t0_ns);
 
 /* R finished successfully: count a write (one not made durable by its

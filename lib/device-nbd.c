@@ -127,10 +127,9 @@ finish (struct dev_req *r, int res)
   struct dev_waiter *w = r->w;
 
   r->res = res;
-  /* A fast zero (a reservation: pool.c) that the server cannot do fast,
-   * or has no room for, is no fault of the member. */
-  device_account (r->dev, r->fast && (res == -ENOTSUP || res == -ENOSPC
-                                      || res == -EDQUOT) ? 0 : res, r->t0);
+  /* A fast zero (a reservation: pool.c) that the server cannot do fast
+   * is no fault of the member (nor is lack of space: device_account). */
+  device_account (r->dev, r->fast && res == -ENOTSUP ? 0 : res, r->t0);
   pthread_mutex_lock (&w->m);
   if (--w->pending == 0)
     pthread_cond_signal (&w->c);

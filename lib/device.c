@@ -68,8 +68,14 @@ device_account (struct device *dev, int res, uint64_t t0_ns)
   atomic_fetch_add_explicit (&dev->nreq, 1, memory_order_relaxed);
   atomic_fetch_add_explicit (&dev->lat_ns, device_now_ns () - t0_ns,
                              memory_order_relaxed);
-  if (res < 0)
+  if (res < 0 && !device_no_space (res))
     atomic_fetch_add_explicit (&dev->nerr, 1, memory_order_relaxed);
+}
+
+bool
+device_no_space (int res)
+{
+  return res == -ENOSPC || res == -EDQUOT;
 }
 
 void

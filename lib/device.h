@@ -114,6 +114,11 @@ int device_lock (struct device *dev, unsigned wait_ms);
  * any number of threads at once. */
 int device_submit (struct dev_req *reqs, size_t n);
 
+/* Whether RES, a request's result (0 or -errno), is lack of space
+ * (ENOSPC, EDQUOT): the filesystem's or the server's, no fault of the
+ * device.  Error counts leave it out. */
+bool device_no_space (int res);
+
 /* Synchronous one-request helpers on top of device_submit(). */
 int device_pread (struct device *dev, void *buf, uint32_t len, uint64_t off);
 int device_pwrite (struct device *dev, const void *buf, uint32_t len,

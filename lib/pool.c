@@ -64,6 +64,7 @@ struct pool {
   _Atomic bool *failed;
   _Atomic uint32_t *read_errors;	/* [ndevs] since the pool opened */
   _Atomic uint64_t *csum_errors;	/* [ndevs] checksum mismatches found */
+  _Atomic uint64_t *no_space;	/* [ndevs] requests refused for no space */
   _Atomic uint64_t *repairs;	/* [ndevs] blocks rewritten with good data */
   pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
   struct resync *resync;	/* dirty columns; NULL when read-only */
@@ -1406,9 +1407,11 @@ pool_open (const struct config *cfg, unsigned flags)
   p->failed = calloc (META_MAX_DEVICES, sizeof *p->failed);
   p->read_errors = calloc (META_MAX_DEVICES, sizeof *p->read_errors);
   p->csum_errors = calloc (META_MAX_DEVICES, sizeof *p->csum_errors);
+  p->no_space = calloc (META_MAX_DEVICES, sizeof *p->no_space);
   p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
   if (!p->devs || !p->problem || !p->reserved || !p->failed
-      || !p->read_errors || !p->csum_errors || !p->repairs) {
+      || !p->read_errors || !p->csum_errors || !p->no_space
+      || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -1545,6 +1548,7 @@ pool_close (struct pool *p)
   free (p->failed);
   free (p->read_errors);
   free (p->csum_errors);
+  free (p->no_space);
   free (p->repairs);
   for (size_t i = 0; i < p->nreloaded; i++)
     config_free (p->reloaded[i]);
@@ -2444,6 +2448,34 @@ uint32_t
 pool_device_read_errors (struct pool *p, uint32_t i)
 {
   return i < p->ndevs ? atomic_load (&p->read_errors[i]) : 0;
+}
+
+void
+pool_device_no_space (struct pool *p, uint32_t i, const char *why)
+{
+  uint64_t n;
+
+  if (i >= p->ndevs)
+    return;
+  n = atomic_fetch_add (&p->no_space[i], 1) + 1;
+  /* A full filesystem refuses every write that needs new blocks: the
+   * first and then every power of two are logged. */
+  if ((n & (n - 1)) == 0)
+    fprintf (stderr, "strata: pool %s: device %s is out of space (%" PRIu64
+             " request%s refused so far): %s\n", p->cfg->name,
+             p->meta->devices[i].name, n, n == 1 ? "" : "s", why);
+  pthread_mutex_lock (&p->problem_lock);
+  if (p->problem[i][0] == '\0' || strncmp (p->problem[i], "out of space",
+                                           12) == 0)
+    snprintf (p->problem[i], sizeof p->problem[i], "out of space: %" PRIu64
+              " request%s refused, the last: %s", n, n == 1 ? "" : "s", why);
+  pthread_mutex_unlock (&p->problem_lock);
+}
+
+uint64_t
+pool_device_no_spaces (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs ? atomic_load (&p->no_space[i]) : 0;
 }
 
 void

@@ -104,6 +104,11 @@ uint32_t pool_ndevices (struct pool *p);
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
+/* A request to device I was refused for lack of space (ENOSPC or
+ * EDQUOT; WHY says which).  No fault of the device, which stays in use:
+ * counted, logged, and shown as its problem while it has no other. */
+void pool_device_no_space (struct pool *p, uint32_t i, const char *why);
+uint64_t pool_device_no_spaces (struct pool *p, uint32_t i);
 /* Bring failed device I back (strata device add of a member that was
  * away): open it if it is not open, check that its superblock is the
  * one of the member that left (pool and device UUID), and commit it up.
