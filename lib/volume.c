@@ -31,7 +31,11 @@
  * before any copy is written, and a failed one before its device is
  * marked failed, so that a crash in between never leaves a copy that
  * differs but is not stale.  Stale copies are neither read nor written
- * until a rebuild copies the column to them (strata device add).
+ * until a rebuild copies the column to them (strata device add).  A
+ * copy that found no space (ENOSPC, EDQUOT) is made stale the same way,
+ * but its device is not failed; where no copy took a write, one such
+ * copy is kept, with the checksums of what it now holds, and the write
+ * fails with ENOSPC (settle_pieces).
  *
  * Chunk lifetime: the first write to a chunk allocates it (phase 1, no
  * lock held) and then does its I/O holding io_lock shared (phase 2).
@@ -106,6 +110,8 @@ struct piece {
   uint32_t *cs;			/* the column's checksums */
   uint32_t ok;			/* write: replicas that took it */
   uint8_t missed;		/* write: replicas skipped or failed */
+  uint8_t nospace;		/* write: replicas out of space */
+  uint8_t kept;			/* write: the one of those kept */
 };
 
 struct scratch {
@@ -585,6 +591,126 @@ piece_req (struct volume *v, const struct piece *p, uint32_t r, uint8_t op,
   };
 }
 
+/* The copy P->kept names (one bit). */
+static uint32_t
+kept_copy (const struct piece *p)
+{
+  return (uint32_t) __builtin_ctz (p->kept);
+}
+
+/* Make copy P->kept of piece P current again after a write or discard
+ * that ran out of space on it: the range [P->a0, P->a1) holds anything
+ * between the old data and the new (NBD leaves it undefined after a
+ * failed write), so its checksums become those of what the copy now
+ * holds.  Called under the range lock, with the column dirty.  Returns
+ * 0, or -1 if the range cannot be read (a read error of its device). */
+static int
+recompute_kept (struct volume *v, struct piece *p)
+{
+  uint32_t rep = kept_copy (p);
+  struct dev_req rq;
+  char *buf = device_alloc_buf (p->a1 - p->a0);
+
+  if (!buf)
+    return strata_error (ENOMEM, "out of memory");
+  rq = piece_req (v, p, rep, DEV_READ, buf, p->a0, p->a1, false);
+  if (device_submit (&rq, 1) == -1) {
+    char why[200];
+    snprintf (why, sizeof why, "reading back blocks a write could not "
+              "store for lack of space: %s", strerror (-rq.res));
+    pool_device_read_error (v->p, p->c->ext[p->col * v->mv->replicas
+                                            + rep].dev, why);
+    free (buf);
+    return -1;
+  }
+  csum_blocks (buf, p->a1 - p->a0, p->cs + p->a0 / STRATA_BLOCK);
+  free (buf);
+  return 0;
+}
+
+/* After device_submit() of the NR requests RQ for the pieces PC[0..N)
+ * of a write (or a DISCARD), under the range lock: note the copies each
+ * piece reached.  A copy it missed is stale in the journal, and then
+ * its device failed, before the request is acknowledged.  Lack of space
+ * is no fault of a device, which stays in use: the copy is only made
+ * stale, and where no copy took the piece, the lowest that ran out of
+ * space is kept instead, with its checksums recomputed (recompute_kept),
+ * so the column stays readable and the request fails with ENOSPC.
+ * Returns 0, or -1 (ENOSPC when lack of space was all that went wrong,
+ * else EIO or the journal's error). */
+static int
+settle_pieces (struct volume *v, struct piece *pc, size_t n,
+               const struct dev_req *rq, size_t nr, bool discard)
+{
+  uint32_t R = v->mv->replicas;
+  const struct piece *short_of = NULL;	/* the first piece kept */
+  int r = 0;
+
+  for (size_t i = 0; i < n; i++)
+    pc[i].nospace = pc[i].kept = 0;
+  for (size_t k = 0; k < nr; k++) {
+    struct piece *p = &pc[rq[k].tag / R];
+    uint8_t bit = (uint8_t) (1u << (rq[k].tag % R));
+    if (rq[k].res == 0)
+      p->ok++;
+    else {
+      p->missed |= bit;
+      if (device_no_space (rq[k].res))
+        p->nospace |= bit;
+    }
+  }
+  for (size_t i = 0; i < n; i++)
+    if (pc[i].ok == 0 && pc[i].nospace) {
+      pc[i].kept = pc[i].nospace & (uint8_t) -pc[i].nospace;
+      pc[i].missed &= (uint8_t) ~pc[i].kept;
+    }
+  if (commit_missed (v, pc, n) == -1)
+    r = -1;
+  for (size_t k = 0; k < nr && r == 0; k++) {
+    const struct piece *p = &pc[rq[k].tag / R];
+    uint32_t rep = rq[k].tag % R, dev = p->c->ext[p->col * R + rep].dev;
+    char why[200];
+    if (rq[k].res == 0)
+      continue;
+    if (device_no_space (rq[k].res)) {
+      snprintf (why, sizeof why, "volume %s chunk %" PRIu64 " column %"
+                PRIu32 ": a %s found no space%s", v->mv->name, p->chunk,
+                p->col, discard ? "discard" : "write",
+                p->kept & (1u << rep) ? ""
+                : "; its copy is stale until 'strata rebuild'");
+      pool_device_no_space (v->p, dev, why);
+      continue;
+    }
+    snprintf (why, sizeof why, "%s failed: %s",
+              discard ? "discard" : "write", strerror (-rq[k].res));
+    if (pool_device_fail (v->p, dev, why) == -1)
+      r = -1;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &pc[i];
+    if (p->ok)
+      continue;
+    if (r == 0 && p->kept && recompute_kept (v, p) == 0) {
+      if (!short_of)
+        short_of = p;
+      continue;
+    }
+    lost_all (p);
+    if (r == 0)
+      r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %" PRIu32
+                        ": no copy could be %s", v->mv->name, p->chunk,
+                        p->col, discard ? "discarded" : "written");
+  }
+  if (r == 0 && short_of)
+    r = strata_error (ENOSPC, "volume %s: chunk %" PRIu64 " column %"
+                      PRIu32 ": no space on device %s for this %s",
+                      v->mv->name, short_of->chunk, short_of->col,
+                      pool_meta (v->p)->devices[short_of->c->ext[
+                        short_of->col * R + kept_copy (short_of)].dev].name,
+                      discard ? "discard" : "write");
+  return r;
+}
+
 /* Decide, for each piece, whether it can use the client buffer directly
  * (it covers whole blocks, which reads need for verification and writes
  * for their checksums, and the buffer has MEM_ALIGN, the alignment the
@@ -859,10 +985,16 @@ heal_piece (struct volume *v, struct piece *p)
   device_submit (wq, nw);
   for (size_t k = 0; k < nw; k++) {
     struct meta_extent e = p->c->ext[p->col * R + wq[k].tag];
+    char why[200];
     if (wq[k].res == 0)
       pool_device_repaired (v->p, e.dev, 1);
-    else {
-      char why[200];
+    else if (device_no_space (wq[k].res)) {
+      /* The bad copy stays as it is: reads keep passing it by. */
+      snprintf (why, sizeof why, "volume %s chunk %" PRIu64 " column %"
+                PRIu32 ": a repair found no space", v->mv->name, p->chunk,
+                p->col);
+      pool_device_no_space (v->p, e.dev, why);
+    } else {
       snprintf (why, sizeof why, "repair write failed: %s",
                 strerror (-wq[k].res));
       pool_device_fail (v->p, e.dev, why);
@@ -1156,34 +1288,7 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     goto out;
   }
   device_submit (rq, nr);
-  /* A copy whose write failed is stale, and then its device failed, in
-   * the journal before the write is acknowledged. */
-  for (size_t k = 0; k < nr; k++) {
-    if (rq[k].res == 0)
-      pc[rq[k].tag / R].ok++;
-    else
-      pc[rq[k].tag / R].missed |= 1u << (rq[k].tag % R);
-  }
-  if (commit_missed (v, pc, n) == -1)
-    r = -1;
-  for (size_t k = 0; k < nr && r == 0; k++) {
-    struct piece *p = &pc[rq[k].tag / R];
-    char why[200];
-    if (rq[k].res == 0)
-      continue;
-    snprintf (why, sizeof why, "write failed: %s", strerror (-rq[k].res));
-    if (pool_device_fail (v->p, p->c->ext[p->col * R + rq[k].tag % R].dev,
-                          why) == -1)
-      r = -1;
-  }
-  for (size_t i = 0; i < n; i++)
-    if (pc[i].ok == 0) {
-      lost_all (&pc[i]);
-      if (r == 0)
-        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %"
-                          PRIu32 ": no copy could be written", v->mv->name,
-                          pc[i].chunk, pc[i].col);
-    }
+  r = settle_pieces (v, pc, n, rq, nr, false);
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (pc[i].c, pc[i].col);
@@ -1384,33 +1489,7 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
     goto out;
   }
   device_submit (sc->rq, nr);
-  for (size_t k = 0; k < nr; k++) {
-    if (sc->rq[k].res == 0)
-      sc->pc[sc->rq[k].tag / R].ok++;
-    else
-      sc->pc[sc->rq[k].tag / R].missed |= 1u << (sc->rq[k].tag % R);
-  }
-  if (commit_missed (v, sc->pc, n) == -1)
-    r = -1;
-  for (size_t k = 0; k < nr && r == 0; k++) {
-    struct piece *p = &sc->pc[sc->rq[k].tag / R];
-    char why[200];
-    if (sc->rq[k].res == 0)
-      continue;
-    snprintf (why, sizeof why, "discard failed: %s",
-              strerror (-sc->rq[k].res));
-    if (pool_device_fail (v->p, p->c->ext[p->col * R + sc->rq[k].tag % R].dev,
-                          why) == -1)
-      r = -1;
-  }
-  for (size_t i = 0; i < n; i++)
-    if (sc->pc[i].ok == 0) {
-      lost_all (&sc->pc[i]);
-      if (r == 0)
-        r = strata_error (EIO, "volume %s: chunk %" PRIu64 " column %"
-                          PRIu32 ": no copy could be discarded", v->mv->name,
-                          sc->pc[i].chunk, sc->pc[i].col);
-    }
+  r = settle_pieces (v, sc->pc, n, sc->rq, nr, true);
  out:
   for (size_t i = 0; i < begun; i++)
     resync_write_end (sc->pc[i].c, sc->pc[i].col);
