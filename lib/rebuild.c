@@ -314,7 +314,7 @@ read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
 }
 
 /* Write BUF and the checksums CS to extent E, durably.  Returns 0 or
- * -1. */
+ * -1 (ENOSPC if its device had no room, else EIO). */
 static int
 write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
             const uint32_t *cs)
@@ -350,7 +350,10 @@ write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
   }
   if (r == 0 && device_flush (d) == -1)
     r = -1;
-  if (r == -1)
+  if (r == -1 && (errno == ENOSPC || errno == EDQUOT))
+    strata_error (ENOSPC, "no space on device %s for the copy",
+                  pool_meta (p)->devices[e.dev].name);
+  else if (r == -1)
     strata_error (EIO, "writing the new copy to device %s failed",
                   pool_meta (p)->devices[e.dev].name);
   free (slot);
@@ -377,6 +380,30 @@ count (struct rebuild *b, uint64_t *what)
   pthread_mutex_lock (&b->lock);
   (*what)++;
   pthread_mutex_unlock (&b->lock);
+}
+
+/* write_copy() to device DEV failed for column IT of MV.  A device out
+ * of space stays in use (the column waits for a rebuild once it has
+ * room, WHAT says how it is left); any other failure fails it. */
+static void
+copy_failed (struct rebuild *b, const struct meta_volume *mv,
+             const struct item *it, uint32_t dev, const char *what)
+{
+  int e = errno;
+  char why[256];
+
+  snprintf (why, sizeof why, "%s", strata_last_error ());
+  if (e == ENOSPC) {
+    char note[200];
+    snprintf (note, sizeof note, "volume %s chunk %" PRIu64 " column %"
+              PRIu32 ": a rebuild found no space", mv->name, it->idx,
+              it->col);
+    pool_device_no_space (b->p, dev, note);
+    fprintf (stderr, "strata: rebuild: volume %s chunk %" PRIu64 " column %"
+             PRIu32 ": %s; %s\n", mv->name, it->idx, it->col, why, what);
+  } else
+    pool_device_fail (b->p, dev, why);
+  count (b, &b->no_space);
 }
 
 /* Give column IT its lost copies, through BUF (an extent's size, the
@@ -455,10 +482,7 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
        * slot are durable. */
       struct meta_stale_item si = { mv->id, it->idx, it->col, 1u << r };
       if (write_copy (b, from, buf, cs) == -1) {
-        char why[256];
-        snprintf (why, sizeof why, "%s", strata_last_error ());
-        pool_device_fail (p, from.dev, why);
-        count (b, &b->no_space);
+        copy_failed (b, mv, it, from.dev, "it stays stale");
         continue;
       }
       io += es;
@@ -489,11 +513,8 @@ rebuild_column (struct rebuild *b, const struct item *it, char *buf)
       continue;
     }
     if (write_copy (b, to, buf, cs) == -1) {
-      char why[256];
-      snprintf (why, sizeof why, "%s", strata_last_error ());
       alloc_release (pool_alloc (p), &to, 1);
-      pool_device_fail (p, to.dev, why);
-      count (b, &b->no_space);
+      copy_failed (b, mv, it, to.dev, "the copy is still missing");
       continue;
     }
     io += es;

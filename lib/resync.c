@@ -56,6 +56,7 @@ struct col_ref {
   uint64_t idx;
   struct meta_chunk *c;
   uint32_t col;
+  bool full;			/* a checksum slot write found no space */
 };
 
 struct resync {
@@ -215,7 +216,7 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
         r->pending = np;
         r->cap = cap;
       }
-      r->pending[r->npending++] = (struct col_ref) { v, idx, NULL, col };
+      r->pending[r->npending++] = (struct col_ref) { v, idx, NULL, col, false };
     }
     if (r->committing) {
       pthread_cond_wait (&r->cond, &r->lock);
@@ -298,7 +299,7 @@ walk_chunk (void *opaque, uint64_t idx, struct meta_chunk *c)
       w->cols = nc;
       w->cap = cap;
     }
-    w->cols[w->n++] = (struct col_ref) { w->v, idx, c, col };
+    w->cols[w->n++] = (struct col_ref) { w->v, idx, c, col, false };
   }
   return 0;
 }
@@ -355,18 +356,27 @@ reachable (struct pool *p, const struct col_ref *cr)
   return false;
 }
 
-/* Move the columns of COLS[0..N) that have no usable copy to the end,
- * keeping the order of the others (design notes).  Sets *K to how many
- * others there are.  Returns 0 or -1. */
+/* Whether no checksum slot write of CR found a full device. */
+static bool
+not_full (struct pool *p, const struct col_ref *cr)
+{
+  (void) p;
+  return !cr->full;
+}
+
+/* Move the columns of COLS[0..N) for which KEEP is false to the end,
+ * keeping the order of the others (commit_cols groups them by chunk).
+ * Sets *K to how many others there are.  Returns 0 or -1. */
 static int
-split_unreachable (struct pool *p, struct col_ref *cols, size_t n, size_t *k)
+split_cols (struct pool *p, struct col_ref *cols, size_t n,
+            bool (*keep) (struct pool *, const struct col_ref *), size_t *k)
 {
   struct col_ref *out = NULL;
   size_t nout = 0;
 
   *k = 0;
   for (size_t i = 0; i < n; i++) {
-    if (reachable (p, &cols[i])) {
+    if (keep (p, &cols[i])) {
       cols[(*k)++] = cols[i];
       continue;
     }
@@ -415,7 +425,10 @@ stale_unusable (struct pool *p, struct col_ref *cols, size_t n)
 }
 
 /* Write the checksum slots of COLS, which all have a usable copy, to
- * every usable replica, after making the others stale. */
+ * every usable replica, after making the others stale.  A column whose
+ * slot found a device out of space is marked full and must stay dirty:
+ * the device is not failed, and crash resync or a later pass puts the
+ * slot right. */
 static int
 write_csums (struct pool *p, struct col_ref *cols, size_t n)
 {
@@ -457,6 +470,14 @@ write_csums (struct pool *p, struct col_ref *cols, size_t n)
           struct meta_stale_item it = { cr->v->id, cr->idx, cr->col,
                                         1u << (rq[q].tag % 8) };
           char why[200];
+          if (device_no_space (rq[q].res)) {
+            snprintf (why, sizeof why, "volume %s chunk %" PRIu64 " column %"
+                      PRIu32 ": a checksum slot write found no space; the "
+                      "column stays dirty", cr->v->name, cr->idx, cr->col);
+            pool_device_no_space (p, e.dev, why);
+            cr->full = true;
+            continue;
+          }
           snprintf (why, sizeof why, "checksum write failed: %s",
                     strerror (-rq[q].res));
           ret = pool_commit_stale (p, true, &it, 1);
@@ -473,7 +494,8 @@ resync_clean (struct resync *r, bool all)
 {
   struct pool *p = r->p;
   struct walk w = { .p = p, .want = want_clean, .all = all };
-  size_t k = 0;			/* the first K have a usable copy */
+  size_t k = 0;			/* the first K have a usable copy, then
+				   those with their slots written */
   int ret;
 
   pool_walk_lock (p);
@@ -482,12 +504,14 @@ resync_clean (struct resync *r, bool all)
     pthread_cond_wait (&r->cond, &r->lock);
   ret = walk (p, &w);
   if (ret == 0)
-    ret = split_unreachable (p, w.cols, w.n, &k);
+    ret = split_cols (p, w.cols, w.n, reachable, &k);
   if (ret == 0 && k > 0) {
     ret = write_csums (p, w.cols, k);
     if (ret == 0)
-      ret = pool_flush (p);
+      ret = split_cols (p, w.cols, k, not_full, &k);
     if (ret == 0)
+      ret = pool_flush (p);
+    if (ret == 0 && k > 0)
       ret = commit_cols (r, w.cols, k, false);
   }
   for (size_t i = 0; i < w.n; i++)
@@ -812,9 +836,16 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
                                     1u << wq[k].tag };
       if (wq[k].res == 0)
         *bytes += STRATA_BLOCK;
-      else if (pool_commit_stale (p, true, &it, 1) == -1
-               || pool_device_fail (p, e.dev, "write failed during crash "
-                                    "resync") == -1)
+      else if (pool_commit_stale (p, true, &it, 1) == -1)
+        ret = -1;
+      else if (device_no_space (wq[k].res)) {
+        char why[200];
+        snprintf (why, sizeof why, "volume %s chunk %" PRIu64 " column %"
+                  PRIu32 ": crash resync found no space; its copy is stale "
+                  "until 'strata rebuild'", v->name, cr->idx, cr->col);
+        pool_device_no_space (p, e.dev, why);
+      } else if (pool_device_fail (p, e.dev, "write failed during crash "
+                                   "resync") == -1)
         ret = -1;
     }
   }
@@ -838,7 +869,7 @@ resync_column (struct pool *p, struct col_ref *cr, char **bufs,
 static bool
 want_unsynced (struct walk *w, struct meta_chunk *c, uint32_t col)
 {
-  struct col_ref cr = { w->v, 0, c, col };
+  struct col_ref cr = { w->v, 0, c, col, false };
 
   return atomic_load (&c->col[col].state) == META_COL_UNSYNCED
     && reachable (w->p, &cr);
@@ -853,7 +884,8 @@ static int
 resync_pass (struct resync *r, struct walk *w, const char *what)
 {
   struct pool *p = r->p;
-  size_t k = 0;			/* the first K have a usable copy */
+  size_t k = 0;			/* the first K have a usable copy, */
+  size_t kc = 0;		/* the first KC their slots written */
   char *bufs[8] = { NULL };
   uint64_t bytes = 0, t0, last;
   int ret;
@@ -874,17 +906,22 @@ resync_pass (struct resync *r, struct walk *w, const char *what)
     }
   }
   if (ret == 0)
-    ret = split_unreachable (p, w->cols, w->n, &k);
+    ret = split_cols (p, w->cols, w->n, reachable, &k);
   if (ret == 0 && k > 0)
     ret = write_csums (p, w->cols, k);
+  /* The columns [k, k + full) agree and have their checksums in memory,
+   * but not all in their slots: they stay dirty, for the cleaner. */
+  if (ret == 0 && k > 0)
+    ret = split_cols (p, w->cols, k, not_full, &kc);
   if (ret == 0 && k > 0)
     ret = pool_flush (p);
-  if (ret == 0 && k > 0)
-    ret = commit_cols (r, w->cols, k, false);
+  if (ret == 0 && kc > 0)
+    ret = commit_cols (r, w->cols, kc, false);
   if (ret == 0) {
     for (size_t i = 0; i < w->n; i++)
       atomic_store (&w->cols[i].c->col[w->cols[i].col].state,
-                    i < k ? META_COL_CLEAN : META_COL_UNSYNCED);
+                    i < kc ? META_COL_CLEAN
+                    : i < k ? META_COL_DIRTY : META_COL_UNSYNCED);
     atomic_fetch_add (&r->rec_columns, k);
     atomic_fetch_add (&r->rec_bytes, bytes);
     if (k > 0)
