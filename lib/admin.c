@@ -367,7 +367,7 @@ cache_status (struct pool *p, FILE *out, bool json)
   struct cache_info ci;
   struct destager *d = pool_destager (p);
   uint64_t rate = d ? destage_rate (d) : 0, looked;
-  char a[32], b[32], r[32], why[256];
+  char a[32], b[32], r[32], rt[32], why[256];
 
   if (c && pool_cache_detached (p)) {
     if (json)
@@ -416,7 +416,7 @@ cache_status (struct pool *p, FILE *out, bool json)
              util_human_size (ci.used, r, sizeof r),
              ci.log_size ? ci.used * 100 / ci.log_size : 0,
              looked ? 100.0 * ci.hits / looked : 0.0, ci.hits, looked,
-             util_human_size (rate, a, sizeof a));
+             util_human_size (rate, rt, sizeof rt));
     fprintf (out, "cache mirrors:");
     for (uint32_t i = 0; i < ci.nmirrors; i++)
       fprintf (out, " %s %s", ci.names[i], ci.failed[i] ? "FAILED" : "ok");
