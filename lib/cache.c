@@ -104,6 +104,8 @@ struct cache {
   uint64_t readers[2];		/* in cache_read, per reader epoch */
   unsigned epoch;
   uint64_t hits, misses, destaged;
+  int stuck_err;		/* writing back fails: cache_set_stuck */
+  char stuck_why[256];
 };
 
 static uint64_t
@@ -661,6 +663,15 @@ cache_close (struct cache *c)
 
 /* ---- writing ---- */
 
+/* The error of a writer that would wait for room while writing back is
+ * stuck.  Under c->lock. */
+static int
+stuck_error (struct cache *c)
+{
+  return strata_error (c->stuck_err, "the cache log is full, and writing "
+                       "it back fails: %s", c->stuck_why);
+}
+
 /* Place a record of LEN bytes: a PAD record first where it would wrap
  * (*PAD set to its LSN and length, else 0).  Waits for room.  Under
  * c->lock.  Returns its LSN. */
@@ -682,6 +693,8 @@ place (struct cache *c, const struct rec *r, uint64_t *lsn,
                            "does not fit the ring", r->len);
     if (nowait)
       return strata_error (EAGAIN, "the cache log is full");
+    if (c->stuck_err)
+      return stuck_error (c);
     pthread_cond_wait (&c->room, &c->lock);
   }
   memset (pad, 0, sizeof *pad);
@@ -858,14 +871,32 @@ cache_write_clean (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
   return cache_put (c, vol, blk, nblk, buf, CACHE_CLEAN);
 }
 
-void
+int
 cache_wait_room (struct cache *c, uint64_t bytes)
 {
+  int r = 0;
+
   bytes = MIN (bytes, c->log_size / 2);
   pthread_mutex_lock (&c->lock);
   while (!c->sealed && c->nrecs > 0
-         && c->head + bytes - c->tail > c->log_size)
+         && c->head + bytes - c->tail > c->log_size) {
+    if (c->stuck_err) {
+      r = stuck_error (c);
+      break;
+    }
     pthread_cond_wait (&c->room, &c->lock);
+  }
+  pthread_mutex_unlock (&c->lock);
+  return r;
+}
+
+void
+cache_set_stuck (struct cache *c, int err, const char *why)
+{
+  pthread_mutex_lock (&c->lock);
+  c->stuck_err = err;
+  snprintf (c->stuck_why, sizeof c->stuck_why, "%s", err ? why : "");
+  pthread_cond_broadcast (&c->room);
   pthread_mutex_unlock (&c->lock);
 }
 

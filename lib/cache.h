@@ -64,8 +64,9 @@ void cache_close (struct cache *c);
 /* Store NBLK blocks of volume VOL from block BLK: from BUF (aligned for
  * the devices), or zeros if BUF is NULL.  Blocks the cache cannot hold
  * in one record are split.  Waits for room while the log is full (the
- * destager frees it).  Returns 0, or -1 with errno (EIO when no mirror
- * could take it). */
+ * destager frees it), unless writing back is stuck (cache_set_stuck).
+ * Returns 0, or -1 with errno (EIO when no mirror could take it; the
+ * destager's error when it is stuck). */
 int cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
                  const void *buf, bool fua);
 
@@ -80,8 +81,15 @@ int cache_write (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
 int cache_put (struct cache *c, uint32_t vol, uint64_t blk, uint32_t nblk,
                const void *buf, unsigned flags);
 
-/* Wait until BYTES (at most half the ring) would fit in the log. */
-void cache_wait_room (struct cache *c, uint64_t bytes);
+/* Wait until BYTES (at most half the ring) would fit in the log.
+ * Returns 0, or -1 with the destager's error if the log is full and
+ * writing back is stuck (cache_set_stuck). */
+int cache_wait_room (struct cache *c, uint64_t bytes);
+
+/* Writing back has failed for long with ERR (0: it works again; WHY says
+ * what fails).  While it is stuck, a write that finds the log full fails
+ * with ERR instead of waiting for room that may never come. */
+void cache_set_stuck (struct cache *c, int err, const char *why);
 
 /* Store NBLK blocks that the backing copies hold already (write-through):
  * kept for reads and never destaged; no FUA needed.  Returns 0 or -1. */

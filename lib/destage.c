@@ -12,6 +12,12 @@
  * their order does not matter.  Volumes are opened by id for the batch
  * and closed at its end, so that a delete is never held up for long; a
  * volume gone meanwhile has its blocks skipped.
+ *
+ * Batches that keep failing (a member full, or gone with the only copy)
+ * are retried every second.  Once they have failed for
+ * DESTAGE_DRAIN_GIVE_UP_MS, the cache is told (cache_set_stuck): a
+ * client write that finds the log full then fails with the destager's
+ * error, instead of waiting for as long as the fault lasts.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -58,6 +64,8 @@ struct destager {
   bool wstop;			/* the workers stop (after the thread) */
   unsigned drains;		/* drains waiting */
   bool failed;			/* the last batch failed */
+  uint64_t failed_since;	/* when batches began failing, ms */
+  bool stuck;			/* told the cache (cache_set_stuck) */
   char why[256];
   struct run *q;
   size_t nq, capq, busy;
@@ -241,11 +249,29 @@ destage_thread (void *arg)
     n = cache_destage (d->c, BATCH, &sink);
     pthread_mutex_lock (&d->lock);
     if (n < 0) {
-      if (!d->failed)
+      int e = errno ? errno : EIO;
+      uint64_t t = util_now_ms ();
+      if (!d->failed) {
         fprintf (stderr, "strata: pool %s: destage: %s (retrying)\n",
                  pool_config (d->p)->name, strata_last_error ());
+        d->failed_since = t;
+      }
       snprintf (d->why, sizeof d->why, "%s", strata_last_error ());
       d->failed = true;
+      d->rate = d->win_bytes = 0;
+      d->win_start = t;
+      /* Writers waiting for room would wait for as long as this lasts
+       * (a member full or gone): past the drain's patience, they fail
+       * with its error instead. */
+      if (t - d->failed_since >= DESTAGE_DRAIN_GIVE_UP_MS) {
+        if (!d->stuck)
+          fprintf (stderr, "strata: pool %s: destage has failed for %u s: "
+                   "writes that find the cache full fail until it works "
+                   "again\n", pool_config (d->p)->name,
+                   DESTAGE_DRAIN_GIVE_UP_MS / 1000);
+        cache_set_stuck (d->c, e, d->why);
+        d->stuck = true;
+      }
       backoff = 1;
       cache_info (d->c, &ci);
       if (ci.mirrors == 0) {
@@ -254,8 +280,16 @@ destage_thread (void *arg)
         pthread_mutex_lock (&d->lock);
       }
     }
-    else {
+    else if (n > 0 || !d->failed) {
+      /* (A batch with nothing to take, a record still being written at
+       * the front, says nothing either way.) */
       uint64_t t = util_now_ms ();
+      if (d->stuck) {
+        fprintf (stderr, "strata: pool %s: destage works again\n",
+                 pool_config (d->p)->name);
+        cache_set_stuck (d->c, 0, NULL);
+        d->stuck = false;
+      }
       d->failed = false;
       d->win_bytes += n;
       if (t - d->win_start >= 2000) {

@@ -1958,7 +1958,8 @@ cached_pwrite (struct volume *v, const void *buf, uint32_t count,
                  (fua ? CACHE_FUA : 0) | CACHE_NOWAIT);
   if (r == -1 && errno == EAGAIN) {
     range_unlock (v->s, &lk, 1);
-    cache_wait_room (v->cache, (uint64_t) (n + 1) * STRATA_BLOCK);
+    if (cache_wait_room (v->cache, (uint64_t) (n + 1) * STRATA_BLOCK) == -1)
+      return strata_error_prefix ("volume %s", v->mv->name);
     data = buf;
     goto again;
   }
@@ -2012,7 +2013,8 @@ cached_zero (struct volume *v, uint32_t count, uint64_t off, bool fua,
                    (w1 - w0) / STRATA_BLOCK, NULL, CACHE_NOWAIT);
     if (r == -1 && errno == EAGAIN) {
       range_unlock (v->s, &lk, 1);
-      cache_wait_room (v->cache, 2 * STRATA_BLOCK);
+      if (cache_wait_room (v->cache, 2 * STRATA_BLOCK) == -1)
+        return strata_error_prefix ("volume %s", v->mv->name);
       goto again;
     }
     if (r == -1 && errno == ESHUTDOWN)	/* detached meanwhile */
