@@ -35,6 +35,13 @@
  * when a device of it comes back (resync_returned), or by the first open
  * that reaches a copy.  The cleaner leaves dirty columns it cannot reach
  * dirty.
+ *
+ * Lack of space is no fault of a device (pool_device_no_space): a
+ * column whose checksum slot found its device out of space stays dirty,
+ * with its copies as they are, and a later pass (or crash resync, which
+ * recomputes the checksums from the data) tries again; a copy crash
+ * resync could not rewrite for lack of space is made stale, and its
+ * device stays up.
  */
 #include <endian.h>
 #include <errno.h>
@@ -909,8 +916,9 @@ resync_pass (struct resync *r, struct walk *w, const char *what)
     ret = split_cols (p, w->cols, w->n, reachable, &k);
   if (ret == 0 && k > 0)
     ret = write_csums (p, w->cols, k);
-  /* The columns [k, k + full) agree and have their checksums in memory,
-   * but not all in their slots: they stay dirty, for the cleaner. */
+  /* The columns [kc, k) agree and have their checksums in memory, but
+   * not all in their slots (a device out of space): they stay dirty,
+   * for the cleaner. */
   if (ret == 0 && k > 0)
     ret = split_cols (p, w->cols, k, not_full, &kc);
   if (ret == 0 && k > 0)
