@@ -399,10 +399,19 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
       pool_device_repaired (p, e.dev, 1);
     }
     else {
+      /* Lack of space leaves the bad block as it is (reads pass it by);
+       * any other failure fails the device. */
       char why[200];
-      snprintf (why, sizeof why, "scrub repair write failed: %s",
-                strerror (-rq[k].res));
-      pool_device_fail (p, e.dev, why);
+      if (device_no_space (rq[k].res)) {
+        snprintf (why, sizeof why, "volume %s chunk %" PRIu64 " column %"
+                  PRIu32 ": a scrub repair found no space", volume_name (v),
+                  idx, col);
+        pool_device_no_space (p, e.dev, why);
+      } else {
+        snprintf (why, sizeof why, "scrub repair write failed: %s",
+                  strerror (-rq[k].res));
+        pool_device_fail (p, e.dev, why);
+      }
     }
     note (s, v, idx, col, e, b, F_MISMATCH, ok);
     log_finding (s, v, e, b, v0, "checksum mismatch",
@@ -447,6 +456,9 @@ scrub_column (struct scrub *s, struct scrub_bufs *w, struct volume *v,
         s->repaired++;
         pool_device_repaired (p, dev, 1);
       }
+      else if (device_no_space (wq[k].res))
+        pool_device_no_space (p, dev, "a scrub found no space for a "
+                              "checksum slot");
       else
         pool_device_fail (p, dev, "scrub: checksum slot write failed");
     }
