@@ -65,6 +65,8 @@ struct pool {
   _Atomic uint32_t *read_errors;	/* [ndevs] since the pool opened */
   _Atomic uint64_t *csum_errors;	/* [ndevs] checksum mismatches found */
   _Atomic uint64_t *no_space;	/* [ndevs] requests refused for no space */
+  uint64_t *no_space_at;	/* [ndevs] the last one's time, ms, and */
+  char (*no_space_why)[140];	/* what it was; both under problem_lock */
   _Atomic uint64_t *repairs;	/* [ndevs] blocks rewritten with good data */
   pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
   struct resync *resync;	/* dirty columns; NULL when read-only */
@@ -1408,10 +1410,12 @@ pool_open (const struct config *cfg, unsigned flags)
   p->read_errors = calloc (META_MAX_DEVICES, sizeof *p->read_errors);
   p->csum_errors = calloc (META_MAX_DEVICES, sizeof *p->csum_errors);
   p->no_space = calloc (META_MAX_DEVICES, sizeof *p->no_space);
+  p->no_space_at = calloc (META_MAX_DEVICES, sizeof *p->no_space_at);
+  p->no_space_why = calloc (META_MAX_DEVICES, sizeof *p->no_space_why);
   p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
   if (!p->devs || !p->problem || !p->reserved || !p->failed
       || !p->read_errors || !p->csum_errors || !p->no_space
-      || !p->repairs) {
+      || !p->no_space_at || !p->no_space_why || !p->repairs) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -1549,6 +1553,8 @@ pool_close (struct pool *p)
   free (p->read_errors);
   free (p->csum_errors);
   free (p->no_space);
+  free (p->no_space_at);
+  free (p->no_space_why);
   free (p->repairs);
   for (size_t i = 0; i < p->nreloaded; i++)
     config_free (p->reloaded[i]);
@@ -2465,10 +2471,8 @@ pool_device_no_space (struct pool *p, uint32_t i, const char *why)
              " request%s refused so far): %s\n", p->cfg->name,
              p->meta->devices[i].name, n, n == 1 ? "" : "s", why);
   pthread_mutex_lock (&p->problem_lock);
-  if (p->problem[i][0] == '\0' || strncmp (p->problem[i], "out of space",
-                                           12) == 0)
-    snprintf (p->problem[i], sizeof p->problem[i], "out of space: %" PRIu64
-              " request%s refused, the last: %s", n, n == 1 ? "" : "s", why);
+  p->no_space_at[i] = util_now_ms ();
+  snprintf (p->no_space_why[i], sizeof p->no_space_why[i], "%s", why);
   pthread_mutex_unlock (&p->problem_lock);
 }
 
@@ -2481,8 +2485,20 @@ pool_device_no_spaces (struct pool *p, uint32_t i)
 void
 pool_device_problem (struct pool *p, uint32_t i, char *buf, size_t len)
 {
+  uint64_t n = pool_device_no_spaces (p, i);
+
   pthread_mutex_lock (&p->problem_lock);
-  snprintf (buf, len, "%s", i < p->ndevs ? p->problem[i] : "no such device");
+  if (i < p->ndevs && p->problem[i][0] == '\0' && n > 0) {
+    /* Lack of space is a history, not a state: how long ago says
+     * whether it still matters. */
+    uint64_t s = (util_now_ms () - p->no_space_at[i]) / 1000;
+    snprintf (buf, len, "out of space: %" PRIu64 " request%s refused, the "
+              "last %" PRIu64 " %s ago: %s", n, n == 1 ? "" : "s",
+              s < 120 ? s : s < 7200 ? s / 60 : s / 3600,
+              s < 120 ? "s" : s < 7200 ? "min" : "h", p->no_space_why[i]);
+  }
+  else
+    snprintf (buf, len, "%s", i < p->ndevs ? p->problem[i] : "no such device");
   pthread_mutex_unlock (&p->problem_lock);
 }
 

@@ -106,7 +106,8 @@ int pool_device_fail (struct pool *p, uint32_t i, const char *why);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
 /* A request to device I was refused for lack of space (ENOSPC or
  * EDQUOT; WHY says which).  No fault of the device, which stays in use:
- * counted, logged, and shown as its problem while it has no other. */
+ * counted, logged, and shown by pool_device_problem(), with how long ago
+ * the last one was, while it has no other problem. */
 void pool_device_no_space (struct pool *p, uint32_t i, const char *why);
 uint64_t pool_device_no_spaces (struct pool *p, uint32_t i);
 /* Bring failed device I back (strata device add of a member that was
@@ -171,8 +172,9 @@ size_t pool_mem_align (struct pool *p, enum dev_op op);
 int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
 
-/* Why device I is missing, failed or degraded ("" if it is fine), copied
- * into BUF (LEN bytes; 200 hold all of it). */
+/* Why device I is missing, failed or degraded, else when and how it
+ * last lacked space ("" if neither), copied into BUF (LEN bytes; 200
+ * hold all of it). */
 void pool_device_problem (struct pool *p, uint32_t i, char *buf, size_t len);
 
 /* Checksum errors found on device I, and blocks (or checksum slots)

@@ -83,7 +83,7 @@ volume_field b health | grep "degraded: [0-9]* columns under-replicated" >/dev/n
   || fail "b is not degraded: $(volume_field b health)"
 grep "device d[01] is out of space (1 request refused so far)" "$T/nbdkit.log" >/dev/null \
   || fail "the server does not say why: $(tail -3 "$T/nbdkit.log")"
-"$STRATA" status "$CONFIG" | grep "^d[01] .* up .* -- out of space: [0-9]* requests\? refused" >/dev/null \
+"$STRATA" status "$CONFIG" | grep "^d[01] .* up .* -- out of space: [0-9]* requests\? refused, the last [0-9]* s ago: volume b chunk" >/dev/null \
   || fail "status does not show it: $("$STRATA" status "$CONFIG")"
 ok "2 replicas: $nfailed MiB failed with ENOSPC, $stale copies stale, members up, every MiB readable"
 
