@@ -314,7 +314,7 @@ read_column (struct rebuild *b, struct meta_chunk *c, uint32_t col,
 }
 
 /* Write BUF and the checksums CS to extent E, durably.  Returns 0 or
- * -1 (ENOSPC if its device had no room, else EIO). */
+ * -1 (ENOSPC if its device had no room for the writes, else EIO). */
 static int
 write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
             const uint32_t *cs)
@@ -348,9 +348,12 @@ write_copy (struct rebuild *b, struct meta_extent e, const char *buf,
     if (device_submit (rq, nr) == -1)
       r = -1;
   }
+  bool full = r == -1 && (errno == ENOSPC || errno == EDQUOT);
+  /* A flush that fails is a device fault whatever its error: writes it
+   * had acknowledged may be gone. */
   if (r == 0 && device_flush (d) == -1)
     r = -1;
-  if (r == -1 && (errno == ENOSPC || errno == EDQUOT))
+  if (full)
     strata_error (ENOSPC, "no space on device %s for the copy",
                   pool_meta (p)->devices[e.dev].name);
   else if (r == -1)
