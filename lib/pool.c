@@ -2755,82 +2755,144 @@ pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx)
   return 0;
 }
 
-/* Discard every extent of the given chunks and flush the devices, so
- * that the extents read as zeros durably before they are freed. */
+/* Discard every extent of the chunks IDX[0..N) of V and flush their
+ * devices, so that the extents read as zeros durably before they are
+ * freed.  READY[k] says whether chunk IDX[k] got there: not if one of
+ * its extents is on a device that is not usable (missing or failed:
+ * left alone, as writes leave it), or if a discard or a flush it needed
+ * failed.  WHY gets the first reason a chunk was not.  Returns 0, or -1
+ * (ENOMEM). */
 static int
 discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
-                size_t n)
+                size_t n, bool *ready, char *why, size_t whylen)
 {
   uint32_t per = v->width * v->replicas;
-  size_t nr = 0;
+  size_t nr = 0, nf = 0;
   struct dev_req *rq = calloc (n * per + p->ndevs, sizeof *rq);
+  size_t *owner = calloc (n * per, sizeof *owner);
+  struct meta_extent *xt = calloc (n * per, sizeof *xt);
   bool *touched = calloc (p->ndevs, sizeof *touched);
   int r = -1;
 
-  if (!rq || !touched) {
+  if (!rq || !owner || !xt || !touched) {
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
   for (size_t k = 0; k < n; k++) {
     struct meta_chunk *c = meta_chunk_get (v, idx[k]);
-    if (!c)
-      continue;
-    for (uint32_t i = 0; i < c->n; i++) {
-      struct device *d = p->devs[c->ext[i].dev];
-      if (!d) {
-        strata_error (EIO, "volume %s: chunk %" PRIu64 " has an extent on "
-                      "missing device %s", v->name, idx[k],
-                      p->meta->devices[c->ext[i].dev].name);
-        goto out;
+    ready[k] = c != NULL;
+    for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
+      uint32_t d = c->ext[i].dev;
+      if (!pool_device_usable (p, d)) {
+        ready[k] = false;
+        if (!*why)
+          snprintf (why, whylen, "device %s is %s", p->meta->devices[d].name,
+                    p->devs[d] ? "failed" : "missing");
       }
+    }
+    for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
+      owner[nr] = k;
+      xt[nr] = c->ext[i];
       rq[nr++] = (struct dev_req) {
-        .dev = d, .op = DEV_ZERO, .len = p->extent_size,
-        .off = pool_extent_offset (p, c->ext[i], 0),
+        .dev = p->devs[c->ext[i].dev], .op = DEV_ZERO, .len = p->extent_size,
+        .off = pool_extent_offset (p, c->ext[i], 0), .tag = c->ext[i].dev,
       };
-      touched[c->ext[i].dev] = true;
     }
   }
-  if (device_submit (rq, nr) == -1)
-    goto out;
-  /* Punched: their groups are reserved again when next allocated from
-   * (they are released only after this). */
-  for (size_t k = 0; k < n; k++) {
-    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
-    for (uint32_t i = 0; c && i < c->n; i++)
-      pool_unreserve_extent (p, c->ext[i]);
+  device_submit (rq, nr);
+  for (size_t q = 0; q < nr; q++) {
+    /* Punched, or perhaps partly: their groups are reserved again when
+     * next allocated from (they are released only after this). */
+    pool_unreserve_extent (p, xt[q]);
+    if (rq[q].res == 0)
+      touched[rq[q].tag] = true;
+    else if (ready[owner[q]]) {
+      ready[owner[q]] = false;
+      if (!*why)
+        snprintf (why, whylen, "zeroing an extent on device %s failed: %s",
+                  p->meta->devices[rq[q].tag].name, strerror (-rq[q].res));
+    }
   }
-  nr = 0;
   for (uint32_t i = 0; i < p->ndevs; i++)
     if (touched[i])
-      rq[nr++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH };
-  r = device_submit (rq, nr);
+      rq[nr + nf++] = (struct dev_req) { .dev = p->devs[i], .op = DEV_FLUSH,
+                                         .tag = i };
+  device_submit (rq + nr, nf);
+  for (size_t q = nr; q < nr + nf; q++) {
+    if (rq[q].res == 0)
+      continue;
+    if (!*why)
+      snprintf (why, whylen, "flushing device %s failed: %s",
+                p->meta->devices[rq[q].tag].name, strerror (-rq[q].res));
+    for (size_t z = 0; z < nr; z++)
+      if (rq[z].tag == rq[q].tag)
+        ready[owner[z]] = false;
+  }
+  r = 0;
  out:
   free (rq);
+  free (owner);
+  free (xt);
   free (touched);
   return r;
 }
 
+/* Whether the chunks IDX[0..N) of V can all be freed now: none has a
+ * copy on a failed or missing device, whose extents cannot be zeroed.
+ * Returns 0, or -1 (EIO, saying what to do). */
+static int
+chunks_freeable (struct pool *p, struct meta_volume *v, const uint64_t *idx,
+                 size_t n)
+{
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
+    for (uint32_t i = 0; c && i < c->n; i++) {
+      uint32_t d = c->ext[i].dev;
+      if (!pool_device_usable (p, d))
+        return strata_error (EIO, "volume %s: device %s is %s and holds "
+                             "copies of its chunks, whose extents must be "
+                             "zeroed before they are free; bring it back "
+                             "(strata device add) or move its copies "
+                             "elsewhere (strata rebuild), then try again",
+                             v->name, p->meta->devices[d].name,
+                             p->devs[d] ? "failed" : "missing");
+    }
+  }
+  return 0;
+}
+
 int
 pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
-                  size_t n)
+                  size_t n, uint64_t *kept, size_t *nkept)
 {
   uint32_t per = v->width * v->replicas;
   struct journal_item *items = calloc (n, sizeof *items);
   struct fbuf *e = calloc (n, sizeof *e);
   struct meta_extent *ext = calloc (n * per, sizeof *ext);
-  size_t ni = 0;
+  bool *ready = calloc (n, sizeof *ready);
+  char why[200] = "";
+  size_t ni = 0, nk = 0;
   int r = -1;
 
-  if (!items || !e || !ext) {
+  if (!items || !e || !ext || !ready) {
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
-  if (discard_chunks (p, v, idx, n) == -1)
+  /* Without KEPT nothing is touched unless every chunk can go. */
+  if (!kept && chunks_freeable (p, v, idx, n) == -1)
+    goto out;
+  if (discard_chunks (p, v, idx, n, ready, why, sizeof why) == -1)
     goto out;
   for (size_t k = 0; k < n; k++) {
     struct meta_chunk *c = meta_chunk_get (v, idx[k]);
     if (!c)
       continue;
+    if (!ready[k]) {
+      if (kept)
+        kept[nk] = idx[k];
+      nk++;
+      continue;
+    }
     memcpy (&ext[ni * per], c->ext, per * sizeof *ext);
     fbuf_init_write (&e[ni]);
     meta_entry_chunk_free (&e[ni], v->id, idx[k]);
@@ -2848,6 +2910,14 @@ pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
       goto out;
   }
   alloc_release (p->alloc, ext, ni * per);
+  if (kept)
+    *nkept = nk;
+  else if (nk > 0) {
+    strata_error (EIO, "volume %s: %zu of its chunks were not freed, as "
+                  "their extents could not all be zeroed (%s)", v->name, nk,
+                  why);
+    goto out;
+  }
   r = 0;
  out:
   if (e)
@@ -2856,6 +2926,7 @@ pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   free (items);
   free (e);
   free (ext);
+  free (ready);
   return r;
 }
 
@@ -3101,6 +3172,12 @@ pool_volume_resize (struct pool *p, const char *name, uint64_t size,
     }
     if (claim (p, v, "shrinking") == -1)
       goto out;
+    if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
+        || chunks_freeable (p, v, cl.idx, cl.n) == -1) {
+      free (cl.idx);
+      unclaim (p, v);
+      goto out;
+    }
     /* What the cache holds past the new end must not come back with a
      * later grow. */
     if (p->cache && !pool_cache_dead (p) && !pool_cache_detached (p)
@@ -3108,11 +3185,11 @@ pool_volume_resize (struct pool *p, const char *name, uint64_t size,
                         div_round_up (v->size, STRATA_BLOCK)
                         - div_round_up (size, STRATA_BLOCK), NULL,
                         false) == -1) {
+      free (cl.idx);
       unclaim (p, v);
       goto out;
     }
-    if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
-        || pool_chunks_free (p, v, cl.idx, cl.n) == -1) {
+    if (pool_chunks_free (p, v, cl.idx, cl.n, NULL, NULL) == -1) {
       free (cl.idx);
       unclaim (p, v);
       goto out;
@@ -3147,7 +3224,7 @@ pool_volume_delete (struct pool *p, const char *name)
   /* Free the chunks first (so their extents are zeroed before they can
    * be reused), then drop the volume. */
   if (meta_foreach_chunk (v, collect_chunk, &cl) != 0
-      || pool_chunks_free (p, v, cl.idx, cl.n) == -1) {
+      || pool_chunks_free (p, v, cl.idx, cl.n, NULL, NULL) == -1) {
     unclaim (p, v);
     goto out;
   }

@@ -76,11 +76,19 @@ int pool_flush (struct pool *p);
  * Returns 0 or -1 (ENOSPC, EIO). */
 int pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx);
 
-/* Free N allocated chunks of V in one commit, then discard their extents
- * and return them to the allocator.  The caller guarantees that no I/O
- * uses them.  Returns 0 or -1. */
+/* Free the N allocated chunks IDX of V: zero their extents durably,
+ * commit, and return the extents to the allocator.  The caller
+ * guarantees that no I/O uses them.  A chunk whose extents cannot all be
+ * zeroed (one is on a failed or missing device, or a discard or flush
+ * fails) stays allocated, since a free extent must read as zeros.  With
+ * KEPT (room for N), the indexes of such chunks go to KEPT[0..*NKEPT)
+ * and the call succeeds.  Without, a copy on a failed or missing device
+ * makes the call fail before anything is touched, and a chunk kept for
+ * a failed discard or flush makes it fail after the others are freed
+ * (EIO, saying why).  Returns 0 or -1. */
 int pool_chunks_free (struct pool *p, struct meta_volume *v,
-                      const uint64_t *idx, size_t n);
+                      const uint64_t *idx, size_t n, uint64_t *kept,
+                      size_t *nkept);
 
 /* Administrative changes (serialised).  Messages name the volume. */
 int pool_volume_create (struct pool *p, const struct config_volume *v);

@@ -402,20 +402,31 @@ ensure_alloc (struct volume *v, uint64_t idx)
   return r;
 }
 
-/* Free the allocated chunks among [FIRST, LAST). */
+/* Free the allocated chunks among [FIRST, LAST).  Those that cannot be
+ * freed now (pool_chunks_free: a copy on a failed or missing device)
+ * go to *KEPT (malloc'd, *NKEPT of them), for the caller to discard in
+ * place.  Returns 0 or -1. */
 static int
-free_chunks (struct volume *v, uint64_t first, uint64_t last)
+free_chunks (struct volume *v, uint64_t first, uint64_t last,
+             uint64_t **kept, size_t *nkept)
 {
   struct vshared *s = v->s;
   uint64_t *idx;
   size_t n = 0;
   int r = 0;
 
+  *kept = NULL;
+  *nkept = 0;
   if (first >= last)
     return 0;
   idx = malloc ((last - first) * sizeof *idx);
-  if (!idx)
+  *kept = malloc ((last - first) * sizeof **kept);
+  if (!idx || !*kept) {
+    free (idx);
+    free (*kept);
+    *kept = NULL;
     return strata_error (ENOMEM, "out of memory");
+  }
   pthread_mutex_lock (&s->busy_lock);
   for (uint64_t i = first; i < last; i++)
     if (meta_chunk_get (v->mv, i) && !is_busy (s, i)) {
@@ -429,7 +440,7 @@ free_chunks (struct volume *v, uint64_t first, uint64_t last)
     /* Exclusive: waits for every request that may use these extents, and
      * holds new ones off until the chunks are unmapped. */
     pthread_rwlock_wrlock (&s->io_lock);
-    r = pool_chunks_free (v->p, v->mv, idx, n);
+    r = pool_chunks_free (v->p, v->mv, idx, n, *kept, nkept);
     pthread_rwlock_unlock (&s->io_lock);
   }
 
@@ -1512,7 +1523,18 @@ discard_range (struct volume *v, uint32_t count, uint64_t off)
   if (end == v->mv->size && end % cs)
     last = end / cs + 1;
   if (first < last) {
-    if (free_chunks (v, first, last) == -1)
+    uint64_t *kept;
+    size_t nkept;
+    int r = free_chunks (v, first, last, &kept, &nkept);
+    /* A chunk with a copy on a failed device stays allocated, and is
+     * discarded in place like a partial one: its copies there are made
+     * stale, as a write's would be. */
+    for (size_t k = 0; k < nkept && r == 0; k++) {
+      uint64_t o = MAX (off, kept[k] * cs), e = MIN (end, (kept[k] + 1) * cs);
+      r = discard_blocks (v, e - o, o);
+    }
+    free (kept);
+    if (r == -1)
       return -1;
     if (off < first * cs && discard_blocks (v, first * cs - off, off) == -1)
       return -1;
