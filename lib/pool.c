@@ -3072,25 +3072,40 @@ find_locked (struct pool *p, const char *name)
   return v;
 }
 
+/* How long claim() waits for handles that are going away: a client that
+ * has just disconnected (nbdkit closes its handle a moment later), or a
+ * write-back batch reading the volume. */
+#define CLAIM_GRACE_MS 2000
+
 /* Keep new data-path handles away from V while it is deleted or shrunk.
- * Fails with EBUSY if it has open handles now. */
+ * Fails with EBUSY if it still has open handles after CLAIM_GRACE_MS
+ * (at once for a scrub or a rebuild, which do not end soon). */
 static int
 claim (struct pool *p, struct meta_volume *v, const char *what)
 {
   static const char *const jobs[] = { "a scrub", "a rebuild",
                                       "the cache's write-back" };
-  int users, clients, job = -1;
+  int users, clients, job;
+  bool long_job;
 
-  pthread_mutex_lock (&p->meta->lock);
-  users = clients = v->users;
-  for (int k = 0; k < 3; k++)
-    if (v->job_users[k] > 0) {
-      clients -= v->job_users[k];
-      job = k;
-    }
-  if (users == 0)
-    v->busy = true;
-  pthread_mutex_unlock (&p->meta->lock);
+  for (int waited = 0;; waited += 20) {
+    job = -1;
+    pthread_mutex_lock (&p->meta->lock);
+    users = clients = v->users;
+    for (int k = 0; k < 3; k++)
+      if (v->job_users[k] > 0) {
+        clients -= v->job_users[k];
+        job = k;
+      }
+    long_job = v->job_users[META_JOB_SCRUB] > 0
+      || v->job_users[META_JOB_REBUILD] > 0;
+    if (users == 0)
+      v->busy = true;
+    pthread_mutex_unlock (&p->meta->lock);
+    if (users == 0 || long_job || waited >= CLAIM_GRACE_MS)
+      break;
+    usleep (20 * 1000);
+  }
   if (clients > 0)
     return strata_error (EBUSY, "volume %s is in use by %d connection(s); "
                          "disconnect them before %s it", v->name, clients,

@@ -149,9 +149,17 @@ import subprocess
 r = subprocess.run(["'"$STRATA"'", "volume", "delete", "'"$CONFIG"'", "b"], capture_output=True, text=True)
 assert r.returncode == 1 and "in use" in r.stderr, r
 ' || fail "delete of a volume in use"
+# A client that has just disconnected is waited for (nbdkit closes its
+# handle a moment after the client is gone): a script that writes and
+# then deletes at once is not refused.
+for i in $(seq 20); do
+  "$STRATA" volume create "$CONFIG" z$i 4MiB >/dev/null || fail "create z$i"
+  nbdsh -u "$(uri z$i)" -c 'h.pwrite(b"z" * 4096, 0)'
+  out=$("$STRATA" volume delete "$CONFIG" z$i 2>&1) || fail "delete right after a disconnect: $out"
+done
 stop_server
 "$STRATA" volume delete "$CONFIG" b | grep 'deleted volume b' || fail "offline delete"
-ok "delete refused while connected, done offline"
+ok "delete refused while connected, not just after a disconnect, done offline"
 
 # `strata --help` and the SYNOPSIS of strata(8) list the same commands
 # with the same options, so neither falls behind the other.
