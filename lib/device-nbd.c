@@ -66,6 +66,8 @@
 #define NBD_MAX_CONNS 2
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+/* How long device_reconnect() waits at least for a connection. */
+#define RECONNECT_WAIT_NS (10 * 1000000000ull)
 
 struct conn {
   struct nbd_remote *rm;
@@ -713,12 +715,16 @@ device_reconnect (struct device *dev)
     return 0;
   if (!atomic_load (&rm->running) && threads_start (rm) == -1)
     return -1;
-  deadline = device_now_ns () + rm->timeout_ns;
+  /* An operator brings a member back (device add): a few tries, each
+   * bounded by the I/O timeout, even when that is short. */
+  deadline = device_now_ns () + MAX (rm->timeout_ns, RECONNECT_WAIT_NS);
   while (!device_connected (dev)) {
     uint64_t one = 1;
     if ((int64_t) (device_now_ns () - deadline) > 0)
-      return strata_error (ENOTCONN, "%s: cannot reconnect: %s", rm->uri,
-                           "no connection came up within the I/O timeout");
+      return strata_error (ENOTCONN, "%s: cannot reconnect: no connection "
+                           "came up within %.0f s", rm->uri,
+                           (double) MAX (rm->timeout_ns, RECONNECT_WAIT_NS)
+                           / 1e9);
     /* Each wake-up ends a poller's backoff nap: it tries at once. */
     for (unsigned i = 0; i < rm->nconns; i++)
       if (write (rm->conns[i].wakefd, &one, sizeof one) < 0)

@@ -149,7 +149,7 @@ bool device_connected (const struct device *dev);
 
 /* Remote members: have a connection up, waking the reconnect attempts
  * (which back off to one per 5 s) and waiting for one to succeed, at most
- * the request timeout.  Called when the pool takes a member back: it also
+ * the request timeout or 10 s, whichever is longer.  Called when the pool takes a member back: it also
  * forgets that a lost connection may have lost unflushed writes (flushes
  * fail until then; see device-nbd.c).  Local devices: nothing to do.
  * Returns 0, or -1 with a message. */
