@@ -4,18 +4,21 @@
 # and length, TRIMs, WRITE_ZEROES (with and without NO_HOLE), FUA and
 # FLUSH, against a model of the volume.
 #
-#   crashmodel.py URI run STATE SEED   until the server goes away
-#   crashmodel.py URI check STATE      after the restart
+#   crashmodel.py URI run STATE SEED [CHUNK]
+#   crashmodel.py URI check STATE
 #
-# run keeps, in STATE, what the volume durably holds (as of the last
-# FLUSH, and FUA writes since) and every request made since that flush,
-# the last one included (it may or may not have happened).  Reads made
-# while running must match the model.  check reads the whole volume:
-# every byte must hold its durable value, or what some request since
-# the last flush put there (zero for a trim or a zero).  A trim leaves
-# its bytes undefined until written again (NBD), so a byte trimmed
-# before the flush may also read as zero.  STATE is then reset to what
-# was read, for the next round.
+# run goes on until the server goes away (exit status 3) or the file
+# STATE.stop appears (it flushes and exits 0).  With CHUNK (the
+# volume's chunk size), some trims and zeroes cover whole chunks.  It
+# keeps what the volume durably holds (as of the last FLUSH, and FUA
+# writes since) in STATE.durable, and every request made since that
+# flush, the last one included (it may or may not have happened), in
+# STATE.  Reads made while running must match the model.  check reads
+# the whole volume: every byte must hold its durable value, or what some
+# request since the last flush put there (zero for a trim or a zero).  A
+# trim leaves its bytes undefined until written again (NBD), so a byte
+# trimmed before the flush may also read as zero (STATE.undef).  The
+# files are then reset to what was read, for the next round.
 import json
 import os
 import random
@@ -28,18 +31,19 @@ h = nbd.NBD()
 h.connect_uri(uri)
 size = h.get_size()
 if os.path.exists(statef):
-    st = json.load(open(statef))
-    durable = bytearray(bytes.fromhex(st["durable"]))
-    dundef = bytearray(bytes.fromhex(st["dundef"]))
-    pending = st["pending"]
+    pending = json.load(open(statef))["pending"]
+    durable = bytearray(open(statef + ".durable", "rb").read())
+    dundef = bytearray(open(statef + ".undef", "rb").read())
 else:
     durable, dundef, pending = bytearray(size), bytearray(size), []
 
 
 def save():
+    for suffix, data in ((".durable", durable), (".undef", dundef)):
+        with open(statef + suffix, "wb") as f:
+            f.write(data)
     with open(statef + ".tmp", "w") as f:
-        json.dump({"durable": durable.hex(), "dundef": dundef.hex(),
-                   "pending": pending}, f)
+        json.dump({"pending": pending}, f)
     os.rename(statef + ".tmp", statef)
 
 
@@ -72,9 +76,10 @@ def check():
           % (size, len(pend)))
 
 
-def run(r):
+def run(r, chunk):
     global pending
     ref, undef = bytearray(durable), bytearray(dundef)
+    unflushed = 0
 
     def flushed():
         global pending
@@ -82,20 +87,25 @@ def run(r):
         dundef[:] = undef
         pending = []
 
-    while True:
+    while not os.path.exists(statef + ".stop"):
         n = min(size, r.choice([r.randrange(1, 600), r.randrange(1, 70000),
                                 r.randrange(1, 400000)]))
-        if r.random() < 0.5:    # near a block, stripe unit or extent edge
+        k = r.random()
+        if chunk and k >= 0.5 and k < 0.75 and r.random() < 0.2:
+            # whole chunks: trimmed or zeroed (freed, or zeroed in place)
+            n = min(size, chunk * r.randrange(1, 3))
+            o = r.randrange(0, (size - n) // chunk + 1) * chunk
+        elif r.random() < 0.5:  # near a block, stripe unit or extent edge
             b = r.choice([4096, 65536, 131072])
             o = (r.randrange(0, size) // b) * b + r.randrange(-700, 700)
             o = max(0, min(size - n, o))
         else:
             o = r.randrange(0, size - n + 1)
-        k = r.random()
         if k < 0.5:
             d = r.randbytes(n)
             fua = r.random() < 0.1
             pending.append([o, n, d.hex()])
+            unflushed += n
             h.pwrite(d, o, nbd.CMD_FLAG_FUA if fua else 0)
             ref[o:o + n] = d
             undef[o:o + n] = bytes(n)
@@ -111,15 +121,18 @@ def run(r):
             h.zero(n, o, nbd.CMD_FLAG_NO_HOLE if r.random() < 0.4 else 0)
             ref[o:o + n] = bytes(n)
             undef[o:o + n] = bytes(n)
-        elif k < 0.85 or len(pending) > 200:
+        elif k < 0.85 or len(pending) > 200 or unflushed > (8 << 20):
             h.flush()
             flushed()
+            unflushed = 0
         else:
             got = h.pread(n, o)
             for i in range(n):
                 if got[i] != ref[o + i] and not (undef[o + i] and got[i] == 0):
                     save()
                     sys.exit("read at %d: %d, not %d" % (o + i, got[i], ref[o + i]))
+    h.flush()
+    flushed()
 
 
 if mode == "check":
@@ -128,7 +141,11 @@ if mode == "check":
     save()
 else:
     try:
-        run(random.Random(int(sys.argv[4])))
+        run(random.Random(int(sys.argv[4])),
+            int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     except nbd.Error as e:
         save()
         print("the server went away:", e)
+        sys.exit(3)
+    save()
+    print("stopped")

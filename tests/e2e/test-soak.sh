@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Soak (TESTING.md 22): an oracle writes to a 2-replica volume over four
-# remote members while, round after round, one fault at a time hits the
-# pool: kill -9 of strata, a member failing every request, a member's
-# host killed and back, a member coming back slow (delay filter), one
-# copy overwritten behind strata's back, a scrub and a rebuild each cut
-# short by kill -9.  After every round the oracle reads every block it
-# wrote back (nothing durable lost, nothing but real writes), the volume
-# is healthy again, and a writer that saw no server crash saw no error.
-# At the end the replicas of every column compare equal and a scrub of
-# the whole pool finds nothing.
+# remote members, and the crash model (crashmodel.py) writes at any
+# offset, trims and zeroes (whole chunks too) on another, while, round
+# after round, one fault at a time hits the pool: kill -9 of strata, a
+# member failing every request, a member's host killed and back, a
+# member coming back slow (delay filter), one copy overwritten behind
+# strata's back, a scrub and a rebuild each cut short by kill -9.  After
+# every round both read everything back (nothing durable lost, nothing
+# but real writes), the volume is healthy again, and a writer that saw
+# no server crash saw no error.  At the end the replicas of every column
+# compare equal and a scrub of the whole pool finds nothing.
 #
 # SOAK_ROUNDS (default 7: each fault once) and SOAK_SEED (default 1,
 # so that `make check` runs the same faults each time; printed, so a
@@ -23,9 +24,13 @@ SEED=${SOAK_SEED:-1}
 RANDOM=$SEED
 echo "soak: $ROUNDS rounds, SOAK_SEED=$SEED"
 
-make_pool 4 512MiB "{ name: v, size: 128MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }"
+# m's chunks are 8 MiB (2 columns of 4 MiB extents).
+make_pool 4 512MiB "{ name: v, size: 128MiB, replicas: 2, stripe_width: 2, stripe_unit: 64KiB }" \
+                   "{ name: m, size: 16MiB, replicas: 2, stripe_width: 2, stripe_unit: 16KiB }"
 ORACLE="$(dirname "$0")/oracle.py"
+MODEL="$(dirname "$0")/crashmodel.py"
 STATE=$T/state.json
+MSTATE=$T/model.json
 start_server
 # The members in the pool (a rebuilt one is replaced by a new one).
 MEMBERS=(0 1 2 3)
@@ -43,28 +48,43 @@ devs = sorted({d for ch in v['map'] for col in ch['columns'] for d in col})
 print(devs[$RANDOM % len(devs)][1:])")
 }
 
-# writer_start: the oracle writes to v in the background (pid in $wpid).
+# writer_start: the oracle writes to v and the model to m in the
+# background (pids in $wpid and $mpid).
 writer_start () {
-  rm -f "$STATE.stop"
+  rm -f "$STATE.stop" "$MSTATE.stop"
   $PY "$ORACLE" "$(uri v)" "$STATE" write "$RANDOM" > "$T/w.log" 2>&1 &
   wpid=$!
+  $PY "$MODEL" "$(uri m)" run "$MSTATE" "$RANDOM" $((8 << 20)) > "$T/m.log" 2>&1 &
+  mpid=$!
 }
-# writer_stop: stop it between two writes; it must have seen no error.
+# writer_stop: stop them between two requests; they must have seen no
+# error.
 writer_stop () {
-  touch "$STATE.stop"
+  touch "$STATE.stop" "$MSTATE.stop"
   wait "$wpid" || { cat "$T/w.log"; fail "round $round ($what): a client write failed"; }
+  wait "$mpid" || { cat "$T/m.log"; fail "round $round ($what): a request of the model failed"; }
 }
-# writer_lost: the server was killed under the writer; it ends with an
-# error, which is expected.
-writer_lost () { wait "$wpid" 2>/dev/null || true; }
+# writer_lost: the server was killed under the writers; they end with an
+# error, which is expected (the model with status 3; anything else is a
+# wrong read before the kill).
+writer_lost () {
+  wait "$wpid" 2>/dev/null || true
+  wait "$mpid" && fail "round $round ($what): the model did not notice the kill"
+  [ $? = 3 ] || { cat "$T/m.log"; fail "round $round ($what): the model read wrong data"; }
+}
 
-# check_round: every block the oracle wrote reads back right, and the
-# volume is healthy with no stale copy.
+# check_round: every block the oracle wrote reads back right, every
+# byte of m holds what the model allows, and the volumes are healthy
+# with no stale copy.
 check_round () {
   $PY "$ORACLE" "$(uri v)" "$STATE" check 0 \
     || fail "round $round ($what): durable data lost or garbage"
-  [ "$(volume_field v health)" = healthy ] \
-    || fail "round $round ($what): v is '$(volume_field v health)' afterwards"
+  $PY "$MODEL" "$(uri m)" check "$MSTATE" > "$T/mc.log" 2>&1 \
+    || { cat "$T/mc.log"; fail "round $round ($what): m: durable data lost or garbage"; }
+  for vol in v m; do
+    [ "$(volume_field $vol health)" = healthy ] \
+      || fail "round $round ($what): $vol is '$(volume_field $vol health)' afterwards"
+  done
   [ "$(stale_copies)" = 0 ] || fail "round $round ($what): $(stale_copies) stale copies left"
 }
 
