@@ -149,10 +149,10 @@ bool device_connected (const struct device *dev);
 
 /* Remote members: have a connection up, waking the reconnect attempts
  * (which back off to one per 5 s) and waiting for one to succeed, at most
- * the request timeout or 10 s, whichever is longer.  Called when the pool takes a member back: it also
- * forgets that a lost connection may have lost unflushed writes (flushes
- * fail until then; see device-nbd.c).  Local devices: nothing to do.
- * Returns 0, or -1 with a message. */
+ * the request timeout or 10 s, whichever is longer.  Called when the pool
+ * takes a member back: it also forgets that a lost connection may have
+ * lost unflushed writes (flushes fail until then; see device-nbd.c).
+ * Local devices: nothing to do.  Returns 0, or -1 with a message. */
 int device_reconnect (struct device *dev);
 
 /* Requests to remote members fail with ETIMEDOUT after MS milliseconds

@@ -2755,6 +2755,17 @@ pool_chunk_alloc (struct pool *p, struct meta_volume *v, uint64_t idx)
   return 0;
 }
 
+/* The device of the first extent of C that is on a device not usable
+ * (failed or missing), or UINT32_MAX if there is none. */
+static uint32_t
+unusable_dev (struct pool *p, const struct meta_chunk *c)
+{
+  for (uint32_t i = 0; c && i < c->n; i++)
+    if (!pool_device_usable (p, c->ext[i].dev))
+      return c->ext[i].dev;
+  return UINT32_MAX;
+}
+
 /* Discard every extent of the chunks IDX[0..N) of V and flush their
  * devices, so that the extents read as zeros durably before they are
  * freed.  READY[k] says whether chunk IDX[k] got there: not if one of
@@ -2780,16 +2791,11 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   }
   for (size_t k = 0; k < n; k++) {
     struct meta_chunk *c = meta_chunk_get (v, idx[k]);
-    ready[k] = c != NULL;
-    for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
-      uint32_t d = c->ext[i].dev;
-      if (!pool_device_usable (p, d)) {
-        ready[k] = false;
-        if (!*why)
-          snprintf (why, whylen, "device %s is %s", p->meta->devices[d].name,
-                    p->devs[d] ? "failed" : "missing");
-      }
-    }
+    uint32_t d = unusable_dev (p, c);
+    ready[k] = c != NULL && d == UINT32_MAX;
+    if (c && d != UINT32_MAX && !*why)
+      snprintf (why, whylen, "device %s is %s", p->meta->devices[d].name,
+                p->devs[d] ? "failed" : "missing");
     for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
       owner[nr] = k;
       xt[nr] = c->ext[i];
@@ -2845,18 +2851,15 @@ chunks_freeable (struct pool *p, struct meta_volume *v, const uint64_t *idx,
                  size_t n)
 {
   for (size_t k = 0; k < n; k++) {
-    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
-    for (uint32_t i = 0; c && i < c->n; i++) {
-      uint32_t d = c->ext[i].dev;
-      if (!pool_device_usable (p, d))
-        return strata_error (EIO, "volume %s: device %s is %s and holds "
-                             "copies of its chunks, whose extents must be "
-                             "zeroed before they are free; bring it back "
-                             "(strata device add) or move its copies "
-                             "elsewhere (strata rebuild), then try again",
-                             v->name, p->meta->devices[d].name,
-                             p->devs[d] ? "failed" : "missing");
-    }
+    uint32_t d = unusable_dev (p, meta_chunk_get (v, idx[k]));
+    if (d != UINT32_MAX)
+      return strata_error (EIO, "volume %s: device %s is %s and holds "
+                           "copies of its chunks, whose extents must be "
+                           "zeroed before they are free; bring it back "
+                           "(strata device add) or move its copies "
+                           "elsewhere (strata rebuild), then try again",
+                           v->name, p->meta->devices[d].name,
+                           p->devs[d] ? "failed" : "missing");
   }
   return 0;
 }

@@ -403,8 +403,8 @@ ensure_alloc (struct volume *v, uint64_t idx)
 }
 
 /* Free the allocated chunks among [FIRST, LAST).  Those that cannot be
- * freed now (pool_chunks_free: a copy on a failed or missing device)
- * go to *KEPT (malloc'd, *NKEPT of them), for the caller to discard in
+ * freed now (pool_chunks_free: a copy on a failed or missing device, or
+ * a discard or flush that failed) go to *KEPT (malloc'd, *NKEPT of them), for the caller to discard in
  * place.  Returns 0 or -1. */
 static int
 free_chunks (struct volume *v, uint64_t first, uint64_t last,
@@ -1526,8 +1526,8 @@ discard_range (struct volume *v, uint32_t count, uint64_t off)
     uint64_t *kept;
     size_t nkept;
     int r = free_chunks (v, first, last, &kept, &nkept);
-    /* A chunk with a copy on a failed device stays allocated, and is
-     * discarded in place like a partial one: its copies there are made
+    /* A chunk that could not be freed stays allocated, and is discarded
+     * in place like a partial one: copies on a failed device are made
      * stale, as a write's would be. */
     for (size_t k = 0; k < nkept && r == 0; k++) {
       uint64_t o = MAX (off, kept[k] * cs), e = MIN (end, (kept[k] + 1) * cs);
