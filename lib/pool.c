@@ -2770,9 +2770,17 @@ unusable_dev (struct pool *p, const struct meta_chunk *c)
  * devices, so that the extents read as zeros durably before they are
  * freed.  READY[k] says whether chunk IDX[k] got there: not if one of
  * its extents is on a device that is not usable (missing or failed:
- * left alone, as writes leave it), or if a discard or a flush it needed
- * failed.  WHY gets the first reason a chunk was not.  Returns 0, or -1
- * (ENOMEM). */
+ * left alone, as writes leave it), if its checksum arrays cannot be
+ * loaded, or if a discard or a flush it needed failed.  WHY gets the
+ * first reason a chunk was not.
+ *
+ * The chunks are written meanwhile (resync_free_begin): dirty, so that
+ * a crash before their free is committed has crash resync make their
+ * checksums those of what the copies hold; and a chunk that got there
+ * has checksum arrays saying zeros, so that one whose free is not
+ * committed (the journal refused it) reads as the zeros it holds.
+ * Returns 0, or -1 (ENOMEM, or the commit making them dirty failed:
+ * nothing was touched). */
 static int
 discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
                 size_t n, bool *ready, char *why, size_t whylen)
@@ -2783,9 +2791,10 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   size_t *owner = calloc (n * per, sizeof *owner);
   struct meta_extent *xt = calloc (n * per, sizeof *xt);
   bool *touched = calloc (p->ndevs, sizeof *touched);
+  bool *counted = calloc (n, sizeof *counted);
   int r = -1;
 
-  if (!rq || !owner || !xt || !touched) {
+  if (!rq || !owner || !xt || !touched || !counted) {
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
@@ -2796,6 +2805,15 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
     if (c && d != UINT32_MAX && !*why)
       snprintf (why, whylen, "device %s is %s", p->meta->devices[d].name,
                 p->devs[d] ? "failed" : "missing");
+  }
+  if (resync_free_begin (p->resync, v, idx, n, ready) == -1)
+    goto out;
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c = meta_chunk_get (v, idx[k]);
+    counted[k] = ready[k];
+    if (c && !ready[k] && !*why)
+      snprintf (why, whylen, "the checksums of its chunk %" PRIu64
+                " could not be read", idx[k]);
     for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
       owner[nr] = k;
       xt[nr] = c->ext[i];
@@ -2834,12 +2852,14 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
       if (rq[z].tag == rq[q].tag)
         ready[owner[z]] = false;
   }
+  resync_free_end (p->resync, v, idx, n, counted, ready);
   r = 0;
  out:
   free (rq);
   free (owner);
   free (xt);
   free (touched);
+  free (counted);
   return r;
 }
 
@@ -2903,7 +2923,8 @@ pool_chunks_free (struct pool *p, struct meta_volume *v, const uint64_t *idx,
     ni++;
   }
   /* Commit in bounded records; a crash between them leaves some chunks
-   * allocated but already zeroed, which reads the same. */
+   * allocated but already zeroed, which reads the same: they are dirty,
+   * and crash resync gives them the checksums of the zeros they hold. */
   for (size_t k = 0; k < ni; k += 4096) {
     int rr;
     pool_walk_lock (p);

@@ -276,6 +276,99 @@ resync_write_end (struct meta_chunk *c, uint32_t col)
   atomic_fetch_sub (&c->col[col].writers, 1);
 }
 
+int
+resync_free_begin (struct resync *r, struct meta_volume *v,
+                   const uint64_t *idx, size_t n, bool *ok)
+{
+  struct col_ref *cols = NULL;
+  size_t nc = 0, cap = 0;
+  int ret = 0;
+
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c;
+    if (!ok[k])
+      continue;
+    c = meta_chunk_get (v, idx[k]);
+    for (uint32_t col = 0; col < c->width; col++)
+      atomic_fetch_add (&c->col[col].writers, 1);
+    for (uint32_t col = 0; col < c->width && ok[k]; col++)
+      if (!atomic_load (&c->col[col].csum) && !csum_get (r->p, v, c, col))
+        ok[k] = false;
+    if (!ok[k]) {
+      strata_error_clear ();
+      for (uint32_t col = 0; col < c->width; col++)
+        resync_write_end (c, col);
+    }
+  }
+
+  /* Like mark_dirty(), in one commit for all.  A cleaner pass holds
+   * the lock throughout, and none starts while a commit is led: each
+   * column is CLEAN, DIRTY or UNSYNCED here, never CLEANING. */
+  pthread_mutex_lock (&r->lock);
+  while (r->committing)
+    pthread_cond_wait (&r->cond, &r->lock);
+  for (size_t k = 0; k < n && ret == 0; k++) {
+    struct meta_chunk *c = ok[k] ? meta_chunk_get (v, idx[k]) : NULL;
+    for (uint32_t col = 0; c && col < c->width; col++) {
+      struct meta_column *mc = &c->col[col];
+      atomic_store_explicit (&mc->touched, true, memory_order_relaxed);
+      if (atomic_load (&mc->state) != META_COL_CLEAN)
+        continue;		/* dirty already, or UNSYNCED (its data
+				   is what resync will say it is) */
+      if (nc == cap) {
+        size_t nn = cap ? cap * 2 : 64;
+        struct col_ref *m = realloc (cols, nn * sizeof *m);
+        if (!m) {
+          ret = strata_error (ENOMEM, "out of memory");
+          break;
+        }
+        cols = m;
+        cap = nn;
+      }
+      cols[nc++] = (struct col_ref) { v, idx[k], c, col, false };
+    }
+  }
+  if (ret == 0 && nc > 0) {
+    r->committing = true;
+    pthread_mutex_unlock (&r->lock);
+    ret = commit_cols (r, cols, nc, true);
+    pthread_mutex_lock (&r->lock);
+    r->committing = false;
+    if (ret == -1)
+      r->err = errno;
+    pthread_cond_broadcast (&r->cond);
+  }
+  pthread_mutex_unlock (&r->lock);
+  free (cols);
+  if (ret == -1) {
+    int e = errno;
+    resync_free_end (r, v, idx, n, ok, NULL);
+    errno = e;
+  }
+  return ret;
+}
+
+void
+resync_free_end (struct resync *r, struct meta_volume *v, const uint64_t *idx,
+                 size_t n, const bool *counted, const bool *zeroed)
+{
+  size_t nb = csum_count (r->p);
+
+  for (size_t k = 0; k < n; k++) {
+    struct meta_chunk *c;
+    if (!counted[k])
+      continue;
+    c = meta_chunk_get (v, idx[k]);
+    for (uint32_t col = 0; col < c->width; col++) {
+      uint32_t *a = atomic_load (&c->col[col].csum);
+      if (zeroed && zeroed[k])
+        for (size_t b = 0; b < nb; b++)
+          a[b] = csum_zero_block ();
+      resync_write_end (c, col);
+    }
+  }
+}
+
 /* ---- walking the chunk maps ---- */
 
 struct walk {

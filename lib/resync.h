@@ -47,6 +47,27 @@ int resync_write_begin (struct resync *r, struct meta_volume *v,
                         uint64_t idx, struct meta_chunk *c, uint32_t col);
 void resync_write_end (struct meta_chunk *c, uint32_t col);
 
+/* Before the extents of chunks to be freed are zeroed (pool.c): the
+ * chunks IDX[k] of V with OK[k] are written like any other, so that a
+ * zeroing that is left unfinished (a crash, the free's commit refused)
+ * never leaves checksums that do not describe the data.  Counts a
+ * writer on each of their columns and loads its array; a chunk whose
+ * arrays cannot be loaded (no copy of a slot readable) gets OK[k]
+ * false and is not counted.  Then makes every column counted dirty, in
+ * one commit.  Returns 0, or -1 if that commit failed (nothing is then
+ * counted, and the chunks must not be touched).  The caller holds V's
+ * io_lock exclusive. */
+int resync_free_begin (struct resync *r, struct meta_volume *v,
+                       const uint64_t *idx, size_t n, bool *ok);
+
+/* After the zeroing: the arrays of the chunks with ZEROED[k] (zeroed on
+ * every copy) now say zero blocks, and the writers resync_free_begin()
+ * counted on the chunks with COUNTED[k] are let go.  Called before the
+ * chunks' free is committed, which frees their headers. */
+void resync_free_end (struct resync *r, struct meta_volume *v,
+                      const uint64_t *idx, size_t n, const bool *counted,
+                      const bool *zeroed);
+
 /* A cleaner pass (see above); with ALL, every dirty column not being
  * written right now (a clean stop).  Returns the number of columns
  * cleaned, or -1 with errno. */

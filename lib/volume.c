@@ -15,15 +15,17 @@
  *
  * Checksums (csum.h): a write computes the crc32c of every block it
  * writes into the column's array before the data goes out, after the
- * column is marked dirty (resync.h).  Overlapping writes are serialised
- * by a range lock over the blocks they touch, held across their I/O, so
- * that data and checksum land in the same order on every replica (and
- * a partial block's read-modify-write cannot lose a neighbour's bytes).
- * A read verifies every block.  A block that does not match may only be
- * racing a write, so the read is done again with io_lock held
- * exclusively (no write in flight): from every replica, keeping the
- * copies that match and rewriting those that do not (self-healing read).
- * No matching copy is EIO.
+ * column is marked dirty (resync.h) and the copies it skips are stale
+ * (below): a write refused by the journal leaves the array as it was.
+ * Overlapping writes are serialised by a range lock over the blocks
+ * they touch, held across their I/O, so that data and checksum land in
+ * the same order on every replica (and a partial block's
+ * read-modify-write cannot lose a neighbour's bytes).  A read verifies
+ * every block.  A block that does not match may only be racing a write,
+ * so the read is done again with io_lock held exclusively (no write in
+ * flight): from every replica, keeping the copies that match and
+ * rewriting those that do not (self-healing read).  No matching copy is
+ * EIO.
  *
  * Missed writes (DESIGN.md section 4): a copy a write skips (its device
  * is failed or away) or whose write fails is marked stale in the
@@ -1260,21 +1262,10 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     }
   }
 
-  /* Every piece to every usable replica, all at once, with the checksums
-   * of what is written in the column's array first. */
+  /* Every piece to every usable replica, all at once. */
   nr = 0;
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &pc[i];
-    if (p->bounce && p->eoff == p->a0 && p->eoff + p->len == p->a1)
-      /* Only the buffer was unaligned: copy and sum in one pass. */
-      csum_copy_blocks (p->bounce, p->ubuf, p->len,
-                        p->cs + p->a0 / STRATA_BLOCK);
-    else {
-      if (p->bounce)
-        memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
-      csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
-                   p->cs + p->a0 / STRATA_BLOCK);
-    }
     p->ok = 0;
     p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
@@ -1293,10 +1284,25 @@ write_pieces (struct volume *v, struct piece *pc, size_t n, struct dev_req *rq,
     }
   }
   /* A copy skipped is stale in the journal before any copy changes, so
-   * that crash resync never takes it for a current one. */
+   * that crash resync never takes it for a current one.  Only then do
+   * the checksums of what is written go into the column's array: a
+   * write that fails here leaves the column as it was. */
   if (commit_missed (v, pc, n) == -1) {
     r = -1;
     goto out;
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct piece *p = &pc[i];
+    if (p->bounce && p->eoff == p->a0 && p->eoff + p->len == p->a1)
+      /* Only the buffer was unaligned: copy and sum in one pass. */
+      csum_copy_blocks (p->bounce, p->ubuf, p->len,
+                        p->cs + p->a0 / STRATA_BLOCK);
+    else {
+      if (p->bounce)
+        memcpy (p->bounce + (p->eoff - p->a0), p->ubuf, p->len);
+      csum_blocks (p->bounce ? p->bounce : p->ubuf, p->a1 - p->a0,
+                   p->cs + p->a0 / STRATA_BLOCK);
+    }
   }
   device_submit (rq, nr);
   r = settle_pieces (v, pc, n, rq, nr, false);
@@ -1475,9 +1481,6 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
   for (size_t i = 0; i < n; i++) {
     struct piece *p = &sc->pc[i];
     uint64_t a0 = p->a0, a1 = p->a1;
-    /* Discarded blocks read as zeros. */
-    for (uint64_t o = a0; o < a1; o += STRATA_BLOCK)
-      p->cs[o / STRATA_BLOCK] = csum_zero_block ();
     p->ok = 0;
     p->missed = 0;
     for (uint32_t rep = 0; rep < R; rep++) {
@@ -1495,10 +1498,15 @@ discard_blocks (struct volume *v, uint32_t count, uint64_t off)
       sc->rq[nr++].tag = i * R + rep;
     }
   }
+  /* As in write_pieces(): the stale copies first, then the checksums
+   * (discarded blocks read as zeros). */
   if (commit_missed (v, sc->pc, n) == -1) {
     r = -1;
     goto out;
   }
+  for (size_t i = 0; i < n; i++)
+    for (uint64_t o = sc->pc[i].a0; o < sc->pc[i].a1; o += STRATA_BLOCK)
+      sc->pc[i].cs[o / STRATA_BLOCK] = csum_zero_block ();
   device_submit (sc->rq, nr);
   r = settle_pieces (v, sc->pc, n, sc->rq, nr, true);
  out:
