@@ -475,7 +475,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   uint64_t last_index, *stale, csum_used, next, room_ext;
   size_t nri;
   bool json = false, map = false, tight;
-  char u[37], a[32], b[32], c[32];
+  char u[37], a[32], b[32], c[32], jfail[512];
   int ch;
 
   optind = 0;
@@ -503,6 +503,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   /* Before the meta lock: a commit applies entries under the journal's
    * lock and then takes the meta lock. */
   last_index = journal_last_index (pool_journal (p));
+  journal_failed (pool_journal (p), jfail, sizeof jfail);
   /* Walks the chunk maps itself, under the walk lock. */
   csum_used = csum_resident (p) * (m->extent_size / 1024);
   tight = pool_meta_tight (p, &next, &room_ext);
@@ -525,11 +526,13 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              "\"connections\":%d,\"term\":%" PRIu64 ",\"index\":%" PRIu64
              ",\"checksum_memory\":{\"used\":%" PRIu64 ",\"limit\":%" PRIu64
              "},\"extents\":%" PRIu64 ",\"metadata_room_extents\":%" PRIu64
-             "},",
+             ",\"journal_failed\":",
              u, m->extent_size, ctx->online ? "true" : "false",
              ctx->connections, journal_term (pool_journal (p)),
              last_index, csum_used, pool_config (p)->checksum_memory,
              next, room_ext);
+    json_str (out, jfail);
+    fprintf (out, "},");
     fprintf (out, "\"metadata_replicas\":[");
     for (size_t i = 0; i < nri; i++) {
       fprintf (out, "%s{\"device\":", i ? "," : "");
@@ -642,6 +645,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
              ri[i].repaired ? " (repaired at open)" : "",
              ri[i].problem[0] ? ": " : "", ri[i].problem);
   fputc ('\n', out);
+  if (jfail[0])
+    fprintf (out, "ERROR: the metadata journal has failed (%s): metadata "
+             "changes are refused, and writes that need one fail, until "
+             "the pool is reopened; bring the members back and restart "
+             "the service\n", jfail);
   fprintf (out, "checksums in memory: %s of %s (pool.checksum_memory)\n",
            util_human_size (csum_used, a, sizeof a),
            util_human_size (pool_config (p)->checksum_memory, b, sizeof b));

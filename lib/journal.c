@@ -1093,6 +1093,18 @@ journal_last_index (struct journal *j)
   return v;
 }
 
+int
+journal_failed (struct journal *j, char *why, size_t len)
+{
+  int e;
+
+  pthread_mutex_lock (&j->lock);
+  e = j->sticky;
+  snprintf (why, len, "%s", e ? j->errmsg : "");
+  pthread_mutex_unlock (&j->lock);
+  return e;
+}
+
 uint64_t
 journal_commits (struct journal *j)
 {

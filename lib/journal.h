@@ -127,6 +127,9 @@ int journal_checkpoint (struct journal *j);
 
 uint64_t journal_term (struct journal *j);
 uint64_t journal_last_index (struct journal *j);
+/* Whether the journal has failed (a majority of replicas could not be
+ * written, or a checkpoint failed): its errno, with why in WHY, or 0. */
+int journal_failed (struct journal *j, char *why, size_t len);
 /* The smallest checkpoint slot of the replicas (*CKPT_ROOM) and the
  * largest metadata area (*META_SIZE), in bytes; either may be NULL. */
 void journal_meta_room (struct journal *j, uint64_t *ckpt_room,

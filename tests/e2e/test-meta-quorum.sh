@@ -128,6 +128,12 @@ if errors:
     raise SystemExit('\n'.join(errors))
 PYEOF
 $PY "$T/check.py" || fail "with the journal lost: $(tail -5 "$T/nbdkit.log")"
+# status says so, and why.
+"$STRATA" status "$CONFIG" > "$T/status.out" || fail "status with the journal lost"
+grep "^ERROR: the metadata journal has failed (metadata journal write reached only 1 of 3 replicas" \
+  "$T/status.out" > /dev/null && head -5 "$T/status.out" || { cat "$T/status.out"; fail "status does not say the journal failed"; }
+[ -n "$("$STRATA" status "$CONFIG" --json | $PY -c 'import json, sys; print(json.load(sys.stdin)["pool"]["journal_failed"])')" ] \
+  || fail "status --json does not say the journal failed"
 ok "with d$x and d$y failing (2 of 3 metadata replicas), every block reads back: $(tr '\n' ' ' < "$T/ops")"
 
 # The members back, the pool reopened (crash resync: the journal could
@@ -136,6 +142,8 @@ stop_server
 rm -f "$T/m$x.fail" "$T/m$x.wfail"
 start_server
 $PY "$T/check.py" || fail "after reopening: $(tail -5 "$T/nbdkit.log")"
+[ -z "$("$STRATA" status "$CONFIG" --json | $PY -c 'import json, sys; print(json.load(sys.stdin)["pool"]["journal_failed"])')" ] \
+  || fail "the journal still shows failed after reopening"
 "$STRATA" device add "$CONFIG" "d$x" > "$T/add.out" 2>&1 \
   || { cat "$T/add.out"; fail "device add d$x"; }
 # A copy on d$y that a failed request missed may be stale: an entry
