@@ -272,6 +272,15 @@ csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
 }
 
 uint32_t *
+csum_load (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
+           uint32_t col)
+{
+  uint32_t *a = load (p, v, c, col);
+
+  return a ? csum_install (p, &c->col[col], a, false) : NULL;
+}
+
+uint32_t *
 csum_hold (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
            uint32_t col)
 {

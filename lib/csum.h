@@ -59,6 +59,14 @@ void csum_release (struct meta_chunk *c, uint32_t col);
 uint32_t *csum_get (struct pool *p, struct meta_volume *v,
                     struct meta_chunk *c, uint32_t col);
 
+/* Load the checksum array of column COL of chunk C (of volume V) from
+ * the replicas' slots, as csum_get() does for a clean column, whatever
+ * the column's state, and install it.  For a column made dirty by
+ * resync_free_begin() without its array, whose slots still hold its
+ * checksums.  NULL with errno and a message. */
+uint32_t *csum_load (struct pool *p, struct meta_volume *v,
+                     struct meta_chunk *c, uint32_t col);
+
 /* Install array A (of csum_count() entries, malloc'ed) as the checksums
  * of column MC, which has none.  Returns A, or the array installed
  * meanwhile by another thread, into which A is copied if OVERWRITE; A

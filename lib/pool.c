@@ -2770,9 +2770,8 @@ unusable_dev (struct pool *p, const struct meta_chunk *c)
  * devices, so that the extents read as zeros durably before they are
  * freed.  READY[k] says whether chunk IDX[k] got there: not if one of
  * its extents is on a device that is not usable (missing or failed:
- * left alone, as writes leave it), if its checksum arrays cannot be
- * loaded, or if a discard or a flush it needed failed.  WHY gets the
- * first reason a chunk was not.
+ * left alone, as writes leave it), or if a discard or a flush it needed
+ * failed.  WHY gets the first reason a chunk was not.
  *
  * The chunks are written meanwhile (resync_free_begin): dirty, so that
  * a crash before their free is committed has crash resync make their
@@ -2792,9 +2791,10 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   struct meta_extent *xt = calloc (n * per, sizeof *xt);
   bool *touched = calloc (p->ndevs, sizeof *touched);
   bool *counted = calloc (n, sizeof *counted);
+  uint64_t *was_clean = calloc (n, sizeof *was_clean);
   int r = -1;
 
-  if (!rq || !owner || !xt || !touched || !counted) {
+  if (!rq || !owner || !xt || !touched || !counted || !was_clean) {
     strata_error (ENOMEM, "out of memory");
     goto out;
   }
@@ -2806,14 +2806,11 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
       snprintf (why, whylen, "device %s is %s", p->meta->devices[d].name,
                 p->devs[d] ? "failed" : "missing");
   }
-  if (resync_free_begin (p->resync, v, idx, n, ready) == -1)
+  if (resync_free_begin (p->resync, v, idx, n, ready, was_clean) == -1)
     goto out;
   for (size_t k = 0; k < n; k++) {
     struct meta_chunk *c = meta_chunk_get (v, idx[k]);
     counted[k] = ready[k];
-    if (c && !ready[k] && !*why)
-      snprintf (why, whylen, "the checksums of its chunk %" PRIu64
-                " could not be read", idx[k]);
     for (uint32_t i = 0; c && i < c->n && ready[k]; i++) {
       owner[nr] = k;
       xt[nr] = c->ext[i];
@@ -2852,7 +2849,7 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
       if (rq[z].tag == rq[q].tag)
         ready[owner[z]] = false;
   }
-  resync_free_end (p->resync, v, idx, n, counted, ready);
+  resync_free_end (p->resync, v, idx, n, counted, ready, was_clean);
   r = 0;
  out:
   free (rq);
@@ -2860,6 +2857,7 @@ discard_chunks (struct pool *p, struct meta_volume *v, const uint64_t *idx,
   free (xt);
   free (touched);
   free (counted);
+  free (was_clean);
   return r;
 }
 

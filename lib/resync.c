@@ -278,27 +278,18 @@ resync_write_end (struct meta_chunk *c, uint32_t col)
 
 int
 resync_free_begin (struct resync *r, struct meta_volume *v,
-                   const uint64_t *idx, size_t n, bool *ok)
+                   const uint64_t *idx, size_t n, const bool *ok,
+                   uint64_t *was_clean)
 {
   struct col_ref *cols = NULL;
   size_t nc = 0, cap = 0;
   int ret = 0;
 
   for (size_t k = 0; k < n; k++) {
-    struct meta_chunk *c;
-    if (!ok[k])
-      continue;
-    c = meta_chunk_get (v, idx[k]);
-    for (uint32_t col = 0; col < c->width; col++)
+    struct meta_chunk *c = ok[k] ? meta_chunk_get (v, idx[k]) : NULL;
+    was_clean[k] = 0;
+    for (uint32_t col = 0; c && col < c->width; col++)
       atomic_fetch_add (&c->col[col].writers, 1);
-    for (uint32_t col = 0; col < c->width && ok[k]; col++)
-      if (!atomic_load (&c->col[col].csum) && !csum_get (r->p, v, c, col))
-        ok[k] = false;
-    if (!ok[k]) {
-      strata_error_clear ();
-      for (uint32_t col = 0; col < c->width; col++)
-        resync_write_end (c, col);
-    }
   }
 
   /* Like mark_dirty(), in one commit for all.  A cleaner pass holds
@@ -313,8 +304,8 @@ resync_free_begin (struct resync *r, struct meta_volume *v,
       struct meta_column *mc = &c->col[col];
       atomic_store_explicit (&mc->touched, true, memory_order_relaxed);
       if (atomic_load (&mc->state) != META_COL_CLEAN)
-        continue;		/* dirty already, or UNSYNCED (its data
-				   is what resync will say it is) */
+        continue;		/* dirty already, or UNSYNCED (resync
+				   computes its checksums from its data) */
       if (nc == cap) {
         size_t nn = cap ? cap * 2 : 64;
         struct col_ref *m = realloc (cols, nn * sizeof *m);
@@ -326,6 +317,7 @@ resync_free_begin (struct resync *r, struct meta_volume *v,
         cap = nn;
       }
       cols[nc++] = (struct col_ref) { v, idx[k], c, col, false };
+      was_clean[k] |= 1ull << col;
     }
   }
   if (ret == 0 && nc > 0) {
@@ -342,7 +334,11 @@ resync_free_begin (struct resync *r, struct meta_volume *v,
   free (cols);
   if (ret == -1) {
     int e = errno;
-    resync_free_end (r, v, idx, n, ok, NULL);
+    for (size_t k = 0; k < n; k++) {
+      struct meta_chunk *c = ok[k] ? meta_chunk_get (v, idx[k]) : NULL;
+      for (uint32_t col = 0; c && col < c->width; col++)
+        resync_write_end (c, col);
+    }
     errno = e;
   }
   return ret;
@@ -350,20 +346,25 @@ resync_free_begin (struct resync *r, struct meta_volume *v,
 
 void
 resync_free_end (struct resync *r, struct meta_volume *v, const uint64_t *idx,
-                 size_t n, const bool *counted, const bool *zeroed)
+                 size_t n, const bool *counted, const bool *zeroed,
+                 const uint64_t *was_clean)
 {
   size_t nb = csum_count (r->p);
 
   for (size_t k = 0; k < n; k++) {
-    struct meta_chunk *c;
-    if (!counted[k])
-      continue;
-    c = meta_chunk_get (v, idx[k]);
-    for (uint32_t col = 0; col < c->width; col++) {
-      uint32_t *a = atomic_load (&c->col[col].csum);
-      if (zeroed && zeroed[k])
+    struct meta_chunk *c = counted[k] ? meta_chunk_get (v, idx[k]) : NULL;
+    for (uint32_t col = 0; c && col < c->width; col++) {
+      struct meta_column *mc = &c->col[col];
+      uint32_t *a = atomic_load (&mc->csum);
+      if (zeroed[k] && a)
         for (size_t b = 0; b < nb; b++)
           a[b] = csum_zero_block ();
+      else if (!zeroed[k] && !a && (was_clean[k] >> col) & 1
+               && !csum_load (r->p, v, c, col))
+        /* Its copies cannot be read either: reads fail until they can,
+         * and crash resync settles the column. */
+        fprintf (stderr, "strata: pool %s: %s\n", pool_config (r->p)->name,
+                 strata_last_error ());
       resync_write_end (c, col);
     }
   }

@@ -49,24 +49,30 @@ void resync_write_end (struct meta_chunk *c, uint32_t col);
 
 /* Before the extents of chunks to be freed are zeroed (pool.c): the
  * chunks IDX[k] of V with OK[k] are written like any other, so that a
- * zeroing that is left unfinished (a crash, the free's commit refused)
- * never leaves checksums that do not describe the data.  Counts a
- * writer on each of their columns and loads its array; a chunk whose
- * arrays cannot be loaded (no copy of a slot readable) gets OK[k]
- * false and is not counted.  Then makes every column counted dirty, in
- * one commit.  Returns 0, or -1 if that commit failed (nothing is then
- * counted, and the chunks must not be touched).  The caller holds V's
- * io_lock exclusive. */
+ * zeroing left unfinished (a crash, the free's commit refused) never
+ * leaves checksums that do not describe the data.  Counts a writer on
+ * each of their columns (which keeps the cleaner off them and their
+ * arrays in memory), then makes every one that is clean dirty, in one
+ * commit.  Arrays not in memory are not loaded: a dirty column without
+ * one reads as zeros (csum.h), which is what a zeroed chunk holds.
+ * WAS_CLEAN[k] gets the mask of chunk IDX[k]'s columns made dirty here.
+ * Returns 0, or -1 if that commit failed (nothing is then counted, and
+ * the chunks must not be touched).  The caller holds V's io_lock
+ * exclusive, so no other request uses the chunks meanwhile. */
 int resync_free_begin (struct resync *r, struct meta_volume *v,
-                       const uint64_t *idx, size_t n, bool *ok);
+                       const uint64_t *idx, size_t n, const bool *ok,
+                       uint64_t *was_clean);
 
-/* After the zeroing: the arrays of the chunks with ZEROED[k] (zeroed on
- * every copy) now say zero blocks, and the writers resync_free_begin()
- * counted on the chunks with COUNTED[k] are let go.  Called before the
- * chunks' free is committed, which frees their headers. */
+/* After the zeroing, for the chunks with COUNTED[k]: the arrays of
+ * those with ZEROED[k] (zeroed on every copy) now say zero blocks; in
+ * the others (a zeroing failed: some copies hold their data still),
+ * the columns resync_free_begin() made dirty (WAS_CLEAN) get their
+ * arrays from their slots if they were not in memory.  Then the
+ * writers are let go.  Called before the chunks' free is committed,
+ * which frees their headers. */
 void resync_free_end (struct resync *r, struct meta_volume *v,
                       const uint64_t *idx, size_t n, const bool *counted,
-                      const bool *zeroed);
+                      const bool *zeroed, const uint64_t *was_clean);
 
 /* A cleaner pass (see above); with ALL, every dirty column not being
  * written right now (a clean stop).  Returns the number of columns
