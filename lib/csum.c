@@ -23,7 +23,9 @@
  * put-back never meets an array installed meanwhile.  A writer counts
  * itself (resync_write_begin) before it makes the column dirty, so a
  * dirty column always has its array: a dirty column without one is
- * taken for a new one.
+ * taken for a new one.  The one exception holds zeros too: a chunk
+ * being freed is made dirty without loading its arrays, just before
+ * its extents are zeroed (resync_free_begin).
  *
  * A load that finds the slots of a clean column disagreeing rewrites the
  * odd ones, but only while the column is still clean and without an
