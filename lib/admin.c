@@ -647,9 +647,9 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   fputc ('\n', out);
   if (jfail[0])
     fprintf (out, "ERROR: the metadata journal has failed (%s): metadata "
-             "changes are refused, and writes that need one fail, until "
-             "the pool is reopened; bring the members back and restart "
-             "the service\n", jfail);
+             "changes are refused, and writes that need one fail, until a "
+             "majority of its replicas answers again (it then goes on by "
+             "itself) or the pool is reopened\n", jfail);
   fprintf (out, "checksums in memory: %s of %s (pool.checksum_memory)\n",
            util_human_size (csum_used, a, sizeof a),
            util_human_size (pool_config (p)->checksum_memory, b, sizeof b));

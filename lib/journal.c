@@ -20,6 +20,14 @@
  * open can never win against the ones that saw it, even if nothing else
  * was written in the new term.
  *
+ * A commit that reaches fewer than a majority leaves the journal
+ * failed (sticky): no entry is applied or acknowledged from then on.
+ * It heals in place (heal_locked) the way an open starts a term: a
+ * checkpoint of the state in memory, which is exactly what was
+ * committed, under a new term, written once a lagging replica answers
+ * again; a majority taking it makes the journal whole.  An entry the
+ * failed commit left on a minority is of the older term and loses.
+ *
  * Torn writes: a record is valid only if its header and payload
  * checksums match, its log_id is the current generation's and its first
  * index follows the previous record; scanning stops at the first record
@@ -28,6 +36,7 @@
  */
 #include <endian.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +96,7 @@ struct journal {
   bool writable;
   bool committing;		/* a thread is writing a record */
   int sticky;			/* errno once the majority was lost */
+  bool healable;		/* sticky only for want of a majority */
   uint64_t term;
   uint64_t last_index, last_term;
   uint64_t tail;		/* next record offset in the log region */
@@ -736,6 +746,7 @@ commit_batch (struct journal *j)
       && checkpoint_locked (j) == -1) {
     err = errno;
     j->sticky = err;
+    j->healable = err == EIO;
     goto done;
   }
   buf = encode_record (j, w, nw, j->last_index + 1, &len);
@@ -774,6 +785,7 @@ commit_batch (struct journal *j)
   if (ok < majority (j->n)) {
     err = EIO;
     j->sticky = EIO;
+    j->healable = true;
     strata_error (EIO, "metadata journal write reached only %zu of %zu "
                   "replicas (a majority is %zu)", ok, j->n, majority (j->n));
     goto done;
@@ -801,8 +813,10 @@ commit_batch (struct journal *j)
   if (!err && j->tail > j->log_size / 2 && checkpoint_locked (j) == -1) {
     /* The batch is committed; a failed checkpoint only affects later
      * appends, which will retry it. */
-    if (errno == EIO)
+    if (errno == EIO) {
       j->sticky = EIO;
+      j->healable = true;
+    }
   }
 
  done:
@@ -816,6 +830,41 @@ commit_batch (struct journal *j)
   }
 }
 
+static void hold (struct journal *j);
+static void unhold (struct journal *j);
+
+/* With the lock held, the journal sticky for want of a majority: once a
+ * lagging replica's device answers again (retry_due: a second after the
+ * failure, then at doubling gaps), start a new term in a checkpoint of
+ * the state in memory, as opening the pool does.  Everything committed
+ * is in memory and nothing else is, so where a majority takes that
+ * checkpoint the journal is whole again; an entry that reached only a
+ * minority, never applied nor acknowledged, is of an older term and
+ * can never win over it. */
+static void
+heal_locked (struct journal *j)
+{
+  if (!retry_due (j))
+    return;
+  hold (j);
+  if (j->sticky && j->healable) {
+    j->term++;
+    j->last_index++;
+    j->last_term = j->term;
+    if (checkpoint_locked (j) == 0) {
+      j->sticky = 0;
+      j->healable = false;
+      fprintf (stderr, "strata: the metadata journal has a majority of its "
+               "replicas again: term %" PRIu64 " began with a checkpoint "
+               "at index %" PRIu64 ", and metadata changes go on\n",
+               j->term, j->last_index);
+    }
+    else
+      strata_error_clear ();
+  }
+  unhold (j);
+}
+
 int
 journal_append (struct journal *j, const struct journal_item *items, size_t n)
 {
@@ -824,12 +873,15 @@ journal_append (struct journal *j, const struct journal_item *items, size_t n)
   if (!j->writable)
     return strata_error (EROFS, "the pool is open read-only");
   pthread_mutex_lock (&j->lock);
+  if (j->sticky && j->healable)
+    heal_locked (j);
   if (j->sticky) {
     int e = j->sticky;
     pthread_mutex_unlock (&j->lock);
     return strata_error (e, "the metadata journal has failed (a majority of "
                          "metadata replicas could not be written); the pool "
-                         "refuses metadata changes until it is reopened");
+                         "refuses metadata changes until a majority answers "
+                         "again, or until it is reopened");
   }
   if (j->tailw)
     j->tailw->next = &w;
@@ -1091,6 +1143,19 @@ journal_last_index (struct journal *j)
   v = j->last_index;
   pthread_mutex_unlock (&j->lock);
   return v;
+}
+
+int
+journal_apply_unlogged (struct journal *j, const struct journal_item *items,
+                        size_t n)
+{
+  int r = 0;
+
+  pthread_mutex_lock (&j->lock);
+  for (size_t i = 0; i < n && r == 0; i++)
+    r = j->ops->apply (j->opaque, items[i].type, items[i].data, items[i].len);
+  pthread_mutex_unlock (&j->lock);
+  return r;
 }
 
 int

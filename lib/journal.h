@@ -127,6 +127,15 @@ int journal_checkpoint (struct journal *j);
 
 uint64_t journal_term (struct journal *j);
 uint64_t journal_last_index (struct journal *j);
+/* Apply ITEMS to the state in memory without committing them, for a
+ * change that must hold in memory even though the journal refused it
+ * (copies made stale: they must not be read meanwhile).  They become
+ * durable with the next checkpoint, such as the one that starts a new
+ * term once a majority answers again; a crash before that loses them,
+ * which must be safe.  Returns 0, or -1 if one does not apply. */
+int journal_apply_unlogged (struct journal *j,
+                            const struct journal_item *items, size_t n);
+
 /* Whether the journal has failed (a majority of replicas could not be
  * written, or a checkpoint failed): its errno, with why in WHY, or 0. */
 int journal_failed (struct journal *j, char *why, size_t len);

@@ -3003,10 +3003,30 @@ pool_commit_stale (struct pool *p, bool stale,
     return 0;
   fbuf_init_write (&e);
   meta_entry_stale (&e, stale, items, n);
-  if (commit_one (p, META_E_STALE, &e) == -1)
-    return strata_error_prefix ("pool %s: marking copies %s", p->cfg->name,
-                                stale ? "stale" : "current");
-  return 0;
+  if (e.bad) {
+    fbuf_free (&e);
+    return strata_error (ENOMEM, "out of memory");
+  }
+  {
+    struct journal_item it = { META_E_STALE, e.len, e.p };
+    if (journal_append (p->journal, &it, 1) == 0) {
+      fbuf_free (&e);
+      return 0;
+    }
+    /* Refused (the journal lost its majority): the request fails, but
+     * copies that missed a write are still not read from now on; the
+     * checkpoint that heals the journal records them (journal.h). */
+    if (stale) {
+      int err = errno;
+      char msg[512];
+      snprintf (msg, sizeof msg, "%s", strata_last_error ());
+      journal_apply_unlogged (p->journal, &it, 1);
+      strata_error (err, "%s", msg);
+    }
+  }
+  fbuf_free (&e);
+  return strata_error_prefix ("pool %s: marking copies %s", p->cfg->name,
+                              stale ? "stale" : "current");
 }
 
 bool

@@ -75,7 +75,6 @@ struct resync {
   struct col_ref *pending;	/* columns waiting for a DIRTY commit */
   size_t npending, cap;
   bool committing;		/* a writer is committing pending[] */
-  int err;			/* sticky: a DIRTY commit failed */
   /* The cleaner thread. */
   pthread_t thread;
   bool running;
@@ -207,11 +206,6 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
                           v->name, col, idx);
       break;
     }
-    if (r->err) {
-      ret = strata_error (r->err, "the journal refused a commit; the pool "
-                          "cannot record writes");
-      break;
-    }
     if (pending_at (r, v, idx, col) < 0) {
       if (r->npending == r->cap) {
         size_t cap = r->cap ? r->cap * 2 : 64;
@@ -238,8 +232,6 @@ mark_dirty (struct resync *r, struct meta_volume *v, uint64_t idx,
     pthread_mutex_unlock (&r->lock);
     ret = commit_cols (r, batch, n, true);
     pthread_mutex_lock (&r->lock);
-    if (ret == -1)
-      r->err = errno;
     r->committing = false;
     free (batch);
     pthread_cond_broadcast (&r->cond);
@@ -326,8 +318,6 @@ resync_free_begin (struct resync *r, struct meta_volume *v,
     ret = commit_cols (r, cols, nc, true);
     pthread_mutex_lock (&r->lock);
     r->committing = false;
-    if (ret == -1)
-      r->err = errno;
     pthread_cond_broadcast (&r->cond);
   }
   pthread_mutex_unlock (&r->lock);
