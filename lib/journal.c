@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,7 @@ struct journal {
   uint64_t log_size;		/* smallest log region of all replicas */
   uint64_t log_id;
   uint64_t commits;
+  _Atomic uint64_t heals;	/* see journal_heals() */
   uint64_t retry_at_ms;		/* when to retry lagging replicas */
   uint64_t retry_gap_ms;	/* 0: none was waiting at the last look */
   struct waiter *head, *tailw;	/* queued appends */
@@ -854,6 +856,7 @@ heal_locked (struct journal *j)
     if (checkpoint_locked (j) == 0) {
       j->sticky = 0;
       j->healable = false;
+      atomic_fetch_add (&j->heals, 1);
       fprintf (stderr, "strata: the metadata journal has a majority of its "
                "replicas again: term %" PRIu64 " began with a checkpoint "
                "at index %" PRIu64 ", and metadata changes go on\n",
@@ -1168,6 +1171,12 @@ journal_failed (struct journal *j, char *why, size_t len)
   snprintf (why, len, "%s", e ? j->errmsg : "");
   pthread_mutex_unlock (&j->lock);
   return e;
+}
+
+uint64_t
+journal_heals (struct journal *j)
+{
+  return atomic_load (&j->heals);
 }
 
 uint64_t

@@ -144,6 +144,9 @@ int journal_failed (struct journal *j, char *why, size_t len);
 void journal_meta_room (struct journal *j, uint64_t *ckpt_room,
                         uint64_t *meta_size);
 uint64_t journal_commits (struct journal *j);
+/* How many times the journal healed (a new term on a majority after
+ * it had failed) since it was opened. */
+uint64_t journal_heals (struct journal *j);
 
 /* Fill up to MAX entries of OUT; returns the number of replicas. */
 size_t journal_info (struct journal *j, struct journal_replica_info *out,

@@ -68,7 +68,7 @@ struct col_ref {
 
 struct resync {
   struct pool *p;
-  /* Protects pending[], npending, committing, err, and every change of a
+  /* Protects pending[], npending, committing, and every change of a
    * column's state away from CLEAN; held by a whole cleaner pass. */
   pthread_mutex_t lock;
   pthread_cond_t cond;		/* a DIRTY commit or a pass finished */
@@ -83,6 +83,7 @@ struct resync {
   bool stop;
   _Atomic uint64_t cleaned;
   _Atomic uint64_t rec_columns, rec_bytes;	/* resynced since open */
+  uint64_t heals;		/* journal_heals() the cleaner last saw */
 };
 
 struct resync *
@@ -642,9 +643,15 @@ cleaner (void *opaque)
     csum_shrink (r->p, false);
     if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
       ticks = 0;
+      uint64_t heals = journal_heals (pool_journal (r->p));
       if (resync_clean (r, false) == -1)
         fprintf (stderr, "strata: pool %s: cleaner: %s\n",
                  pool_config (r->p)->name, strata_last_error ());
+      /* Writes that reached no copy while the journal had failed left
+       * their columns UNSYNCED on devices that never left: once it has
+       * healed, resync them as if a device came back. */
+      if (heals != r->heals && resync_returned (r) == 0)
+        r->heals = heals;
     }
     pthread_mutex_lock (&r->tick_lock);
   }
