@@ -98,7 +98,7 @@ struct journal {
   bool committing;		/* a thread is writing a record */
   int sticky;			/* errno once the majority was lost */
   bool healable;		/* sticky only for want of a majority */
-  uint64_t term;
+  _Atomic uint64_t term;	/* read without the lock (status) */
   uint64_t last_index, last_term;
   uint64_t tail;		/* next record offset in the log region */
   uint64_t log_size;		/* smallest log region of all replicas */
@@ -860,7 +860,7 @@ heal_locked (struct journal *j)
       fprintf (stderr, "strata: the metadata journal has a majority of its "
                "replicas again: term %" PRIu64 " began with a checkpoint "
                "at index %" PRIu64 ", and metadata changes go on\n",
-               j->term, j->last_index);
+               (uint64_t) j->term, j->last_index);
     }
     else
       strata_error_clear ();
