@@ -251,9 +251,10 @@ csum_get (struct pool *p, struct meta_volume *v, struct meta_chunk *c,
     struct meta_extent e = c->ext[col * v->replicas];
     strata_error (EIO, "volume %s: column %" PRIu32 " (extent %" PRIu32
                   " of device %s) may hold a write that reached no copy "
-                  "whole, and none of its copies can be reached to resync "
-                  "it: it can be used once its device is back", v->name,
-                  col, e.ext, pool_meta (p)->devices[e.dev].name);
+                  "whole: it can be used once it is resynced, which is done "
+                  "when one of its devices is back or the metadata journal "
+                  "is whole again (strata status)", v->name, col, e.ext,
+                  pool_meta (p)->devices[e.dev].name);
     return NULL;
   }
   if (a)
