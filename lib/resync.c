@@ -642,8 +642,8 @@ cleaner (void *opaque)
     pthread_mutex_unlock (&r->tick_lock);
     csum_shrink (r->p, false);
     if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
-      ticks = 0;
       uint64_t heals = journal_heals (pool_journal (r->p));
+      ticks = 0;
       if (resync_clean (r, false) == -1)
         fprintf (stderr, "strata: pool %s: cleaner: %s\n",
                  pool_config (r->p)->name, strata_last_error ());

@@ -97,7 +97,6 @@ if [ "$u" = 1 ]; then
     && fail "chunk $c0 reads after a write reached none of its copies"
   echo "chunk $c0 (on d$x and d$y) cannot be read until it is resynced"
 fi
-rm -f "$T/m$y.wfail"
 grep -c ' 0$' "$T/ops" > /dev/null || fail "no request failed with the journal lost"
 grep "the metadata journal has failed" "$T/nbdkit.log" > /dev/null \
   || fail "no journal failure reported: $(tail -5 "$T/nbdkit.log")"
@@ -160,6 +159,7 @@ grep "^ERROR: the metadata journal has failed (metadata journal write reached on
   || fail "status --json does not say the journal failed"
 ok "with d$x and d$y failing (2 of 3 metadata replicas), every block reads back: $(tr '\n' ' ' < "$T/ops")"
 
+rm -f "$T/m$y.wfail"
 # d$y answers again: the journal takes a new term in a checkpoint on a
 # majority at its next commit once a retry is due (at gaps that double
 # while it fails, from 1 s), and metadata changes go on.  A volume
