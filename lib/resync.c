@@ -650,8 +650,13 @@ cleaner (void *opaque)
       /* Writes that reached no copy while the journal had failed left
        * their columns UNSYNCED on devices that never left: once it has
        * healed, resync them as if a device came back. */
-      if (heals != r->heals && resync_returned (r) == 0)
-        r->heals = heals;
+      if (heals != r->heals) {
+        if (resync_returned (r) == 0)
+          r->heals = heals;
+        else		/* tried again next pass */
+          fprintf (stderr, "strata: pool %s: cleaner: %s\n",
+                   pool_config (r->p)->name, strata_last_error ());
+      }
     }
     pthread_mutex_lock (&r->tick_lock);
   }
