@@ -67,6 +67,7 @@ fail () {
       echo "member $(basename "$p" .pid): running" >&2
     else
       echo "member $(basename "$p" .pid): gone" >&2
+      tail -n 3 "${p%.pid}.err" 2>/dev/null | sed "s/^/  /" >&2
     fi
   done
   exit 1
@@ -194,11 +195,44 @@ start_member () {
     case $a in -*) opts+=("$a");; *) params+=("$a");; esac
   done
   [ -f "$T/d$i.img" ] || truncate -s "$size" "$T/d$i.img"
-  rm -f "$T/m$i.sock"
-  nbdkit -U "$T/m$i.sock" -P "$T/m$i.pid" "${opts[@]}" --filter=error \
-    file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1 "${params[@]}"
+  rm -f "$T/m$i.sock" "$T/m$i.pid"
+  # In the foreground, as a child of the test: its messages (an error,
+  # an assertion) reach $T/mI.err instead of /dev/null, and once it has
+  # exited it is reaped, not left a zombie that kill -0 takes for a
+  # running server (this machine's init does not reap).
+  nbdkit -f -U "$T/m$i.sock" -P "$T/m$i.pid" "${opts[@]}" --filter=error \
+    file "$T/d$i.img" error-file="$T/m$i.fail" error-rate=1 "${params[@]}" \
+    2>>"$T/m$i.err" &
+  disown $!
+  MEMBER_ARGS[$i]="$size ${*@Q}"
   wait_socket "$T/m$i.sock"
+  for _ in $(seq 50); do [ -s "$T/m$i.pid" ] && break; sleep 0.1; done
   members_cleanup
+}
+# Arguments each member was started with, to start it again.
+declare -A MEMBER_ARGS=()
+
+# revive_members: a member server that aborted on Debian 12's nbdkit
+# 1.32 bug (server/connections.c: "raw_send_socket: Assertion `sock >=
+# 0' failed", when a client's connection closes with replies still owed,
+# as it does when strata is killed) is started again on the same image,
+# as its host's service manager would.  That abort is nbdkit's, not
+# strata's; left alone it would add a member failure that the test did
+# not ask for.  A member gone for any other reason is left gone.
+revive_members () {
+  local p i
+  compgen -G "$T/m*.pid" > /dev/null || return 0
+  sleep 0.5			# the abort follows the close within ms
+  for p in "$T"/m*.pid; do
+    [ -f "$p" ] || continue
+    i=$(basename "$p" .pid); i=${i#m}
+    kill -0 "$(cat "$p")" 2>/dev/null && continue
+    grep -q "raw_send_socket: Assertion" "$T/m$i.err" 2>/dev/null || continue
+    echo "member m$i: its nbdkit aborted ($(grep -m1 "raw_send_socket: Assertion" "$T/m$i.err")); starting it again"
+    cat "$T/m$i.err" >> "$T/m$i.err.old"
+    rm -f "$T/m$i.err"
+    eval "start_member $i ${MEMBER_ARGS[$i]}"
+  done
 }
 # start_members N SIZE: members 0..N-1, except those already serving.
 start_members () {
@@ -236,7 +270,8 @@ start_server () {
   fail "nbdkit did not start"
 }
 
-# stop_server [SIGNAL]: stop nbdkit and wait until it is gone.
+# stop_server [SIGNAL]: stop nbdkit and wait until it is gone (after a
+# kill -9, start again any member server it made abort: revive_members).
 stop_server () {
   local sig=${1:-TERM} pid
   [ -f "$PIDFILE" ] || return 0
@@ -260,6 +295,8 @@ stop_server () {
   fi
   wait "$pid" 2>/dev/null || true
   rm -f "$PIDFILE"
+  [ "$sig" = KILL ] && revive_members
+  return 0
 }
 
 uri () { echo "nbd+unix:///$1?socket=$SOCK"; }
