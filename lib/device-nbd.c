@@ -204,16 +204,16 @@ fail_inflight (struct conn *c, int res)
   }
 }
 
-/* Connect a new handle to RM's URI, waiting at most TIMEOUT_NS.  Returns
+/* Connect a new handle to URI, waiting at most TIMEOUT_NS.  Returns
  * NULL with a message on failure. */
 static struct nbd_handle *
-connect_handle (struct nbd_remote *rm)
+connect_uri (const char *uri, uint64_t timeout_ns)
 {
   struct nbd_handle *h = nbd_create ();
-  uint64_t deadline = device_now_ns () + rm->timeout_ns;
+  uint64_t deadline = device_now_ns () + timeout_ns;
 
   if (!h) {
-    strata_error (ENOMEM, "%s: %s", rm->uri, nbd_get_error ());
+    strata_error (ENOMEM, "%s: %s", uri, nbd_get_error ());
     return NULL;
   }
   /* Allow tls-psk-file= and tls-certificates= in the URI's query. */
@@ -226,14 +226,14 @@ connect_handle (struct nbd_remote *rm)
    * the buffer of a failed read; we never do, and the memset cost 11%
    * of the CPU on 1 MiB reads. */
   nbd_set_pread_initialize (h, false);
-  if (nbd_aio_connect_uri (h, rm->uri) == -1)
+  if (nbd_aio_connect_uri (h, uri) == -1)
     goto err;
   while (nbd_aio_is_connecting (h)) {
     int64_t left = (int64_t) (deadline - device_now_ns ());
     unsigned dir = nbd_aio_get_direction (h);
     struct pollfd pfd = { .fd = nbd_aio_get_fd (h) };
     if (left <= 0) {
-      strata_error (ETIMEDOUT, "%s: connection timed out", rm->uri);
+      strata_error (ETIMEDOUT, "%s: connection timed out", uri);
       nbd_close (h);
       return NULL;
     }
@@ -251,7 +251,7 @@ connect_handle (struct nbd_remote *rm)
   }
   if (!nbd_aio_is_ready (h)) {
     strata_error (ECONNRESET, "%s: the server closed the connection during "
-                  "the handshake", rm->uri);
+                  "the handshake", uri);
     nbd_close (h);
     return NULL;
   }
@@ -259,9 +259,26 @@ connect_handle (struct nbd_remote *rm)
 
  err:
   strata_error (nbd_get_errno () ? nbd_get_errno () : EIO, "%s: %s",
-                rm->uri, nbd_get_error ());
+                uri, nbd_get_error ());
   nbd_close (h);
   return NULL;
+}
+
+static struct nbd_handle *
+connect_handle (struct nbd_remote *rm)
+{
+  return connect_uri (rm->uri, rm->timeout_ns);
+}
+
+bool
+device_nbd_answers (const char *uri, unsigned timeout_ms)
+{
+  struct nbd_handle *h = connect_uri (uri, timeout_ms * UINT64_C (1000000));
+
+  if (!h)
+    return false;
+  nbd_close (h);		/* no request was sent: nothing owed */
+  return true;
 }
 
 /* Keep libnbd's message for the last error, to say why a connection

@@ -79,6 +79,11 @@ struct device *device_open_local (const char *path, unsigned flags,
  * on failure.  FLAGS is reserved (0). */
 struct device *device_open_nbd (const char *uri, unsigned flags);
 
+/* Whether the NBD server at URI completes a handshake within TIMEOUT_MS
+ * (the connection is closed again at once).  A cheap question before
+ * device_open_nbd(), which may wait for the request timeout. */
+bool device_nbd_answers (const char *uri, unsigned timeout_ms);
+
 /* True if some write or discard to DEV has completed that no flush has
  * covered yet (a flush covers what completed before it was submitted;
  * a FUA write needs none).  A flush of the pool sends a flush to such a

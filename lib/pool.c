@@ -68,6 +68,16 @@ struct pool {
   uint64_t *no_space_at;	/* [ndevs] the last one's time, ms, and */
   char (*no_space_why)[140];	/* what it was; both under problem_lock */
   _Atomic uint64_t *repairs;	/* [ndevs] blocks rewritten with good data */
+  /* [ndevs] the device has been missing since the pool was opened (up
+   * or degraded then), failed since only because a write needed it
+   * (pool_device_away), and may rejoin by itself (pool_rejoin_missing);
+   * cleared under fail_lock when it is back or failed for anything
+   * else, the operator's word included. */
+  _Atomic bool *rejoin_ok;
+  /* [ndevs] when such a device is next tried, ms, and the gap after
+   * that; the cleaner's alone. */
+  uint64_t *rejoin_at;
+  uint32_t *rejoin_gap;
   pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
   struct resync *resync;	/* dirty columns; NULL when read-only */
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
@@ -1413,9 +1423,13 @@ pool_open (const struct config *cfg, unsigned flags)
   p->no_space_at = calloc (META_MAX_DEVICES, sizeof *p->no_space_at);
   p->no_space_why = calloc (META_MAX_DEVICES, sizeof *p->no_space_why);
   p->repairs = calloc (META_MAX_DEVICES, sizeof *p->repairs);
+  p->rejoin_ok = calloc (META_MAX_DEVICES, sizeof *p->rejoin_ok);
+  p->rejoin_at = calloc (META_MAX_DEVICES, sizeof *p->rejoin_at);
+  p->rejoin_gap = calloc (META_MAX_DEVICES, sizeof *p->rejoin_gap);
   if (!p->devs || !p->problem || !p->reserved || !p->failed
       || !p->read_errors || !p->csum_errors || !p->no_space
-      || !p->no_space_at || !p->no_space_why || !p->repairs) {
+      || !p->no_space_at || !p->no_space_why || !p->repairs
+      || !p->rejoin_ok || !p->rejoin_at || !p->rejoin_gap) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -1471,6 +1485,7 @@ pool_open (const struct config *cfg, unsigned flags)
   for (uint32_t i = 0; i < p->ndevs; i++) {
     uint8_t st = p->meta->devices[i].state;
     p->failed[i] = st == META_DEV_FAILED || st == META_DEV_REMOVED;
+    p->rejoin_ok[i] = !p->devs[i] && !p->failed[i];
     if (!p->devs[i] || p->failed[i])
       alloc_set_usable (p->alloc, i, false);
     if (p->devs[i])
@@ -1556,6 +1571,9 @@ pool_close (struct pool *p)
   free (p->no_space_at);
   free (p->no_space_why);
   free (p->repairs);
+  free (p->rejoin_ok);
+  free (p->rejoin_at);
+  free (p->rejoin_gap);
   for (size_t i = 0; i < p->nreloaded; i++)
     config_free (p->reloaded[i]);
   free (p->reloaded);
@@ -1625,13 +1643,20 @@ set_problem (struct pool *p, uint32_t i, const char *fmt, ...)
   pthread_mutex_unlock (&p->problem_lock);
 }
 
-int
-pool_device_fail (struct pool *p, uint32_t i, const char *why)
+/* Mark device I failed for WHY; AWAY: only because it is missing, so
+ * that it may still rejoin by itself. */
+static int
+fail_device (struct pool *p, uint32_t i, const char *why, bool away)
 {
   int r = 0;
 
   if (i >= p->ndevs)
     return strata_error (EINVAL, "no device %" PRIu32, i);
+  if (!away && atomic_load (&p->rejoin_ok[i])) {
+    pthread_mutex_lock (&p->fail_lock);
+    atomic_store (&p->rejoin_ok[i], false);
+    pthread_mutex_unlock (&p->fail_lock);
+  }
   if (atomic_load (&p->failed[i]))
     return 0;
   pthread_mutex_lock (&p->fail_lock);
@@ -1650,6 +1675,18 @@ pool_device_fail (struct pool *p, uint32_t i, const char *why)
 }
 
 int
+pool_device_fail (struct pool *p, uint32_t i, const char *why)
+{
+  return fail_device (p, i, why, false);
+}
+
+int
+pool_device_away (struct pool *p, uint32_t i)
+{
+  return fail_device (p, i, "not available", true);
+}
+
+int
 pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
 {
   int r;
@@ -1658,6 +1695,8 @@ pool_device_set_state (struct pool *p, uint32_t i, uint8_t state)
     return strata_error (EINVAL, "no device %" PRIu32, i);
   pthread_mutex_lock (&p->fail_lock);
   r = commit_dev_state (p, i, state);
+  if (r == 0 && state != META_DEV_UP && state != META_DEV_DEGRADED)
+    atomic_store (&p->rejoin_ok[i], false);
   if (r == 0 && (state == META_DEV_FAILED || state == META_DEV_REMOVED)) {
     atomic_store_explicit (&p->failed[i], true, memory_order_release);
     alloc_set_usable (p->alloc, i, false);
@@ -1840,8 +1879,11 @@ suspect_returning (struct pool *p, uint32_t i)
   return r;
 }
 
-int
-pool_device_return (struct pool *p, uint32_t i)
+/* Bring device I back (pool_device_return), or with REJOIN only one that
+ * may still rejoin by itself (rejoin_ok, pool_rejoin_missing): 1 if it
+ * no longer may (back already, or failed or removed meanwhile). */
+static int
+device_back (struct pool *p, uint32_t i, bool rejoin)
 {
   const struct meta_device *md;
   struct device *d;
@@ -1859,6 +1901,10 @@ pool_device_return (struct pool *p, uint32_t i)
     return strata_error_prefix ("pool %s: device %s", p->cfg->name,
                                 md->name);
   pthread_mutex_lock (&p->fail_lock);
+  if (rejoin && (p->devs[i] || !atomic_load (&p->rejoin_ok[i]))) {
+    r = 1;
+    goto out;
+  }
   if (md->state == META_DEV_REMOVED) {
     char u[37];
     util_uuid_format (md->uuid, u);
@@ -1894,6 +1940,7 @@ pool_device_return (struct pool *p, uint32_t i)
   set_problem (p, i, "%s", "");
   atomic_store_explicit (&p->failed[i], false, memory_order_release);
   alloc_set_usable (p->alloc, i, true);
+  atomic_store (&p->rejoin_ok[i], false);
   fprintf (stderr, "strata: pool %s: device %s is back\n", p->cfg->name,
            md->name);
   r = 0;
@@ -1904,6 +1951,73 @@ pool_device_return (struct pool *p, uint32_t i)
     r = strata_error_prefix ("pool %s: device %s is back, but resyncing "
                              "its columns failed", p->cfg->name, md->name);
   return r;
+}
+
+int
+pool_device_return (struct pool *p, uint32_t i)
+{
+  return device_back (p, i, false) == -1 ? -1 : 0;
+}
+
+/* Gaps between tries of a missing device: doubling from the first to
+ * the last. */
+#define REJOIN_FIRST_MS 5000
+#define REJOIN_MAX_MS 60000
+/* How long a remote member has to answer a try. */
+#define REJOIN_ANSWER_MS 1000
+
+int
+pool_rejoin_missing (struct pool *p)
+{
+  uint64_t now = util_now_ms ();
+  uint32_t n = atomic_load (&p->ndevs);
+  int back = 0;
+
+  if (!p->writable)
+    return 0;
+  for (uint32_t i = 0; i < n; i++) {
+    const struct meta_device *md = &p->meta->devices[i];
+    const struct config_device *cd;
+    char why[200];
+    int r;
+
+    if (p->devs[i] || !atomic_load (&p->rejoin_ok[i]))
+      continue;
+    if (now < p->rejoin_at[i])
+      continue;
+    p->rejoin_gap[i] = p->rejoin_gap[i]
+      ? MIN (p->rejoin_gap[i] * 2, REJOIN_MAX_MS) : REJOIN_FIRST_MS;
+    p->rejoin_at[i] = now + p->rejoin_gap[i];
+    /* Asked first, so that a member still away costs this thread a
+     * second at most, not the request timeout. */
+    cd = pool_declared_device (p, md->name, false);
+    if (!cd || (cd->uri ? !device_nbd_answers (cd->uri, REJOIN_ANSWER_MS)
+                : access (cd->path, F_OK) == -1))
+      continue;
+    r = device_back (p, i, true);
+    if (r == 1)
+      continue;
+    if (p->devs[i]) {		/* back, even if its resync failed */
+      fprintf (stderr, "strata: pool %s: device %s (%s), missing since the "
+               "pool was opened, answered and is in use again; any of its "
+               "copies that missed writes meanwhile stay stale (not read) "
+               "until strata device add or rebuild brings them up to date\n",
+               p->cfg->name, md->name, config_device_where (cd));
+      if (r == -1)
+        fprintf (stderr, "strata: pool %s: %s\n", p->cfg->name,
+                 strata_last_error ());
+      back++;
+      continue;
+    }
+    /* Say why once, not at every try. */
+    pool_device_problem (p, i, why, sizeof why);
+    if (strcmp (why, strata_last_error ()) != 0) {
+      fprintf (stderr, "strata: pool %s: device %s answers but cannot "
+               "rejoin: %s\n", p->cfg->name, md->name, strata_last_error ());
+      set_problem (p, i, "%s", strata_last_error ());
+    }
+  }
+  return back;
 }
 
 size_t

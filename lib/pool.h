@@ -111,6 +111,10 @@ uint32_t pool_ndevices (struct pool *p);
 #define POOL_READ_ERROR_LIMIT 8
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);
+/* Device I, missing, is marked failed because a write needed it ("not
+ * available"); unlike pool_device_fail(), it may still rejoin by itself
+ * (pool_rejoin_missing). */
+int pool_device_away (struct pool *p, uint32_t i);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
 /* A request to device I was refused for lack of space (ENOSPC or
  * EDQUOT; WHY says which).  No fault of the device, which stays in use:
@@ -125,6 +129,16 @@ uint64_t pool_device_no_spaces (struct pool *p, uint32_t i);
  * copies them.  A removed (replaced) device is refused.  Returns 0, or
  * -1 with a message. */
 int pool_device_return (struct pool *p, uint32_t i);
+/* Try again the devices missing since the pool was opened (up or
+ * degraded in the metadata then, not opened, and failed since, if at
+ * all, only by pool_device_away()): one that answers now and is the
+ * member that left comes back as by pool_device_return(), with a line
+ * on stderr; its metadata replica, if it holds one, is brought up to
+ * date.  Each is tried 5 s after the previous try, then at gaps
+ * doubling to a minute; a remote member gets a second to answer.  For
+ * the cleaner thread (resync.c) of a pool being served.  Returns how
+ * many came back. */
+int pool_rejoin_missing (struct pool *p);
 /* Add the device NAME to the pool (strata device add of a new device):
  * NAME is declared in the YAML (read again if it was declared after the
  * pool was opened) and is not a member.  Creates a sparse file where the

@@ -644,6 +644,7 @@ cleaner (void *opaque)
     if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
       uint64_t heals = journal_heals (pool_journal (r->p));
       ticks = 0;
+      pool_rejoin_missing (r->p);
       if (resync_clean (r, false) == -1)
         fprintf (stderr, "strata: pool %s: cleaner: %s\n",
                  pool_config (r->p)->name, strata_last_error ());

@@ -527,8 +527,7 @@ replica_writable (struct volume *v, struct piece *p, uint32_t r)
     return 0;
   if (pool_device_usable (v->p, e.dev))
     return 1;
-  if (!pool_device (v->p, e.dev)
-      && pool_device_fail (v->p, e.dev, "not available") == -1)
+  if (!pool_device (v->p, e.dev) && pool_device_away (v->p, e.dev) == -1)
     return -1;
   p->missed |= 1u << r;
   return 0;

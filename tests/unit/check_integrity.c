@@ -331,6 +331,84 @@ END_TEST
  * (100): it lists the first 100 in the order the columns are taken
  * (fewest copies first, then volume, chunk and column: here chunk
  * order), whichever of its workers copied them, and counts the rest. */
+/* Move device DEV's file away (AWAY) or back. */
+static void
+move_dev (const char *dir, uint32_t dev, bool away)
+{
+  char a[400], b[400];
+
+  snprintf (a, sizeof a, "%s/d%u.img", dir, dev);
+  snprintf (b, sizeof b, "%s/d%u.away", dir, dev);
+  ck_assert_int_eq (away ? rename (a, b) : rename (b, a), 0);
+}
+
+/* A device missing at the open rejoins once it is there again
+ * (pool_rejoin_missing), also after a write marked it failed for being
+ * away; not once the operator has marked it failed. */
+START_TEST (test_rejoin)
+{
+  char *dir = test_tmpdir ();
+  struct config *c = make_config (dir, 2);
+  char *pat = malloc (MIB), *pat2 = malloc (MIB), *buf = malloc (MIB);
+  struct meta_volume *mv;
+  struct where w;
+  struct pool *p;
+  struct volume *v;
+
+  fill (pat, MIB, 3);
+  fill (pat2, MIB, 4);
+  setup (c, pat);
+  w = locate (c, 0);
+  move_dev (dir, w.dev, true);
+
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_ptr_null (pool_device (p, w.dev));
+  /* A write to its column fails it ("not available"), its copy stale. */
+  v = volume_open (p, "v");
+  ck_assert_int_eq (volume_pwrite (v, pat2, MIB, 0, false), 0);
+  ck_assert_int_eq (pool_meta (p)->devices[w.dev].state, META_DEV_FAILED);
+  mv = meta_find_volume (pool_meta (p), "v");
+  ck_assert (meta_copy_stale (&meta_chunk_get (mv, 0)->col[0], 0));
+  /* Back: it rejoins, up, its stale copy not read. */
+  move_dev (dir, w.dev, false);
+  ck_assert_int_eq (pool_rejoin_missing (p), 1);
+  ck_assert_ptr_nonnull (pool_device (p, w.dev));
+  ck_assert (pool_device_usable (p, w.dev));
+  ck_assert_int_eq (pool_meta (p)->devices[w.dev].state, META_DEV_UP);
+  ck_assert (meta_copy_stale (&meta_chunk_get (mv, 0)->col[0], 0));
+  for (int k = 0; k < 4; k++) {
+    ck_assert_int_eq (volume_pread (v, buf, MIB, 0), 0);
+    ck_assert_mem_eq (buf, pat2, MIB);
+  }
+  /* Nothing more to do. */
+  ck_assert_int_eq (pool_rejoin_missing (p), 0);
+  volume_close (v);
+  pool_close (p);
+
+  /* Missing again, and failed by the operator: it waits for device add. */
+  move_dev (dir, w.dev, true);
+  p = pool_open (c, POOL_WRITE);
+  ck_assert_msg (p != NULL, "%s", strata_last_error ());
+  ck_assert_ptr_null (pool_device (p, w.dev));
+  ck_assert_int_eq (pool_device_fail (p, w.dev, "marked failed by the "
+                                      "operator"), 0);
+  move_dev (dir, w.dev, false);
+  ck_assert_int_eq (pool_rejoin_missing (p), 0);
+  ck_assert_ptr_null (pool_device (p, w.dev));
+  ck_assert_int_eq (pool_meta (p)->devices[w.dev].state, META_DEV_FAILED);
+  ck_assert_int_eq (pool_device_return (p, w.dev), 0);
+  ck_assert (pool_device_usable (p, w.dev));
+  pool_close (p);
+
+  free (pat);
+  free (pat2);
+  free (buf);
+  config_free (c);
+  test_rmdir (dir);
+}
+END_TEST
+
 START_TEST (test_rebuild_report)
 {
   char *dir = test_tmpdir ();
@@ -657,6 +735,7 @@ integrity_suite (void)
   tcase_add_test (tc, test_no_good_copy);
   tcase_add_test (tc, test_slot_damage);
   tcase_add_test (tc, test_crash_resync);
+  tcase_add_test (tc, test_rejoin);
   tcase_add_test (tc, test_rebuild_report);
   tcase_add_test (tc, test_csum_memory);
   tcase_add_test (tc, test_csum_memory_race);
