@@ -11,7 +11,6 @@
 # copy up to date; scrub is clean and the replicas compare equal.  A
 # member that answers with another disk (blank) is refused, said once.
 source "$(dirname "$0")/functions.sh"
-[ -n "${KEEPLOG:-}" ] && on_exit "cp \"$T/nbdkit.log\" /tmp/rejoin-nbdkit.log"
 requires nbdkit nbdsh
 export STRATA_REMOTE=1
 MiB=$((1 << 20))
