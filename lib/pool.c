@@ -1989,8 +1989,10 @@ pool_rejoin_missing (struct pool *p)
       ? MIN (p->rejoin_gap[i] * 2, REJOIN_MAX_MS) : REJOIN_FIRST_MS;
     p->rejoin_at[i] = now + p->rejoin_gap[i];
     /* Asked first, so that a member still away costs this thread a
-     * second at most, not the request timeout. */
-    cd = pool_declared_device (p, md->name, false);
+     * second at most, not the request timeout.  Only a device the YAML
+     * declared at the open: the declarations read since belong to the
+     * control thread's commands. */
+    cd = config_find_device (p->cfg, md->name);
     if (!cd || (cd->uri ? !device_nbd_answers (cd->uri, REJOIN_ANSWER_MS)
                 : access (cd->path, F_OK) == -1))
       continue;
