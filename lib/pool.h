@@ -134,10 +134,10 @@ int pool_device_return (struct pool *p, uint32_t i);
  * all, only by pool_device_away()): one that answers now and is the
  * member that left comes back as by pool_device_return(), with a line
  * on stderr; its metadata replica, if it holds one, is brought up to
- * date.  Each is tried 5 s after the previous try, then at gaps
- * doubling to a minute; a remote member gets a second to answer.  For
- * the cleaner thread (resync.c) of a pool being served.  Returns how
- * many came back. */
+ * date.  The first call tries each; later calls try it again at gaps
+ * doubling from 5 s to a minute.  A remote member gets a second to
+ * answer.  For the cleaner thread (resync.c) of a pool being served,
+ * which calls it every pass.  Returns how many came back. */
 int pool_rejoin_missing (struct pool *p);
 /* Add the device NAME to the pool (strata device add of a new device):
  * NAME is declared in the YAML (read again if it was declared after the
