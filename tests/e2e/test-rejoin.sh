@@ -120,10 +120,18 @@ ok "device add d$x brought its stale copy up to date; scrub clean; every chunk r
 kill_member "$x"
 mv "$T/d$x.img" "$T/d$x.kept"
 start_server
-start_member "$x" 256MiB
-sleep 17			# tries at about 5, 10 and 20 s
+# The log filter records each connection: a try makes at least two (the
+# question whether it answers, then the opening) and at most three, so
+# four mean it was tried at least twice (at about 5 and 10 s).
+start_member "$x" 256MiB --filter=log logfile="$T/m$x.conns"
+for _ in $(seq 200); do
+  [ "$(grep -c " Connect " "$T/m$x.conns" 2>/dev/null || true)" -ge 4 ] && break
+  sleep 0.2
+done
+[ "$(grep -c " Connect " "$T/m$x.conns")" -ge 4 ] \
+  || fail "d$x was not tried twice within 40 s ($(grep -c " Connect " "$T/m$x.conns") connections)"
 n=$(grep -c "device d$x answers but cannot rejoin" "$T/nbdkit.log" || true)
-[ "$n" = 1 ] || fail "the refusal of d$x was logged $n times: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+[ "$n" = 1 ] || fail "the refusal of d$x was logged $n times in $(grep -c " Connect " "$T/m$x.conns") connections: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
 grep -q "device d$x answers but cannot rejoin: device d$x (.*) holds no strata superblock: it is not the member that left the pool" "$T/nbdkit.log" \
   || fail "the refusal does not say why: $(grep "d$x" "$T/nbdkit.log" | tail -2)"
 [ "$(device_field "d$x" state)" = missing ] || fail "the blank d$x is $(device_field "d$x" state)"
