@@ -26,6 +26,7 @@
 #include "csum.h"
 #include "destage.h"
 #include "error.h"
+#include "job.h"
 #include "rebuild.h"
 #include "scrub.h"
 #include "util.h"
@@ -1103,7 +1104,7 @@ parse_job (const struct admin_ctx *ctx, int argc, char **argv,
   char *av[64];
   int ac = 0;
 
-  *a = (struct job_args) { .rate = ctx->online ? ADMIN_ONLINE_RATE : 0 };
+  *a = (struct job_args) { .rate = ctx->online ? JOB_ONLINE_RATE : 0 };
   /* A VOLUME may come before or after the options: take it out first. */
   for (int i = 0; i < argc && ac < 63; i++) {
     if (i == 0 || argv[i][0] == '-') {

@@ -14,11 +14,6 @@
 
 #include "pool.h"
 
-/* The default --rate of scrub and rebuild in the serving process (device
- * bytes per second), so that clients keep most of their throughput.
- * Offline there is no limit. */
-#define ADMIN_ONLINE_RATE (100ull << 20)
-
 /* Where the command runs, for status. */
 struct admin_ctx {
   bool online;			/* inside the serving process */

@@ -1,6 +1,7 @@
 /* strata: long jobs (see job.h). */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -144,7 +145,8 @@ job_stopped (struct job *j, const char *why)
 bool
 job_cancelled (struct job *j)
 {
-  return pool_job_cancelled (j->p, j->kind);
+  return pool_job_cancelled (j->p, j->kind)
+    || (j->quit && atomic_load (j->quit));
 }
 
 static int

@@ -18,6 +18,11 @@
 #include "pool.h"
 
 #define JOB_SAVE_INTERVAL 1.0	/* seconds between progress commits */
+/* The default --rate of scrub and rebuild in the serving process (device
+ * bytes per second), so that clients keep most of their throughput;
+ * also the rate of the rebuilds the server starts by itself (resync.c).
+ * Offline there is no limit. */
+#define JOB_ONLINE_RATE (100ull << 20)
 
 struct job {
   struct pool *p;
@@ -28,6 +33,7 @@ struct job {
   const char *unit;		/* what rec.done counts: "bytes", "columns" */
   FILE *err;			/* progress goes here */
   bool bar;			/* a terminal: redraw one line */
+  const _Atomic int *quit;	/* also stop once this is non-zero (or NULL) */
   /* This run. */
   double t0, last_save, last_show;
   uint64_t io;			/* device bytes read and written */
@@ -55,7 +61,8 @@ double job_account (struct job *j, uint64_t io_bytes);
  * wait can be long, and a stop must not wait it out. */
 void job_pace (struct job *j, double due);
 
-/* Whether the job should stop (cancelled, or the pool is closing). */
+/* Whether the job should stop (cancelled, its QUIT set, or the pool is
+ * closing). */
 bool job_cancelled (struct job *j);
 
 /* End the progress display (a newline after a bar). */

@@ -1967,7 +1967,7 @@ pool_device_return (struct pool *p, uint32_t i)
 #define REJOIN_ANSWER_MS 1000
 
 int
-pool_rejoin_missing (struct pool *p)
+pool_rejoin_missing (struct pool *p, bool *back_dev)
 {
   uint64_t now = util_now_ms ();
   uint32_t n = atomic_load (&p->ndevs);
@@ -2001,13 +2001,13 @@ pool_rejoin_missing (struct pool *p)
       continue;
     if (p->devs[i]) {		/* back, even if its resync failed */
       fprintf (stderr, "strata: pool %s: device %s (%s), missing since the "
-               "pool was opened, answered and is in use again; any of its "
-               "copies that missed writes meanwhile stay stale (not read) "
-               "until strata device add or rebuild brings them up to date\n",
+               "pool was opened, answered and is in use again\n",
                p->cfg->name, md->name, config_device_where (cd));
       if (r == -1)
         fprintf (stderr, "strata: pool %s: %s\n", p->cfg->name,
                  strata_last_error ());
+      if (back_dev)
+        back_dev[i] = true;
       back++;
       continue;
     }

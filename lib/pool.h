@@ -137,8 +137,11 @@ int pool_device_return (struct pool *p, uint32_t i);
  * date.  The first call tries each; later calls try it again at gaps
  * doubling from 5 s to a minute.  A remote member gets a second to
  * answer.  For the cleaner thread (resync.c) of a pool being served,
- * which calls it every pass.  Returns how many came back. */
-int pool_rejoin_missing (struct pool *p);
+ * which calls it every pass, and has the copies they missed copied
+ * again.  Returns how many came back; BACK, if not NULL, has
+ * META_MAX_DEVICES entries, and those of the devices that came back
+ * are set. */
+int pool_rejoin_missing (struct pool *p, bool *back);
 /* Add the device NAME to the pool (strata device add of a new device):
  * NAME is declared in the YAML (read again if it was declared after the
  * pool was opened) and is not a member.  Creates a sparse file where the

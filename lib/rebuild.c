@@ -38,6 +38,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -700,6 +701,22 @@ report (struct rebuild *b, FILE *out, bool finished, bool resumed)
   char a[32], s[32];
 
   util_first_sort (&b->moves);
+  if (b->o->background) {
+    fprintf (out, "strata: pool %s: device %s: %" PRIu64 " of %" PRIu64
+             " columns it missed copied again (%s in %.1f s)%s\n", m->name,
+             m->devices[b->o->resync].name, r->done, r->total,
+             util_human_size (b->copied, a, sizeof a), secs,
+             !finished && b->o->quit
+             && atomic_load (b->o->quit) == RESYNC_CATCH_YIELD
+             ? "; stopped for a rebuild started by a command, which copies "
+             "the rest"
+             : !finished ? "; stopped, the rest stay stale (not read) until "
+             "strata device add or rebuild"
+             : left ? "; some have no current copy to read and stay stale "
+             "(not read)" : "; it is up to date");
+    fflush (out);
+    return;
+  }
   if (b->o->json) {
     fprintf (out, "{\"job\":\"rebuild\",\"state\":\"%s\",\"resumed\":%s,"
              "\"columns\":%" PRIu64 ",\"total\":%" PRIu64 ",\"bytes\":%"
@@ -855,7 +872,10 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
 
   if (!pool_writable (p))
     return strata_error (EROFS, "rebuild needs the pool open for writing");
-  if (!pool_job_claim (p, META_JOB_REBUILD))
+  if (!pool_job_claim (p, META_JOB_REBUILD)
+      && (o->background || !pool_resync (p)
+          || !resync_catch_yield (pool_resync (p))
+          || !pool_job_claim (p, META_JOB_REBUILD)))
     return strata_error (EBUSY, "a rebuild is already running on pool %s "
                          "(see strata status)", m->name);
   if ((nv = job_volumes (p, 0, &b.vols)) == -1)
@@ -883,8 +903,13 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   if (collect (&b) == -1)
     goto out;
 
+  if (o->background && b.nitems == 0) {
+    ret = 0;
+    goto out;
+  }
   job_init (&b.job, p, META_JOB_REBUILD, "rebuild", "columns", o->rate, err,
             o->bar);
+  b.job.quit = o->quit;
   pthread_mutex_lock (&m->lock);
   prev = m->jobs[META_JOB_REBUILD];
   pthread_mutex_unlock (&m->lock);
@@ -904,6 +929,14 @@ rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,
   b.job.done0 = b.job.rec.done;
   if (job_save (&b.job, true) == -1)
     goto out;
+  if (o->background) {
+    char r[32];
+    fprintf (out, "strata: pool %s: device %s is back: copying again the "
+             "%zu columns it missed (at most %s/s; see strata status)\n",
+             m->name, m->devices[o->resync].name, b.nitems,
+             util_human_size (o->rate, r, sizeof r));
+    fflush (out);
+  }
 
   {
     pthread_t t[REBUILD_WORKERS];

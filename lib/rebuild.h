@@ -36,9 +36,19 @@ struct rebuild_opts {
   int32_t drain;		/* also move every copy off this device (-1) */
   int32_t prefer;		/* put new copies here where possible (-1) */
   int32_t resync;		/* only this device's stale copies (-1) */
+  /* Started by the server itself, not by a command (resync.c, for a
+   * device that rejoined): no report and no job record when there is
+   * nothing to do, else one line on OUT when it starts and one when it
+   * ends, for the server's log.  QUIT, once non-zero, stops it:
+   * RESYNC_CATCH_STOP, the server is stopping; RESYNC_CATCH_YIELD, a
+   * rebuild started by a command takes its place. */
+  bool background;
+  const _Atomic int *quit;
 };
 
-/* Run a rebuild and print its report to OUT.  Returns 0 if every column
+/* Run a rebuild and print its report to OUT.  One started by a command
+ * while the server's own runs stops that one first (resync.c), and
+ * does what it had left.  Returns 0 if every column
  * has all its copies afterwards, 1 if some could not be given one (no
  * space, no copy left), -1 on failure (strata_last_error()). */
 int rebuild_run (struct pool *p, const struct rebuild_opts *o, FILE *out,

@@ -42,11 +42,22 @@
  * recomputes the checksums from the data) tries again; a copy crash
  * resync could not rewrite for lack of space is made stale, and its
  * device stays up.
+ *
+ * A device that rejoins by itself (pool_rejoin_missing, tried by the
+ * cleaner) comes back with the copies it missed stale.  A second
+ * thread, the catcher, copies them again with a rebuild of that device
+ * (what strata device add does), at the online rate, so that the pool
+ * gets its redundancy back without a command.  It has a thread of its
+ * own because that may take long, and the cleaner's passes must go on
+ * meanwhile.  While another rebuild runs (a command's), it waits for it
+ * and tries again; one started by a command while the catcher's runs
+ * stops the catcher's (resync_catch_yield) and does the rest.
  */
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +66,8 @@
 #include "crc32c.h"
 #include "csum.h"
 #include "error.h"
+#include "job.h"
+#include "rebuild.h"
 #include "resync.h"
 #include "util.h"
 
@@ -78,9 +91,19 @@ struct resync {
   /* The cleaner thread. */
   pthread_t thread;
   bool running;
-  pthread_mutex_t tick_lock;	/* protects stop */
+  pthread_mutex_t tick_lock;	/* protects stop, catch_want[] */
   pthread_cond_t tick;
   bool stop;
+  /* The catcher thread (above): the devices whose stale copies it is
+   * to copy again, its wake-up, and whether it is running a rebuild
+   * (catch_cond is broadcast when that ends). */
+  pthread_t catcher;
+  bool catcher_running;
+  pthread_cond_t catch_cond;
+  bool *catch_want;		/* [META_MAX_DEVICES] */
+  bool catching;
+  bool *back;			/* [META_MAX_DEVICES], the cleaner's */
+  _Atomic int quit;		/* stops the catcher's rebuild (resync.h) */
   _Atomic uint64_t cleaned;
   _Atomic uint64_t rec_columns, rec_bytes;	/* resynced since open */
   uint64_t heals;		/* journal_heals() the cleaner last saw */
@@ -96,10 +119,20 @@ resync_new (struct pool *p)
     return NULL;
   }
   r->p = p;
+  r->catch_want = calloc (META_MAX_DEVICES, sizeof *r->catch_want);
+  r->back = calloc (META_MAX_DEVICES, sizeof *r->back);
+  if (!r->catch_want || !r->back) {
+    free (r->catch_want);
+    free (r->back);
+    free (r);
+    strata_error (ENOMEM, "out of memory");
+    return NULL;
+  }
   pthread_mutex_init (&r->lock, NULL);
   pthread_cond_init (&r->cond, NULL);
   pthread_mutex_init (&r->tick_lock, NULL);
   pthread_cond_init (&r->tick, NULL);
+  pthread_cond_init (&r->catch_cond, NULL);
   return r;
 }
 
@@ -113,7 +146,10 @@ resync_free (struct resync *r)
   pthread_cond_destroy (&r->cond);
   pthread_mutex_destroy (&r->tick_lock);
   pthread_cond_destroy (&r->tick);
+  pthread_cond_destroy (&r->catch_cond);
   free (r->pending);
+  free (r->catch_want);
+  free (r->back);
   free (r);
 }
 
@@ -644,7 +680,16 @@ cleaner (void *opaque)
     if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
       uint64_t heals = journal_heals (pool_journal (r->p));
       ticks = 0;
-      pool_rejoin_missing (r->p);
+      if (pool_rejoin_missing (r->p, r->back) > 0) {
+        pthread_mutex_lock (&r->tick_lock);
+        for (uint32_t d = 0; d < META_MAX_DEVICES; d++)
+          if (r->back[d]) {
+            r->back[d] = false;
+            r->catch_want[d] = true;
+          }
+        pthread_cond_broadcast (&r->catch_cond);
+        pthread_mutex_unlock (&r->tick_lock);
+      }
       if (resync_clean (r, false) == -1)
         fprintf (stderr, "strata: pool %s: cleaner: %s\n",
                  pool_config (r->p)->name, strata_last_error ());
@@ -665,6 +710,98 @@ cleaner (void *opaque)
   return NULL;
 }
 
+/* Copy again the stale copies of device D, which rejoined.  Returns 1
+ * if another rebuild is running or took over (try again later), else
+ * 0. */
+static int
+catch_up (struct resync *r, uint32_t d)
+{
+  struct rebuild_opts o = { .rate = JOB_ONLINE_RATE, .drain = -1,
+                            .prefer = -1, .resync = d, .background = true,
+                            .quit = &r->quit };
+  bool busy = false;
+  int rc, e = 0;
+
+  if (pool_job_running (r->p, META_JOB_REBUILD))
+    return 1;
+  pthread_mutex_lock (&r->tick_lock);
+  if (r->stop) {
+    pthread_mutex_unlock (&r->tick_lock);
+    return 0;
+  }
+  r->catching = true;
+  pthread_mutex_unlock (&r->tick_lock);
+  rc = rebuild_run (r->p, &o, stderr, stderr);
+  if (rc == -1)
+    e = errno;
+  pthread_mutex_lock (&r->tick_lock);
+  r->catching = false;
+  if (atomic_load (&r->quit) == RESYNC_CATCH_YIELD) {
+    atomic_store (&r->quit, RESYNC_CATCH_RUN);
+    busy = true;
+  }
+  pthread_cond_broadcast (&r->catch_cond);
+  pthread_mutex_unlock (&r->tick_lock);
+  if (rc == -1 && e == EBUSY)
+    busy = true;
+  else if (rc == -1 && !busy && atomic_load (&r->quit) == RESYNC_CATCH_RUN)
+    fprintf (stderr, "strata: pool %s: device %s: the copies it missed "
+             "stay stale (not read) until strata device add or rebuild: "
+             "%s\n", pool_config (r->p)->name,
+             pool_meta (r->p)->devices[d].name, strata_last_error ());
+  return busy;
+}
+
+bool
+resync_catch_yield (struct resync *r)
+{
+  bool yielded = false;
+
+  pthread_mutex_lock (&r->tick_lock);
+  while (r->catching) {
+    int run = RESYNC_CATCH_RUN;
+    atomic_compare_exchange_strong (&r->quit, &run, RESYNC_CATCH_YIELD);
+    yielded = true;
+    pthread_cond_wait (&r->catch_cond, &r->tick_lock);
+  }
+  pthread_mutex_unlock (&r->tick_lock);
+  return yielded;
+}
+
+static void *
+catcher (void *opaque)
+{
+  struct resync *r = opaque;
+
+  pthread_mutex_lock (&r->tick_lock);
+  while (!r->stop) {
+    uint32_t n = pool_ndevices (r->p), d;
+    bool busy;
+
+    for (d = 0; d < n && !r->catch_want[d]; d++)
+      ;
+    if (d == n) {
+      pthread_cond_wait (&r->catch_cond, &r->tick_lock);
+      continue;
+    }
+    r->catch_want[d] = false;
+    pthread_mutex_unlock (&r->tick_lock);
+    busy = catch_up (r, d) == 1;
+    pthread_mutex_lock (&r->tick_lock);
+    if (busy && !r->stop) {
+      /* Its copies may be done by that rebuild; if not, by this. */
+      struct timespec ts;
+      r->catch_want[d] = true;
+      clock_gettime (CLOCK_REALTIME, &ts);
+      ts.tv_sec += RESYNC_INTERVAL;
+      pthread_cond_timedwait (&r->catch_cond, &r->tick_lock, &ts);
+    }
+  }
+  pthread_mutex_unlock (&r->tick_lock);
+  device_thread_exit ();	/* this thread's io_uring, if it made one */
+  return NULL;
+}
+
 int
 resync_start (struct resync *r)
 {
@@ -673,10 +810,18 @@ resync_start (struct resync *r)
   if (r->running)
     return 0;
   r->stop = false;
-  e = pthread_create (&r->thread, NULL, cleaner, r);
+  atomic_store (&r->quit, RESYNC_CATCH_RUN);
+  e = pthread_create (&r->catcher, NULL, catcher, r);
   if (e)
+    return strata_error (e, "cannot start the catcher thread: %s",
+                         strerror (e));
+  r->catcher_running = true;
+  e = pthread_create (&r->thread, NULL, cleaner, r);
+  if (e) {
+    resync_stop (r);
     return strata_error (e, "cannot start the cleaner thread: %s",
                          strerror (e));
+  }
   r->running = true;
   return 0;
 }
@@ -684,14 +829,19 @@ resync_start (struct resync *r)
 void
 resync_stop (struct resync *r)
 {
-  if (!r->running)
+  if (!r->running && !r->catcher_running)
     return;
   pthread_mutex_lock (&r->tick_lock);
   r->stop = true;
+  atomic_store (&r->quit, RESYNC_CATCH_STOP);
   pthread_cond_signal (&r->tick);
+  pthread_cond_broadcast (&r->catch_cond);
   pthread_mutex_unlock (&r->tick_lock);
-  pthread_join (r->thread, NULL);
-  r->running = false;
+  if (r->running)
+    pthread_join (r->thread, NULL);
+  if (r->catcher_running)
+    pthread_join (r->catcher, NULL);
+  r->running = r->catcher_running = false;
 }
 
 /* ---- recovery ---- */

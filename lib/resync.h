@@ -80,9 +80,19 @@ void resync_free_end (struct resync *r, struct meta_volume *v,
 int resync_clean (struct resync *r, bool all);
 
 /* Run resync_clean() every RESYNC_INTERVAL seconds in a thread, and
- * csum_shrink() every RESYNC_TICK_MS. */
+ * csum_shrink() every RESYNC_TICK_MS; in another, the catcher, copy
+ * again what the devices that rejoined (pool_rejoin_missing) missed. */
 int resync_start (struct resync *r);
 void resync_stop (struct resync *r);
+
+/* Why the catcher's rebuild stops (rebuild_opts.quit). */
+enum { RESYNC_CATCH_RUN, RESYNC_CATCH_STOP, RESYNC_CATCH_YIELD };
+
+/* A rebuild started by a command needs the job the catcher's holds:
+ * stop that one, which tries its device again once the command's has
+ * ended, and wait until it has let the job go.  Returns true if there
+ * was one to stop. */
+bool resync_catch_yield (struct resync *r);
 
 /* Make the replicas and checksums of every column that is dirty in the
  * journal agree (see above), then commit them clean.  A replica that

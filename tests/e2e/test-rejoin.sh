@@ -7,9 +7,13 @@
 # The members come back while the pool is served, with nothing typed:
 # the log says so, status shows them up and present, the metadata
 # replica is in sync, the unreadable chunk reads back what it held, and
-# the written one what was written.  device add then brings the stale
-# copy up to date; scrub is clean and the replicas compare equal.  A
-# member that answers with another disk (blank) is refused, said once.
+# the written one what was written.  The server then copies the stale
+# copy again by itself (and nothing for the member that missed no
+# write); device add finds nothing left to do; scrub is clean and the
+# replicas compare equal.  A rebuild typed while the server's own copy
+# runs (slow: the member's writes delayed) takes over from it and
+# finishes the job.  A member that answers with another disk (blank) is
+# refused, said once.
 source "$(dirname "$0")/functions.sh"
 requires nbdkit nbdsh
 export STRATA_REMOTE=1
@@ -94,14 +98,30 @@ case " $(meta_states) " in
 esac
 read_chunk "$both" 3 || fail "chunk $both does not read back its data after d$x and d$y rejoined (rc $?)"
 read_chunk "$one" 5 || fail "chunk $one does not read back what was written after d$x rejoined"
-[ "$(device_field "d$x" stale_copies)" = 1 ] \
-  || fail "d$x has $(device_field "d$x" stale_copies) stale copies after it rejoined, expected 1"
 ok "d$x and d$y rejoined by themselves: up and present, d$y's metadata replica in sync, both chunks read back"
 
+# The copy d$x missed is copied again by the server, right after the
+# rejoin.
+for _ in $(seq 100); do
+  grep -q "device d$x: .* columns it missed copied again" "$T/nbdkit.log" && break
+  sleep 0.2
+done
+grep -q "strata: pool t$$: device d$x is back: copying again the 1 columns it missed (at most 100.0 MiB/s" "$T/nbdkit.log" \
+  || fail "no catch-up of d$x started: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+grep -q "strata: pool t$$: device d$x: 1 of 1 columns it missed copied again (4.0 MiB in .*); it is up to date" "$T/nbdkit.log" \
+  || fail "the catch-up of d$x did not finish: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+! grep "device d$y is back: copying\|device d$y: .* columns it missed" "$T/nbdkit.log" \
+  || fail "a catch-up ran for d$y, which missed no write"
+[ "$(stale_copies)" = 0 ] || fail "$(stale_copies) stale copies after the catch-up of d$x"
+[ "$(volume_field r health)" = healthy ] || fail "r is '$(volume_field r health)' after the catch-up"
+"$STRATA" status "$CONFIG" --json | $PY -c "
+import json, sys
+j = json.load(sys.stdin)['jobs']['rebuild']
+assert j['state'] == 'finished' and j['done'] == 1 and j['total'] == 1, j" \
+  || fail "status does not show the catch-up as a finished rebuild of 1 column"
 "$STRATA" device add "$CONFIG" "d$x" > "$T/add.out" 2>&1 || { cat "$T/add.out"; fail "device add d$x failed"; }
-grep -q "device d$x is already up in pool" "$T/add.out" || { cat "$T/add.out"; fail "device add d$x: unexpected report"; }
-[ "$(stale_copies)" = 0 ] || fail "$(stale_copies) stale copies after device add d$x"
-[ "$(volume_field r health)" = healthy ] || fail "r is '$(volume_field r health)' after device add"
+grep -q "rebuild finished: 0 of 0 columns done" "$T/add.out" && grep -q "device d$x is already up in pool" "$T/add.out" \
+  || { cat "$T/add.out"; fail "device add d$x: unexpected report"; }
 "$STRATA" scrub "$CONFIG" --json > "$T/s.json" 2>&1 || fail "scrub: $(cat "$T/s.json")"
 $PY -c "
 import json
@@ -113,7 +133,35 @@ for c in $(seq 0 $((NCH - 1))); do
 done
 stop_server
 compare_replicas > /dev/null || fail "the replicas differ"
-ok "device add d$x brought its stale copy up to date; scrub clean; every chunk reads back; replicas equal"
+ok "the server copied d$x's stale copy again by itself, none for d$y; device add had nothing left; scrub clean; replicas equal"
+
+# Away again, while every chunk is written; it comes back slow (each
+# write half a second late), so that the server's copy of what it missed is
+# still running when a rebuild is typed: the rebuild takes over.
+kill_member "$x"
+start_server
+fill_chunks 7 $(seq 0 $((NCH - 1)))
+nstale=$(device_field "d$x" stale_copies)
+[ "$nstale" -ge 4 ] || fail "only $nstale copies on d$x went stale"
+start_member "$x" 256MiB --filter=delay delay-write=500ms
+for _ in $(seq 350); do
+  grep -q "device d$x is back: copying again the $nstale columns it missed" "$T/nbdkit.log" && break
+  sleep 0.2
+done
+grep -q "device d$x is back: copying again the $nstale columns it missed" "$T/nbdkit.log" \
+  || fail "no catch-up of d$x's $nstale stale copies started within 70 s: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+"$STRATA" rebuild "$CONFIG" > "$T/rb.out" 2>&1 || { cat "$T/rb.out"; fail "the rebuild typed during the catch-up failed"; }
+grep -q "device d$x: [0-9]* of $nstale columns it missed copied again (.*); stopped for a rebuild started by a command, which copies the rest" "$T/nbdkit.log" \
+  || fail "the server's catch-up did not give way to the command: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+grep -q "^rebuild finished: " "$T/rb.out" || { cat "$T/rb.out"; fail "the typed rebuild did not finish"; }
+[ "$(stale_copies)" = 0 ] || fail "$(stale_copies) stale copies after the typed rebuild"
+[ "$(volume_field r health)" = healthy ] || fail "r is '$(volume_field r health)' after the typed rebuild"
+for c in $(seq 0 $((NCH - 1))); do
+  read_chunk "$c" 7 || fail "chunk $c does not hold its data after the rebuild (rc $?)"
+done
+stop_server
+compare_replicas > /dev/null || fail "the replicas differ after the rebuild"
+ok "a rebuild typed while the server copied d$x's $nstale stale copies took over and finished; replicas equal"
 
 # Another disk behind x's address (its host was reinstalled): it answers
 # but is not the member that left; refused, said once, and shown.
