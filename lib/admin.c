@@ -557,7 +557,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
       json_str (out, d->domain);
       {
         struct device_stats ds = { 0 };
-        char host[CONFIG_DOMAIN_MAX], problem[200];
+        char host[CONFIG_DOMAIN_MAX], problem[POOL_PROBLEM_MAX];
         if (pool_device (p, i))
           device_stats (pool_device (p, i), &ds);
         fprintf (out, ",\"host\":");
@@ -570,7 +570,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ",\"connected\":%s,\"csum_errors\":%" PRIu64
                  ",\"repaired\":%" PRIu64 ",\"data_offset\":%" PRIu64
                  ",\"csum_offset\":%" PRIu64 ",\"stale_copies\":%" PRIu64
-                 ",\"no_space\":%" PRIu64 ",\"problem\":",
+                 ",\"no_space\":%" PRIu64 ",\"rejoins\":%s,\"problem\":",
                  d->size, d->extent_count, alloc_used_count (pool_alloc (p), i),
                  alloc_used_count (pool_alloc (p), i) * m->extent_size,
                  dev_state (p, i),
@@ -580,7 +580,8 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
                  ds.connected ? "true" : "false",
                  pool_device_csum_errors (p, i), pool_device_repairs (p, i),
                  d->data_offset, d->csum_offset, stale[i],
-                 pool_device_no_spaces (p, i));
+                 pool_device_no_spaces (p, i),
+                 pool_device_rejoins (p, i) ? "true" : "false");
         pool_device_problem (p, i, problem, sizeof problem);
         json_str (out, problem);
         fprintf (out, ",\"path\":");
@@ -685,7 +686,7 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
   for (uint32_t i = 0; i < m->ndevices; i++) {
     struct meta_device *d = &m->devices[i];
     struct device_stats ds = { 0 };
-    char host[CONFIG_DOMAIN_MAX], lat[32], bad[48], problem[200];
+    char host[CONFIG_DOMAIN_MAX], lat[32], bad[48], problem[POOL_PROBLEM_MAX];
     if (pool_device (p, i))
       device_stats (pool_device (p, i), &ds);
     pool_device_problem (p, i, problem, sizeof problem);
@@ -707,8 +708,11 @@ cmd_status (struct pool *p, const struct admin_ctx *ctx, int argc, char **argv,
     /* The member answers (or answers again), but is not used. */
     if (d->state == META_DEV_FAILED && pool_device (p, i)
         && device_is_remote (pool_device (p, i)) && ds.connected)
-      fprintf (out, "%-10s connected again; 'strata device add %s' brings "
-               "it back, or 'strata rebuild' replaces it\n", "", d->name);
+      fprintf (out, "%-10s connected again; %s'strata device add %s' brings "
+               "it back%s, or 'strata rebuild' replaces it\n", "",
+               pool_device_rejoins (p, i) ? "it rejoins by itself at its "
+               "next try, " : "", d->name,
+               pool_device_rejoins (p, i) ? " now" : "");
     if (stale[i] && d->state == META_DEV_FAILED)
       fprintf (out, "%-10s %" PRIu64 " of its copies missed writes; 'strata "
                "device add %s' copies only those\n", "", stale[i], d->name);
@@ -1489,13 +1493,20 @@ cmd_device (struct pool *p, const struct admin_ctx *ctx, int argc,
       fprintf (err, "strata device fail: unexpected argument %s\n", argv[3]);
       return 2;
     }
-    if (m->devices[dev].state == META_DEV_FAILED
-        || m->devices[dev].state == META_DEV_REMOVED) {
-      fprintf (out, "device %s is %s already\n", m->devices[dev].name,
-               meta_dev_state_name (m->devices[dev].state));
+    if (m->devices[dev].state == META_DEV_REMOVED) {
+      fprintf (out, "device %s is removed already\n", m->devices[dev].name);
       return 0;
     }
-    if (pool_device_fail (p, dev, "marked failed by the operator") == -1) {
+    /* Failed already, it may be away and about to rejoin by itself: the
+     * operator's word keeps it out (no new commit). */
+    if (m->devices[dev].state == META_DEV_FAILED) {
+      pool_device_fail_hard (p, dev, "marked failed by the operator");
+      fprintf (out, "device %s is failed already; it stays out until "
+               "'strata device add'\n", m->devices[dev].name);
+      return 0;
+    }
+    if (pool_device_fail_hard (p, dev, "marked failed by the operator")
+        == -1) {
       fprintf (err, "strata device fail: %s\n", strata_last_error ());
       return 1;
     }

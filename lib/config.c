@@ -364,6 +364,14 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
       if (get_size (c, v, full, &cfg->checksum_memory) == -1)
         return -1;
     }
+    else if (strcmp (key, "rejoin") == 0) {
+      const char *s = scalar (v);
+      if (s && (strcmp (s, "auto") == 0 || strcmp (s, "manual") == 0))
+        cfg->rejoin_auto = strcmp (s, "auto") == 0;
+      else
+        return perr (c, v, full, "expected auto or manual, got \"%s\"",
+                     s ? s : node_kind (v));
+    }
     else if (strcmp (key, "control_socket") == 0) {
       char buf[108];
       if (get_string (c, v, full, buf, sizeof buf) == -1)
@@ -374,7 +382,7 @@ parse_pool (struct ctx *c, yaml_node_t *map, char **base_dir, char **sock)
     else
       return perr (c, k, full, "unknown key (expected name, extent_size, "
                    "metadata_replicas, metadata_size, base_dir, io_timeout, "
-                   "checksum_memory or control_socket)");
+                   "checksum_memory, rejoin or control_socket)");
   }
   if (!have_name)
     return perr (c, map, "pool.name", "missing (every pool needs a name)");
@@ -756,6 +764,7 @@ parse_root (struct ctx *c)
   cfg->extent_size = 4 << 20;
   cfg->metadata_size = FORMAT_DEFAULT_META_SIZE;
   cfg->io_timeout_ms = 30000;
+  cfg->rejoin_auto = true;
   cfg->checksum_memory = CONFIG_CHECKSUM_MEMORY;
   cfg->destage_age_ms = CONFIG_DESTAGE_AGE_MS;
   if (parse_pool (c, pool, &base_dir, &sock) == -1)

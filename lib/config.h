@@ -57,6 +57,7 @@ struct config {
   char *control_socket;		/* absolute */
   unsigned io_timeout_ms;	/* remote members' request timeout */
   uint64_t checksum_memory;	/* bytes of checksum arrays kept in memory */
+  bool rejoin_auto;		/* devices that are away rejoin by themselves */
   struct config_device *devices;
   size_t ndevices;
   enum config_cache_mode cache_mode;

@@ -66,6 +66,10 @@
 #define NBD_MAX_CONNS 2
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+/* How long after a lost connection a failed request is put down to it
+ * (device_lost_connection): the request it failed reports at once, a
+ * request that timed out right after the connection was shut. */
+#define LOST_RECENT_NS (10 * 1000000000ull)
 /* How long device_reconnect() waits at least for a connection. */
 #define RECONNECT_WAIT_NS (10 * 1000000000ull)
 
@@ -88,6 +92,7 @@ struct nbd_remote {
   uint64_t timeout_ns;
   /* Unflushed writes: dev->wdone and dev->wflushed (see design notes). */
   _Atomic bool lossy;		/* lost a connection with some uncovered */
+  _Atomic uint64_t lost_ns;	/* when a connection was last lost (0) */
   _Atomic unsigned rr;
   _Atomic bool running;		/* pollers started */
   _Atomic bool stop;		/* pollers must exit */
@@ -400,6 +405,9 @@ poller (void *arg)
                  "not flushed yet; the server may have lost them, so the "
                  "member's flushes fail until it is added back\n", rm->uri,
                  done - flushed);
+      /* Before the requests it fails: the pool asks, failing the
+       * member, whether it lost its connection. */
+      atomic_store (&rm->lost_ns, device_now_ns ());
       pthread_mutex_lock (&c->lock);
       c->h = NULL;
       pthread_mutex_unlock (&c->lock);
@@ -714,6 +722,19 @@ device_connected (const struct device *dev)
       return true;
   }
   return false;
+}
+
+bool
+device_lost_connection (const struct device *dev)
+{
+  struct nbd_remote *rm = dev->nbd;
+  uint64_t lost;
+
+  if (!dev->remote)
+    return false;
+  lost = atomic_load (&rm->lost_ns);
+  return atomic_load (&rm->lossy) || !device_connected (dev)
+    || (lost && device_now_ns () - lost < LOST_RECENT_NS);
 }
 
 int

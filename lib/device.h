@@ -152,6 +152,14 @@ void device_stats (const struct device *dev, struct device_stats *st);
 /* Remote members: whether a connection is up. */
 bool device_connected (const struct device *dev);
 
+/* Whether a remote member's failure is down to its connection rather
+ * than the member: no connection is up, or one was lost in the last few
+ * seconds (the host went down, the server was restarted, the network
+ * failed, a request timed out and its connection was shut), or since
+ * it was last taken back (device_reconnect) a connection was lost with
+ * writes that no flush covered.  False for local devices. */
+bool device_lost_connection (const struct device *dev);
+
 /* Remote members: have a connection up, waking the reconnect attempts
  * (which back off to one per 5 s) and waiting for one to succeed, at most
  * the request timeout or 10 s, whichever is longer.  Called when the pool

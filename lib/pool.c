@@ -34,6 +34,17 @@
 #include "resync.h"
 #include "util.h"
 
+/* Devices that are away (pool_rejoin_away) are tried at gaps doubling
+ * from the first to the last; a remote member gets a second to answer.
+ * One comes back by itself at most REJOIN_FLAPS times in
+ * REJOIN_FLAP_WINDOW_MS: one that keeps failing waits for strata
+ * device add. */
+#define REJOIN_FIRST_MS 5000
+#define REJOIN_MAX_MS 60000
+#define REJOIN_ANSWER_MS 1000
+#define REJOIN_FLAPS 3
+#define REJOIN_FLAP_WINDOW_MS (3600 * 1000ull)
+
 /* Which devices hold the journal (format.h): device indexes in the
  * journal's replica order, UINT32_MAX for one not known yet. */
 struct membership {
@@ -52,7 +63,7 @@ struct pool {
    * fills a device's entries before it raises ndevs. */
   _Atomic uint32_t ndevs;	/* from the metadata */
   struct device **devs;		/* [ndevs], NULL where missing */
-  char (*problem)[200];		/* [ndevs], why a device is missing or
+  char (*problem)[POOL_PROBLEM_MAX];		/* [ndevs], why a device is missing or
 				   failed; see problem_lock */
   struct device **opened;	/* every device opened, for closing */
   size_t nopened;
@@ -68,16 +79,20 @@ struct pool {
   uint64_t *no_space_at;	/* [ndevs] the last one's time, ms, and */
   char (*no_space_why)[140];	/* what it was; both under problem_lock */
   _Atomic uint64_t *repairs;	/* [ndevs] blocks rewritten with good data */
-  /* [ndevs] the device has been missing since the pool was opened (up
-   * or degraded then), failed since only because a write needed it
-   * (pool_device_away), and may rejoin by itself (pool_rejoin_missing);
-   * cleared under fail_lock when it is back or failed for anything
-   * else, the operator's word included. */
+  /* [ndevs] the device is away and may rejoin by itself
+   * (pool_rejoin_away): missing since the pool was opened (up or
+   * degraded then) and failed since, if at all, only because a write
+   * needed it (pool_device_away); or a remote member failed because it
+   * lost its connection (device_lost_connection).  Cleared under
+   * fail_lock when it is back or failed for anything else, the
+   * operator's word included. */
   _Atomic bool *rejoin_ok;
   /* [ndevs] when such a device is next tried, ms, and the gap after
-   * that; the cleaner's alone. */
+   * that; and when it last came back by itself (the last REJOIN_FLAPS
+   * times, ms; 0: not that often).  The rejoining thread's alone. */
   uint64_t *rejoin_at;
   uint32_t *rejoin_gap;
+  uint64_t (*rejoin_back)[REJOIN_FLAPS];
   pthread_mutex_t walk_lock;	/* see pool_walk_lock() */
   struct resync *resync;	/* dirty columns; NULL when read-only */
   pthread_mutex_t fail_lock;	/* serialises marking devices failed */
@@ -1426,10 +1441,12 @@ pool_open (const struct config *cfg, unsigned flags)
   p->rejoin_ok = calloc (META_MAX_DEVICES, sizeof *p->rejoin_ok);
   p->rejoin_at = calloc (META_MAX_DEVICES, sizeof *p->rejoin_at);
   p->rejoin_gap = calloc (META_MAX_DEVICES, sizeof *p->rejoin_gap);
+  p->rejoin_back = calloc (META_MAX_DEVICES, sizeof *p->rejoin_back);
   if (!p->devs || !p->problem || !p->reserved || !p->failed
       || !p->read_errors || !p->csum_errors || !p->no_space
       || !p->no_space_at || !p->no_space_why || !p->repairs
-      || !p->rejoin_ok || !p->rejoin_at || !p->rejoin_gap) {
+      || !p->rejoin_ok || !p->rejoin_at || !p->rejoin_gap
+      || !p->rejoin_back) {
     strata_error (ENOMEM, "out of memory");
     goto fail;
   }
@@ -1485,7 +1502,7 @@ pool_open (const struct config *cfg, unsigned flags)
   for (uint32_t i = 0; i < p->ndevs; i++) {
     uint8_t st = p->meta->devices[i].state;
     p->failed[i] = st == META_DEV_FAILED || st == META_DEV_REMOVED;
-    p->rejoin_ok[i] = !p->devs[i] && !p->failed[i];
+    p->rejoin_ok[i] = p->cfg->rejoin_auto && !p->devs[i] && !p->failed[i];
     if (!p->devs[i] || p->failed[i])
       alloc_set_usable (p->alloc, i, false);
     if (p->devs[i])
@@ -1574,6 +1591,7 @@ pool_close (struct pool *p)
   free (p->rejoin_ok);
   free (p->rejoin_at);
   free (p->rejoin_gap);
+  free (p->rejoin_back);
   for (size_t i = 0; i < p->nreloaded; i++)
     config_free (p->reloaded[i]);
   free (p->reloaded);
@@ -1643,15 +1661,28 @@ set_problem (struct pool *p, uint32_t i, const char *fmt, ...)
   pthread_mutex_unlock (&p->problem_lock);
 }
 
-/* Mark device I failed for WHY; AWAY: only because it is missing, so
- * that it may still rejoin by itself. */
+/* Why a device is failed: it is missing (pool_device_away); a request
+ * to it failed (pool_device_fail), which may be down to a remote
+ * member's lost connection; the operator's word, or anything else that
+ * must keep it out until strata device add. */
+enum fail_kind { FAIL_AWAY, FAIL_IO, FAIL_HARD };
+
+/* Mark device I failed for WHY.  Unless it is away (missing, or a
+ * remote member that lost its connection), it may no longer rejoin by
+ * itself. */
 static int
-fail_device (struct pool *p, uint32_t i, const char *why, bool away)
+fail_device (struct pool *p, uint32_t i, const char *why,
+             enum fail_kind kind)
 {
+  bool away;
   int r = 0;
 
   if (i >= p->ndevs)
     return strata_error (EINVAL, "no device %" PRIu32, i);
+  away = p->cfg->rejoin_auto
+    && (kind == FAIL_AWAY
+        || (kind == FAIL_IO && p->devs[i]
+            && device_lost_connection (p->devs[i])));
   if (!away && atomic_load (&p->rejoin_ok[i])) {
     pthread_mutex_lock (&p->fail_lock);
     atomic_store (&p->rejoin_ok[i], false);
@@ -1666,9 +1697,16 @@ fail_device (struct pool *p, uint32_t i, const char *why, bool away)
      * writes to it. */
     atomic_store_explicit (&p->failed[i], true, memory_order_release);
     alloc_set_usable (p->alloc, i, false);
-    set_problem (p, i, "failed: %s", why);
-    fprintf (stderr, "strata: pool %s: device %s marked failed: %s\n",
-             p->cfg->name, p->meta->devices[i].name, why);
+    /* A member that was open and lost its connection may come back. */
+    if (away && p->devs[i])
+      atomic_store (&p->rejoin_ok[i], true);
+    set_problem (p, i, "failed: %s%s", why,
+                 away && p->devs[i] ? " (its connection was lost; it "
+                 "rejoins by itself once it answers)" : "");
+    fprintf (stderr, "strata: pool %s: device %s marked failed: %s%s\n",
+             p->cfg->name, p->meta->devices[i].name, why,
+             away && p->devs[i] ? "; its connection was lost: it is tried "
+             "again in the background and rejoins once it answers" : "");
   }
   pthread_mutex_unlock (&p->fail_lock);
   return r;
@@ -1677,13 +1715,25 @@ fail_device (struct pool *p, uint32_t i, const char *why, bool away)
 int
 pool_device_fail (struct pool *p, uint32_t i, const char *why)
 {
-  return fail_device (p, i, why, false);
+  return fail_device (p, i, why, FAIL_IO);
+}
+
+int
+pool_device_fail_hard (struct pool *p, uint32_t i, const char *why)
+{
+  return fail_device (p, i, why, FAIL_HARD);
+}
+
+bool
+pool_device_rejoins (struct pool *p, uint32_t i)
+{
+  return i < p->ndevs && atomic_load (&p->rejoin_ok[i]);
 }
 
 int
 pool_device_away (struct pool *p, uint32_t i)
 {
-  return fail_device (p, i, "not available", true);
+  return fail_device (p, i, "not available", FAIL_AWAY);
 }
 
 int
@@ -1880,8 +1930,9 @@ suspect_returning (struct pool *p, uint32_t i)
 }
 
 /* Bring device I back (pool_device_return), or with REJOIN only one that
- * may still rejoin by itself (rejoin_ok, pool_rejoin_missing): 1 if it
- * no longer may (back already, or failed or removed meanwhile). */
+ * may still rejoin by itself (rejoin_ok, pool_rejoin_away): 1 if it
+ * no longer may (back already, or failed for good or removed
+ * meanwhile). */
 static int
 device_back (struct pool *p, uint32_t i, bool rejoin)
 {
@@ -1901,8 +1952,14 @@ device_back (struct pool *p, uint32_t i, bool rejoin)
     return strata_error_prefix ("pool %s: device %s", p->cfg->name,
                                 md->name);
   pthread_mutex_lock (&p->fail_lock);
-  if (rejoin && (p->devs[i] || !atomic_load (&p->rejoin_ok[i]))) {
+  if (rejoin && ((p->devs[i] && !atomic_load (&p->failed[i]))
+                 || !atomic_load (&p->rejoin_ok[i]))) {
     r = 1;
+    goto out;
+  }
+  /* Back by itself since device add looked. */
+  if (p->devs[i] && !atomic_load (&p->failed[i])) {
+    r = 0;
     goto out;
   }
   if (md->state == META_DEV_REMOVED) {
@@ -1959,15 +2016,8 @@ pool_device_return (struct pool *p, uint32_t i)
   return device_back (p, i, false) == -1 ? -1 : 0;
 }
 
-/* Gaps between tries of a missing device: doubling from the first to
- * the last. */
-#define REJOIN_FIRST_MS 5000
-#define REJOIN_MAX_MS 60000
-/* How long a remote member has to answer a try. */
-#define REJOIN_ANSWER_MS 1000
-
 int
-pool_rejoin_missing (struct pool *p, bool *back_dev)
+pool_rejoin_away (struct pool *p, bool *back_dev)
 {
   uint64_t now = util_now_ms ();
   uint32_t n = atomic_load (&p->ndevs);
@@ -1978,31 +2028,56 @@ pool_rejoin_missing (struct pool *p, bool *back_dev)
   for (uint32_t i = 0; i < n; i++) {
     const struct meta_device *md = &p->meta->devices[i];
     const struct config_device *cd;
-    char why[200];
+    struct device *was = p->devs[i];
+    uint64_t *hist = p->rejoin_back[i];
+    char why[sizeof p->problem[0]], now_why[sizeof p->problem[0]];
     int r;
 
-    if (p->devs[i] || !atomic_load (&p->rejoin_ok[i]))
+    if (!atomic_load (&p->rejoin_ok[i])
+        || (was && !atomic_load (&p->failed[i])))
       continue;
     if (now < p->rejoin_at[i])
       continue;
     p->rejoin_gap[i] = p->rejoin_gap[i]
       ? MIN (p->rejoin_gap[i] * 2, REJOIN_MAX_MS) : REJOIN_FIRST_MS;
     p->rejoin_at[i] = now + p->rejoin_gap[i];
+    /* The oldest of its last REJOIN_FLAPS returns is recent: it keeps
+     * failing, and an operator should look at it. */
+    if (hist[0] && now - hist[0] < REJOIN_FLAP_WINDOW_MS) {
+      pthread_mutex_lock (&p->fail_lock);
+      atomic_store (&p->rejoin_ok[i], false);
+      pthread_mutex_unlock (&p->fail_lock);
+      fprintf (stderr, "strata: pool %s: device %s came back by itself %d "
+               "times within an hour and failed again: it is no longer "
+               "taken back by itself; strata device add brings it back\n",
+               p->cfg->name, md->name, REJOIN_FLAPS);
+      set_problem (p, i, "failed again after coming back by itself %d "
+                   "times within an hour: strata device add brings it back",
+                   REJOIN_FLAPS);
+      continue;
+    }
     /* Asked first, so that a member still away costs this thread a
-     * second at most, not the request timeout.  Only a device the YAML
-     * declared at the open: the declarations read since belong to the
-     * control thread's commands. */
+     * second at most, not the request timeout: a member still open is
+     * reconnected in the background, others get a bare handshake.
+     * Only a device the YAML declared at the open: the declarations
+     * read since belong to the control thread's commands. */
     cd = config_find_device (p->cfg, md->name);
-    if (!cd || (cd->uri ? !device_nbd_answers (cd->uri, REJOIN_ANSWER_MS)
+    if (!cd || (was ? !device_connected (was)
+                : cd->uri ? !device_nbd_answers (cd->uri, REJOIN_ANSWER_MS)
                 : access (cd->path, F_OK) == -1))
       continue;
     r = device_back (p, i, true);
     if (r == 1)
       continue;
-    if (p->devs[i]) {		/* back, even if its resync failed */
-      fprintf (stderr, "strata: pool %s: device %s (%s), missing since the "
-               "pool was opened, answered and is in use again\n",
-               p->cfg->name, md->name, config_device_where (cd));
+    if (p->devs[i] && !atomic_load (&p->failed[i])) {
+      /* Back, even if its resync failed. */
+      memmove (hist, hist + 1, (REJOIN_FLAPS - 1) * sizeof *hist);
+      hist[REJOIN_FLAPS - 1] = now;
+      p->rejoin_gap[i] = 0;
+      fprintf (stderr, "strata: pool %s: device %s (%s), %s, answered and "
+               "is in use again\n", p->cfg->name, md->name,
+               config_device_where (cd), was ? "failed when its connection "
+               "was lost" : "missing since the pool was opened");
       if (r == -1)
         fprintf (stderr, "strata: pool %s: %s\n", p->cfg->name,
                  strata_last_error ());
@@ -2013,10 +2088,13 @@ pool_rejoin_missing (struct pool *p, bool *back_dev)
     }
     /* Say why once, not at every try. */
     pool_device_problem (p, i, why, sizeof why);
-    if (strcmp (why, strata_last_error ()) != 0) {
+    snprintf (now_why, sizeof now_why, "%s%s",
+              was ? "failed: its connection was lost; it answers again but "
+              "cannot rejoin: " : "", strata_last_error ());
+    if (strcmp (why, now_why) != 0) {
       fprintf (stderr, "strata: pool %s: device %s answers but cannot "
                "rejoin: %s\n", p->cfg->name, md->name, strata_last_error ());
-      set_problem (p, i, "%s", strata_last_error ());
+      set_problem (p, i, "%s", now_why);
     }
   }
   return back;

@@ -107,14 +107,22 @@ uint32_t pool_ndevices (struct pool *p);
  * acknowledge a write that missed the device; -1 if the commit failed.
  * Read errors are counted: the first makes an up device degraded (still
  * used), POOL_READ_ERROR_LIMIT of them fail it.  All are safe from any
- * thread. */
+ * thread.  A remote member that pool_device_fail() fails because it lost
+ * its connection (device_lost_connection: its host or server went down,
+ * the network failed) is away, and may rejoin by itself
+ * (pool_rejoin_away); any other failure keeps a device out until
+ * strata device add. */
 #define POOL_READ_ERROR_LIMIT 8
 bool pool_device_usable (struct pool *p, uint32_t i);
 int pool_device_fail (struct pool *p, uint32_t i, const char *why);
+/* The same, but the device never rejoins by itself, whatever made it
+ * fail (strata device fail). */
+int pool_device_fail_hard (struct pool *p, uint32_t i, const char *why);
 /* Device I, missing, is marked failed because a write needed it ("not
- * available"); unlike pool_device_fail(), it may still rejoin by itself
- * (pool_rejoin_missing). */
+ * available"); it may still rejoin by itself (pool_rejoin_away). */
 int pool_device_away (struct pool *p, uint32_t i);
+/* Whether device I is away and may rejoin by itself. */
+bool pool_device_rejoins (struct pool *p, uint32_t i);
 void pool_device_read_error (struct pool *p, uint32_t i, const char *why);
 /* A request to device I was refused for lack of space (ENOSPC or
  * EDQUOT; WHY says which).  No fault of the device, which stays in use:
@@ -129,19 +137,23 @@ uint64_t pool_device_no_spaces (struct pool *p, uint32_t i);
  * copies them.  A removed (replaced) device is refused.  Returns 0, or
  * -1 with a message. */
 int pool_device_return (struct pool *p, uint32_t i);
-/* Try again the devices missing since the pool was opened (up or
- * degraded in the metadata then, not opened, and failed since, if at
- * all, only by pool_device_away()): one that answers now and is the
- * member that left comes back as by pool_device_return(), with a line
- * on stderr; its metadata replica, if it holds one, is brought up to
- * date.  The first call tries each; later calls try it again at gaps
- * doubling from 5 s to a minute.  A remote member gets a second to
- * answer.  For the cleaner thread (resync.c) of a pool being served,
- * which calls it every pass, and has the copies they missed copied
- * again.  Returns how many came back; BACK, if not NULL, has
- * META_MAX_DEVICES entries, and those of the devices that came back
- * are set. */
-int pool_rejoin_missing (struct pool *p, bool *back);
+/* Try again the devices that are away: missing since the pool was
+ * opened (up or degraded in the metadata then, not opened, and failed
+ * since, if at all, only by pool_device_away()), or remote members
+ * failed because they lost their connection.  One that answers now and
+ * is the member that left comes back as by pool_device_return(), with a
+ * line on stderr; its metadata replica, if it holds one, is brought up
+ * to date.  The first call tries each; later calls try it again at gaps
+ * doubling from 5 s to a minute.  A missing remote member gets a second
+ * to answer; one that was open is reconnected in the background, and
+ * tried once a connection is up.  One that already came back by itself
+ * three times in the last hour is not taken back again: it waits for
+ * strata device add (the log and its problem say so).  For the catcher
+ * thread (resync.c) of a pool being served, which calls it every
+ * RESYNC_INTERVAL and has the copies they missed copied again.
+ * Returns how many came back; BACK, if not NULL, has META_MAX_DEVICES
+ * entries, and those of the devices that came back are set. */
+int pool_rejoin_away (struct pool *p, bool *back);
 /* Add the device NAME to the pool (strata device add of a new device):
  * NAME is declared in the YAML (read again if it was declared after the
  * pool was opened) and is not a member.  Creates a sparse file where the
@@ -198,8 +210,9 @@ int pool_device_set_state (struct pool *p, uint32_t i, uint8_t state);
 uint32_t pool_device_read_errors (struct pool *p, uint32_t i);
 
 /* Why device I is missing, failed or degraded, else when and how it
- * last lacked space ("" if neither), copied into BUF (LEN bytes; 200
- * hold all of it). */
+ * last lacked space ("" if neither), copied into BUF (LEN bytes;
+ * POOL_PROBLEM_MAX hold all of it). */
+#define POOL_PROBLEM_MAX 400
 void pool_device_problem (struct pool *p, uint32_t i, char *buf, size_t len);
 
 /* Checksum errors found on device I, and blocks (or checksum slots)

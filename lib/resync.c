@@ -43,15 +43,16 @@
  * resync could not rewrite for lack of space is made stale, and its
  * device stays up.
  *
- * A device that rejoins by itself (pool_rejoin_missing, tried by the
- * cleaner) comes back with the copies it missed stale.  A second
- * thread, the catcher, copies them again with a rebuild of that device
- * (what strata device add does), at the online rate, so that the pool
- * gets its redundancy back without a command.  It has a thread of its
- * own because that may take long, and the cleaner's passes must go on
- * meanwhile.  While another rebuild runs (a command's), it waits for it
- * and tries again; one started by a command while the catcher's runs
- * stops the catcher's (resync_catch_yield) and does the rest.
+ * A second thread, the catcher, tries the devices that are away every
+ * RESYNC_INTERVAL (pool_rejoin_away).  One that comes back has the
+ * copies it missed stale: the catcher copies them again with a rebuild
+ * of that device (what strata device add does), at the online rate, so
+ * that the pool gets its redundancy back without a command.  It is not
+ * the cleaner because both may take long (a member that answers slowly,
+ * a large copy), and the cleaner's passes must go on meanwhile.  While
+ * another rebuild runs (a command's), it waits for it and tries again;
+ * one started by a command while the catcher's runs stops the
+ * catcher's (resync_catch_yield) and does the rest.
  */
 #include <endian.h>
 #include <errno.h>
@@ -91,18 +92,17 @@ struct resync {
   /* The cleaner thread. */
   pthread_t thread;
   bool running;
-  pthread_mutex_t tick_lock;	/* protects stop, catch_want[] */
+  pthread_mutex_t tick_lock;	/* protects stop, catching */
   pthread_cond_t tick;
   bool stop;
-  /* The catcher thread (above): the devices whose stale copies it is
-   * to copy again, its wake-up, and whether it is running a rebuild
-   * (catch_cond is broadcast when that ends). */
+  /* The catcher thread (above): its wake-up, the devices whose stale
+   * copies it is to copy again (its own), and whether it is running a
+   * rebuild (catch_cond is broadcast when that ends). */
   pthread_t catcher;
   bool catcher_running;
   pthread_cond_t catch_cond;
   bool *catch_want;		/* [META_MAX_DEVICES] */
   bool catching;
-  bool *back;			/* [META_MAX_DEVICES], the cleaner's */
   _Atomic int quit;		/* stops the catcher's rebuild (resync.h) */
   _Atomic uint64_t cleaned;
   _Atomic uint64_t rec_columns, rec_bytes;	/* resynced since open */
@@ -120,10 +120,7 @@ resync_new (struct pool *p)
   }
   r->p = p;
   r->catch_want = calloc (META_MAX_DEVICES, sizeof *r->catch_want);
-  r->back = calloc (META_MAX_DEVICES, sizeof *r->back);
-  if (!r->catch_want || !r->back) {
-    free (r->catch_want);
-    free (r->back);
+  if (!r->catch_want) {
     free (r);
     strata_error (ENOMEM, "out of memory");
     return NULL;
@@ -149,7 +146,6 @@ resync_free (struct resync *r)
   pthread_cond_destroy (&r->catch_cond);
   free (r->pending);
   free (r->catch_want);
-  free (r->back);
   free (r);
 }
 
@@ -680,16 +676,6 @@ cleaner (void *opaque)
     if (++ticks * RESYNC_TICK_MS >= RESYNC_INTERVAL * 1000) {
       uint64_t heals = journal_heals (pool_journal (r->p));
       ticks = 0;
-      if (pool_rejoin_missing (r->p, r->back) > 0) {
-        pthread_mutex_lock (&r->tick_lock);
-        for (uint32_t d = 0; d < META_MAX_DEVICES; d++)
-          if (r->back[d]) {
-            r->back[d] = false;
-            r->catch_want[d] = true;
-          }
-        pthread_cond_broadcast (&r->catch_cond);
-        pthread_mutex_unlock (&r->tick_lock);
-      }
       if (resync_clean (r, false) == -1)
         fprintf (stderr, "strata: pool %s: cleaner: %s\n",
                  pool_config (r->p)->name, strata_last_error ());
@@ -711,8 +697,8 @@ cleaner (void *opaque)
 }
 
 /* Copy again the stale copies of device D, which rejoined.  Returns 1
- * if another rebuild is running or took over (try again later), else
- * 0. */
+ * if another rebuild is running or took over, or the server is
+ * stopping (try again later), else 0. */
 static int
 catch_up (struct resync *r, uint32_t d)
 {
@@ -727,7 +713,7 @@ catch_up (struct resync *r, uint32_t d)
   pthread_mutex_lock (&r->tick_lock);
   if (r->stop) {
     pthread_mutex_unlock (&r->tick_lock);
-    return 0;
+    return 1;
   }
   r->catching = true;
   pthread_mutex_unlock (&r->tick_lock);
@@ -775,27 +761,20 @@ catcher (void *opaque)
 
   pthread_mutex_lock (&r->tick_lock);
   while (!r->stop) {
-    uint32_t n = pool_ndevices (r->p), d;
-    bool busy;
-
-    for (d = 0; d < n && !r->catch_want[d]; d++)
-      ;
-    if (d == n) {
-      pthread_cond_wait (&r->catch_cond, &r->tick_lock);
-      continue;
-    }
-    r->catch_want[d] = false;
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    ts.tv_sec += RESYNC_INTERVAL;
+    pthread_cond_timedwait (&r->catch_cond, &r->tick_lock, &ts);
+    if (r->stop)
+      break;
     pthread_mutex_unlock (&r->tick_lock);
-    busy = catch_up (r, d) == 1;
+    pool_rejoin_away (r->p, r->catch_want);
+    /* A device left wanted (another rebuild ran) is tried again next
+     * time: its copies may be done by that rebuild; if not, by this. */
+    for (uint32_t d = 0; d < pool_ndevices (r->p); d++)
+      if (r->catch_want[d] && catch_up (r, d) == 0)
+        r->catch_want[d] = false;
     pthread_mutex_lock (&r->tick_lock);
-    if (busy && !r->stop) {
-      /* Its copies may be done by that rebuild; if not, by this. */
-      struct timespec ts;
-      r->catch_want[d] = true;
-      clock_gettime (CLOCK_REALTIME, &ts);
-      ts.tv_sec += RESYNC_INTERVAL;
-      pthread_cond_timedwait (&r->catch_cond, &r->tick_lock, &ts);
-    }
   }
   pthread_mutex_unlock (&r->tick_lock);
   device_thread_exit ();	/* this thread's io_uring, if it made one */

@@ -80,8 +80,9 @@ void resync_free_end (struct resync *r, struct meta_volume *v,
 int resync_clean (struct resync *r, bool all);
 
 /* Run resync_clean() every RESYNC_INTERVAL seconds in a thread, and
- * csum_shrink() every RESYNC_TICK_MS; in another, the catcher, copy
- * again what the devices that rejoined (pool_rejoin_missing) missed. */
+ * csum_shrink() every RESYNC_TICK_MS; in another, the catcher, try the
+ * devices that are away every RESYNC_INTERVAL (pool_rejoin_away), and
+ * copy again what those that come back missed. */
 int resync_start (struct resync *r);
 void resync_stop (struct resync *r);
 

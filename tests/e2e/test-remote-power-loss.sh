@@ -87,17 +87,30 @@ member_power_loss () {
 }
 start_server
 # A 2-replica volume: the FLUSH succeeds (the other copy holds B), the
-# member is failed, and device add resyncs its copy.
+# member is failed, as away (its connection was lost), comes back by
+# itself, and its copy of the column written last is copied again.
 member_power_loss v 65536
 nbdsh -u "$(uri v)" -c 'h.flush()' || fail "v: flush failed with a healthy copy left"
-[ "$(device_field "$dev" state)" = failed ] \
-  || fail "v: $dev lost unflushed writes but is $(device_field "$dev" state)"
-"$STRATA" device add "$CONFIG" "$dev" > "$T/add.out" 2>&1 || { cat "$T/add.out"; fail "v: device add $dev"; }
-[ "$(stale_copies)" = 0 ] || fail "v: $(stale_copies) stale copies after device add"
+grep -q "device $dev marked failed: flush failed: .*; its connection was lost" "$T/nbdkit.log" \
+  || fail "v: $dev lost unflushed writes but was not failed as away: $(grep "$dev" "$T/nbdkit.log" | tail -2)"
+for _ in $(seq 350); do
+  grep -q "device $dev: .* columns it missed copied again" "$T/nbdkit.log" && break
+  sleep 0.2
+done
+grep -q "device $dev (.*), failed when its connection was lost, answered and is in use again" "$T/nbdkit.log" \
+  || fail "v: $dev did not come back by itself within 70 s: $(grep "$dev" "$T/nbdkit.log" | tail -3)"
+grep -q "device $dev was written shortly before it failed: [1-9][0-9]* of its copies are resynced from others" "$T/nbdkit.log" \
+  || fail "v: the copies $dev may have lost were not made stale: $(grep "$dev" "$T/nbdkit.log" | tail -3)"
+grep -q "device $dev: [1-9][0-9]* of [0-9]* columns it missed copied again (.*); it is up to date" "$T/nbdkit.log" \
+  || fail "v: $dev was not caught up: $(grep "$dev" "$T/nbdkit.log" | tail -3)"
+[ "$(stale_copies)" = 0 ] || fail "v: $(stale_copies) stale copies after $dev came back"
 nbdsh -u "$(uri v)" -c 'assert h.pread(65536, 0) == b"B" * 65536' || fail "v: B does not read back"
 stop_server
 compare_replicas > /dev/null || fail "v: $dev's copy was not resynced"
-ok "v: a member that lost unflushed writes is failed at the next FLUSH; device add resyncs it"
+ok "v: a member that lost unflushed writes is failed at the next FLUSH, comes back by itself, and is resynced"
+# From here on members wait for device add (rejoin: manual), so that the
+# range stays unavailable while the member is out.
+sed -i '/^pool:/a\  rejoin: manual' "$CONFIG"
 start_server
 # A 1-replica volume: B had no other copy, so the FLUSH fails (it is not
 # durable), the range is unavailable while the member is failed, and
@@ -108,6 +121,12 @@ nbdsh -u "$(uri s)" -c 'h.flush()' 2> "$T/flush.err" && fail "s: FLUSH succeeded
 nbdsh -u "$(uri s)" -c 'h.pread(16384, 0)' 2>/dev/null && fail "s: read of a failed member's only copy"
 grep -q "volume s: no readable copy of chunk 0 column 0 (every copy is stale or on a failed or missing device)" \
   "$T/nbdkit.log" || fail "s: the failed read does not say why"
+sleep 6
+[ "$(device_field "$dev" state)" = failed ] || fail "s: $dev is $(device_field "$dev" state) with rejoin: manual"
+grep "device $dev marked failed: " "$T/nbdkit.log" | tail -1 | grep "flush failed" > /dev/null \
+  || fail "s: $dev was not failed by the flush: $(grep "$dev" "$T/nbdkit.log" | tail -2)"
+grep "device $dev marked failed: " "$T/nbdkit.log" | tail -1 | grep "rejoins once it answers" \
+  && fail "s: with rejoin: manual, $dev was said to rejoin by itself"
 "$STRATA" device add "$CONFIG" "$dev" > "$T/add.out" 2>&1 || { cat "$T/add.out"; fail "s: device add $dev"; }
 nbdsh -u "$(uri s)" -c 'assert h.pread(16384, 0) == b"A" * 16384' || fail "s: the flushed A does not read back"
 [ "$(csum_errors)" = 0 ] || fail "s: checksum errors after device add"

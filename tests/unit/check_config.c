@@ -25,6 +25,7 @@ START_TEST (test_valid)
     "  base_dir: data\n"
     "  io_timeout: 2.5s\n"
     "  checksum_memory: 256MiB\n"
+    "  rejoin: manual\n"
     DEVS
     "cache:\n"
     "  mode: none\n"
@@ -40,6 +41,7 @@ START_TEST (test_valid)
   ck_assert_str_eq (c->name, "tank");
   ck_assert_uint_eq (c->io_timeout_ms, 2500);
   ck_assert_uint_eq (c->checksum_memory, 256u << 20);
+  ck_assert (!c->rejoin_auto);
   ck_assert_uint_eq (c->destage_age_ms, 120000);
   ck_assert_uint_eq (c->extent_size, 8 << 20);
   ck_assert_uint_eq (c->ndevices, 3);
@@ -110,6 +112,7 @@ static const struct { const char *doc, *want; } broken[] = {
   { "pool: {name: p, io_timeout: soon}\n" DEVS, "t.yaml:1:29: pool.io_timeout: expected a time from 100ms to 60min" },
   { "pool: {name: p, io_timeout: 5ms}\n" DEVS, "pool.io_timeout: expected a time" },
   { "pool: {name: p, checksum_memory: lots}\n" DEVS, "t.yaml:1:34: pool.checksum_memory: expected a size such as 4MiB" },
+  { "pool: {name: p, rejoin: sometimes}\n" DEVS, "t.yaml:1:25: pool.rejoin: expected auto or manual, got \"sometimes\"" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a, io: fast }\n", "t.yaml:3:30: devices[0].io: expected auto, direct or buffered, got \"fast\"" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d0, path: b }\n", "duplicate device name \"d0\" (first at line 3)" },
   { "pool: {name: p}\ndevices:\n  - { name: d0, path: a }\n  - { name: d1, path: a }\n", "devices \"d0\" and \"d1\" are the same file (" },
@@ -262,6 +265,7 @@ START_TEST (test_shipped_examples)
   ck_assert_int_eq (c->metadata_replicas, 3);
   ck_assert_int_eq (c->io_timeout_ms, 30000);
   ck_assert_uint_eq (c->checksum_memory, 1ull << 30);
+  ck_assert (c->rejoin_auto);
   ck_assert_int_eq (c->ndevices, 8);
   ck_assert_str_eq (c->devices[5].domain, "rack2/storage-b");
   ck_assert_str_eq (c->devices[7].domain, "storage-d.example");

@@ -228,6 +228,7 @@ START_TEST (test_remote)
   ck_assert (device_is_remote (dev));
   ck_assert_uint_eq (device_size (dev), SZ);
   ck_assert (device_connected (dev));
+  ck_assert (!device_lost_connection (dev));
   ck_assert_int_eq (device_reconnect (dev), 0);
   exercise (dev, false);
   check_unflushed (dev);
@@ -236,6 +237,7 @@ START_TEST (test_remote)
   snprintf (path, sizeof path, "%s/local.img", dir);
   loc = device_open_local (path, DEVICE_CREATE, SZ);
   ck_assert_ptr_nonnull (loc);
+  ck_assert (!device_lost_connection (loc));
   fill (a, 65536, 3);
   fill (b, 65536, 4);
   rq[0] = (struct dev_req) { .dev = dev, .op = DEV_WRITE, .buf = a,
@@ -259,9 +261,12 @@ START_TEST (test_remote)
   }
   device_close (loc);
 
-  /* The server goes away: requests fail at once, with an error. */
+  /* The server goes away: requests fail at once, with an error, which
+   * the pool puts down to the lost connection. */
+  ck_assert (!device_lost_connection (dev));
   test_nbdkit_stop (pid);
   ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
+  ck_assert (device_lost_connection (dev));
   /* It comes back while the pollers back off: device_reconnect() has a
    * connection up, and requests work again. */
   usleep (1500 * 1000);
@@ -299,9 +304,12 @@ START_TEST (test_remote_timeout)
   device_set_timeout (500);
   dev = device_open_nbd (uri, 0);
   ck_assert_msg (dev != NULL, "%s", strata_last_error ());
+  ck_assert (!device_lost_connection (dev));
   errno = 0;
   ck_assert_int_eq (device_pread (dev, a, 4096, 0), -1);
   ck_assert_int_eq (errno, ETIMEDOUT);
+  /* Its connection was shut: the failure is put down to it. */
+  ck_assert (device_lost_connection (dev));
   device_stats (dev, &st);
   ck_assert_uint_ge (st.timeouts, 1);
   /* Writes are not delayed: the connection comes back and they work. */

@@ -343,7 +343,7 @@ move_dev (const char *dir, uint32_t dev, bool away)
 }
 
 /* A device missing at the open rejoins once it is there again
- * (pool_rejoin_missing), also after a write marked it failed for being
+ * (pool_rejoin_away), also after a write marked it failed for being
  * away; not once the operator has marked it failed. */
 START_TEST (test_rejoin)
 {
@@ -372,7 +372,7 @@ START_TEST (test_rejoin)
   ck_assert (meta_copy_stale (&meta_chunk_get (mv, 0)->col[0], 0));
   /* Back: it rejoins, up, its stale copy not read. */
   move_dev (dir, w.dev, false);
-  ck_assert_int_eq (pool_rejoin_missing (p, NULL), 1);
+  ck_assert_int_eq (pool_rejoin_away (p, NULL), 1);
   ck_assert_ptr_nonnull (pool_device (p, w.dev));
   ck_assert (pool_device_usable (p, w.dev));
   ck_assert_int_eq (pool_meta (p)->devices[w.dev].state, META_DEV_UP);
@@ -382,7 +382,7 @@ START_TEST (test_rejoin)
     ck_assert_mem_eq (buf, pat2, MIB);
   }
   /* Nothing more to do. */
-  ck_assert_int_eq (pool_rejoin_missing (p, NULL), 0);
+  ck_assert_int_eq (pool_rejoin_away (p, NULL), 0);
   volume_close (v);
   pool_close (p);
 
@@ -394,7 +394,7 @@ START_TEST (test_rejoin)
   ck_assert_int_eq (pool_device_fail (p, w.dev, "marked failed by the "
                                       "operator"), 0);
   move_dev (dir, w.dev, false);
-  ck_assert_int_eq (pool_rejoin_missing (p, NULL), 0);
+  ck_assert_int_eq (pool_rejoin_away (p, NULL), 0);
   ck_assert_ptr_null (pool_device (p, w.dev));
   ck_assert_int_eq (pool_meta (p)->devices[w.dev].state, META_DEV_FAILED);
   ck_assert_int_eq (pool_device_return (p, w.dev), 0);
