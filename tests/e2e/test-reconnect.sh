@@ -63,6 +63,10 @@ nstale=$(stale_copies)
 start_member $x 256MiB
 wait_log 1 "$BACK"
 wait_log 1 "$CAUGHT"
+# Only what it missed (TESTING.md 15): every chunk was written while it
+# was down, so each of its copies is stale, and nothing else is copied.
+grep -q "device d$x: $nstale of $nstale columns it missed copied again ($((nstale * 4)).0 MiB in" "$T/nbdkit.log" \
+  || fail "the catch-up of d$x copied other than its $nstale stale copies: $(grep "columns it missed" "$T/nbdkit.log")"
 [ "$(device_field "d$x" state)" = up ] || fail "d$x is $(device_field "d$x" state) after it came back"
 [ "$(stale_copies)" = 0 ] || fail "$(stale_copies) stale copies after the catch-up"
 [ "$(volume_field r health)" = healthy ] || fail "r is '$(volume_field r health)' after the catch-up"
