@@ -66,9 +66,10 @@
 #define NBD_MAX_CONNS 2
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
-/* How long after a lost connection a failed request is put down to it
- * (device_lost_connection): the request it failed reports at once, a
- * request that timed out right after the connection was shut. */
+/* How long after a lost connection (or a request that failed with a
+ * connection error) a failure is put down to it
+ * (device_lost_connection): the requests it failed report at once, and
+ * those that were waiting to be sent soon after. */
 #define LOST_RECENT_NS (10 * 1000000000ull)
 /* How long device_reconnect() waits at least for a connection. */
 #define RECONNECT_WAIT_NS (10 * 1000000000ull)
@@ -176,6 +177,21 @@ list_del (struct conn *c, struct dev_req *r)
   return found;
 }
 
+/* Whether RES, a failed request's -errno, is down to its connection
+ * (it dropped, or timed out and was shut) rather than the server's
+ * answer.  ESHUTDOWN is also what a server that is stopping answers. */
+static bool
+connection_error (int res)
+{
+  switch (-res) {
+  case ENOTCONN: case ECONNRESET: case ECONNABORTED: case EPIPE:
+  case ESHUTDOWN: case ETIMEDOUT:
+    return true;
+  default:
+    return false;
+  }
+}
+
 /* libnbd completion callback: runs in the poller with the handle lock
  * held, so it must not call libnbd. */
 static int
@@ -188,6 +204,11 @@ on_done (void *opaque, int *error)
     int res = r->timed_out ? -ETIMEDOUT : *error ? -*error : 0;
     if (res == 0)
       device_note_durability (r, c->rm->can_fua);
+    /* Before the waiter hears of it: the pool, failing the member,
+     * asks whether it lost its connection, and the poller may not have
+     * seen the connection die yet. */
+    else if (connection_error (res))
+      atomic_store (&c->rm->lost_ns, device_now_ns ());
     finish (r, res);
   }
   return 1;			/* retire the command */
@@ -388,6 +409,7 @@ poller (void *arg)
     pthread_mutex_unlock (&c->list_lock);
     if (expired) {
       atomic_fetch_add_explicit (&rm->dev->ntimeout, 1, memory_order_relaxed);
+      atomic_store (&rm->lost_ns, device_now_ns ());
       snprintf (why, sizeof why, "a request got no reply in %" PRIu64 " ms",
                 rm->timeout_ns / 1000000);
       shutdown (nbd_aio_get_fd (h), SHUT_RDWR);

@@ -153,9 +153,10 @@ void device_stats (const struct device *dev, struct device_stats *st);
 bool device_connected (const struct device *dev);
 
 /* Whether a remote member's failure is down to its connection rather
- * than the member: no connection is up, or one was lost in the last few
- * seconds (the host went down, the server was restarted, the network
- * failed, a request timed out and its connection was shut), or since
+ * than the member: no connection is up, or in the last few seconds one
+ * was lost or a request failed with a connection error (the host went
+ * down, the server was restarted, the network failed, a request timed
+ * out and its connection was shut), or since
  * it was last taken back (device_reconnect) a connection was lost with
  * writes that no flush covered.  False for local devices. */
 bool device_lost_connection (const struct device *dev);

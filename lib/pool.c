@@ -1674,23 +1674,22 @@ static int
 fail_device (struct pool *p, uint32_t i, const char *why,
              enum fail_kind kind)
 {
+  struct device *d;
   bool away;
   int r = 0;
 
   if (i >= p->ndevs)
     return strata_error (EINVAL, "no device %" PRIu32, i);
+  if (atomic_load (&p->failed[i]) && !atomic_load (&p->rejoin_ok[i]))
+    return 0;			/* failed for good already */
+  /* Under fail_lock, which device_back() holds when it sets devs[i]. */
+  pthread_mutex_lock (&p->fail_lock);
+  d = p->devs[i];
   away = p->cfg->rejoin_auto
     && (kind == FAIL_AWAY
-        || (kind == FAIL_IO && p->devs[i]
-            && device_lost_connection (p->devs[i])));
-  if (!away && atomic_load (&p->rejoin_ok[i])) {
-    pthread_mutex_lock (&p->fail_lock);
+        || (kind == FAIL_IO && d && device_lost_connection (d)));
+  if (!away)
     atomic_store (&p->rejoin_ok[i], false);
-    pthread_mutex_unlock (&p->fail_lock);
-  }
-  if (atomic_load (&p->failed[i]))
-    return 0;
-  pthread_mutex_lock (&p->fail_lock);
   if (!atomic_load (&p->failed[i])
       && (r = commit_dev_state (p, i, META_DEV_FAILED)) == 0) {
     /* Committed: from here on nothing reads the device or waits for
@@ -1698,15 +1697,15 @@ fail_device (struct pool *p, uint32_t i, const char *why,
     atomic_store_explicit (&p->failed[i], true, memory_order_release);
     alloc_set_usable (p->alloc, i, false);
     /* A member that was open and lost its connection may come back. */
-    if (away && p->devs[i])
+    if (away && d)
       atomic_store (&p->rejoin_ok[i], true);
     set_problem (p, i, "failed: %s%s", why,
-                 away && p->devs[i] ? " (its connection was lost; it "
-                 "rejoins by itself once it answers)" : "");
+                 away && d ? " (its connection was lost; it rejoins by "
+                 "itself once it answers)" : "");
     fprintf (stderr, "strata: pool %s: device %s marked failed: %s%s\n",
              p->cfg->name, p->meta->devices[i].name, why,
-             away && p->devs[i] ? "; its connection was lost: it is tried "
-             "again in the background and rejoins once it answers" : "");
+             away && d ? "; its connection was lost: it is tried again in "
+             "the background and rejoins once it answers" : "");
   }
   pthread_mutex_unlock (&p->fail_lock);
   return r;
@@ -2016,6 +2015,20 @@ pool_device_return (struct pool *p, uint32_t i)
   return device_back (p, i, false) == -1 ? -1 : 0;
 }
 
+/* Device I's handle (NULL if it is not open), and whether it is in use
+ * (open, not failed), as device_back() leaves them under fail_lock. */
+static struct device *
+in_use_device (struct pool *p, uint32_t i, bool *in_use)
+{
+  struct device *d;
+
+  pthread_mutex_lock (&p->fail_lock);
+  d = p->devs[i];
+  *in_use = d && !atomic_load (&p->failed[i]);
+  pthread_mutex_unlock (&p->fail_lock);
+  return d;
+}
+
 int
 pool_rejoin_away (struct pool *p, bool *back_dev)
 {
@@ -2028,13 +2041,15 @@ pool_rejoin_away (struct pool *p, bool *back_dev)
   for (uint32_t i = 0; i < n; i++) {
     const struct meta_device *md = &p->meta->devices[i];
     const struct config_device *cd;
-    struct device *was = p->devs[i];
+    struct device *was;
     uint64_t *hist = p->rejoin_back[i];
     char why[sizeof p->problem[0]], now_why[sizeof p->problem[0]];
+    bool in_use;
     int r;
 
-    if (!atomic_load (&p->rejoin_ok[i])
-        || (was && !atomic_load (&p->failed[i])))
+    if (!atomic_load (&p->rejoin_ok[i]))
+      continue;
+    if ((was = in_use_device (p, i, &in_use)), in_use)
       continue;
     if (now < p->rejoin_at[i])
       continue;
@@ -2069,7 +2084,7 @@ pool_rejoin_away (struct pool *p, bool *back_dev)
     r = device_back (p, i, true);
     if (r == 1)
       continue;
-    if (p->devs[i] && !atomic_load (&p->failed[i])) {
+    if (in_use_device (p, i, &in_use), in_use) {
       /* Back, even if its resync failed. */
       memmove (hist, hist + 1, (REJOIN_FLAPS - 1) * sizeof *hist);
       hist[REJOIN_FLAPS - 1] = now;
