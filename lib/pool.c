@@ -2049,9 +2049,8 @@ pool_rejoin_away (struct pool *p, bool *back_dev)
 
     if (!atomic_load (&p->rejoin_ok[i]))
       continue;
-    if ((was = in_use_device (p, i, &in_use)), in_use)
-      continue;
-    if (now < p->rejoin_at[i])
+    was = in_use_device (p, i, &in_use);
+    if (in_use || now < p->rejoin_at[i])
       continue;
     p->rejoin_gap[i] = p->rejoin_gap[i]
       ? MIN (p->rejoin_gap[i] * 2, REJOIN_MAX_MS) : REJOIN_FIRST_MS;
@@ -2084,7 +2083,8 @@ pool_rejoin_away (struct pool *p, bool *back_dev)
     r = device_back (p, i, true);
     if (r == 1)
       continue;
-    if (in_use_device (p, i, &in_use), in_use) {
+    in_use_device (p, i, &in_use);
+    if (in_use) {
       /* Back, even if its resync failed. */
       memmove (hist, hist + 1, (REJOIN_FLAPS - 1) * sizeof *hist);
       hist[REJOIN_FLAPS - 1] = now;
