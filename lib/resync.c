@@ -728,9 +728,12 @@ catch_up (struct resync *r, uint32_t d)
   }
   pthread_cond_broadcast (&r->catch_cond);
   pthread_mutex_unlock (&r->tick_lock);
+  /* Stopped (by the server, or by rebuild --stop): its report said
+   * so. */
   if (rc == -1 && e == EBUSY)
     busy = true;
-  else if (rc == -1 && !busy && atomic_load (&r->quit) == RESYNC_CATCH_RUN)
+  else if (rc == -1 && !busy && atomic_load (&r->quit) == RESYNC_CATCH_RUN
+           && !pool_job_cancelled (r->p, META_JOB_REBUILD))
     fprintf (stderr, "strata: pool %s: device %s: the copies it missed "
              "stay stale (not read) until strata device add or rebuild: "
              "%s\n", pool_config (r->p)->name,
