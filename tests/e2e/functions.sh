@@ -253,6 +253,17 @@ wait_socket () {
   for _ in $(seq 50); do [ -S "$1" ] && return 0; sleep 0.1; done
   fail "nothing is listening on $1"
 }
+# wait_log N PATTERN: until PATTERN (a grep regex) is in nbdkit.log N
+# times, else fail.  70 s at most: a member away is tried at gaps that
+# grow to 40 s and more.
+wait_log () {
+  for _ in $(seq 350); do
+    [ "$(grep -c "$2" "$T/nbdkit.log" || true)" -ge "$1" ] && return 0
+    sleep 0.2
+  done
+  fail "not $1 times in 70 s: $2; the log: $(grep "strata: pool" "$T/nbdkit.log" | tail -4)"
+}
+
 kill_member () { kill -9 "$(cat "$T/m$1.pid")"; rm -f "$T/m$1.pid"; }
 
 make_pool () {

@@ -30,15 +30,6 @@ for c in range($NCH):
     if h.pread(4 << 20, c * (4 << 20)) != bytes([(c * 7 + $1) % 251 + 1]) * (4 << 20):
         sys.exit('chunk %d does not hold pattern $1' % c)" || fail "pattern $1 does not read back"
 }
-# wait_log N PATTERN: until PATTERN is in the log N times (70 s at most:
-# the next try of a member may be 40 s away).
-wait_log () {
-  for _ in $(seq 350); do
-    [ "$(grep -c "$2" "$T/nbdkit.log" || true)" -ge "$1" ] && return 0
-    sleep 0.2
-  done
-  fail "not $1 times in 70 s: $2; the log: $(grep "strata: pool" "$T/nbdkit.log" | tail -4)"
-}
 # lose X: member X's host goes down while every chunk is written.
 lose () {
   kill_member "$1"

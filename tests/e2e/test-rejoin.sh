@@ -102,10 +102,7 @@ ok "d$x and d$y rejoined by themselves: up and present, d$y's metadata replica i
 
 # The copy d$x missed is copied again by the server, right after the
 # rejoin.
-for _ in $(seq 100); do
-  grep -q "device d$x: .* columns it missed copied again" "$T/nbdkit.log" && break
-  sleep 0.2
-done
+wait_log 1 "device d$x: .* columns it missed copied again"
 grep -q "strata: pool t$$: device d$x is back: copying again the 1 columns it missed (at most 100.0 MiB/s" "$T/nbdkit.log" \
   || fail "no catch-up of d$x started: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
 grep -q "strata: pool t$$: device d$x: 1 of 1 columns it missed copied again (4.0 MiB in .*); it is up to date" "$T/nbdkit.log" \
@@ -144,12 +141,7 @@ fill_chunks 7 $(seq 0 $((NCH - 1)))
 nstale=$(device_field "d$x" stale_copies)
 [ "$nstale" -ge 4 ] || fail "only $nstale copies on d$x went stale"
 start_member "$x" 256MiB --filter=delay delay-write=500ms
-for _ in $(seq 350); do
-  grep -q "device d$x is back: copying again the $nstale columns it missed" "$T/nbdkit.log" && break
-  sleep 0.2
-done
-grep -q "device d$x is back: copying again the $nstale columns it missed" "$T/nbdkit.log" \
-  || fail "no catch-up of d$x's $nstale stale copies started within 70 s: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
+wait_log 1 "device d$x is back: copying again the $nstale columns it missed"
 "$STRATA" rebuild "$CONFIG" > "$T/rb.out" 2>&1 || { cat "$T/rb.out"; fail "the rebuild typed during the catch-up failed"; }
 grep -q "device d$x: [0-9]* of $nstale columns it missed copied again (.*); stopped for a rebuild started by a command, which copies the rest" "$T/nbdkit.log" \
   || fail "the server's catch-up did not give way to the command: $(grep "d$x" "$T/nbdkit.log" | tail -3)"
